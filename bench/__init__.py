@@ -1,0 +1,1 @@
+"""edgecxr.bench stage."""

@@ -1,0 +1,1 @@
+"""edgecxr.convert stage."""

@@ -1,0 +1,111 @@
+"""Checkpoint format: a state dict plus the model contract, as plain data only.
+
+Loaded with ``torch.load(weights_only=True)`` so that a checkpoint downloaded from
+anywhere can never run code. Everything besides tensors is str/int/float/list/dict.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgecxr.atomic import atomic_path
+from edgecxr.device.contract import Contract, ContractError, TensorSpec
+from edgecxr.device.preprocess import PreprocessSpec
+from edgecxr.errors import EdgecxrError
+
+FORMAT = "edgecxr-checkpoint"
+FORMAT_VERSION = 1
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import torch as _t
+
+    from edgecxr import __version__
+
+    return {"edgecxr": str(__version__), "torch": str(_t.__version__), "numpy": str(numpy.__version__)}
+
+
+def make_contract(arch: str, classes: list[str], spec: PreprocessSpec, method: str = "supervised", source: dict | None = None) -> Contract:
+    return Contract(
+        arch=arch,
+        classes=tuple(classes),
+        preprocess=spec,
+        input=TensorSpec("input", (1, spec.channels, spec.size, spec.size), "float32", "NCHW"),
+        output=TensorSpec("logits", (1, len(classes)), "float32"),
+        format="pytorch",
+        precision="fp32",
+        method=method,
+        source=dict(source or {}),
+        versions=versions(),
+    )
+
+
+def save_checkpoint(path: str, model: nn.Module, contract: Contract, **extra: Any) -> None:
+    """``extra`` holds plain data only: train config, epoch, metrics, optimizer state."""
+    model = model.module if hasattr(model, "module") else model  # unwrap DDP
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "state_dict": state, "contract": contract.to_dict(), **extra}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    if not os.path.exists(path):
+        raise EdgecxrError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises pickle, zip and runtime errors for bad files
+        raise EdgecxrError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise EdgecxrError(f"{path}: not an edgecxr checkpoint (no contract); use --weights to load plain state dicts")
+    return payload
+
+
+def read_contract(payload: dict[str, Any], path: str = "checkpoint") -> Contract:
+    try:
+        return Contract.from_dict(payload["contract"])
+    except (ContractError, KeyError) as exc:
+        raise EdgecxrError(f"{path}: broken contract ({exc})") from exc
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """State dict of an edgecxr checkpoint, or of a plain ``torch.save(state_dict)`` file."""
+    if not os.path.exists(path):
+        raise EdgecxrError(f"{path}: weights file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise EdgecxrError(f"{path}: not a readable weights file ({type(exc).__name__})") from exc
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        return payload["state_dict"]
+    if isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return payload
+    raise EdgecxrError(f"{path}: neither an edgecxr checkpoint nor a state dict")
+
+
+def load_model(path: str) -> tuple[nn.Module, Contract]:
+    """Rebuild the classifier from a checkpoint, in eval mode."""
+    from edgecxr.registry import create_model
+
+    payload = load_checkpoint(path)
+    contract = read_contract(payload, path)
+    model = create_model(contract.arch, contract.num_classes)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise EdgecxrError(f"{path}: weights do not fit {contract.arch} ({str(exc).splitlines()[0][:160]})") from exc
+    model.eval()
+    return model, contract
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

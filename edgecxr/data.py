@@ -1,0 +1,206 @@
+"""Dataset folders and the one split every stage shares.
+
+A dataset is a folder with one subfolder per class. The split is stratified,
+deterministic for a seed, keeps images with identical pixels in the same split (so
+a duplicate can never leak from train into test), and is written as ``split.csv``
+beside the run, where convert, bench and eval read it back.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgecxr.atomic import write_text
+from edgecxr.device.image_io import ImageError, is_image_file, load_gray
+from edgecxr.errors import EdgecxrError
+
+SPLITS = ("train", "val", "test")
+SPLIT_COLUMNS = ["file", "label", "split", "pixel_sha256"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    file: str  # relative to the dataset root, with forward slashes
+    label: str
+    split: str = ""
+    pixel_sha256: str = ""
+
+
+@dataclass
+class DatasetIndex:
+    root: str
+    classes: list[str]
+    samples: list[Sample]
+    skipped: list[tuple[str, str]]  # (file, reason) for unreadable images
+
+    def of_split(self, split: str) -> list[Sample]:
+        if split == "all":
+            return list(self.samples)
+        return [s for s in self.samples if s.split == split]
+
+    def label_index(self, sample: Sample) -> int:
+        return self.classes.index(sample.label)
+
+
+def find_classes(root: str) -> list[str]:
+    """Sorted class folders; refuse what would silently train a broken model."""
+    if not os.path.isdir(root):
+        raise EdgecxrError(f"{root}: dataset folder not found; pass --data DIR with one subfolder per class")
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    if not classes:
+        raise EdgecxrError(f"{root}: no class folders; expected e.g. {root}/COVID/*.png and {root}/Normal/*.png")
+    empty = [c for c in classes if not any(is_image_file(f) for f in _walk(os.path.join(root, c)))]
+    if empty:
+        raise EdgecxrError(f"{root}: class folder(s) {', '.join(empty)} hold no images; add images or remove the folder")
+    if len(classes) < 2:
+        raise EdgecxrError(f"{root}: only one class folder ({classes[0]}); a classifier needs at least two")
+    return classes
+
+
+def _walk(folder: str) -> list[str]:
+    out = []
+    for dirpath, _dirs, files in os.walk(folder):
+        out.extend(os.path.join(dirpath, f) for f in files)
+    return sorted(out)
+
+
+def list_images(root: str) -> tuple[list[str], list[Sample]]:
+    classes = find_classes(root)
+    samples = []
+    for c in classes:
+        for path in _walk(os.path.join(root, c)):
+            if is_image_file(path):
+                samples.append(Sample(os.path.relpath(path, root).replace(os.sep, "/"), c))
+    return classes, samples
+
+
+def pixel_hash(img: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(img).tobytes() + str(img.shape).encode()).hexdigest()
+
+
+def hash_images(root: str, samples: list[Sample], progress: bool = True) -> tuple[list[Sample], list[tuple[str, str]]]:
+    """Decode every image once: yields pixel hashes and finds the unreadable files."""
+    from tqdm import tqdm
+
+    good, skipped = [], []
+    for s in tqdm(samples, desc="indexing images", unit="img", disable=not progress, leave=False):
+        try:
+            img = load_gray(os.path.join(root, s.file))
+        except ImageError as exc:
+            skipped.append((s.file, str(exc)))
+            continue
+        good.append(Sample(s.file, s.label, s.split, pixel_hash(img)))
+    return good, skipped
+
+
+def parse_ratios(text: str) -> tuple[float, float, float]:
+    """'80/10/10' or '0.96,0.02,0.02' -> fractions that sum to 1."""
+    parts = [p for p in text.replace(",", "/").split("/") if p.strip()]
+    try:
+        vals = [float(p) for p in parts]
+    except ValueError as exc:
+        raise EdgecxrError(f"--split {text!r}: expected three numbers like 80/10/10") from exc
+    if len(vals) != 3 or any(v < 0 for v in vals) or sum(vals) <= 0:
+        raise EdgecxrError(f"--split {text!r}: expected three non-negative numbers like 80/10/10")
+    total = sum(vals)
+    return vals[0] / total, vals[1] / total, vals[2] / total
+
+
+def assign_splits(samples: list[Sample], ratios: tuple[float, float, float], seed: int) -> list[Sample]:
+    """Stratified by class, grouped by pixel hash, deterministic for ``seed``.
+
+    Groups of identical images are placed as one unit. Each class is shuffled with
+    its own generator seeded from (seed, class name), so adding a class never
+    reshuffles the others.
+    """
+    groups: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        groups[s.pixel_sha256 or s.file].append(s)
+    by_class: dict[str, list[str]] = defaultdict(list)
+    for key in sorted(groups):
+        by_class[groups[key][0].label].append(key)
+    assigned: dict[str, str] = {}
+    for label in sorted(by_class):
+        keys = by_class[label]
+        seed_bytes = hashlib.sha256(f"{seed}:{label}".encode()).digest()[:8]
+        rng = np.random.default_rng(int.from_bytes(seed_bytes, "little"))
+        order = [keys[i] for i in rng.permutation(len(keys))]
+        n = len(order)
+        n_test = int(round(n * ratios[2]))
+        n_val = int(round(n * ratios[1]))
+        if ratios[2] > 0 and n >= 3:
+            n_test = max(n_test, 1)
+        if ratios[1] > 0 and n >= 3:
+            n_val = max(n_val, 1)
+        for i, key in enumerate(order):
+            assigned[key] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return [Sample(s.file, s.label, assigned[s.pixel_sha256 or s.file], s.pixel_sha256) for s in samples]
+
+
+def build_index(root: str, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0, progress: bool = True) -> DatasetIndex:
+    classes, samples = list_images(root)
+    samples, skipped = hash_images(root, samples, progress)
+    present = {s.label for s in samples}
+    missing = [c for c in classes if c not in present]
+    if missing:
+        raise EdgecxrError(f"{root}: no readable image in class folder(s) {', '.join(missing)}")
+    return DatasetIndex(os.path.abspath(root), classes, assign_splits(samples, ratios, seed), skipped)
+
+
+def index_unsplit(root: str, progress: bool = True) -> DatasetIndex:
+    """A foreign test set: every readable image, all in split ``all``."""
+    classes, samples = list_images(root)
+    samples, skipped = hash_images(root, samples, progress)
+    return DatasetIndex(os.path.abspath(root), classes, [Sample(s.file, s.label, "all", s.pixel_sha256) for s in samples], skipped)
+
+
+def write_split_csv(path: str, index: DatasetIndex) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(SPLIT_COLUMNS)
+    for s in index.samples:
+        w.writerow([s.file, s.label, s.split, s.pixel_sha256])
+    write_text(path, buf.getvalue())
+
+
+def read_split_csv(path: str, root: str, classes: list[str] | None = None) -> DatasetIndex:
+    """Read a split back; ``classes`` (from a model's contract) fixes the label order."""
+    if not os.path.exists(path):
+        raise EdgecxrError(f"{path}: split file not found; was the run written by `edgecxr train`?")
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or set(SPLIT_COLUMNS) - set(rows[0]):
+        raise EdgecxrError(f"{path}: not an edgecxr split file (columns {', '.join(SPLIT_COLUMNS)})")
+    samples = [Sample(r["file"], r["label"], r["split"], r["pixel_sha256"]) for r in rows]
+    found = sorted({s.label for s in samples})
+    classes = list(classes) if classes else found
+    unknown = set(found) - set(classes)
+    if unknown:
+        raise EdgecxrError(f"{path}: labels {sorted(unknown)} are not among the model's classes {classes}")
+    return DatasetIndex(os.path.abspath(root), classes, samples, [])
+
+
+def class_counts(samples: list[Sample]) -> dict[str, int]:
+    return dict(sorted(Counter(s.label for s in samples).items()))
+
+
+def stratified_subset(samples: list[Sample], n: int, seed: int = 0) -> list[Sample]:
+    """Up to ``n`` samples with class proportions kept; used to pick calibration images."""
+    if n >= len(samples):
+        return list(samples)
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_class[s.label].append(s)
+    out: list[Sample] = []
+    for label in sorted(by_class):
+        group = by_class[label]
+        k = max(1, int(round(n * len(group) / len(samples))))
+        out.extend(group[i] for i in sorted(rng.choice(len(group), size=min(k, len(group)), replace=False)))
+    return out[:n] if len(out) > n else out

@@ -1,0 +1,69 @@
+"""``edgecxr eval`` and ``edgecxr models``."""
+from __future__ import annotations
+
+import os
+import time
+
+import click
+
+
+@click.command("eval")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", type=click.Path(file_okay=False), help="Dataset folder (default: the one the model was trained on).")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train", "all"]), help="Which images; 'all' for a folder that was never split.")
+@click.option("--split-csv", type=click.Path(dir_okay=False), help="split.csv to use instead of the one recorded in the model.")
+@click.option("--out", type=click.Path(file_okay=False), help="Folder for eval.json and the plots (default: next to MODEL, eval_<name>_<split>/).")
+@click.option("--threads", type=click.IntRange(1), help="Runtime threads.")
+@click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(0), help="Bootstrap resamples for the 95% CIs.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def eval_command(model: str, data: str | None, split: str, split_csv: str | None, out: str | None, threads: int | None, bootstrap: int, quiet: bool) -> None:
+    """Evaluate MODEL (.pt checkpoint, .onnx or .tflite) with 95% bootstrap CIs.
+
+    \b
+    Examples:
+      edgecxr eval runs/mnv2/best.pt                      # the run's own test split
+      edgecxr eval runs/mnv2/export/mobilenet_v2_int8.tflite
+      edgecxr eval runs/mnv2/best.pt --data ../shared/data/tbcxr --split all
+
+    Writes eval.json (accuracy, macro_f1, auc_macro, per_class, confusion_matrix,
+    n_images), confusion_matrix.png and roc.png.
+    """
+    from edgecxr.atomic import write_json
+    from edgecxr.evaluate import format_report, load_batch, predict_probs, resolve_samples
+    from edgecxr.metrics import classification_report
+    from edgecxr.plots import save_confusion_matrix, save_roc_curves
+    from edgecxr.runtime import open_model
+
+    backend = open_model(model, threads)
+    contract = backend.contract
+    index = resolve_samples(contract, data, split, split_csv)
+    batch = load_batch(index, index.of_split(split), contract.preprocess, progress=not quiet)
+    t0 = time.perf_counter()
+    probs = predict_probs(backend, batch.x, progress=not quiet)
+    seconds = time.perf_counter() - t0
+    report = classification_report(batch.y, probs, batch.classes, n_boot=bootstrap)
+    report.update({"model": os.path.abspath(model), "format": contract.format, "precision": contract.precision,
+                   "runtime": backend.runtime, "split": split, "data_root": index.root, "inference_seconds": seconds,
+                   "skipped_files": [{"file": f, "reason": r} for f, r in batch.skipped],
+                   "predictions": [{"file": f, "label": batch.classes[int(t)], "pred": batch.classes[int(p.argmax())],
+                                    "probabilities": [round(float(v), 6) for v in p]} for f, t, p in zip(batch.files, batch.y, probs)]})
+    name = os.path.splitext(os.path.basename(model))[0]
+    out = out or os.path.join(os.path.dirname(os.path.abspath(model)), f"eval_{name}_{split}")
+    write_json(os.path.join(out, "eval.json"), report)
+    title = f"{contract.arch} {contract.format} {contract.precision} ({split})"
+    save_confusion_matrix(report["confusion_matrix"], batch.classes, os.path.join(out, "confusion_matrix.png"), title)
+    save_roc_curves(batch.y, probs, batch.classes, os.path.join(out, "roc.png"), title)
+    click.echo(format_report(report, f"{model} [{backend.runtime}] on {split} split of {index.root}"))
+    if batch.skipped:
+        click.echo(f"skipped {len(batch.skipped)} unreadable files (listed in eval.json)")
+    click.echo(f"wrote {out}/eval.json, confusion_matrix.png, roc.png")
+
+
+@click.command("models")
+def models_command() -> None:
+    """List the registered backbones and their configs."""
+    from edgecxr.registry import BACKBONES
+
+    click.echo(f"{'name':<20}{'source':<13}{'input':>6}  {'kind':<12}notes")
+    for c in BACKBONES.values():
+        click.echo(f"{c.name:<20}{c.source:<13}{c.input_size:>6}  {'lightweight' if c.lightweight else 'baseline':<12}{c.notes}")

@@ -1,0 +1,50 @@
+"""Evaluation figures: confusion matrix and one-vs-rest ROC curves."""
+from __future__ import annotations
+
+import numpy as np
+
+from edgecxr.atomic import atomic_path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_confusion_matrix(cm: list[list[int]], classes: list[str], path: str, title: str = "") -> None:
+    plt = _plt()
+    cm_arr = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(classes), 1.2 + 1.0 * len(classes)))
+    ax.imshow(cm_arr, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title(title)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, str(cm_arr[i, j]), ha="center", va="center", color="white" if cm_arr[i, j] > cm_arr.max() / 2 else "black")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def save_roc_curves(y: np.ndarray, probs: np.ndarray, classes: list[str], path: str, title: str = "") -> None:
+    from sklearn.metrics import auc, roc_curve
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for c, name in enumerate(classes):
+        pos = y == c
+        if 0 < pos.sum() < len(y):
+            fpr, tpr, _ = roc_curve(pos, probs[:, c])
+            ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.set_xlabel("1 - specificity"), ax.set_ylabel("sensitivity"), ax.set_title(title), ax.legend(loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

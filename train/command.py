@@ -1,0 +1,74 @@
+"""``edgecxr train``: flags map one to one onto :class:`TrainConfig`."""
+from __future__ import annotations
+
+import click
+
+from edgecxr.registry import BACKBONES
+
+
+@click.command("train")
+@click.option("--data", required=True, type=click.Path(file_okay=False), help="Dataset folder, one subfolder per class (e.g. COVID/, Normal/).")
+@click.option("--arch", default="mobilenet_v2", show_default=True, type=click.Choice(list(BACKBONES)), help="Backbone from the registry.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: best.pt, last.pt, split.csv, metrics.json, curves.png.")
+@click.option("--method", default="supervised", show_default=True, type=click.Choice(["supervised", "protonet"]), help="Plain fine-tuning, or a prototypical network trained on N-way K-shot episodes.")
+@click.option("--epochs", default=20, show_default=True, type=click.IntRange(1), help="Maximum epochs (early stopping may end sooner).")
+@click.option("--img-size", default=224, show_default=True, type=click.IntRange(32), help="Square input size in pixels.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--lr", default=1e-3, show_default=True, type=float, help="Learning rate.")
+@click.option("--optimizer", default="adam", show_default=True, type=click.Choice(["adam", "sgd"]))
+@click.option("--scheduler", default="step", show_default=True, type=click.Choice(["step", "cosine"]), help="StepLR (x --gamma every --step-size epochs) or cosine annealing.")
+@click.option("--step-size", default=7, show_default=True, type=click.IntRange(1), help="StepLR period in epochs.")
+@click.option("--gamma", default=0.1, show_default=True, type=float, help="StepLR factor.")
+@click.option("--early-stop", default=5, show_default=True, type=click.IntRange(0), help="Stop after this many epochs without a lower validation loss (0: never).")
+@click.option("--freeze-backbone", is_flag=True, help="Train the classifier head only.")
+@click.option("--unfreeze-last", default=0, type=click.IntRange(0), help="With a frozen backbone, also train its last N layers.")
+@click.option("--class-weights", is_flag=True, help="Weight the loss by inverse class frequency (imbalanced data).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for the split, initialisation and augmentation.")
+@click.option("--split", "split", default="80/10/10", show_default=True, help="train/val/test ratios; the original study used 96/2/2.")
+@click.option("--split-csv", type=click.Path(dir_okay=False), help="Reuse an existing split.csv instead of making one.")
+@click.option("--equalize", default="clahe", show_default=True, type=click.Choice(["clahe", "global", "none"]), help="Histogram equalisation step of the preprocessing.")
+@click.option("--no-augment", is_flag=True, help="Turn off flips, rotations and brightness/contrast jitter.")
+@click.option("--pretrained", is_flag=True, help="Start from ImageNet weights (downloads them; efficientnet_lite0 works offline).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Start from a local weights file (edgecxr checkpoint or state dict).")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
+@click.option("--threads", type=click.IntRange(1), help="Torch CPU threads (default: all cores).")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(0), help="DataLoader worker processes.")
+@click.option("--n-way", default=3, show_default=True, type=click.IntRange(2), help="protonet: classes per episode.")
+@click.option("--k-shot", default=5, show_default=True, type=click.IntRange(1), help="protonet: support images per class.")
+@click.option("--q-query", default=5, show_default=True, type=click.IntRange(1), help="protonet: query images per class.")
+@click.option("--episodes", default=20, show_default=True, type=click.IntRange(1), help="protonet: episodes per epoch and per evaluation split.")
+@click.option("--train-shots", type=click.IntRange(1), help="protonet: use only this many training images per class (few-shot regime).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train_command(**kw) -> None:
+    """Fine-tune a backbone on a folder of labelled chest X-rays.
+
+    \b
+    Examples:
+      edgecxr train --data ../shared/data/covid-radiography --arch mobilenet_v2 --out runs/mnv2
+      edgecxr train --data DATA --arch efficientnet_lite0 --pretrained --img-size 128 --epochs 10 --out runs/lite0
+      edgecxr train --data DATA --split 96/2/2 --seed 1 --out runs/study
+      edgecxr train --data DATA --method protonet --n-way 3 --k-shot 5 --out runs/proto
+      torchrun --nproc_per_node 2 -m edgecxr train --data DATA --out runs/ddp
+
+    The split is written to OUT/split.csv and reused by eval, convert and bench.
+    """
+    if kw["pretrained"] and kw["weights"]:
+        raise click.UsageError("--pretrained and --weights are exclusive: pick one starting point")
+    method = kw.pop("method")
+    proto = {k: kw.pop(k) for k in ("n_way", "k_shot", "q_query", "episodes", "train_shots")}
+    kw["augment"] = not kw.pop("no_augment")
+    kw["progress"] = not kw.pop("quiet")
+    from edgecxr.train.supervised import TrainConfig
+
+    cfg = TrainConfig(**kw)
+    if method == "protonet":
+        from edgecxr.train.protonet import ProtoConfig, train_protonet
+
+        summary = train_protonet(cfg, ProtoConfig(**proto))
+    else:
+        from edgecxr.train.supervised import train
+
+        summary = train(cfg)
+    click.echo(f"done: {summary['epochs_run']} epochs in {summary['train_seconds']:.0f} s, best epoch {summary['best_epoch']} "
+               f"(val loss {summary['best_val_loss']:.4f}, val macro-F1 {summary['best_val_macro_f1']:.4f}); "
+               f"{len(summary['skipped_files'])} unreadable files skipped; wrote {cfg.out}/best.pt")
