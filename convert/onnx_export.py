@@ -1,0 +1,100 @@
+"""PyTorch -> FP32 ONNX, simplified, with the model contract embedded.
+
+The TorchScript exporter (``dynamo=False``, opset 17) is used because it works for
+every registered backbone here and gives plain Conv/Gemm graphs that both ONNX
+Runtime's quantizer and onnx2tf handle; onnxsim then folds constants and
+BatchNorm leftovers so the INT8 and TFLite paths start from the cleanest graph.
+"""
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+from edgecxr.atomic import atomic_path
+from edgecxr.device.contract import CONTRACT_KEY, Contract, TensorSpec
+from edgecxr.errors import EdgecxrError
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+OPSET = 17
+
+
+def onnx_contract(base: Contract, precision: str, extra_source: dict[str, Any] | None = None,
+                  versions: dict[str, str] | None = None) -> Contract:
+    """ONNX files take float32 NCHW with a dynamic batch (-1) and return float32 logits."""
+    c, s = base.preprocess.channels, base.preprocess.size
+    return base.with_io(
+        format="onnx", precision=precision,
+        input=TensorSpec(INPUT_NAME, (-1, c, s, s), "float32", "NCHW"),
+        output=TensorSpec(OUTPUT_NAME, (-1, base.num_classes), "float32"),
+        source=dict(extra_source or {}), versions=dict(versions or {}),
+    )
+
+
+def embed_contract(model: Any, contract: Contract) -> None:
+    """Put the contract JSON into ``metadata_props`` (replacing an older one)."""
+    keep = [p for p in model.metadata_props if p.key != CONTRACT_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    entry = model.metadata_props.add()
+    entry.key = CONTRACT_KEY
+    entry.value = contract.to_json()
+
+
+def save_onnx(model: Any, dest: str) -> None:
+    """Validate, then write atomically: a half-written .onnx never appears under its name."""
+    import onnx
+
+    onnx.checker.check_model(model)
+    with atomic_path(dest) as tmp:
+        onnx.save(model, tmp)
+
+
+def export_fp32(torch_model: Any, contract: Contract, dest: str, simplify: bool = True) -> dict[str, Any]:
+    """Export ``torch_model`` to ``dest`` with ``contract`` embedded; returns step details."""
+    import onnx
+    import torch
+
+    c, s = contract.preprocess.channels, contract.preprocess.size
+    dummy = torch.zeros(1, c, s, s, dtype=torch.float32)
+    buf = io.BytesIO()
+    torch_model.eval()
+    with torch.inference_mode():
+        torch.onnx.export(
+            torch_model, (dummy,), buf, dynamo=False, opset_version=OPSET,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
+    model = onnx.load_from_string(buf.getvalue())
+    details: dict[str, Any] = {"opset": OPSET, "nodes_exported": len(model.graph.node), "simplified": False}
+    if simplify:
+        model, ok = _simplify(model)
+        details["simplified"] = ok
+    details["nodes"] = len(model.graph.node)
+    embed_contract(model, contract)
+    save_onnx(model, dest)
+    return details
+
+
+def _simplify(model: Any) -> tuple[Any, bool]:
+    try:
+        from onnxsim import simplify
+    except ImportError as exc:
+        raise EdgecxrError("onnxsim is missing: pip install onnxsim (it is in requirements.txt)") from exc
+    simplified, ok = simplify(model)
+    return (simplified, True) if ok else (model, False)
+
+
+def load_onnx(path: str) -> Any:
+    """Load an ONNX file with a one-line error for missing, truncated or foreign files."""
+    import onnx
+
+    if not os.path.exists(path):
+        raise EdgecxrError(f"{path}: ONNX file not found")
+    try:
+        model = onnx.load(path)
+        onnx.checker.check_model(model)
+    except Exception as exc:  # protobuf DecodeError, ValidationError, ...
+        raise EdgecxrError(f"{path}: not a valid ONNX model ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from exc
+    return model

@@ -1,0 +1,140 @@
+"""ONNX FP16 and INT8 variants of the FP32 export.
+
+INT8 is ONNX Runtime static quantization in QDQ format with per-channel signed
+8-bit weights and *unsigned* 8-bit activations: on x86 only the u8 x s8 kernels use
+VNNI, so signed activations (ORT's default) run no faster than FP32 (TOOLCHAIN.md).
+Calibration is fed in batches through ``CalibStridedMinMax`` so that histogram
+methods (entropy, percentile) never hold every activation of every image at once.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Iterable
+
+import numpy as np
+
+from edgecxr.device.contract import Contract
+from edgecxr.errors import EdgecxrError
+
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+CALIB_BATCH = 16
+
+
+class _BatchReader:
+    """ORT ``CalibrationDataReader`` over a float32 NCHW array, in fixed-size batches.
+
+    ``set_range`` and ``len`` follow ORT's strided-calibration protocol: each
+    ``collect_data`` call then sees one batch and the calibrator merges ranges.
+    """
+
+    def __init__(self, input_name: str, x: np.ndarray, batch: int = CALIB_BATCH) -> None:
+        self.input_name = input_name
+        self.batches = [np.ascontiguousarray(x[i : i + batch]) for i in range(0, len(x), batch)]
+        self.set_range(0, len(self.batches))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._iter = iter(self.batches[start_index:end_index])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        b = next(self._iter, None)
+        return None if b is None else {self.input_name: b}
+
+    def rewind(self) -> None:
+        self.set_range(0, len(self.batches))
+
+
+def _calibrate_method(name: str) -> Any:
+    from onnxruntime.quantization import CalibrationMethod
+
+    table = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
+    if name not in table:
+        raise EdgecxrError(f"--calib-method {name!r}: choose one of {', '.join(CALIB_METHODS)}")
+    return table[name]
+
+
+def node_names(model_path: str) -> list[str]:
+    import onnx
+
+    return [n.name for n in onnx.load(model_path, load_external_data=False).graph.node]
+
+
+def resolve_keep_float(model_path: str, keep_float: Iterable[str]) -> list[str]:
+    """Match ``--keep-float`` entries to node names: exact name, or a unique substring.
+
+    ``debug-quant`` prints exact names; a substring like ``head`` is accepted when
+    it is unambiguous enough for a user to type. Unknown names are an error, never
+    silently ignored (the user believes that layer stays in float).
+    """
+    wanted = [k.strip() for k in keep_float if k.strip()]
+    if not wanted:
+        return []
+    names = node_names(model_path)
+    out: list[str] = []
+    for w in wanted:
+        if w in names:
+            out.append(w)
+            continue
+        hits = [n for n in names if w in n]
+        if not hits:
+            raise EdgecxrError(f"--keep-float {w!r}: no node of that name; run `edgecxr debug-quant` to list node names")
+        out.extend(hits)
+    return sorted(set(out), key=names.index)
+
+
+def _preprocess_for_quant(src: str, dest: str) -> str:
+    """ORT's recommended pre-pass (shape inference + graph optimisation); falls back to ``src``."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(src, dest, skip_symbolic_shape=False)
+        return dest
+    except Exception:  # the pre-pass is an optimisation only; quantizing the original is still correct
+        return src
+
+
+def quantize_int8(fp32_path: str, dest_tmp: str, calib_nchw: np.ndarray, method: str = "minmax",
+                  keep_float: Iterable[str] = (), input_name: str = "input") -> dict[str, Any]:
+    """Write the INT8 QDQ model to ``dest_tmp`` (a temp path the caller renames)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    cal = _calibrate_method(method)
+    excluded = resolve_keep_float(fp32_path, keep_float)
+    with tempfile.TemporaryDirectory(prefix="edgecxr-quant-") as tmp:
+        src = _preprocess_for_quant(fp32_path, os.path.join(tmp, "pre.onnx"))
+        reader = _BatchReader(input_name, calib_nchw)
+        extra: dict[str, Any] = {"CalibStridedMinMax": 1, "ActivationSymmetric": False, "WeightSymmetric": True}
+        if method == "percentile":
+            extra["CalibPercentile"] = 99.999
+        quantize_static(
+            src, dest_tmp, reader, quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8, per_channel=True, calibrate_method=cal, nodes_to_exclude=excluded,
+            extra_options=extra,
+        )
+    return {"calib_method": method, "calib_images": int(len(calib_nchw)), "activations": "uint8", "weights": "int8 per-channel",
+            "quant_format": "QDQ", "keep_float": excluded}
+
+
+def convert_fp16(fp32_path: str, dest_tmp: str) -> dict[str, Any]:
+    """FP16 weights and compute with float32 inputs/outputs, so callers feed the same arrays."""
+    import onnx
+    from onnxconverter_common import float16
+
+    model = onnx.load(fp32_path)
+    model16 = float16.convert_float_to_float16(model, keep_io_types=True)
+    onnx.save(model16, dest_tmp)
+    return {"io": "float32", "weights": "float16"}
+
+
+def restamp(path_in: str, contract: Contract, dest: str) -> None:
+    """Replace the contract in a produced ONNX file and write it atomically to ``dest``."""
+    import onnx
+
+    from edgecxr.convert.onnx_export import embed_contract, save_onnx
+
+    model = onnx.load(path_in)
+    embed_contract(model, contract)
+    save_onnx(model, dest)
