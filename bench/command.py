@@ -1,0 +1,106 @@
+"""``edgecxr bench``: size, accuracy change and latency of every artifact, in one table.
+
+Every number says where it came from: each row carries its device string, runtime
+and version, and ``bench.json`` keeps the raw per-run times, so a table can be
+rebuilt (``python -m edgecxr.bench.tables bench.json``) and re-summarised later.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import tempfile
+import time
+from typing import Any
+
+import click
+
+from edgecxr.errors import EdgecxrError
+
+EPILOG = """\b
+Examples:
+  edgecxr bench runs/mnv2/export --threads 1,2
+  edgecxr bench runs/mnv2/export ../shared/reference-models --format csv
+  edgecxr bench model_int8.tflite --reference runs/mnv2/export/mobilenet_v2_fp32.onnx
+  edgecxr bench runs/mnv2/export --device rpi --host pi@raspberrypi.local --identity ~/.ssh/id_ed25519
+  edgecxr bench runs/mnv2/export --device host --device rpi --host pi@10.0.0.7:2222   # both in one table
+"""
+
+
+def parse_threads(text: str) -> list[int]:
+    try:
+        vals = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError as exc:
+        raise EdgecxrError(f"--threads {text!r}: expected numbers like 1,2") from exc
+    if not vals or any(v < 1 for v in vals):
+        raise EdgecxrError(f"--threads {text!r}: expected positive numbers like 1,2")
+    return list(dict.fromkeys(vals))
+
+
+def is_pi_like() -> bool:
+    return platform.machine().lower() in ("aarch64", "arm64")
+
+
+@click.command("bench", epilog=EPILOG)
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path())
+@click.option("--data", type=click.Path(file_okay=False), help="Dataset folder (default: the one each model was trained on).")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "all"]),
+              help="Evaluation images: the run's held-out split, or 'all' of a never-split folder.")
+@click.option("--threads", default="1,2", show_default=True, help="Comma-separated thread counts, each set explicitly on the runtime.")
+@click.option("--warmup", default=10, show_default=True, type=click.IntRange(0), help="Untimed runs before timing.")
+@click.option("--runs", default=100, show_default=True, type=click.IntRange(1), help="Timed runs (at least).")
+@click.option("--min-seconds", default=0.0, show_default=True, type=click.FloatRange(0), help="Keep timing until this long has passed.")
+@click.option("--reference", type=click.Path(dir_okay=False, exists=True), help="FP32 model to compare against (default: auto-detected per architecture).")
+@click.option("--device", "devices", multiple=True, type=click.Choice(["host", "rpi"]),
+              help="Where to time: this machine, a Raspberry Pi (local on an aarch64 Pi, else via --host); repeat for both.  [default: host]")
+@click.option("--host", "ssh_host", help="USER@ADDR[:PORT] of the Pi (implies --device rpi).")
+@click.option("--identity", type=click.Path(dir_okay=False, exists=True), help="SSH private key for --host.")
+@click.option("--known-hosts", type=click.Path(dir_okay=False), help="known_hosts file checked for the Pi's host key [default: ~/.ssh/known_hosts].")
+@click.option("--accept-new-host-key", is_flag=True, help="Trust and record the Pi's host key if it is not yet known (a changed key is always refused).")
+@click.option("--remote-python", default="python3", show_default=True, help="Python interpreter on the Pi.")
+@click.option("--remote-images", default=10, show_default=True, type=click.IntRange(1), help="Test images copied to the Pi (timed input + agreement check).")
+@click.option("--out", default="bench_out", show_default=True, type=click.Path(file_okay=False), help="Folder for bench.json, bench.csv, bench.md, bench.png.")
+@click.option("--format", "fmt", default="md", show_default=True, type=click.Choice(["md", "csv", "json"]), help="Table printed on stdout.")
+@click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(0), help="Bootstrap resamples for the 95% CIs.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def bench_command(artifacts: tuple[str, ...], data: str | None, split: str, threads: str, warmup: int, runs: int,
+                  min_seconds: float, reference: str | None, devices: tuple[str, ...], ssh_host: str | None,
+                  identity: str | None, known_hosts: str | None, accept_new_host_key: bool, remote_python: str,
+                  remote_images: int, out: str, fmt: str, bootstrap: int, quiet: bool) -> None:
+    """Benchmark checkpoints, ONNX and TFLite files, or folders written by `edgecxr convert`.
+
+    Per artifact and thread count: format, precision, runtime, file size, parameters,
+    MACs, accuracy / macro-F1 / AUC with 95% bootstrap CIs, the macro-F1 change
+    against the FP32 reference (paired CI) and top-1 agreement, latency
+    (median, mean, std, p90, p99, min) after warm-up, load time and peak memory,
+    each artifact in its own process. Files without a contract (foreign models)
+    get latency and size; their accuracy columns say n/a.
+    """
+    from edgecxr.bench.report import build_document, write_outputs
+
+    thread_list = parse_threads(threads)
+    wanted = list(dict.fromkeys(devices)) or (["rpi"] if ssh_host else ["host"])
+    if ssh_host and "rpi" not in wanted:
+        wanted.append("rpi")
+    remote_needed = "rpi" in wanted and not (is_pi_like() and not ssh_host)
+    if remote_needed and not ssh_host:
+        raise EdgecxrError(f"--device rpi: no Raspberry Pi reachable (this machine is {platform.machine()}); "
+                           "run edgecxr bench on the Pi itself, or point at one with --host USER@ADDR[:PORT] [--identity KEY]")
+    settings = {"threads": thread_list, "warmup": warmup, "runs": runs, "min_seconds": min_seconds, "split": split,
+                "bootstrap": bootstrap, "data": os.path.abspath(data) if data else None}
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="edgecxr-bench-") as workdir:
+        doc = build_document(
+            paths=list(artifacts), data=data, split=split, settings=settings, reference=reference,
+            local="host" in wanted or (("rpi" in wanted) and not remote_needed),
+            local_label="rpi" if (not remote_needed and "rpi" in wanted and "host" not in wanted) else "host",
+            remote=dict(host=ssh_host, identity=identity, known_hosts=known_hosts, accept_new=accept_new_host_key,
+                        python=remote_python, n_images=remote_images) if remote_needed else None,
+            workdir=workdir, progress=not quiet)
+    doc["command"] = ["edgecxr", "bench", *sys.argv[2:]] if len(sys.argv) > 1 and sys.argv[1] == "bench" else None
+    doc["seconds"] = round(time.time() - started, 1)
+    paths = write_outputs(doc, out)
+    from edgecxr.bench.tables import render
+
+    click.echo(render(doc, fmt))
+    click.echo(f"wrote {', '.join(paths)}", err=True)

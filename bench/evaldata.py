@@ -1,0 +1,69 @@
+"""The evaluation images, preprocessed once per (dataset, split, preprocessing spec).
+
+Every artifact of one training run shares the same test images and the same spec,
+so they are decoded and preprocessed once here and handed to each measurement
+process as a memory-mapped ``.npy``. Which images: exactly ``edgecxr eval``'s rule
+(``evaluate.resolve_samples``): the split recorded in the model's contract, or every
+image of a never-split folder with ``--split all``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgecxr.device.contract import Contract
+from edgecxr.errors import EdgecxrError
+
+
+@dataclass
+class EvalSet:
+    key: str
+    npy: str  # preprocessed N x C x H x W float32
+    y: np.ndarray
+    files: list[str]
+    classes: list[str]
+    root: str
+    split: str
+    image_paths: list[str]  # absolute paths of the source images, same order
+
+
+def data_key(contract: Contract, data: str | None, split: str) -> tuple[str, str | None, str]:
+    root = os.path.abspath(data or contract.source.get("data_root") or "")
+    csv = None if split == "all" else contract.source.get("split_csv")
+    spec = json.dumps(contract.preprocess.to_dict(), sort_keys=True)
+    classes = json.dumps(list(contract.classes))
+    digest = hashlib.sha256(f"{root}|{csv}|{split}|{spec}|{classes}".encode()).hexdigest()[:16]
+    return digest, csv, root
+
+
+class EvalCache:
+    """Builds each distinct evaluation set once, in ``workdir``."""
+
+    def __init__(self, workdir: str, data: str | None, split: str, progress: bool = True) -> None:
+        self.workdir, self.data, self.split, self.progress = workdir, data, split, progress
+        self._sets: dict[str, EvalSet] = {}
+        self._errors: dict[str, str] = {}
+
+    def get(self, contract: Contract) -> EvalSet:
+        """The set for ``contract``; raises :class:`EdgecxrError` (cached) when there are no images."""
+        from edgecxr.evaluate import load_batch, resolve_samples
+
+        key, _csv, _root = data_key(contract, self.data, self.split)
+        if key in self._errors:
+            raise EdgecxrError(self._errors[key])
+        if key not in self._sets:
+            try:
+                index = resolve_samples(contract, self.data, self.split)
+                batch = load_batch(index, index.of_split(self.split), contract.preprocess, progress=self.progress)
+            except EdgecxrError as exc:
+                self._errors[key] = str(exc)
+                raise
+            npy = os.path.join(self.workdir, f"eval_{key}.npy")
+            np.save(npy, batch.x.astype(np.float32))
+            self._sets[key] = EvalSet(key, npy, batch.y, batch.files, batch.classes, index.root, self.split,
+                                      [os.path.join(index.root, f) for f in batch.files])
+        return self._sets[key]

@@ -1,0 +1,116 @@
+"""Benchmark on this machine: one measurement process per (artifact, thread count).
+
+The parent only reads files and computes statistics; every model is loaded and run
+in a child (``bench/measure.py``). The first child of each artifact also runs the
+evaluation images and saves the softmax outputs, from which accuracy, macro-F1,
+AUC, the bootstrap CIs and the paired comparison with the FP32 reference follow.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from edgecxr.bench.artifacts import Artifact
+from edgecxr.bench.evaldata import EvalCache, EvalSet
+from edgecxr.bench.measure import run_in_subprocess
+from edgecxr.errors import EdgecxrError
+
+
+@dataclass
+class Settings:
+    threads: list[int]
+    warmup: int = 10
+    runs: int = 100
+    min_seconds: float = 0.0
+    bootstrap: int = 1000
+
+
+@dataclass
+class Evaluated:
+    """The accuracy side of one artifact: its predictions on its evaluation set."""
+
+    eval_set: EvalSet | None
+    probs: np.ndarray | None
+    note: str | None = None
+
+
+def evaluation_set(a: Artifact, cache: EvalCache) -> tuple[EvalSet | None, str | None]:
+    if a.contract is None:
+        return None, "no contract (foreign model): accuracy n/a" + (f"; {a.contract_error}" if a.contract_error else "")
+    try:
+        return cache.get(a.contract), None
+    except EdgecxrError as exc:
+        return None, f"accuracy n/a: {str(exc).splitlines()[0]}"
+
+
+def measure_all(artifacts: list[Artifact], settings: Settings, cache: EvalCache, workdir: str,
+                progress: Callable[[str], None] | None = None) -> tuple[dict[tuple[str, int], dict[str, Any]], dict[str, Evaluated]]:
+    """Latency records keyed by (path, threads), and predictions keyed by path."""
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    evaluated: dict[str, Evaluated] = {}
+    for i, a in enumerate(artifacts):
+        es, note = evaluation_set(a, cache)
+        for j, t in enumerate(settings.threads):
+            if progress:
+                progress(f"{a.name} x{t}")
+            probs_out = os.path.join(workdir, f"probs_{i}.npy") if (es is not None and j == 0) else None
+            rec = run_in_subprocess(a.path, t, os.path.join(workdir, f"measure_{i}_{t}.json"), warmup=settings.warmup,
+                                    runs=settings.runs, min_seconds=settings.min_seconds,
+                                    latency_input=es.npy if es else None, eval_inputs=es.npy if probs_out else None,
+                                    probs_out=probs_out)
+            records[(a.path, t)] = rec
+            if j == 0:
+                probs = np.load(probs_out) if probs_out and "probs_file" in rec else None
+                if es is not None and probs is None and note is None:
+                    note = f"accuracy n/a: {rec.get('error', 'no predictions')}"
+                evaluated[a.path] = Evaluated(es, probs, note)
+    return records, evaluated
+
+
+def predict_only(a: Artifact, cache: EvalCache, workdir: str, threads: int) -> Evaluated:
+    """Predictions of an artifact that is a reference but not benchmarked itself."""
+    es, note = evaluation_set(a, cache)
+    if es is None:
+        return Evaluated(None, None, note)
+    probs_out = os.path.join(workdir, f"probs_ref_{abs(hash(a.path))}.npy")
+    rec = run_in_subprocess(a.path, threads, probs_out + ".json", warmup=0, runs=0, min_seconds=0.0,
+                            latency_input=es.npy, eval_inputs=es.npy, probs_out=probs_out)
+    if "probs_file" not in rec:
+        return Evaluated(es, None, f"reference failed: {rec.get('error', 'no predictions')}")
+    return Evaluated(es, np.load(probs_out), None)
+
+
+def accuracy_columns(a: Artifact, ev: Evaluated, ref: Evaluated | None, n_boot: int) -> dict[str, Any]:
+    """Accuracy, macro-F1, AUC with 95% CIs, and the paired change against the reference."""
+    from edgecxr.metrics import classification_report, paired_delta_ci
+
+    out: dict[str, Any] = {"accuracy": None, "macro_f1": None, "auc_macro": None, "n_images": None,
+                           "reference": None, "delta_macro_f1_pp": None, "delta_macro_f1_ci95": None, "top1_agreement": None}
+    if ev.probs is None or ev.eval_set is None:
+        out["accuracy_note"] = ev.note
+        return out
+    es = ev.eval_set
+    rep = classification_report(es.y, ev.probs, es.classes, n_boot=n_boot)
+    out.update({k: rep[k] for k in ("accuracy", "accuracy_ci95", "macro_f1", "macro_f1_ci95", "auc_macro", "auc_macro_ci95", "n_images")})
+    out["per_class"] = rep["per_class"]
+    out["data_root"], out["split"] = es.root, es.split
+    if a.reference is None:
+        out["accuracy_note"] = "no FP32 reference found (pass --reference FP32_MODEL)"
+        return out
+    out["reference"] = a.reference.name
+    if ref is None or ref.probs is None or ref.eval_set is None:
+        out["accuracy_note"] = f"reference {a.reference.name} gave no predictions"
+        return out
+    # pair on the images both were evaluated on (normally all of them)
+    pos = {f: i for i, f in enumerate(ref.eval_set.files)}
+    common = [(i, pos[f]) for i, f in enumerate(es.files) if f in pos]
+    if not common:
+        out["accuracy_note"] = f"reference {a.reference.name} was evaluated on other images"
+        return out
+    ia, ib = (np.array(v) for v in zip(*common))
+    d = paired_delta_ci(es.y[ia], ref.probs[ib], ev.probs[ia], len(es.classes), n_boot=n_boot)
+    out.update({"delta_macro_f1_pp": d["delta_pp"], "delta_macro_f1_ci95": d["ci95"], "top1_agreement": d["top1_agreement"]})
+    return out

@@ -1,0 +1,122 @@
+"""Assemble ``bench.json``: one row per (artifact, device, thread count), and write the outputs.
+
+Accuracy is a property of the file and its runtime, not of the machine, so it is
+computed once per artifact on this machine's full evaluation split and repeated on
+every row of that artifact (Pi rows included, with the Pi's own top-1 agreement on
+the images it was sent as the check that the Pi computes the same thing).
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from edgecxr.bench.artifacts import Artifact, assign_references, collect, describe, sort_key
+from edgecxr.bench.evaldata import EvalCache
+from edgecxr.bench.graphstats import graph_stats
+from edgecxr.bench.local import Evaluated, Settings, accuracy_columns, measure_all, predict_only
+
+SCHEMA = "edgecxr.bench/1"
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="bench", unit="run", disable=not enabled, leave=False)
+
+
+def base_row(a: Artifact, stats: dict[str, Any]) -> dict[str, Any]:
+    precision = a.precision if a.precision != "?" else stats.get("weight_precision", "?")
+    note = None
+    if a.contract is None:
+        note = "no contract: foreign model, latency and size only" + (f" ({a.contract_error})" if a.contract_error else "")
+    return {"artifact": a.name, "path": a.path, "arch": a.arch, "format": a.format, "precision": precision,
+            "has_contract": a.has_contract, "size_bytes": a.size_bytes, "params": stats.get("params"),
+            "macs": stats.get("macs"), "stats_from": stats.get("stats_from"), "note": note}
+
+
+def latency_fields(rec: dict[str, Any]) -> dict[str, Any]:
+    keep = ("runtime", "threads", "warmup", "load_ms", "peak_rss_mb", "rss_before_load_mb", "latency_input",
+            "runs_ms", "n_runs", "median_ms", "mean_ms", "std_ms", "p90_ms", "p99_ms", "min_ms", "max_ms", "error")
+    return {k: rec[k] for k in keep if k in rec}
+
+
+def build_document(*, paths: list[str], data: str | None, split: str, settings: dict[str, Any], reference: str | None,
+                   local: bool, local_label: str, remote: dict[str, Any] | None, workdir: str, progress: bool) -> dict[str, Any]:
+    from edgecxr.device.sysinfo import device_info, device_string
+
+    artifacts = sorted(collect(paths), key=sort_key)
+    ref_art: Artifact | None = None
+    if reference:
+        ref_art = next((a for a in artifacts if os.path.realpath(a.path) == os.path.realpath(reference)), None) or describe(reference)
+    assign_references(artifacts, ref_art)
+    stats = {a.path: graph_stats(a.path) for a in artifacts}
+    s = Settings(threads=settings["threads"], warmup=settings["warmup"], runs=settings["runs"],
+                 min_seconds=settings["min_seconds"], bootstrap=settings["bootstrap"])
+    cache = EvalCache(workdir, data, split, progress=progress)
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    evaluated: dict[str, Evaluated] = {}
+    if local:
+        bar = _progress_bar(len(artifacts) * len(s.threads), progress)
+        records, evaluated = measure_all(artifacts, s, cache, workdir, progress=lambda _msg: bar.update(1))
+        bar.close()
+    for a in [*artifacts, *([ref_art] if ref_art else [])]:
+        if a.path not in evaluated:
+            evaluated[a.path] = predict_only(a, cache, workdir, s.threads[0])
+    for a in artifacts:
+        if a.reference is not None and a.reference.path not in evaluated:
+            evaluated[a.reference.path] = predict_only(a.reference, cache, workdir, s.threads[0])
+    acc = {a.path: accuracy_columns(a, evaluated[a.path], evaluated.get(a.reference.path) if a.reference else None, s.bootstrap)
+           for a in artifacts}
+
+    rows: list[dict[str, Any]] = []
+    devices: dict[str, Any] = {}
+    if local:
+        info = device_info()
+        devices[local_label] = {**info, "summary": device_string(info=info)}
+        for a in artifacts:
+            for t in s.threads:
+                rec = records[(a.path, t)]
+                row = {**base_row(a, stats[a.path]), "device": local_label, **acc[a.path], **latency_fields(rec)}
+                row["device_string"] = device_string(rec.get("runtime"), info=info)
+                rows.append(row)
+    if remote is not None:
+        from edgecxr.bench.remote import run_remote
+
+        remote_doc = run_remote(artifacts, evaluated, s, workdir=workdir, progress=progress, **remote)
+        info = remote_doc["device"]
+        devices["rpi"] = {**info, "summary": device_string(info=info)}
+        for a in artifacts:
+            for t in s.threads:
+                rec = remote_doc["records"].get((a.path, t))
+                if rec is None:
+                    continue
+                row = {**base_row(a, stats[a.path]), "device": "rpi", **acc[a.path], **latency_fields(rec)}
+                row["device_string"] = device_string(rec.get("runtime"), info=info)
+                if rec.get("host_agreement") is not None:
+                    row["pi_host_top1_agreement"] = rec["host_agreement"]
+                if acc[a.path].get("macro_f1") is not None:
+                    row["accuracy_from"] = "host evaluation of the same file"
+                if rec.get("skip"):
+                    row["note"] = rec["skip"]
+                rows.append(row)
+    return {
+        "schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "settings": settings,
+        "devices": devices, "rows": rows,
+        "artifacts": [{"artifact": a.name, "path": a.path, "reference": a.reference.path if a.reference else None,
+                       "contract_error": a.contract_error, **stats[a.path]} for a in artifacts],
+    }
+
+
+def write_outputs(doc: dict[str, Any], out: str) -> list[str]:
+    from edgecxr.atomic import write_json, write_text
+    from edgecxr.bench.plot import save_plot
+    from edgecxr.bench.tables import csv_text, markdown
+
+    os.makedirs(out, exist_ok=True)
+    paths = [os.path.join(out, n) for n in ("bench.json", "bench.csv", "bench.md", "bench.png")]
+    write_json(paths[0], doc)
+    write_text(paths[1], csv_text(doc))
+    write_text(paths[2], markdown(doc) + "\n")
+    save_plot(doc, paths[3])
+    return paths
