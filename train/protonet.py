@@ -1,0 +1,291 @@
+"""``edgecxr train --method protonet``: prototypical networks trained on episodes.
+
+Each epoch runs ``episodes`` N-way K-shot Q-query training episodes (fresh draws per
+epoch, augmented); validation runs the same number of fixed episodes from the
+validation split, and the encoder with the lowest validation episode loss is kept.
+At the end the prototypes are computed from the training images (all of them, or
+the ``--train-shots`` subset) and folded into a plain classifier, ``best.pt``, which
+every other stage uses like a supervised checkpoint. ``protonet.pt`` keeps the
+encoder and prototypes; ``metrics.json`` adds the mean test-episode accuracy with a
+95% confidence interval.
+
+Run files: ``best.pt``, ``protonet.pt``, ``protonet_last.pt`` (for ``--resume``),
+``split.csv``, ``metrics.json``, ``epochs.csv``, ``train.log``, ``curves.png``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, fields, replace
+
+import numpy as np
+import torch
+from edgecxr.device.preprocess import PreprocessSpec
+from edgecxr.train.dataset import AugmentSpec, CXRDataset
+from edgecxr.train.distributed import Dist
+from edgecxr.train.episodes import EpisodeDataset, EpisodeSpec, mean_ci95, per_class_subset
+from edgecxr.train.proto_model import (
+    build_encoder,
+    class_prototypes,
+    embed_dataset,
+    fold_into_classifier,
+    load_protonet,
+    run_episodes,
+    save_protonet,
+    squared_distances,
+    support_prototypes,
+)
+from edgecxr.train.supervised import TrainConfig, _make_optimizer, _set_trainable, _write_epoch_log, load_run_index
+from torch import nn
+from torch.utils.data import DataLoader
+
+from edgecxr.atomic import write_json, write_text
+from edgecxr.checkpoint import make_contract, save_checkpoint
+from edgecxr.data import class_counts, write_split_csv
+from edgecxr.errors import EdgecxrError
+from edgecxr.registry import get_config
+
+VAL_SEED_OFFSET, TEST_SEED_OFFSET = 10_000, 20_000  # evaluation episodes never coincide with training draws
+
+
+@dataclass
+class ProtoConfig:
+    n_way: int = 3
+    k_shot: int = 5
+    q_query: int = 5
+    episodes: int = 20
+    train_shots: int | None = None
+    embed_dim: int = 128
+    step_size: int = 10  # protonet StepLR default: x0.5 every 10 epochs
+    gamma: float = 0.5
+
+    def episode_spec(self) -> EpisodeSpec:
+        return EpisodeSpec(self.n_way, self.k_shot, self.q_query, self.episodes)
+
+
+def schedule_config(cfg: TrainConfig, proto: ProtoConfig) -> TrainConfig:
+    """The protonet StepLR defaults (x0.5 / 10 epochs) unless --step-size/--gamma were changed.
+
+    ``edgecxr train`` shares one flag set with supervised training, whose defaults are
+    7 epochs and 0.1; values equal to those are taken as "not given".
+    """
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    step = proto.step_size if cfg.step_size == defaults["step_size"] else cfg.step_size
+    gamma = proto.gamma if cfg.gamma == defaults["gamma"] else cfg.gamma
+    return replace(cfg, step_size=step, gamma=gamma)
+
+
+def _episode_loss(model: nn.Module, sx: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor, spec: EpisodeSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # one forward over support + query: one BatchNorm batch, and one DDP forward per step
+    x = torch.cat([sx, qx]).to(device).contiguous(memory_format=torch.channels_last)
+    emb = model(x)
+    protos = support_prototypes(emb[: len(sx)], spec.n_way, spec.k_shot)
+    logits = -squared_distances(emb[len(sx):], protos)
+    return nn.functional.cross_entropy(logits, qy.to(device)), logits
+
+
+def _macro_f1(y: np.ndarray, pred: np.ndarray, k: int) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y, pred, average="macro", labels=list(range(k)), zero_division=0))
+
+
+def episode_summary(accuracies: list[float], spec: EpisodeSpec, split: str) -> dict:
+    mean, lo, hi = mean_ci95(accuracies)
+    return {"split": split, "n_way": spec.n_way, "k_shot": spec.k_shot, "q_query": spec.q_query, "episodes": len(accuracies),
+            "mean_accuracy": mean, "accuracy_ci95": [lo, hi], "per_episode_accuracy": [round(a, 6) for a in accuracies]}
+
+
+def train_protonet(cfg: TrainConfig, proto: ProtoConfig) -> dict:
+    """Train, fold and evaluate; returns the same summary keys as supervised ``train``."""
+    from tqdm import tqdm
+
+    dist = Dist.from_env()
+    get_config(cfg.arch)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    elif dist.world_size > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world_size))
+    torch.manual_seed(cfg.seed)
+    os.makedirs(cfg.out, exist_ok=True)
+    sched_cfg = schedule_config(cfg, proto)
+    spec = cfg.spec()
+    ep_spec = proto.episode_spec()
+    resume_payload = None
+    last_path, proto_path = os.path.join(cfg.out, "protonet_last.pt"), os.path.join(cfg.out, "protonet.pt")
+    if cfg.resume:
+        if not os.path.exists(last_path):
+            raise EdgecxrError(f"--resume: {last_path} not found; start without --resume")
+        resume_payload = torch.load(last_path, map_location="cpu", weights_only=True)
+        spec = PreprocessSpec.from_dict(resume_payload["contract"]["preprocess"])
+
+    index = load_run_index(cfg, dist)
+    if dist.is_main:
+        write_split_csv(os.path.join(cfg.out, "split.csv"), index)
+    classes = index.classes
+    if ep_spec.n_way > len(classes):
+        raise EdgecxrError(f"--n-way {ep_spec.n_way}: the dataset has only {len(classes)} classes; use --n-way {len(classes)} or fewer")
+    show = cfg.progress and dist.is_main
+    train_samples = index.of_split("train")
+    if proto.train_shots:
+        train_samples = per_class_subset(train_samples, proto.train_shots, cfg.seed)
+    train_ds = CXRDataset(index.root, train_samples, classes, spec, AugmentSpec() if cfg.augment else None, cfg.seed, show, "loading train")
+    val_ds = CXRDataset(index.root, index.of_split("val"), classes, spec, None, cfg.seed, show, "loading val")
+    train_eps = EpisodeDataset(train_ds, train_ds.labels, ep_spec, cfg.seed, "training split" + (f" (--train-shots {proto.train_shots})" if proto.train_shots else ""),
+                               dist.rank, dist.world_size)
+    val_eps = EpisodeDataset(val_ds, val_ds.labels, ep_spec, cfg.seed + VAL_SEED_OFFSET, "validation split")
+    skipped = index.skipped + train_ds.skipped + val_ds.skipped
+
+    encoder = build_encoder(cfg.arch, len(classes), proto.embed_dim, pretrained=cfg.pretrained, weights=cfg.weights)
+    _set_trainable(encoder, cfg.freeze_backbone, cfg.unfreeze_last)
+    encoder = encoder.to(dist.device).to(memory_format=torch.channels_last)
+    opt, sched = _make_optimizer(sched_cfg, [p for p in encoder.parameters() if p.requires_grad])
+    start_epoch, best_loss, history, bad_epochs = 0, float("inf"), [], 0
+    if resume_payload is not None:
+        encoder.load_state_dict(resume_payload["encoder_state"])
+        opt.load_state_dict(resume_payload["optimizer"])
+        sched.load_state_dict(resume_payload["scheduler"])
+        start_epoch = int(resume_payload["epoch"]) + 1
+        best_loss = float(resume_payload["best_val_loss"])
+        history = list(resume_payload["history"])
+        bad_epochs = int(resume_payload.get("bad_epochs", 0))
+    model = dist.wrap(encoder)
+
+    source = {"data_root": index.root, "split_csv": os.path.abspath(os.path.join(cfg.out, "split.csv"))}
+    contract = make_contract(cfg.arch, classes, spec, method="protonet", source=source)
+    config_dict = {**asdict(cfg), "step_size": sched_cfg.step_size, "gamma": sched_cfg.gamma}
+    proto_dict = asdict(proto)
+    log_lines = [f"classes: {classes}", "split counts: " + json.dumps({s: class_counts(index.of_split(s)) for s in ("train", "val", "test")}),
+                 f"episodes: {ep_spec.n_way}-way {ep_spec.k_shot}-shot {ep_spec.q_query}-query, {ep_spec.episodes} per epoch"
+                 + (f"; training images limited to {proto.train_shots} per class ({len(train_ds)} in all)" if proto.train_shots else "")]
+    log_lines += [f"skipped {f}: {why}" for f, why in skipped]
+    t_start = time.perf_counter()
+    seen_images = 0
+    for epoch in range(start_epoch, cfg.epochs):
+        train_eps.set_epoch(epoch)
+        model.train()
+        t0 = time.perf_counter()
+        losses, accs, n_img = [], [], 0
+        loader = DataLoader(train_eps, batch_size=None, shuffle=False, num_workers=cfg.workers)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="episode", disable=not show, leave=False)
+        for sx, qx, qy, _cls in bar:
+            opt.zero_grad(set_to_none=True)
+            loss, logits = _episode_loss(model, sx, qx, qy, ep_spec, dist.device)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            accs.append(float((logits.argmax(1).cpu() == qy).float().mean()))
+            n_img += len(sx) + len(qx)
+            bar.set_postfix(loss=f"{np.mean(losses):.3f}", acc=f"{np.mean(accs):.3f}", img_s=f"{n_img / (time.perf_counter() - t0):.1f}")
+        sched.step()
+        epoch_time = time.perf_counter() - t0
+        seen_images += n_img * dist.world_size
+        val = run_episodes(encoder, val_eps, len(classes))
+        row = {
+            "epoch": epoch + 1, "train_loss": float(np.mean(losses)), "train_acc": float(np.mean(accs)),
+            "val_loss": val["loss"], "val_acc": float(np.mean(val["accuracies"])),
+            "val_macro_f1": _macro_f1(val["y"], val["pred"], len(classes)),
+            "lr": opt.param_groups[0]["lr"], "seconds": epoch_time, "images_per_s": n_img * dist.world_size / epoch_time,
+        }
+        history.append(row)
+        improved = row["val_loss"] < best_loss - 1e-6
+        best_loss = min(best_loss, row["val_loss"])
+        bad_epochs = 0 if improved else bad_epochs + 1
+        line = (f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | val episodes loss {row['val_loss']:.4f} "
+                f"acc {row['val_acc']:.4f} macro-F1 {row['val_macro_f1']:.4f} | {row['images_per_s']:.1f} img/s{' *' if improved else ''}")
+        log_lines.append(line)
+        if dist.is_main:
+            tqdm.write(line)
+            extra = {"train_config": config_dict, "proto_config": proto_dict, "epoch": epoch, "history": history, "best_val_loss": best_loss}
+            if improved:
+                save_protonet(proto_path, encoder, None, contract.to_dict(), **extra)
+            save_protonet(last_path, encoder, None, contract.to_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                          bad_epochs=bad_epochs, **extra)
+            _write_epoch_log(os.path.join(cfg.out, "epochs.csv"), history)
+        if cfg.early_stop and bad_epochs >= cfg.early_stop:
+            log_lines.append(f"early stop: validation episode loss did not improve for {cfg.early_stop} epochs")
+            break
+    train_seconds = time.perf_counter() - t_start
+    best = min(history, key=lambda r: r["val_loss"]) if history else {}
+    summary = {
+        "arch": cfg.arch, "classes": classes, "method": "protonet", "epochs_run": len(history), "best_epoch": best.get("epoch"),
+        "best_val_loss": best.get("val_loss"), "best_val_acc": best.get("val_acc"), "best_val_macro_f1": best.get("val_macro_f1"),
+        "train_seconds": train_seconds, "images_per_s": seen_images / train_seconds if train_seconds > 0 else None,
+        "world_size": dist.world_size, "n_train": len(train_ds), "n_val": len(val_ds), "n_test": len(index.of_split("test")),
+        "skipped_files": [{"file": f, "reason": why} for f, why in skipped], "config": config_dict, "proto_config": proto_dict,
+    }
+    if dist.is_main:
+        summary.update(_finish(cfg, proto, ep_spec, index, classes, spec, contract, train_ds, val_ds, proto_path, show, log_lines))
+        write_json(os.path.join(cfg.out, "metrics.json"), summary)
+        write_text(os.path.join(cfg.out, "train.log"), "\n".join(log_lines) + "\n")
+        from edgecxr.train.plots import plot_curves
+
+        plot_curves(history, os.path.join(cfg.out, "curves.png"),
+                    title=f"{cfg.arch} protonet ({ep_spec.n_way}-way {ep_spec.k_shot}-shot) on {os.path.basename(index.root.rstrip('/'))}")
+    dist.close()
+    return summary
+
+
+def _finish(cfg: TrainConfig, proto: ProtoConfig, ep_spec: EpisodeSpec, index, classes: list[str], spec: PreprocessSpec, contract,
+            train_ds: CXRDataset, val_ds: CXRDataset, proto_path: str, show: bool, log_lines: list[str]) -> dict:
+    """Best encoder -> training-set prototypes -> folded ``best.pt``; test episodes; fold check."""
+    encoder, _none, payload = load_protonet(proto_path)
+    train_ds.augment_spec = None  # prototypes come from the images as they are, not augmented
+    emb, labels = embed_dataset(encoder, train_ds, progress=show, desc="prototypes")
+    protos = class_prototypes(emb, labels, len(classes))
+    folded = fold_into_classifier(encoder, protos, cfg.arch)
+    extra = {k: payload[k] for k in ("train_config", "proto_config", "epoch", "history", "best_val_loss")}
+    save_protonet(proto_path, encoder, protos, contract.to_dict(), prototype_images=len(labels), **extra)
+    save_checkpoint(os.path.join(cfg.out, "best.pt"), folded, contract, **extra)
+
+    # the folded classifier must give the distance classifier's probabilities (up to float rounding)
+    v_emb, _ = embed_dataset(encoder, val_ds)
+    with torch.no_grad():
+        p_dist = torch.softmax(-squared_distances(v_emb, protos), 1)
+        x = torch.stack([val_ds[i][0] for i in range(len(val_ds))]).contiguous(memory_format=torch.channels_last)
+        p_fold = torch.softmax(folded(x), 1)
+    fold_diff = float((p_dist - p_fold).abs().max())
+    fold_agree = float((p_dist.argmax(1) == p_fold.argmax(1)).float().mean())
+    log_lines.append(f"prototypes from {len(labels)} training images; folded classifier vs distances on val: "
+                     f"max |prob diff| {fold_diff:.2e}, top-1 agreement {fold_agree:.4f}")
+
+    out: dict = {"prototype_images": len(labels), "fold_check": {"max_abs_prob_diff": fold_diff, "top1_agreement": fold_agree}}
+    test_samples = index.of_split("test")
+    if test_samples:
+        test_ds = CXRDataset(index.root, test_samples, classes, spec, None, cfg.seed, show, "loading test")
+        try:
+            test_eps = EpisodeDataset(test_ds, test_ds.labels, ep_spec, cfg.seed + TEST_SEED_OFFSET, "test split")
+        except EdgecxrError as exc:
+            log_lines.append(f"test episodes skipped: {exc}")
+        else:
+            res = run_episodes(encoder, test_eps, len(classes), progress=show, desc="test episodes")
+            out["test_episodes"] = episode_summary(res["accuracies"], ep_spec, "test")
+            te = out["test_episodes"]
+            log_lines.append(f"test episodes: mean accuracy {te['mean_accuracy']:.4f} "
+                             f"[{te['accuracy_ci95'][0]:.4f}, {te['accuracy_ci95'][1]:.4f}] over {te['episodes']} episodes")
+            from tqdm import tqdm
+
+            if show:
+                tqdm.write(log_lines[-1])
+    if proto.train_shots:
+        out["train_files"] = list(train_ds.files)
+    return out
+
+
+def episode_report(protonet_path: str, split: str = "test", data: str | None = None, split_csv: str | None = None,
+                   episodes: int | None = None, seed: int = 0, progress: bool = False) -> dict:
+    """Mean episode accuracy (95% CI) of a trained protonet on any split; what ``eval`` can add for protonet runs."""
+    from edgecxr.device.contract import Contract
+
+    from edgecxr.evaluate import resolve_samples
+
+    encoder, _protos, payload = load_protonet(protonet_path)
+    contract = Contract.from_dict(payload["contract"])
+    pc = dict(payload.get("proto_config") or {})
+    ep_spec = EpisodeSpec(pc.get("n_way", 3), pc.get("k_shot", 5), pc.get("q_query", 5), episodes or pc.get("episodes", 20))
+    index = resolve_samples(contract, data, split, split_csv)
+    ds = CXRDataset(index.root, index.of_split(split), list(contract.classes), contract.preprocess, None, seed, progress, f"loading {split}")
+    eps = EpisodeDataset(ds, ds.labels, ep_spec, seed + TEST_SEED_OFFSET, f"{split} split")
+    res = run_episodes(encoder, eps, contract.num_classes, progress=progress, desc=f"{split} episodes")
+    return episode_summary(res["accuracies"], ep_spec, split)
