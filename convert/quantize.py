@@ -8,8 +8,11 @@ methods (entropy, percentile) never hold every activation of every image at once
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
+import warnings
 from typing import Any, Iterable
 
 import numpy as np
@@ -21,7 +24,7 @@ CALIB_METHODS = ("minmax", "entropy", "percentile")
 CALIB_BATCH = 16
 
 
-class _BatchReader:
+class BatchReader:
     """ORT ``CalibrationDataReader`` over a float32 NCHW array, in fixed-size batches.
 
     ``set_range`` and ``len`` follow ORT's strided-calibration protocol: each
@@ -45,6 +48,9 @@ class _BatchReader:
 
     def rewind(self) -> None:
         self.set_range(0, len(self.batches))
+
+    def __iter__(self):  # qdq_loss_debug.collect_activations iterates the reader
+        return iter({self.input_name: b} for b in self.batches)
 
 
 def _calibrate_method(name: str) -> Any:
@@ -85,7 +91,7 @@ def resolve_keep_float(model_path: str, keep_float: Iterable[str]) -> list[str]:
     return sorted(set(out), key=names.index)
 
 
-def _preprocess_for_quant(src: str, dest: str) -> str:
+def preprocess_for_quant(src: str, dest: str) -> str:
     """ORT's recommended pre-pass (shape inference + graph optimisation); falls back to ``src``."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -97,23 +103,28 @@ def _preprocess_for_quant(src: str, dest: str) -> str:
 
 
 def quantize_int8(fp32_path: str, dest_tmp: str, calib_nchw: np.ndarray, method: str = "minmax",
-                  keep_float: Iterable[str] = (), input_name: str = "input") -> dict[str, Any]:
-    """Write the INT8 QDQ model to ``dest_tmp`` (a temp path the caller renames)."""
+                  keep_float: Iterable[str] = (), input_name: str = "input", pre_process: bool = True) -> dict[str, Any]:
+    """Write the INT8 QDQ model to ``dest_tmp`` (a temp path the caller renames).
+
+    ``pre_process=False`` keeps tensor names identical to ``fp32_path``, which
+    ``debug-quant`` needs to match activations between the two models.
+    """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     cal = _calibrate_method(method)
-    excluded = resolve_keep_float(fp32_path, keep_float)
     with tempfile.TemporaryDirectory(prefix="edgecxr-quant-") as tmp:
-        src = _preprocess_for_quant(fp32_path, os.path.join(tmp, "pre.onnx"))
-        reader = _BatchReader(input_name, calib_nchw)
+        src = preprocess_for_quant(fp32_path, os.path.join(tmp, "pre.onnx")) if pre_process else fp32_path
+        excluded = resolve_keep_float(src, keep_float)
+        reader = BatchReader(input_name, calib_nchw)
         extra: dict[str, Any] = {"CalibStridedMinMax": 1, "ActivationSymmetric": False, "WeightSymmetric": True}
         if method == "percentile":
             extra["CalibPercentile"] = 99.999
-        quantize_static(
-            src, dest_tmp, reader, quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8, per_channel=True, calibrate_method=cal, nodes_to_exclude=excluded,
-            extra_options=extra,
-        )
+        with contextlib.redirect_stdout(io.StringIO()):  # ORT prints histogram progress lines
+            quantize_static(
+                src, dest_tmp, reader, quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8, per_channel=True, calibrate_method=cal, nodes_to_exclude=excluded,
+                extra_options=extra,
+            )
     return {"calib_method": method, "calib_images": int(len(calib_nchw)), "activations": "uint8", "weights": "int8 per-channel",
             "quant_format": "QDQ", "keep_float": excluded}
 
@@ -124,9 +135,12 @@ def convert_fp16(fp32_path: str, dest_tmp: str) -> dict[str, Any]:
     from onnxconverter_common import float16
 
     model = onnx.load(fp32_path)
-    model16 = float16.convert_float_to_float16(model, keep_io_types=True)
+    with warnings.catch_warnings(record=True) as caught:  # one warning per tiny weight: counted, not printed
+        warnings.simplefilter("always")
+        model16 = float16.convert_float_to_float16(model, keep_io_types=True)
     onnx.save(model16, dest_tmp)
-    return {"io": "float32", "weights": "float16"}
+    truncated = sum(1 for w in caught if "truncated" in str(w.message))
+    return {"io": "float32", "weights": "float16", "values_clamped_to_fp16_range": truncated}
 
 
 def restamp(path_in: str, contract: Contract, dest: str) -> None:

@@ -1,0 +1,107 @@
+"""``edgecxr convert`` and ``edgecxr debug-quant``: thin click layers over the Python API
+(:func:`edgecxr.convert.pipeline.convert_checkpoint`, :func:`edgecxr.convert.debug.debug_quant`)."""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+EXIT_GATE_FAILED = 3
+
+
+def _split_list(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+@click.command("convert")
+@click.argument("ckpt", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the artifacts and convert_report.json/.md.")
+@click.option("--int8", is_flag=True, help="Also write INT8 models (needs real calibration images).")
+@click.option("--fp16", is_flag=True, help="Also write FP16 models.")
+@click.option("--formats", default="onnx,tflite", show_default=True, help="Comma-separated formats: onnx, tflite. FP32 ONNX is always written.")
+@click.option("--calib-data", type=click.Path(file_okay=False), help="Folder of calibration images (one subfolder per class). Default: the train split recorded in the checkpoint.")
+@click.option("--calib-n", default=300, show_default=True, type=click.IntRange(1), help="Calibration images, drawn stratified by class.")
+@click.option("--calib-method", default="minmax", show_default=True, type=click.Choice(["minmax", "entropy", "percentile"]), help="ONNX Runtime calibration method for INT8 ONNX.")
+@click.option("--verify-data", type=click.Path(file_okay=False), help="Folder of verification images (every image is used). Default: the run's test split.")
+@click.option("--no-verify", is_flag=True, help="Skip running the artifacts on verification images.")
+@click.option("--max-drop", type=float, help="Exit with code 3 when an INT8 artifact loses more than this many macro-F1 points.")
+@click.option("--keep-float", default="", help="Comma-separated ONNX node names to keep in float in INT8 ONNX (see `edgecxr debug-quant`).")
+@click.option("--threads", type=click.IntRange(1), help="Threads for torch and the runtimes during verification.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def convert_command(ckpt: str, out_dir: str, int8: bool, fp16: bool, formats: str, calib_data: str | None, calib_n: int,
+                    calib_method: str, verify_data: str | None, no_verify: bool, max_drop: float | None, keep_float: str,
+                    threads: int | None, quiet: bool) -> None:
+    """Convert checkpoint CKPT to ONNX and TFLite (FP32, and FP16/INT8 on request), run every
+    artifact on verification images against the PyTorch model, and write a report.
+
+    \b
+    Files in OUT: <arch>_fp32.onnx, <arch>_fp16.onnx, <arch>_int8.onnx,
+    <arch>_fp32.tflite, <arch>_fp16.tflite, <arch>_int8.tflite (each with a
+    .tflite.json contract sidecar), convert_report.json and convert_report.md.
+
+    \b
+    Examples:
+      edgecxr convert runs/mnv2/best.pt --out runs/mnv2/export --int8 --fp16
+      edgecxr convert runs/mnv2/best.pt --out exp --int8 --formats onnx --calib-method entropy
+      edgecxr convert best.pt --out exp --int8 --calib-data data/covid-radiography --verify-data data/tbcxr
+      edgecxr convert best.pt --out exp --int8 --max-drop 0.5      # CI gate: exit 3 if INT8 loses > 0.5 pt
+      edgecxr debug-quant best.pt --data data/covid-radiography     # then --keep-float NODE,...
+
+    INT8 needs real calibration images and is refused without them.
+    """
+    from edgecxr.convert.formats import parse_formats
+    from edgecxr.convert.pipeline import convert_checkpoint
+    from edgecxr.convert.report import REPORT_JSON, REPORT_MD, terminal_table
+
+    fmts = [f.name for f in parse_formats(formats)]
+    report = convert_checkpoint(
+        ckpt, out_dir, int8=int8, fp16=fp16, formats=fmts, calib_data=calib_data, calib_n=calib_n, calib_method=calib_method,
+        verify_data=verify_data, verify=not no_verify, max_drop=max_drop, keep_float=_split_list(keep_float), threads=threads,
+        progress=not quiet, echo=click.echo,
+    )
+    click.echo("")
+    click.echo(terminal_table(report))
+    click.echo(f"\nwrote {os.path.join(out_dir, REPORT_JSON)} and {REPORT_MD} ({report['seconds']:.0f} s in all)")
+    failed = [a for a in report["artifacts"] if a["status"] != "ok"]
+    if failed:
+        click.echo(f"{len(failed)} artifact(s) not produced: " + "; ".join(f"{a['file']} ({a['reason']})" for a in failed), err=True)
+    gate = report["gate"]
+    if not gate["passed"]:
+        click.echo(f"--max-drop {gate['max_drop_pp']:g}: FAILED: " + "; ".join(gate["failures"]), err=True)
+        sys.exit(EXIT_GATE_FAILED)
+    if gate["max_drop_pp"] is not None:
+        click.echo(f"--max-drop {gate['max_drop_pp']:g}: passed")
+
+
+@click.command("debug-quant")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", type=click.Path(file_okay=False), help="Folder of real images (one subfolder per class). Default: the run's train split.")
+@click.option("--n", "n", default=32, show_default=True, type=click.IntRange(16), help="Images to run (memory grows with it: every tensor is kept).")
+@click.option("--calib-method", default="minmax", show_default=True, type=click.Choice(["minmax", "entropy", "percentile"]))
+@click.option("--keep-float", default="", help="Nodes to keep in float, to see the effect of a choice.")
+@click.option("--top", default=20, show_default=True, type=click.IntRange(0), help="Rows to print (0: all); the JSON has all.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="JSON file (default: debug_quant.json next to MODEL).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def debug_quant_command(model: str, data: str | None, n: int, calib_method: str, keep_float: str, top: int,
+                        out_file: str | None, quiet: bool) -> None:
+    """Per-layer INT8 error of MODEL (checkpoint or FP32 ONNX), worst first.
+
+    SQNR (dB) of every activation before vs after its quantization, and against
+    the FP32 model, from ONNX Runtime's QDQ debugging tools. Nodes at the top are
+    candidates for `edgecxr convert --int8 --keep-float NODE,...`.
+
+    \b
+    Examples:
+      edgecxr debug-quant runs/mnv2/best.pt
+      edgecxr debug-quant runs/mnv2/export/mobilenet_v2_fp32.onnx --data data/covid-radiography --n 64
+      edgecxr debug-quant best.pt --keep-float /head/head.1/Gemm   # what changes if the head stays float
+    """
+    from edgecxr.atomic import write_json
+    from edgecxr.convert.debug import debug_quant, format_table
+
+    result = debug_quant(model, data, n, calib_method, tuple(_split_list(keep_float)), progress=not quiet)
+    out_file = out_file or os.path.join(os.path.dirname(os.path.abspath(model)), "debug_quant.json")
+    write_json(out_file, result)
+    click.echo(format_table(result, top))
+    click.echo(f"wrote {out_file}")

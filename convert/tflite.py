@@ -1,0 +1,145 @@
+"""FP32 ONNX -> TFLite FP32/FP16/full-integer INT8 via onnx2tf, in a child process.
+
+The parent side: prepares a work folder next to the export (same filesystem, so
+the final rename is atomic), writes the calibration arrays, runs
+``edgecxr.convert.tflite_worker`` offline, then reads back what the produced files
+really are (input/output names, NHWC shape, int8 scale and zero point) to write
+each file's contract sidecar. The sidecar is what the runner and bench read.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgecxr.atomic import atomic_path, write_text
+from edgecxr.device.contract import Contract, TensorSpec, sidecar_path
+from edgecxr.device.preprocess import PreprocessSpec
+from edgecxr.errors import EdgecxrError
+
+WORKER_TIMEOUT_S = 1800
+_OFFLINE_PROXY = "http://127.0.0.1:9"  # a closed port: any download attempt fails at once
+
+
+@dataclass
+class TFLiteResult:
+    """Produced files (still in the work folder) and per-precision failure reasons."""
+
+    paths: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    log_tail: str = ""
+
+
+def _sample_images(nhwc01: np.ndarray | None, spec: PreprocessSpec) -> np.ndarray:
+    """20 x 128 x 128 x 3 in [0, 1] for onnx2tf's internal test inference.
+
+    onnx2tf downloads MS-COCO samples for this unless the file exists in its cwd.
+    Real calibration images are used when there are any; for FP32/FP16-only runs
+    without data, deterministic synthetic X-ray-like images (never calibration).
+    """
+    import cv2
+
+    if nhwc01 is not None and len(nhwc01):
+        gray = [nhwc01[i % len(nhwc01), :, :, 0] for i in range(20)]
+    else:
+        from edgecxr.synthetic import make_image
+
+        gray = [make_image(label, i, size=128).astype(np.float32) / 255.0 for i, label in enumerate(["a", "b"] * 10)]
+    out = np.stack([cv2.resize(g.astype(np.float32), (128, 128), interpolation=cv2.INTER_AREA) for g in gray])
+    return np.ascontiguousarray(np.repeat(out[..., None], 3, axis=-1).astype(np.float32))
+
+
+def worker_env() -> dict[str, str]:
+    """PATH with this interpreter's bin folder first (onnx2tf shells out to ``onnxsim``),
+    and a dead proxy so nothing in the child can reach the network."""
+    env = dict(os.environ)
+    bindir = os.path.dirname(sys.executable)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    for key in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+        env[key] = _OFFLINE_PROXY
+    env.pop("NO_PROXY", None)
+    env.pop("no_proxy", None)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("CUDA_VISIBLE_DEVICES", "")
+    return env
+
+
+def run_onnx2tf(fp32_onnx: str, precisions: tuple[str, ...], work_dir: str, spec: PreprocessSpec,
+                calib_nhwc01: np.ndarray | None, timeout: int = WORKER_TIMEOUT_S) -> TFLiteResult:
+    """Run the worker; returns what it produced. Never raises for a conversion failure."""
+    if "int8" in precisions and (calib_nhwc01 is None or not len(calib_nhwc01)):
+        raise EdgecxrError("INT8 TFLite needs real calibration images (internal error: none were passed)")
+    os.makedirs(work_dir, exist_ok=True)
+    # onnx2tf simplifies its input file in place: hand it a copy, never the artifact
+    onnx_copy = os.path.join(work_dir, "model.onnx")
+    shutil.copyfile(fp32_onnx, onnx_copy)
+    np.save(os.path.join(work_dir, "calibration_image_sample_data_20x128x128x3_float32.npy"), _sample_images(calib_nhwc01, spec))
+    job: dict[str, Any] = {"onnx": os.path.abspath(onnx_copy), "work_dir": os.path.abspath(work_dir), "precisions": list(precisions),
+                           "mean": list(spec.mean), "std": list(spec.std), "calib_npy": None}
+    if calib_nhwc01 is not None and "int8" in precisions:
+        job["calib_npy"] = os.path.join(job["work_dir"], "calib_nhwc01.npy")
+        np.save(job["calib_npy"], calib_nhwc01.astype(np.float32))
+    job_path = os.path.join(work_dir, "job.json")
+    with open(job_path, "w", encoding="utf-8") as fh:
+        json.dump(job, fh)
+    res = TFLiteResult()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "edgecxr.convert.tflite_worker", job_path], cwd=work_dir,
+                              env=worker_env(), capture_output=True, text=True, timeout=timeout)
+        res.log_tail = (proc.stdout[-3000:] + proc.stderr[-3000:]).strip()
+    except subprocess.TimeoutExpired:
+        res.errors = {p: f"onnx2tf did not finish within {timeout} s" for p in precisions}
+        return res
+    result_path = os.path.join(work_dir, "result.json")
+    if not os.path.exists(result_path):
+        last = res.log_tail.splitlines()[-1][:200] if res.log_tail else "no output"
+        res.errors = {p: f"TFLite worker crashed (exit {proc.returncode}): {last}" for p in precisions}
+        return res
+    with open(result_path, encoding="utf-8") as fh:
+        out = json.load(fh)
+    res.paths, res.errors, res.seconds = out["paths"], out["errors"], out["seconds"]
+    if out.get("traceback"):
+        res.log_tail = out["traceback"]
+    return res
+
+
+def read_io(path: str) -> tuple[TensorSpec, TensorSpec]:
+    """Input/output specs as the TFLite file itself declares them (dtype, shape, int quantization)."""
+    from edgecxr.device.backends import import_interpreter
+
+    Interpreter, _ = import_interpreter()
+    interp = Interpreter(model_path=path)
+    specs = []
+    for d, layout in ((interp.get_input_details()[0], "NHWC"), (interp.get_output_details()[0], None)):
+        dtype = np.dtype(d["dtype"]).name
+        scale, zp = d["quantization"]
+        quant = dtype in ("int8", "uint8") and scale != 0
+        specs.append(TensorSpec(str(d["name"]), tuple(int(v) for v in d["shape"]), dtype, layout,
+                                float(scale) if quant else None, int(zp) if quant else None))
+    return specs[0], specs[1]
+
+
+def tflite_contract(base: Contract, path: str, precision: str, extra_source: dict[str, Any] | None = None,
+                    versions: dict[str, str] | None = None) -> Contract:
+    inp, out = read_io(path)
+    return base.with_io(format="tflite", precision=precision, input=inp, output=out,
+                        source=dict(extra_source or {}), versions=dict(versions or {}))
+
+
+def install(produced: str, dest: str, contract: Contract) -> None:
+    """Move a produced file to ``dest`` atomically, sidecar first so a reader never sees the model without it."""
+    write_text(sidecar_path(dest), contract.to_json() + "\n")
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(produced, tmp)
+
+
+def make_work_dir(out_dir: str) -> str:
+    return tempfile.mkdtemp(prefix=".tflite-work-", dir=out_dir)

@@ -1,0 +1,119 @@
+"""Prove each artifact still computes the checkpoint's model.
+
+Every artifact is opened through ``edgecxr.runtime.open_model`` (the code path of
+``edgecxr eval``, bench and, for ONNX/TFLite, the Pi runner), run on the same
+preprocessed verification images as the PyTorch model, and compared with it:
+logit differences, top-1 agreement, and accuracy / macro-F1 with the macro-F1
+change in percentage points (paired bootstrap CI, since both models see the same
+images). Going through ``open_model`` also proves the embedded contract or sidecar
+is readable and matches the tensors.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgecxr.device.backends import softmax
+from edgecxr.device.contract import Contract
+from edgecxr.errors import EdgecxrError
+
+DELTA_BOOTSTRAP = 300
+BATCH = 32
+
+
+@dataclass
+class VerifySet:
+    x: np.ndarray  # N x C x H x W, normalised float32
+    y: np.ndarray
+    classes: list[str]
+    origin: str
+    skipped: int
+
+    def to_dict(self) -> dict[str, Any]:
+        from collections import Counter
+
+        counts = Counter(self.classes[int(i)] for i in self.y)
+        return {"images": int(len(self.y)), "origin": self.origin, "class_counts": dict(sorted(counts.items())), "skipped": self.skipped}
+
+
+def load_verify_set(contract: Contract, verify_data: str | None, progress: bool = True) -> VerifySet | None:
+    """``--verify-data DIR`` (every image in it), else the run's test split; ``None`` when neither exists."""
+    import os
+
+    from edgecxr.evaluate import load_batch, resolve_samples
+
+    if verify_data:
+        index = resolve_samples(contract, verify_data, "all")
+        samples, origin = index.of_split("all"), f"--verify-data {verify_data}"
+    else:
+        split_csv, root = contract.source.get("split_csv"), contract.source.get("data_root")
+        if not split_csv or not root or not os.path.exists(split_csv) or not os.path.isdir(root):
+            return None
+        index = resolve_samples(contract, None, "test")
+        samples, origin = index.of_split("test"), f"the test split of {split_csv}"
+        if not samples:
+            return None
+    batch = load_batch(index, samples, contract.preprocess, progress=progress)
+    return VerifySet(batch.x, batch.y, batch.classes, origin, len(batch.skipped))
+
+
+def torch_logits(model: Any, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(x), BATCH):
+            out.append(model(torch.from_numpy(np.ascontiguousarray(x[i : i + BATCH]))).numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def backend_logits(path: str, x: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, str]:
+    from edgecxr.runtime import open_model
+
+    backend = open_model(path, threads)
+    out = [backend.predict(x[i : i + BATCH]) for i in range(0, len(x), BATCH)]
+    return np.concatenate(out).astype(np.float32), backend.runtime
+
+
+def compare(ref_logits: np.ndarray, logits: np.ndarray, y: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """The numbers the report shows for one artifact against the PyTorch reference."""
+    from edgecxr.metrics import paired_delta_ci, point_metrics
+
+    if logits.shape != ref_logits.shape:
+        raise EdgecxrError(f"artifact returns logits of shape {logits.shape}, the checkpoint {ref_logits.shape}")
+    k = len(classes)
+    p_ref, p = softmax(ref_logits.astype(np.float64)), softmax(logits.astype(np.float64))
+    m = point_metrics(y, p, k)
+    delta = paired_delta_ci(y, p_ref, p, k, n_boot=DELTA_BOOTSTRAP)
+    diff = np.abs(logits - ref_logits)
+    return {
+        "images": int(len(y)),
+        "max_abs_logit_diff": float(diff.max()),
+        "mean_abs_logit_diff": float(diff.mean()),
+        "max_abs_prob_diff": float(np.abs(p - p_ref).max()),
+        "top1_agreement": float(delta["top1_agreement"]),
+        "accuracy": float(m["accuracy"]),
+        "macro_f1": float(m["macro_f1"]),
+        "macro_f1_delta_pp": float(delta["delta_pp"]),
+        "macro_f1_delta_ci95": [float(v) for v in delta["ci95"]],
+    }
+
+
+def reference_metrics(ref_logits: np.ndarray, y: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    from edgecxr.metrics import point_metrics
+
+    m = point_metrics(y, softmax(ref_logits.astype(np.float64)), len(classes))
+    return {"images": int(len(y)), "accuracy": float(m["accuracy"]), "macro_f1": float(m["macro_f1"])}
+
+
+def verify_artifact(path: str, vset: VerifySet, ref_logits: np.ndarray, threads: int | None = None) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    logits, runtime = backend_logits(path, vset.x, threads)
+    out = compare(ref_logits, logits, vset.y, vset.classes)
+    out["runtime"] = runtime
+    out["seconds"] = time.perf_counter() - t0
+    return out
