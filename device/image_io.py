@@ -15,6 +15,10 @@ try:
     import cv2
 except ImportError:  # pragma: no cover - bare device install
     cv2 = None
+try:
+    from edgecxr.device import _npimage
+except ImportError:  # bare device/ folder
+    import _npimage  # type: ignore[no-redef]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".dcm", ".dicom")
 MAX_PIXELS = 50_000_000  # refuse decompression bombs before they eat a Pi's memory
@@ -49,9 +53,8 @@ def _to_gray(img: np.ndarray, path: str) -> np.ndarray:
     if img.ndim == 3 and img.shape[2] == 1:
         return img[:, :, 0]
     if img.ndim == 3 and img.shape[2] in (3, 4):
-        if cv2 is None:  # pragma: no cover
-            rgb = img[:, :, :3].astype(np.float64)
-            return (rgb @ np.array([0.114, 0.587, 0.299])).round().astype(img.dtype)
+        if cv2 is None:
+            return _npimage.bgr_to_gray(img)
         code = cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY
         return cv2.cvtColor(img, code)
     raise ImageError(f"{path}: unsupported image shape {img.shape}")
@@ -88,11 +91,25 @@ def load_gray(path: str) -> np.ndarray:
         return _load_dicom(path)
     if ext not in IMAGE_SUFFIXES:
         raise ImageError(f"{path}: not an image ({ext or 'no extension'}); expected one of {', '.join(IMAGE_SUFFIXES)}")
-    if cv2 is None:  # pragma: no cover
-        raise ImageError(f"{path}: decoding {ext} needs OpenCV: pip install opencv-python-headless")
     data = np.fromfile(path, dtype=np.uint8)
     if data.size == 0:
         raise ImageError(f"{path}: empty file")
+    if data[:8].tobytes() == _npimage.PNG_SIGNATURE:  # refuse decompression bombs before any decoder allocates
+        try:
+            w, h = _npimage.png_header(data[:64].tobytes())[:2]
+        except _npimage.PNGError as exc:
+            raise ImageError(f"{path}: {exc}") from exc
+        if w * h > MAX_PIXELS:
+            raise ImageError(f"{path}: {w}x{h} is larger than {MAX_PIXELS} pixels; downscale it first")
+    if cv2 is None:
+        if ext != ".png":
+            raise ImageError(f"{path}: decoding {ext} needs OpenCV (without it only PNG and DICOM are read): "
+                             "pip install opencv-python-headless")
+        try:
+            img = _npimage.decode_png(data.tobytes(), MAX_PIXELS)
+        except _npimage.PNGError as exc:
+            raise ImageError(f"{path}: {exc}") from exc
+        return to_uint8(_to_gray(img, path))
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageError(f"{path}: corrupt or truncated {ext[1:].upper()} (OpenCV could not decode it)")

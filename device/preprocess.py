@@ -2,7 +2,8 @@
 
 It lives in ``device/`` because the Raspberry Pi runner must apply exactly what the
 model saw in training, without torch. Training imports it from here, so there is no
-second implementation that could drift. Only numpy and OpenCV are used.
+second implementation that could drift. Only numpy and OpenCV are used; without
+OpenCV the same steps run in numpy (``_npimage``), matching OpenCV's pixels.
 
 The pipeline follows the published CXR recipe: grayscale, resize, histogram
 equalisation (global or CLAHE), Gaussian then median denoising, replicate to three
@@ -20,6 +21,10 @@ try:  # OpenCV is optional on the device; the numpy fallbacks below cover the ga
     import cv2
 except ImportError:  # pragma: no cover - exercised on bare Pi installs
     cv2 = None
+try:
+    from edgecxr.device import _npimage
+except ImportError:  # bare device/ folder
+    import _npimage  # type: ignore[no-redef]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -85,14 +90,16 @@ def resize_gray(img: np.ndarray, size: int) -> np.ndarray:
         shrinking = img.shape[0] > size or img.shape[1] > size
         interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
         return cv2.resize(img, (size, size), interpolation=interp)
-    raise RuntimeError("resizing needs OpenCV: pip install opencv-python-headless")  # pragma: no cover
+    return _npimage.resize(img, size)
 
 
 def _equalize(img: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     if spec.equalize == "none":
         return img
-    if cv2 is None:  # pragma: no cover
-        raise RuntimeError("histogram equalisation needs OpenCV: pip install opencv-python-headless")
+    if cv2 is None:
+        if spec.equalize == "global":
+            return _npimage.equalize_hist(img)
+        return _npimage.clahe(img, spec.clahe_clip, spec.clahe_grid)
     if spec.equalize == "global":
         return cv2.equalizeHist(img)
     clahe = cv2.createCLAHE(clipLimit=spec.clahe_clip, tileGridSize=(spec.clahe_grid, spec.clahe_grid))
@@ -100,8 +107,12 @@ def _equalize(img: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 
 def _denoise(img: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    if (spec.gaussian_ksize or spec.median_ksize) and cv2 is None:  # pragma: no cover
-        raise RuntimeError("denoising needs OpenCV: pip install opencv-python-headless")
+    if cv2 is None:
+        if spec.gaussian_ksize:
+            img = _npimage.gaussian_blur(img, spec.gaussian_ksize)
+        if spec.median_ksize:
+            img = _npimage.median_blur(img, spec.median_ksize)
+        return img
     if spec.gaussian_ksize:
         img = cv2.GaussianBlur(img, (spec.gaussian_ksize, spec.gaussian_ksize), 0)
     if spec.median_ksize:

@@ -1,0 +1,108 @@
+"""One image in, class probabilities out, with every stage timed separately.
+
+The runner's own cost (decoding, preprocessing, input quantization, softmax) is
+reported apart from ``invoke()``, so a slow Pi pipeline can be blamed on the right
+step. Preprocessing is ``preprocess.preprocess`` with the spec from the model's
+contract: the code training used, nothing re-implemented here.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+try:
+    from edgecxr.device import _npimage
+    from edgecxr.device.backends import Backend, softmax
+    from edgecxr.device.image_io import ImageError, load_gray, to_uint8
+    from edgecxr.device.preprocess import preprocess
+except ImportError:  # bare device/ folder
+    import _npimage  # type: ignore[no-redef]
+    from backends import Backend, softmax  # type: ignore[no-redef]
+    from image_io import ImageError, load_gray, to_uint8  # type: ignore[no-redef]
+    from preprocess import preprocess  # type: ignore[no-redef]
+
+
+@dataclass
+class Prediction:
+    source: str
+    classes: tuple[str, ...]
+    probabilities: np.ndarray
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.classes[int(np.argmax(self.probabilities))]
+
+    def top_k(self, k: int) -> list[tuple[str, float]]:
+        order = np.argsort(-self.probabilities, kind="stable")[:k]
+        return [(self.classes[i], float(self.probabilities[i])) for i in order]
+
+
+def _ms(t0: int) -> float:
+    return (time.perf_counter_ns() - t0) / 1e6
+
+
+class Classifier:
+    """A backend plus its contract's preprocessing; one instance per model."""
+
+    def __init__(self, backend: Backend) -> None:
+        if backend.contract is None:
+            raise ValueError("Classifier needs a backend with a contract")
+        self.backend = backend
+        self.spec = backend.contract.preprocess
+        self.classes = tuple(backend.contract.classes)
+
+    def tensor(self, gray: np.ndarray) -> np.ndarray:
+        """uint8 HxW -> the 1xCxHxW float32 batch every backend accepts."""
+        return preprocess(gray, self.spec)[None]
+
+    def classify_gray(self, gray: np.ndarray, source: str) -> Prediction:
+        t = time.perf_counter_ns()
+        x = self.tensor(gray)
+        pre = _ms(t)
+        t = time.perf_counter_ns()
+        prepared = self.backend.prepare(x)
+        prep = _ms(t)
+        t = time.perf_counter_ns()
+        raw = self.backend.invoke(prepared)
+        infer = _ms(t)
+        t = time.perf_counter_ns()
+        probs = softmax(self.backend.decode(raw).reshape(1, -1).astype(np.float64))[0]
+        post = _ms(t)
+        return Prediction(source, self.classes, probs,
+                          {"preprocess_ms": pre, "quantize_ms": prep, "inference_ms": infer, "postprocess_ms": post})
+
+    def classify_file(self, path: str) -> Prediction:
+        """Raises :class:`ImageError` (one line) for anything that is not a usable image."""
+        t = time.perf_counter_ns()
+        gray = load_gray(path)
+        decode = _ms(t)
+        pred = self.classify_gray(gray, path)
+        pred.timings_ms = {"decode_ms": decode, **pred.timings_ms}
+        return pred
+
+    def classify_frame(self, frame: np.ndarray, source: str) -> Prediction:
+        """A camera frame (BGR, BGRA or grey; 8 or 16 bit) -> prediction."""
+        t = time.perf_counter_ns()
+        gray = frame_to_gray(frame)
+        decode = _ms(t)
+        pred = self.classify_gray(gray, source)
+        pred.timings_ms = {"decode_ms": decode, **pred.timings_ms}
+        return pred
+
+
+def frame_to_gray(frame: np.ndarray | None) -> np.ndarray:
+    """What ``load_gray`` does for files, for frames a capture device hands over."""
+    if frame is None or not isinstance(frame, np.ndarray) or frame.size == 0:
+        raise ImageError("empty frame")
+    if frame.dtype not in (np.uint8, np.uint16):
+        raise ImageError(f"frame has unsupported pixel type {frame.dtype}")
+    if frame.ndim == 3 and frame.shape[2] == 1:
+        frame = frame[:, :, 0]
+    if frame.ndim == 3 and frame.shape[2] in (3, 4):
+        frame = _npimage.bgr_to_gray(frame)  # bit-exact with cv2.cvtColor(BGR2GRAY)
+    if frame.ndim != 2 or min(frame.shape) < 2:
+        raise ImageError(f"frame has unsupported shape {frame.shape}")
+    return np.ascontiguousarray(to_uint8(frame))

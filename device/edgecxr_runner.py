@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""Run an edgecxr model on a Raspberry Pi (or anywhere) with numpy and a TFLite
+interpreter alone.
+
+Copy the ``device/`` folder and a model (``.tflite`` with its ``.tflite.json``
+sidecar, or an ``.onnx`` with its embedded contract) to the Pi and run::
+
+    python3 edgecxr_runner.py --model mobilenet_v2_int8.tflite --image chest.png
+    python3 edgecxr_runner.py --model m.tflite --dir xrays/ --json --csv out.csv
+    python3 edgecxr_runner.py --model m.tflite --camera 0 --every 5
+    python3 edgecxr_runner.py --model m.tflite --bench --warmup 10 --runs 100
+
+The contract supplies class names, preprocessing and tensor layout/quantization,
+so the Pi computes what ``edgecxr eval`` computes on the workstation. Every
+user-fixable problem is one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+try:
+    from edgecxr.device.backends import ModelLoadError, open_backend
+    from edgecxr.device.camera import CameraError, open_capture, run_camera
+    from edgecxr.device.classify import Classifier
+    from edgecxr.device.contract import ContractError
+    from edgecxr.device.image_io import ImageError, is_image_file, load_gray
+    from edgecxr.device.latency import latency_record, summarize, time_invocations
+    from edgecxr.device.runner_io import emit, record, text_line, warn, write_csv
+    from edgecxr.device.sysinfo import device_info, device_string
+except ImportError:  # a bare copy of device/, no edgecxr installed
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from backends import ModelLoadError, open_backend  # type: ignore[no-redef]
+    from camera import CameraError, open_capture, run_camera  # type: ignore[no-redef]
+    from classify import Classifier  # type: ignore[no-redef]
+    from contract import ContractError  # type: ignore[no-redef]
+    from image_io import ImageError, is_image_file, load_gray  # type: ignore[no-redef]
+    from latency import latency_record, summarize, time_invocations  # type: ignore[no-redef]
+    from runner_io import emit, record, text_line, warn, write_csv  # type: ignore[no-redef]
+    from sysinfo import device_info, device_string  # type: ignore[no-redef]
+
+EXIT_USAGE = 2
+
+
+class RunnerError(ValueError):
+    """A user-fixable problem with the command line or its inputs."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgecxr_runner.py",
+        description="Classify chest X-rays with an edgecxr .tflite/.onnx model (numpy + TFLite interpreter only).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  %(prog)s --model mobilenet_v2_int8.tflite --image chest.png\n"
+            "  %(prog)s --model m.tflite --dir xrays/ --json --csv predictions.csv\n"
+            "  %(prog)s --model m.tflite --camera 0 --every 5 --max-frames 1000\n"
+            "  %(prog)s --model m.tflite --bench --warmup 10 --runs 100 --threads 4\n"
+        ),
+    )
+    p.add_argument("--model", required=True, help="MODEL.tflite (contract in MODEL.tflite.json) or MODEL.onnx (needs onnxruntime)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--image", help="classify one image file (PNG, JPEG, BMP, DICOM)")
+    src.add_argument("--dir", help="classify every image under a folder (recursively) and write a CSV")
+    src.add_argument("--camera", metavar="INDEX", help="classify camera frames (OpenCV index, or a video file)")
+    p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
+    p.add_argument("--threads", type=int, help="interpreter threads (default: the runtime's choice)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image on stdout (file, label, probabilities, latency_ms)")
+    p.add_argument("--csv", help="with --dir: where to write the CSV (default ./predictions_<dir>.csv)")
+    p.add_argument("--bench", action="store_true", help="time invoke() and print latency statistics as JSON")
+    p.add_argument("--warmup", type=int, default=10, help="--bench: untimed warm-up runs (default 10)")
+    p.add_argument("--runs", type=int, default=100, help="--bench: timed runs (default 100)")
+    p.add_argument("--min-seconds", type=float, default=0.0, help="--bench: keep timing at least this long")
+    p.add_argument("--max-frames", type=int, help="--camera: stop after this many frames")
+    p.add_argument("--every", type=int, default=1, help="--camera: classify every Nth frame (default 1)")
+    p.add_argument("--max-fps", type=float, help="--camera: classify at most this many frames per second")
+    return p
+
+
+def _check_args(a: argparse.Namespace) -> None:
+    if not (a.image or a.dir or a.camera is not None or a.bench):
+        raise RunnerError("give one of --image FILE, --dir DIR, --camera INDEX (or --bench alone)")
+    for name in ("top_k", "every", "runs"):
+        if getattr(a, name) < 1:
+            raise RunnerError(f"--{name.replace('_', '-')} must be at least 1")
+    if a.warmup < 0:
+        raise RunnerError("--warmup must be 0 or more")
+    if a.threads is not None and a.threads < 1:
+        raise RunnerError("--threads must be at least 1")
+    if a.max_frames is not None and a.max_frames < 1:
+        raise RunnerError("--max-frames must be at least 1")
+    if a.bench and a.camera is not None:
+        raise RunnerError("--bench times a still image; use it with --image, --dir or alone, not --camera")
+    if a.csv and not a.dir:
+        raise RunnerError("--csv is for --dir")
+
+
+def describe(clf: Classifier) -> str:
+    b, c = clf.backend, clf.backend.contract
+    shape = "x".join(str(v) for v in b.input_shape)
+    return (f"model {os.path.basename(b.path)}: {c.arch} {b.format} {c.precision}, {len(clf.classes)} classes, "
+            f"input {shape} {b.input_dtype} {b.layout}, runtime {b.runtime}")
+
+
+def _list_images(folder: str) -> tuple[list[str], int]:
+    if not os.path.isdir(folder):
+        raise RunnerError(f"--dir {folder}: no such folder")
+    images, others = [], 0
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            if is_image_file(name):
+                images.append(os.path.join(root, name))
+            else:
+                others += 1
+    return images, others
+
+
+def run_dir(clf: Classifier, a: argparse.Namespace) -> int:
+    files, others = _list_images(a.dir)
+    if not files:
+        raise RunnerError(f"--dir {a.dir}: no image files (.png, .jpg, .jpeg, .bmp, .dcm) in it")
+    rows: list[dict[str, Any]] = []
+    for path in files:
+        rel = os.path.relpath(path, a.dir)
+        try:
+            pred = clf.classify_file(path)
+        except ImageError as exc:
+            warn(f"skipped {exc}")
+            rows.append({"file": rel, "error": str(exc)})
+            continue
+        pred.source = rel
+        rows.append(record(pred, a.top_k))
+        emit(rows[-1] if a.json else text_line(pred, a.top_k))
+    csv_path = a.csv or f"predictions_{os.path.basename(os.path.normpath(a.dir)) or 'dir'}.csv"
+    write_csv(csv_path, clf.classes, rows)
+    ok = sum(1 for r in rows if "error" not in r)
+    note = f", ignored {others} non-image file(s)" if others else ""
+    warn(f"{ok} image(s) classified, {len(rows) - ok} skipped{note}; wrote {csv_path}")
+    if ok == 0:
+        raise RunnerError(f"--dir {a.dir}: none of the {len(rows)} image files could be read")
+    return 0
+
+
+def _bench_gray(clf: Classifier, a: argparse.Namespace) -> tuple[np.ndarray, str]:
+    """The still image to time: --image, the first of --dir, or a smooth synthetic one
+    (realistic value ranges for INT8 inputs, unlike zeros or noise)."""
+    if a.image:
+        return load_gray(a.image), a.image
+    if a.dir:
+        files, _ = _list_images(a.dir)
+        for f in files:
+            try:
+                return load_gray(f), f
+            except ImageError:
+                continue
+        raise RunnerError(f"--dir {a.dir}: no readable image to benchmark with")
+    yy, xx = np.mgrid[0:256, 0:256].astype(np.float64)
+    gray = 128 + 90 * np.sin(xx / 23.0) * np.cos(yy / 31.0)
+    return np.clip(gray, 0, 255).astype(np.uint8), "synthetic"
+
+
+def run_bench(clf: Classifier, a: argparse.Namespace, load_ms: float) -> int:
+    gray, source = _bench_gray(clf, a)
+    b = clf.backend
+    prepared = b.prepare(clf.tensor(gray))
+    times = time_invocations(b.invoke, prepared, warmup=a.warmup, runs=a.runs, min_seconds=a.min_seconds)
+    stages: dict[str, list[float]] = {}
+    for _ in range(min(a.runs, 20)):  # the runner's own work around invoke(), per stage
+        pred = clf.classify_gray(gray, source) if source == "synthetic" else clf.classify_file(source)
+        for k, v in pred.timings_ms.items():
+            stages.setdefault(k, []).append(v)
+    overhead = {k: float(np.median(v)) for k, v in stages.items() if k != "inference_ms"}
+    overhead["total_ms"] = float(sum(overhead.values()))
+    info = device_info(b.runtime)
+    out = {**latency_record(times, threads=a.threads, warmup=a.warmup, load_ms=round(load_ms, 3)),
+           "model": os.path.basename(b.path), "arch": b.contract.arch, "format": b.format, "precision": b.contract.precision,
+           "runtime": b.runtime, "input_shape": list(b.input_shape), "input_dtype": b.input_dtype, "image": source,
+           "device": device_string(b.runtime, info), "device_info": info, "emulated": info["emulated"],
+           "runner_overhead_ms": {k: round(v, 4) for k, v in overhead.items()},
+           "end_to_end_median_ms": round(summarize(times)["median_ms"] + overhead["total_ms"], 4)}
+    emit(out)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _check_args(args)
+        t0 = time.perf_counter()
+        backend = open_backend(args.model, args.threads, require_contract=True)
+        load_ms = (time.perf_counter() - t0) * 1000
+        clf = Classifier(backend)
+        header = describe(clf)
+        if args.json or args.bench:
+            warn(header)  # stdout stays machine-readable
+        else:
+            emit(header)
+        if args.bench:
+            return run_bench(clf, args, load_ms)
+        if args.image:
+            pred = clf.classify_file(args.image)
+            emit(record(pred, args.top_k) if args.json else text_line(pred, args.top_k))
+            return 0
+        if args.dir:
+            return run_dir(clf, args)
+        capture, is_file = open_capture(args.camera)
+        counts = run_camera(clf, capture, is_file=is_file, every=args.every, max_frames=args.max_frames,
+                            max_fps=args.max_fps, top_k=args.top_k, as_json=args.json)
+        why = "interrupted" if counts["interrupted"] else "done"
+        rate = counts["classified"] / counts["seconds"] if counts["seconds"] > 0 else 0.0
+        warn(f"{why}: {counts['read']} frames read, {counts['classified']} classified ({rate:.1f}/s), "
+             f"{counts['dropped']} dropped, {counts['bad']} bad")
+        return 0
+    except (RunnerError, ImageError, ModelLoadError, ContractError, CameraError) as exc:
+        print(f"edgecxr-runner: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # `... | head`: the reader left; stop quietly like other Unix tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

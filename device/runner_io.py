@@ -1,0 +1,77 @@
+"""How the Pi runner shows results: a text line, a JSON object, a CSV row.
+
+Kept apart from the runner so the formats are defined once and tests can parse
+exactly what a person or a script on the Pi sees. Standard library and numpy only.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import tempfile
+from typing import IO, Any, Iterable
+
+try:
+    from edgecxr.device.classify import Prediction
+except ImportError:  # bare device/ folder
+    from classify import Prediction  # type: ignore[no-redef]
+
+
+def record(pred: Prediction, top_k: int) -> dict[str, Any]:
+    """The ``--json`` object: ``latency_ms`` is the model's invoke() alone; the rest of
+    the runner's work is itemised in ``timings_ms``."""
+    return {
+        "file": pred.source,
+        "label": pred.label,
+        "probabilities": {c: round(float(p), 7) for c, p in zip(pred.classes, pred.probabilities)},
+        "top_k": [{"label": c, "probability": round(p, 7)} for c, p in pred.top_k(top_k)],
+        "latency_ms": round(pred.timings_ms.get("inference_ms", float("nan")), 4),
+        "timings_ms": {k: round(v, 4) for k, v in pred.timings_ms.items()},
+    }
+
+
+def text_line(pred: Prediction, top_k: int) -> str:
+    t = pred.timings_ms
+    overhead = sum(v for k, v in t.items() if k != "inference_ms")
+    top = ", ".join(f"{c} {p:.4f}" for c, p in pred.top_k(top_k))
+    return f"{pred.source}: {pred.label}  [{top}]  inference {t.get('inference_ms', 0):.2f} ms, runner {overhead:.2f} ms"
+
+
+def emit(obj: dict[str, Any] | str, stream: IO[str] | None = None) -> None:
+    """One line, flushed at once so a pipe or journald sees every frame as it happens."""
+    stream = stream or sys.stdout
+    stream.write((json.dumps(obj) if isinstance(obj, dict) else obj) + "\n")
+    stream.flush()
+
+
+def warn(message: str) -> None:
+    emit(f"edgecxr-runner: {message}", sys.stderr)
+
+
+def write_csv(path: str, classes: Iterable[str], rows: list[dict[str, Any]]) -> None:
+    """One row per file (read or skipped), written to a temp file and renamed so a
+    half-written CSV never appears. Skipped files keep their reason in ``error``."""
+    classes = list(classes)
+    fields = ["file", "label", *[f"p_{c}" for c in classes], "latency_ms", "decode_ms", "preprocess_ms", "error"]
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=folder)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            for r in rows:
+                if "error" in r:
+                    writer.writerow({"file": r["file"], "error": r["error"]})
+                    continue
+                t = r["timings_ms"]
+                writer.writerow({"file": r["file"], "label": r["label"],
+                                 **{f"p_{c}": f"{r['probabilities'][c]:.7f}" for c in classes},
+                                 "latency_ms": f"{r['latency_ms']:.4f}", "decode_ms": f"{t.get('decode_ms', 0):.4f}",
+                                 "preprocess_ms": f"{t.get('preprocess_ms', 0) + t.get('quantize_ms', 0):.4f}", "error": ""})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

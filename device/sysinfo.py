@@ -1,0 +1,106 @@
+"""Which machine a latency number came from, as one string and as plain data.
+
+A latency without its machine is meaningless, and the Pi and the workstation must
+describe themselves the same way so ``edgecxr bench`` can put their numbers in one
+table: this module is shared by the Pi runner's ``--bench`` and ``edgecxr bench``.
+Standard library only; every probe is best-effort and never raises.
+"""
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read().replace(b"\x00", b"").decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def _cpuinfo_field(text: str, *keys: str) -> str:
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip().lower() in keys and value.strip():
+            return value.strip()
+    return ""
+
+
+_ARM_PARTS = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
+              "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76",
+              "0xd0c": "Neoverse-N1", "0xd0d": "Cortex-A77", "0xd40": "Neoverse-V1", "0xd41": "Cortex-A78",
+              "0xd49": "Neoverse-N2", "0xd4f": "Neoverse-V2"}
+
+
+def cpu_model() -> str:
+    """A readable CPU name; ARM cores report only a part number, which is looked up."""
+    text = _read("/proc/cpuinfo")
+    name = _cpuinfo_field(text, "model name", "hardware", "processor name")
+    if name and not name.isdigit():
+        return name
+    part = _cpuinfo_field(text, "cpu part").lower()
+    if part:
+        return _ARM_PARTS.get(part, f"ARM part {part}")
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def board_model() -> str:
+    """The board, e.g. 'Raspberry Pi 4 Model B Rev 1.5' (device tree), or '' on a PC."""
+    return _read("/proc/device-tree/model") or _read("/sys/firmware/devicetree/base/model")
+
+
+def os_name() -> str:
+    text = _read("/etc/os-release")
+    for line in text.splitlines():
+        if line.startswith("PRETTY_NAME="):
+            return line.split("=", 1)[1].strip().strip('"')
+    return f"{platform.system()} {platform.release()}"
+
+
+def is_emulated() -> bool:
+    """True under qemu user emulation, whose timings must never pass for a Pi's.
+
+    The aarch64 check sets EDGECXR_EMULATED; as a second guard, an ARM Python that
+    sees an x86 vendor in /proc/cpuinfo is running on an emulator.
+    """
+    if os.environ.get("EDGECXR_EMULATED"):
+        return True
+    vendor = _cpuinfo_field(_read("/proc/cpuinfo"), "vendor_id")
+    return platform.machine().lower() in ("aarch64", "arm64", "armv7l") and vendor in ("GenuineIntel", "AuthenticAMD")
+
+
+def device_info(runtime: str | None = None) -> dict[str, Any]:
+    """The machine as plain data (for JSON); ``runtime`` e.g. 'ai-edge-litert 2.3.0'."""
+    try:
+        import numpy
+
+        numpy_version = numpy.__version__
+    except ImportError:  # pragma: no cover - numpy is a hard requirement elsewhere
+        numpy_version = "missing"
+    return {
+        "board": board_model(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count() or 0,
+        "machine": platform.machine(),
+        "os": os_name(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "numpy": numpy_version,
+        "runtime": runtime or "",
+        "emulated": is_emulated(),
+    }
+
+
+def device_string(runtime: str | None = None, info: dict[str, Any] | None = None) -> str:
+    """One line naming the machine, e.g. 'Raspberry Pi 4 Model B Rev 1.5 | Cortex-A72 x4 |
+    Debian GNU/Linux 12 (bookworm) aarch64 | Python 3.11.2 | ai-edge-litert 2.3.0'."""
+    d = info or device_info(runtime)
+    parts = [d["board"]] if d["board"] else []
+    parts += [f"{d['cpu']} x{d['cores']}", f"{d['os']} {d['machine']}", f"Python {d['python']} numpy {d['numpy']}"]
+    if d["runtime"]:
+        parts.append(d["runtime"])
+    if d["emulated"]:
+        parts.append("EMULATED (qemu): timings are not device latency")
+    return " | ".join(parts)
