@@ -29,15 +29,16 @@ class ModelLoadError(ValueError):
 def import_interpreter() -> tuple[Any, str]:
     """ai-edge-litert first (numpy 2, aarch64 wheels), then tflite-runtime, then TF."""
     try:
-        from ai_edge_litert import interpreter as mod
         from importlib.metadata import version
+
+        from ai_edge_litert import interpreter as mod
 
         return mod.Interpreter, f"ai-edge-litert {version('ai-edge-litert')}"
     except ImportError:
         pass
     try:
-        from tflite_runtime import interpreter as mod  # type: ignore[no-redef]
         import tflite_runtime
+        from tflite_runtime import interpreter as mod  # type: ignore[no-redef]
 
         return mod.Interpreter, f"tflite-runtime {getattr(tflite_runtime, '__version__', '?')}"
     except ImportError:

@@ -43,7 +43,7 @@ class TensorSpec:
         return self.dtype in ("int8", "uint8") and self.scale is not None
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TensorSpec":
+    def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
         return cls(
             name=str(d["name"]),
             shape=tuple(int(v) for v in d["shape"]),
@@ -75,7 +75,7 @@ class Contract:
     def input_size(self) -> int:
         return self.preprocess.size
 
-    def with_io(self, *, format: str, precision: str, input: TensorSpec, output: TensorSpec, **extra: Any) -> "Contract":
+    def with_io(self, *, format: str, precision: str, input: TensorSpec, output: TensorSpec, **extra: Any) -> Contract:
         """The same model in another file format: only IO and provenance change."""
         source = dict(self.source)
         source.update(extra.pop("source", {}))
@@ -96,7 +96,7 @@ class Contract:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Contract":
+    def from_dict(cls, d: dict[str, Any]) -> Contract:
         if d.get("schema") != SCHEMA:
             raise ContractError(f"contract schema {d.get('schema')!r} is not {SCHEMA!r}")
         try:
@@ -122,7 +122,7 @@ class Contract:
             raise ContractError(f"contract is incomplete: missing or bad field {exc}") from exc
 
     @classmethod
-    def from_json(cls, text: str) -> "Contract":
+    def from_json(cls, text: str) -> Contract:
         try:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as exc:

@@ -8,7 +8,8 @@ the raw per-run times, so any table can be rebuilt from it.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,7 @@ def summarize(times_ms: list[float]) -> dict[str, float]:
     return {
         "mean_ms": float(a.mean()), "median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)),
         "p99_ms": float(np.percentile(a, 99)), "std_ms": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
-        "min_ms": float(a.min()), "max_ms": float(a.max()), "n_runs": int(len(a)),
+        "min_ms": float(a.min()), "max_ms": float(a.max()), "n_runs": len(a),
     }
 
 

@@ -70,7 +70,7 @@ class PreprocessSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PreprocessSpec":
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:

@@ -9,7 +9,8 @@ import contextlib
 import json
 import os
 import tempfile
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -29,9 +30,8 @@ def atomic_path(dest: str) -> Iterator[str]:
 
 
 def write_text(dest: str, text: str) -> None:
-    with atomic_path(dest) as tmp:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
+    with atomic_path(dest) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
 
 
 def write_json(dest: str, obj: Any) -> None:

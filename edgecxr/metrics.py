@@ -6,7 +6,8 @@ number printed beside it.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
@@ -88,7 +89,7 @@ def classification_report(y: np.ndarray, probs: np.ndarray, classes: list[str], 
                for j, key in enumerate(["precision", "recall", "f1", "sensitivity", "specificity", "auc"])},
         }
     return {
-        "n_images": int(len(y)),
+        "n_images": len(y),
         "classes": list(classes),
         "accuracy": m["accuracy"], "accuracy_ci95": ci(0),
         "macro_f1": m["macro_f1"], "macro_f1_ci95": ci(1),

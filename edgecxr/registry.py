@@ -8,8 +8,8 @@ backbone, write a builder that returns ``(feature_module, feature_dim)`` and add
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

@@ -11,7 +11,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_cli
 
 

@@ -15,17 +15,17 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from edgecxr.device.preprocess import PreprocessSpec
+from edgecxr.train.dataset import AugmentSpec, CXRDataset
+from edgecxr.train.distributed import Dist
 from torch import nn
 from torch.utils.data import DataLoader
 
 from edgecxr.atomic import write_json, write_text
 from edgecxr.checkpoint import load_checkpoint, make_contract, save_checkpoint
 from edgecxr.data import DatasetIndex, build_index, class_counts, parse_ratios, read_split_csv, write_split_csv
-from edgecxr.device.preprocess import PreprocessSpec
 from edgecxr.errors import EdgecxrError
 from edgecxr.registry import create_model, get_config
-from edgecxr.train.dataset import AugmentSpec, CXRDataset
-from edgecxr.train.distributed import Dist
 
 
 @dataclass
@@ -178,7 +178,7 @@ def train(cfg: TrainConfig) -> dict:
         "data_root": index.root, "split_csv": os.path.abspath(os.path.join(cfg.out, "split.csv")),
     })
     config_dict = asdict(cfg)
-    log_lines = [f"classes: {classes}", f"split counts: " + json.dumps({s: class_counts(index.of_split(s)) for s in ("train", "val", "test")})]
+    log_lines = [f"classes: {classes}", "split counts: " + json.dumps({s: class_counts(index.of_split(s)) for s in ("train", "val", "test")})]
     log_lines += [f"skipped {f}: {why}" for f, why in skipped]
     t_start = time.perf_counter()
     seen_images = 0

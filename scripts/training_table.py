@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Build the README training table from the run folders' JSON files.
+
+    python scripts/training_table.py runs/mobilenet_v2 runs/squeezenet1_1 runs/efficientnet_lite0
+
+Each run folder needs ``metrics.json`` (from ``edgecxr train``) and
+``eval_test/eval.json`` (from ``edgecxr eval RUN/best.pt --out RUN/eval_test``).
+Training time adds up every stage of a run: a run started with ``--weights`` from
+another run folder (progressive resizing) includes that run's time too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from datetime import date
+
+
+def _load(path: str) -> dict:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def stages(run: str) -> list[dict]:
+    """This run's metrics.json and those of the runs it started from, oldest first."""
+    out = []
+    while run:
+        m = _load(os.path.join(run, "metrics.json"))
+        out.insert(0, m)
+        weights = m["config"].get("weights")
+        run = os.path.dirname(weights) if weights and os.path.exists(os.path.join(os.path.dirname(weights), "metrics.json")) else ""
+    return out
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def row(run: str) -> str:
+    ev = _load(os.path.join(run, "eval_test", "eval.json"))
+    st = stages(run)
+    seconds = sum(s["train_seconds"] for s in st)
+    recipe = " + ".join(f"{s['epochs_run']} ep @ {s['config']['img_size']} px" for s in st)
+    start = "ImageNet (offline)" if st[0]["config"].get("pretrained") else "random init"
+
+    def ci(key: str) -> str:
+        lo, hi = ev[f"{key}_ci95"]
+        return f"{ev[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+    return (f"| {st[-1]['arch']} | {start} | {recipe} | {seconds / 60:.1f} min | {ev['n_images']} | "
+            f"{ci('accuracy')} | {ci('macro_f1')} | {ci('auc_macro')} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", help="run folders")
+    args = ap.parse_args(argv)
+    missing = [r for r in args.runs if not os.path.exists(os.path.join(r, "eval_test", "eval.json"))]
+    if missing:
+        print(f"error: no eval_test/eval.json in {', '.join(missing)}; run `edgecxr eval RUN/best.pt --out RUN/eval_test`", file=sys.stderr)
+        return 2
+    print(f"Test split of the run, 95% bootstrap CIs (1000 resamples). Measured {date.today().isoformat()} on "
+          f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}.\n")
+    print("| backbone | start | training | train time | test images | accuracy [95% CI] | macro-F1 [95% CI] | AUC macro [95% CI] |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in args.runs:
+        print(row(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
