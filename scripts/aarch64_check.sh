@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Run the device runner on aarch64 (qemu-user, Cortex-A72 = Raspberry Pi 4 core) and
+# check that it gives the probabilities the x86 run gives: FP32 within 1e-4, INT8
+# identical (same ai-edge-litert version on both sides).
+#
+# usage: scripts/aarch64_check.sh --images DIR MODEL.tflite [MODEL.tflite ...]
+#
+# Both sides run a bare copy of device/ with numpy + ai-edge-litert only (no OpenCV,
+# no edgecxr), i.e. exactly what a minimal Pi install has. The arm64 Python comes
+# from Debian bookworm arm64 packages (the same Python 3.11 as Raspberry Pi OS
+# bookworm), the wheels from PyPI's manylinux aarch64 builds; both are cached in
+# $EDGECXR_AARCH64_CACHE (default ~/.cache/edgecxr-aarch64), so only the first run
+# downloads (about 60 MB). Emulated timings are meaningless and never printed.
+#
+# Exit codes: 0 match, 1 mismatch, 2 usage, 77 skipped (qemu/apt/pip unavailable).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+REPO="$(dirname "$HERE")"
+PY="${PYTHON:-$REPO/.venv/bin/python}"
+CACHE="${EDGECXR_AARCH64_CACHE:-$HOME/.cache/edgecxr-aarch64}"
+CPU="${EDGECXR_QEMU_CPU:-cortex-a72}"
+
+skip() { echo "SKIP: $*"; exit 77; }
+die() { echo "aarch64_check: error: $*" >&2; exit 2; }
+
+IMAGES=""
+MODELS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --images) IMAGES="$2"; shift 2 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) MODELS+=("$1"); shift ;;
+  esac
+done
+[ -n "$IMAGES" ] && [ -d "$IMAGES" ] || die "--images DIR is required (a folder of PNG files)"
+[ ${#MODELS[@]} -gt 0 ] || die "give at least one MODEL.tflite"
+for m in "${MODELS[@]}"; do [ -f "$m" ] && [ -f "$m.json" ] || die "$m: model or its contract sidecar $m.json is missing"; done
+
+QEMU="$(command -v qemu-aarch64-static || true)"
+[ -n "$QEMU" ] || skip "qemu-aarch64-static not installed (apt-get install qemu-user-static)"
+command -v apt-get >/dev/null && command -v dpkg >/dev/null || skip "apt-get/dpkg not available to fetch an arm64 Python"
+[ -x "$PY" ] || skip "no host Python at $PY (run make first or set PYTHON)"
+
+# Same numpy and ai-edge-litert versions as the host, so INT8 can be compared bit for bit.
+read -r NUMPY_V LITERT_V < <("$PY" -c "from importlib.metadata import version as v; print(v('numpy'), v('ai-edge-litert'))") \
+  || skip "host Python lacks numpy or ai-edge-litert"
+ROOT="$CACHE/root"
+SITE="$CACHE/site-numpy$NUMPY_V-litert$LITERT_V"
+mkdir -p "$CACHE"
+T0=$(date +%s)
+
+# --- 1. arm64 Python 3.11 from Debian bookworm (apt under a private config) ----------
+if [ ! -x "$ROOT/usr/bin/python3.11" ]; then
+  echo "fetching arm64 python3.11 packages into $ROOT"
+  APTDIR="$CACHE/apt"
+  mkdir -p "$APTDIR/lists/partial" "$APTDIR/archives/partial" "$APTDIR/debs" "$APTDIR/etc/preferences.d" "$APTDIR/etc/apt.conf.d"
+  : > "$APTDIR/status"
+  echo "deb [arch=arm64] http://deb.debian.org/debian bookworm main" > "$APTDIR/etc/sources.list"
+  cat > "$APTDIR/apt.conf" <<EOF
+APT::Architecture "arm64";
+APT::Architectures { "arm64"; };
+Dir::State "$APTDIR";
+Dir::State::Lists "$APTDIR/lists";
+Dir::State::status "$APTDIR/status";
+Dir::Cache "$APTDIR";
+Dir::Cache::archives "$APTDIR/archives";
+Dir::Etc::SourceList "$APTDIR/etc/sources.list";
+Dir::Etc::SourceParts "$APTDIR/etc/sources.list.d";
+Dir::Etc::Preferences "$APTDIR/etc/preferences";
+Dir::Etc::PreferencesParts "$APTDIR/etc/preferences.d";
+Dir::Etc::Parts "$APTDIR/etc/apt.conf.d";
+Acquire::Languages "none";
+EOF
+  mkdir -p "$APTDIR/etc/sources.list.d"
+  export APT_CONFIG="$APTDIR/apt.conf"
+  apt-get update -qq -o APT::Sandbox::User=root >/dev/null 2>&1 || skip "apt-get update for arm64 failed (no network to deb.debian.org?)"
+  PKGS="libc6 libgcc-s1 libstdc++6 zlib1g libexpat1 libffi8 libssl3 libbz2-1.0 liblzma5 libcrypt1 libuuid1
+        libsqlite3-0 libncursesw6 libtinfo6 libreadline8 libnsl2 libtirpc3 libdb5.3 media-types
+        python3.11-minimal libpython3.11-minimal libpython3.11-stdlib"
+  (cd "$APTDIR/debs" && apt-get download -qq -o APT::Sandbox::User=root $PKGS >/dev/null 2>&1) || skip "apt-get download of arm64 packages failed"
+  unset APT_CONFIG
+  rm -rf "$ROOT.tmp" && mkdir -p "$ROOT.tmp"
+  for deb in "$APTDIR"/debs/*.deb; do dpkg -x "$deb" "$ROOT.tmp"; done
+  ln -sf python3.11 "$ROOT.tmp/usr/bin/python3"
+  # onnxruntime (and a truthful device string) need an ARM /proc/cpuinfo; qemu -L serves this one
+  mkdir -p "$ROOT.tmp/proc"
+  { for i in 0 1 2 3; do printf 'processor\t: %s\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n' "$i"; done; } > "$ROOT.tmp/proc/cpuinfo"
+  rm -rf "$ROOT" && mv "$ROOT.tmp" "$ROOT"
+fi
+
+# --- 2. aarch64 wheels: numpy + ai-edge-litert (no OpenCV: the minimal Pi install) ---
+if [ ! -f "$SITE/.complete" ]; then
+  echo "installing aarch64 wheels numpy==$NUMPY_V ai-edge-litert==$LITERT_V into $SITE"
+  rm -rf "$SITE.tmp"
+  PLATS=""
+  for n in 17 24 26 27 28; do PLATS="$PLATS --platform manylinux_2_${n}_aarch64"; done
+  "$PY" -m pip install -q --disable-pip-version-check --target "$SITE.tmp" --only-binary=:all: \
+      --python-version 3.11 --implementation cp --abi cp311 $PLATS --platform manylinux2014_aarch64 \
+      "numpy==$NUMPY_V" "ai-edge-litert==$LITERT_V" >/dev/null 2>&1 || skip "pip could not fetch aarch64 wheels"
+  touch "$SITE.tmp/.complete"
+  rm -rf "$SITE" && mv "$SITE.tmp" "$SITE"
+fi
+T1=$(date +%s)
+
+# --- 3. a bare copy of device/, run on both architectures -----------------------------
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+mkdir -p "$WORK/no_cv2"
+cp -r "$REPO/device" "$WORK/device"
+rm -rf "$WORK/device/__pycache__"
+echo "raise ImportError('OpenCV left out: the minimal Pi install has none')" > "$WORK/no_cv2/cv2.py"
+HOST_SITE="$("$PY" -c 'import site; print(site.getsitepackages()[0])')"
+
+"$QEMU" -L "$ROOT" -cpu "$CPU" "$ROOT/usr/bin/python3.11" -S -c "import sys, platform; print('arm64 Python', platform.python_version(), platform.machine())" \
+  || { echo "aarch64_check: the arm64 Python does not start under qemu" >&2; exit 1; }
+
+STATUS=0
+for m in "${MODELS[@]}"; do
+  name="$(basename "$m")"
+  env -i PATH="$PATH" HOME="$HOME" PYTHONPATH="$WORK/no_cv2:$HOST_SITE" \
+    "$PY" -S "$WORK/device/edgecxr_runner.py" --model "$m" --dir "$IMAGES" --json --csv "$WORK/x86_$name.csv" \
+    > "$WORK/x86_$name.jsonl" 2> "$WORK/x86_$name.err" || { cat "$WORK/x86_$name.err" >&2; exit 1; }
+  env -i PATH="$PATH" HOME="$HOME" PYTHONPATH="$SITE" EDGECXR_EMULATED=1 \
+    "$QEMU" -L "$ROOT" -cpu "$CPU" "$ROOT/usr/bin/python3.11" -S "$WORK/device/edgecxr_runner.py" \
+    --model "$m" --dir "$IMAGES" --json --csv "$WORK/arm_$name.csv" \
+    > "$WORK/arm_$name.jsonl" 2> "$WORK/arm_$name.err" || { cat "$WORK/arm_$name.err" >&2; exit 1; }
+  "$PY" "$HERE/aarch64_compare.py" "$m" "$WORK/x86_$name.jsonl" "$WORK/x86_$name.err" "$WORK/arm_$name.jsonl" "$WORK/arm_$name.err" \
+    || STATUS=1
+done
+T2=$(date +%s)
+echo "aarch64 check (qemu -cpu $CPU): setup $((T1 - T0)) s, runs $((T2 - T1)) s; $([ $STATUS = 0 ] && echo PASS || echo FAIL)"
+exit $STATUS
