@@ -88,14 +88,19 @@ def bench_command(artifacts: tuple[str, ...], data: str | None, split: str, thre
                            "run edgecxr bench on the Pi itself, or point at one with --host USER@ADDR[:PORT] [--identity KEY]")
     settings = {"threads": thread_list, "warmup": warmup, "runs": runs, "min_seconds": min_seconds, "split": split,
                 "bootstrap": bootstrap, "data": os.path.abspath(data) if data else None}
+    remote = dict(host=ssh_host, identity=identity, known_hosts=known_hosts, accept_new=accept_new_host_key,
+                  python=remote_python, n_images=remote_images) if remote_needed else None
+    if remote is not None:
+        from edgecxr.bench.remote import preflight
+
+        preflight(**remote)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="edgecxr-bench-") as workdir:
         doc = build_document(
             paths=list(artifacts), data=data, split=split, settings=settings, reference=reference,
             local="host" in wanted or (("rpi" in wanted) and not remote_needed),
             local_label="rpi" if (not remote_needed and "rpi" in wanted and "host" not in wanted) else "host",
-            remote=dict(host=ssh_host, identity=identity, known_hosts=known_hosts, accept_new=accept_new_host_key,
-                        python=remote_python, n_images=remote_images) if remote_needed else None,
+            remote=remote,
             workdir=workdir, progress=not quiet)
     doc["command"] = ["edgecxr", "bench", *sys.argv[2:]] if len(sys.argv) > 1 and sys.argv[1] == "bench" else None
     doc["seconds"] = round(time.time() - started, 1)

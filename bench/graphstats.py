@@ -175,7 +175,11 @@ def tflite_stats(path: str) -> Stats:
     weight_dtypes: list[str] = []
     params = macs = 0
     counted = 0
-    for op in interp._get_ops_details():  # noqa: SLF001 - the only API listing ops and their tensors
+    ops = interp._get_ops_details()  # noqa: SLF001 - the only API listing ops and their tensors
+    for op in ops:  # FP16 files store weights as float16 behind a DEQUANTIZE op
+        if op["op_name"] == "DEQUANTIZE" and len(op["inputs"]) and len(op["outputs"]):
+            dtypes[int(op["outputs"][0])] = dtypes.get(int(op["inputs"][0]), "?")
+    for op in ops:
         name, ins, outs = op["op_name"], list(op["inputs"]), list(op["outputs"])
         if name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") or len(ins) < 2 or not outs:
             continue

@@ -37,7 +37,7 @@ def base_row(a: Artifact, stats: dict[str, Any]) -> dict[str, Any]:
 
 def latency_fields(rec: dict[str, Any]) -> dict[str, Any]:
     keep = ("runtime", "threads", "warmup", "load_ms", "peak_rss_mb", "rss_before_load_mb", "latency_input",
-            "runs_ms", "n_runs", "median_ms", "mean_ms", "std_ms", "p90_ms", "p99_ms", "min_ms", "max_ms", "error")
+            "runs_ms", "n_runs", "median_ms", "mean_ms", "std_ms", "p90_ms", "p99_ms", "min_ms", "max_ms", "pid", "error")
     return {k: rec[k] for k in keep if k in rec}
 
 
@@ -85,7 +85,7 @@ def build_document(*, paths: list[str], data: str | None, split: str, settings: 
 
         remote_doc = run_remote(artifacts, evaluated, s, workdir=workdir, progress=progress, **remote)
         info = remote_doc["device"]
-        devices["rpi"] = {**info, "summary": device_string(info=info)}
+        devices["rpi"] = {**info, "summary": device_string(info={**info, "runtime": ""})}
         for a in artifacts:
             for t in s.threads:
                 rec = remote_doc["records"].get((a.path, t))
@@ -95,6 +95,8 @@ def build_document(*, paths: list[str], data: str | None, split: str, settings: 
                 row["device_string"] = device_string(rec.get("runtime"), info=info)
                 if rec.get("host_agreement") is not None:
                     row["pi_host_top1_agreement"] = rec["host_agreement"]
+                    row["note"] = (f"accuracy from the host run of the same file; Pi and host top-1 agree on "
+                                   f"{rec['host_agreement']:.0%} of {rec.get('agreement_images')} images sent to the Pi")
                 if acc[a.path].get("macro_f1") is not None:
                     row["accuracy_from"] = "host evaluation of the same file"
                 if rec.get("skip"):

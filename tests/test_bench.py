@@ -1,0 +1,195 @@
+"""``edgecxr bench`` on this machine: real converted artifacts, real runtimes, real files.
+
+One `edgecxr convert` folder (FP32/INT8 ONNX and TFLite of the tiny trained
+MobileNetV2) is benchmarked once per session; the tests read its outputs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+REFERENCE_MODELS = Path(__file__).resolve().parents[2] / "shared" / "reference-models"
+
+
+@pytest.fixture(scope="session")
+def export_dir(trained_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench_export") / "export"
+    run_cli("convert", str(trained_run / "best.pt"), "--out", str(out), "--int8", "--formats", "onnx,tflite")
+    return out
+
+
+def _foreign_onnx(path: Path) -> Path:
+    """A hand-built ONNX model with no contract: what a model from elsewhere looks like."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "foreign",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])], [w])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bench_run(export_dir, trained_run, tmp_path_factory) -> dict:
+    """One bench over the export folder, the checkpoint, a foreign ONNX and a broken file."""
+    extra = tmp_path_factory.mktemp("bench_extra")
+    foreign = _foreign_onnx(extra / "foreign conv.onnx")
+    broken = extra / "broken.tflite"
+    broken.write_bytes(b"not a flatbuffer at all")
+    out = tmp_path_factory.mktemp("bench_out")
+    proc = run_cli("bench", str(export_dir), str(trained_run / "best.pt"), str(foreign), str(broken),
+                   "--threads", "1,2", "--warmup", "2", "--runs", "7", "--bootstrap", "50", "--out", str(out), "--quiet")
+    doc = json.loads((out / "bench.json").read_text())
+    return {"out": out, "stdout": proc.stdout, "doc": doc, "foreign": foreign, "broken": broken}
+
+
+def _rows(doc: dict, artifact: str) -> list[dict]:
+    return [r for r in doc["rows"] if r["artifact"] == artifact]
+
+
+def test_bench_writes_table_json_csv_and_plot(bench_run):
+    out = bench_run["out"]
+    for name in ("bench.json", "bench.csv", "bench.md", "bench.png"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert bench_run["stdout"].startswith("| model | format | precision |")
+    csv_lines = (out / "bench.csv").read_text().strip().splitlines()
+    assert len(csv_lines) == 1 + len(bench_run["doc"]["rows"])
+
+
+def test_every_artifact_of_the_export_folder_gets_a_row_per_thread_count(bench_run):
+    doc = bench_run["doc"]
+    for name in ("mobilenet_v2_fp32.onnx", "mobilenet_v2_int8.onnx", "mobilenet_v2_fp32.tflite", "mobilenet_v2_int8.tflite", "best.pt"):
+        rows = _rows(doc, name)
+        assert sorted(r["threads"] for r in rows) == [1, 2], name
+        for r in rows:
+            assert len(r["runs_ms"]) == 7 and r["warmup"] == 2
+            assert r["runtime"] and r["device_string"].startswith(doc["devices"]["host"]["summary"])
+            assert r["peak_rss_mb"] > r["rss_before_load_mb"] > 0 and r["load_ms"] > 0
+
+
+def test_accuracy_has_bootstrap_ci_and_a_paired_delta_against_fp32(bench_run):
+    doc = bench_run["doc"]
+    fp32 = _rows(doc, "mobilenet_v2_fp32.onnx")[0]
+    int8 = _rows(doc, "mobilenet_v2_int8.tflite")[0]
+    assert int8["reference"] == "mobilenet_v2_fp32.onnx"
+    assert fp32["delta_macro_f1_pp"] == 0.0 and fp32["top1_agreement"] == 1.0
+    lo, hi = int8["macro_f1_ci95"]
+    assert lo <= int8["macro_f1"] <= hi
+    assert int8["delta_macro_f1_ci95"][0] <= int8["delta_macro_f1_pp"] <= int8["delta_macro_f1_ci95"][1]
+    assert 0.0 <= int8["top1_agreement"] <= 1.0 and int8["n_images"] > 0
+
+
+def test_each_measurement_runs_in_its_own_process(bench_run):
+    pids = [r["pid"] for r in bench_run["doc"]["rows"] if "pid" in r]
+    assert len(pids) == len(set(pids)) >= 10 and os.getpid() not in pids
+
+
+def test_macs_agree_across_checkpoint_onnx_and_tflite(bench_run):
+    macs = {r["format"]: r["macs"] for r in bench_run["doc"]["rows"] if r["arch"] == "mobilenet_v2"}
+    assert macs["pytorch"] == macs["onnx"] == macs["tflite"] > 0
+
+
+def test_foreign_model_gets_latency_and_size_with_accuracy_na(bench_run):
+    name = bench_run["foreign"].name
+    rows = _rows(bench_run["doc"], name)
+    assert rows and all(r["macro_f1"] is None and r["median_ms"] > 0 for r in rows)
+    assert rows[0]["macs"] == 16 * 16 * 8 * 27 and rows[0]["params"] == 8 * 27
+    line = next(line for line in bench_run["stdout"].splitlines() if line.startswith(f"| {name} "))
+    assert "| n/a | n/a | n/a |" in line
+
+
+def test_unloadable_file_becomes_an_error_row_not_a_crash(bench_run):
+    rows = _rows(bench_run["doc"], bench_run["broken"].name)
+    assert rows and all("not a loadable TFLite model" in r["error"] for r in rows)
+
+
+def test_table_is_rebuilt_from_bench_json_alone(bench_run):
+    from edgecxr.bench.tables import markdown
+
+    assert markdown(bench_run["doc"]).strip() == (bench_run["out"] / "bench.md").read_text().strip()
+    proc = run_cli_module("edgecxr.bench.tables", str(bench_run["out"] / "bench.json"), "--format", "csv")
+    assert proc.strip() == (bench_run["out"] / "bench.csv").read_text().strip()
+
+
+def run_cli_module(module: str, *args: str) -> str:
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.skipif(not REFERENCE_MODELS.is_dir(), reason="../shared/reference-models not present")
+def test_reference_models_benchmark_beside_our_int8(export_dir, tmp_path):
+    out = tmp_path / "b"
+    proc = run_cli("bench", str(export_dir / "mobilenet_v2_int8.tflite"), str(REFERENCE_MODELS), "--threads", "1",
+                   "--runs", "5", "--warmup", "1", "--bootstrap", "0", "--format", "json", "--out", str(out), "--quiet")
+    doc = json.loads(proc.stdout)
+    by_name = {r["artifact"]: r for r in doc["rows"]}
+    ref = by_name["mobilenet_v2_1.0_224_quant.tflite"]
+    assert ref["precision"] == "int8" and ref["macs"] == 300_775_552 and ref["macro_f1"] is None
+    assert by_name["mobilenet_v2_int8.tflite"]["macro_f1"] is not None
+
+
+def test_device_rpi_on_x86_without_host_says_so_in_one_line(export_dir):
+    if os.uname().machine in ("aarch64", "arm64"):
+        pytest.skip("on an aarch64 machine --device rpi runs locally")
+    proc = run_cli("bench", str(export_dir), "--device", "rpi", check=False)
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and "no Raspberry Pi reachable" in err and "--host" in err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--threads", "0"], "--threads"),
+    (["--threads", "one"], "--threads"),
+])
+def test_bad_threads_is_one_line(export_dir, args, message):
+    proc = run_cli("bench", str(export_dir), *args, check=False)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_path_and_non_model_file_are_one_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    for target, message in ((tmp_path / "nope", "no such file"), (tmp_path / "notes.txt", "not a model file"),
+                            (tmp_path, "no model files")):
+        proc = run_cli("bench", str(target), check=False)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    from edgecxr.bench.plot import pareto_front
+
+    pts = [(5.0, 0.90), (3.0, 0.85), (4.0, 0.80), (10.0, 0.95), (3.0, 0.70), (6.0, 0.90)]
+    assert pareto_front(pts) == [1, 0, 3]
+
+
+def test_onnx_graph_stats_see_through_quantize_dequantize(export_dir):
+    from edgecxr.bench.graphstats import graph_stats
+
+    fp32 = graph_stats(str(export_dir / "mobilenet_v2_fp32.onnx"))
+    int8 = graph_stats(str(export_dir / "mobilenet_v2_int8.onnx"))
+    assert (fp32["macs"], fp32["params"]) == (int8["macs"], int8["params"])
+    assert (fp32["weight_precision"], int8["weight_precision"]) == ("fp32", "int8")
+
+
+def test_folder_without_fp32_uses_explicit_reference(export_dir, tmp_path):
+    only = tmp_path / "only_int8"
+    only.mkdir()
+    for name in ("mobilenet_v2_int8.tflite", "mobilenet_v2_int8.tflite.json"):
+        shutil.copy(export_dir / name, only / name)
+    proc = run_cli("bench", str(only), "--reference", str(export_dir / "mobilenet_v2_fp32.onnx"), "--threads", "1",
+                   "--runs", "3", "--warmup", "0", "--bootstrap", "20", "--format", "json", "--out", str(tmp_path / "o"), "--quiet")
+    row = json.loads(proc.stdout)["rows"][0]
+    assert row["reference"] == "mobilenet_v2_fp32.onnx" and row["delta_macro_f1_pp"] is not None
