@@ -365,3 +365,21 @@ def test_sysinfo_names_cpu_os_python_and_runtime():
     info = device_info("ai-edge-litert 2.3.0")
     s = device_string("ai-edge-litert 2.3.0", info)
     assert info["cpu"] and info["cores"] >= 1 and info["os"] and "ai-edge-litert 2.3.0" in s and "Python" in s
+
+
+# ------------------------------------------------------------ Pi install files
+def test_pi_install_files_are_consistent_with_what_was_verified():
+    from importlib.metadata import version
+
+    from edgecxr.device.edgecxr_runner import build_parser
+
+    reqs = dict(line.split("==") for line in (ROOT / "device" / "requirements.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    assert reqs == {"numpy": version("numpy"), "ai-edge-litert": version("ai-edge-litert")}  # the pair aarch64_check runs
+    assert subprocess.run(["bash", "-n", str(ROOT / "device" / "install.sh")]).returncode == 0
+    unit = (ROOT / "device" / "edgecxr-camera.service").read_text()
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    argv = exec_start.split("=", 1)[1].split()
+    assert argv[1].endswith("/edgecxr_runner.py")
+    args = build_parser().parse_args(argv[2:])
+    assert args.camera == "0" and args.json and args.model.endswith(".tflite")
