@@ -187,6 +187,8 @@ def run_bench(clf: Classifier, a: argparse.Namespace, load_ms: float) -> int:
            "device": device_string(b.runtime, info), "device_info": info, "emulated": info["emulated"],
            "runner_overhead_ms": {k: round(v, 4) for k, v in overhead.items()},
            "end_to_end_median_ms": round(summarize(times)["median_ms"] + overhead["total_ms"], 4)}
+    if info["emulated"]:
+        warn("running under emulation: these timings say nothing about the device's latency")
     emit(out)
     return 0
 

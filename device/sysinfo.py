@@ -62,12 +62,15 @@ def os_name() -> str:
 def is_emulated() -> bool:
     """True under qemu user emulation, whose timings must never pass for a Pi's.
 
-    The aarch64 check sets EDGECXR_EMULATED; as a second guard, an ARM Python that
-    sees an x86 vendor in /proc/cpuinfo is running on an emulator.
+    The aarch64 check sets EDGECXR_EMULATED and serves a cpuinfo naming qemu; as a
+    further guard, an ARM Python that sees an x86 vendor in /proc/cpuinfo is emulated.
     """
     if os.environ.get("EDGECXR_EMULATED"):
         return True
-    vendor = _cpuinfo_field(_read("/proc/cpuinfo"), "vendor_id")
+    text = _read("/proc/cpuinfo")
+    if "qemu" in _cpuinfo_field(text, "hardware").lower():  # the cpuinfo aarch64_check.sh gives qemu
+        return True
+    vendor = _cpuinfo_field(text, "vendor_id")
     return platform.machine().lower() in ("aarch64", "arm64", "armv7l") and vendor in ("GenuineIntel", "AuthenticAMD")
 
 

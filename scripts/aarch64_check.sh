@@ -85,7 +85,8 @@ EOF
   ln -sf python3.11 "$ROOT.tmp/usr/bin/python3"
   # onnxruntime (and a truthful device string) need an ARM /proc/cpuinfo; qemu -L serves this one
   mkdir -p "$ROOT.tmp/proc"
-  { for i in 0 1 2 3; do printf 'processor\t: %s\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n' "$i"; done; } > "$ROOT.tmp/proc/cpuinfo"
+  { for i in 0 1 2 3; do printf 'processor\t: %s\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n' "$i"; done
+    printf 'Hardware\t: Cortex-A72 emulated by qemu-user (edgecxr aarch64_check)\n'; } > "$ROOT.tmp/proc/cpuinfo"
   rm -rf "$ROOT" && mv "$ROOT.tmp" "$ROOT"
 fi
 
