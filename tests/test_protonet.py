@@ -172,3 +172,17 @@ def test_more_ways_than_classes_is_one_line_error(synthetic_data, tmp_path):
     proc = run_cli("train", "--data", str(synthetic_data), "--method", "protonet", "--out", str(tmp_path / "r"), "--n-way", "4",
                    "--img-size", "32", "--quiet", check=False)
     assert proc.returncode == 2 and "--n-way 4" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_precise_bn_sets_running_statistics_to_those_of_the_training_batches():
+    from edgecxr.train.proto_model import precise_bn
+
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d(2, momentum=0.1)
+    model = torch.nn.Sequential(bn)
+    batches = [3.0 + 0.1 * torch.randn(8, 2, 4, 4) for _ in range(4)]
+    assert precise_bn(model.eval(), batches) == 4
+    allx = torch.cat(batches)
+    assert torch.allclose(bn.running_mean, allx.mean((0, 2, 3)), atol=1e-4)
+    assert torch.allclose(bn.running_var, 0.01 * torch.ones(2), rtol=0.2)
+    assert bn.momentum == 0.1 and not bn.training  # settings restored

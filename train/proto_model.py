@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -54,6 +54,35 @@ def squared_distances(query: torch.Tensor, protos: torch.Tensor) -> torch.Tensor
 def support_prototypes(support_emb: torch.Tensor, n_way: int, k_shot: int) -> torch.Tensor:
     """Mean embedding per class of a class-major support set."""
     return support_emb.reshape(n_way, k_shot, -1).mean(1)
+
+
+@torch.no_grad()
+def precise_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Recompute every BatchNorm's running statistics for the current weights (PreciseBN).
+
+    An epoch of protonet training is only ``episodes`` optimizer steps (20 by default),
+    too few for BatchNorm's running averages (momentum 0.1) to forget their initial
+    values: a network trained from scratch then gives almost the same embedding for
+    every image in eval mode, and validation sees chance-level distances. Averaging the
+    batch statistics of a few training episodes (no gradient) fixes the eval-mode
+    network to what training actually sees. Returns the number of batches used.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    saved = [(m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+        m.train()
+    n = 0
+    for x in batches:
+        model(x.contiguous(memory_format=torch.channels_last))
+        n += 1
+    for m, (momentum, training) in zip(bns, saved):
+        m.momentum = momentum
+        m.train(training)
+    return n
 
 
 @torch.no_grad()

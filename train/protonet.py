@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from itertools import islice
 from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
@@ -31,6 +32,7 @@ from edgecxr.train.proto_model import (
     embed_dataset,
     fold_into_classifier,
     load_protonet,
+    precise_bn,
     run_episodes,
     save_protonet,
     squared_distances,
@@ -47,6 +49,7 @@ from edgecxr.errors import EdgecxrError
 from edgecxr.registry import get_config
 
 VAL_SEED_OFFSET, TEST_SEED_OFFSET = 10_000, 20_000  # evaluation episodes never coincide with training draws
+BN_EPISODES = 10  # training episodes whose batch statistics become BatchNorm's running statistics (precise_bn)
 
 
 @dataclass
@@ -181,6 +184,7 @@ def train_protonet(cfg: TrainConfig, proto: ProtoConfig) -> dict:
         sched.step()
         epoch_time = time.perf_counter() - t0
         seen_images += n_img * dist.world_size
+        precise_bn(encoder, (torch.cat([sx, qx]).to(dist.device) for sx, qx, _y, _c in islice(loader, BN_EPISODES)))
         val = run_episodes(encoder, val_eps, len(classes))
         row = {
             "epoch": epoch + 1, "train_loss": float(np.mean(losses)), "train_acc": float(np.mean(accs)),

@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Protonet vs supervised: the README comparison table, and the K-shot split for a supervised baseline.
+
+    python scripts/protonet_table.py table --runs runs [--archs mobilenet_v2,squeezenet1_1,efficientnet_lite0]
+    python scripts/protonet_table.py kshot-split SPLIT_CSV K OUT_CSV [--seed 0]
+
+``table`` reads, per backbone, ``runs/ARCH`` (supervised, from
+scripts/train_reference_models.sh), ``runs/ARCH_kshot`` (supervised on the K-shot
+images), ``runs/protonet_ARCH`` and ``runs/protonet_ARCH_kshot``; each needs
+``metrics.json`` and ``eval_test/eval.json``. Missing runs are listed as not run.
+
+``kshot-split`` writes a split.csv in which only the K training images per class that
+``edgecxr train --method protonet --train-shots K`` would pick keep the split "train"
+(the others become "unused"), so plain supervised training sees exactly the same few
+images and is judged on the same test split.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from datetime import date
+
+ARCHS = ("mobilenet_v2", "squeezenet1_1", "efficientnet_lite0")
+
+
+def _load(path: str) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _stages(run: str) -> list[dict]:
+    """metrics.json of this run and of the runs it started from via --weights (progressive resizing)."""
+    out: list[dict] = []
+    while run:
+        m = _load(os.path.join(run, "metrics.json"))
+        if m is None:
+            break
+        out.insert(0, m)
+        w = m["config"].get("weights")
+        run = os.path.dirname(w) if w and os.path.exists(os.path.join(os.path.dirname(w), "metrics.json")) else ""
+    return out
+
+
+def _ci(ev: dict, key: str) -> str:
+    lo, hi = ev[f"{key}_ci95"]
+    return f"{ev[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def row(run: str, arch: str, label: str) -> str:
+    ev = _load(os.path.join(run, "eval_test", "eval.json"))
+    st = _stages(run)
+    if ev is None or not st:
+        return f"| {arch} | {label} | not run | | | | | | |"
+    last = st[-1]
+    recipe = " + ".join(f"{s['epochs_run']} ep @ {s['config']['img_size']} px" for s in st)
+    start = "ImageNet" if st[0]["config"].get("pretrained") else "random init"
+    if last.get("method") == "protonet":
+        pc = last["proto_config"]
+        recipe += f", {pc['n_way']}-way {pc['k_shot']}-shot {pc['q_query']}-query x {pc['episodes']} episodes/epoch"
+        te = last.get("test_episodes")
+        episodes = f"{te['mean_accuracy']:.3f} [{te['accuracy_ci95'][0]:.3f}, {te['accuracy_ci95'][1]:.3f}]" if te else "-"
+    else:
+        episodes = "-"
+    n_train = f"{last['n_train']}" + (f" ({last['n_train'] // len(last['classes'])}/class)" if last["n_train"] < 100 else "")
+    minutes = sum(s["train_seconds"] for s in st) / 60
+    return (f"| {arch} | {label} | {start}; {recipe} | {n_train} | {minutes:.1f} | {_ci(ev, 'accuracy')} | "
+            f"{_ci(ev, 'macro_f1')} | {_ci(ev, 'auc_macro')} | {episodes} |")
+
+
+def table(runs: str, archs: list[str]) -> str:
+    lines = ["| backbone | method | start; training | train images | train min | test accuracy [95% CI] | "
+             "test macro-F1 [95% CI] | test AUC macro [95% CI] | test-episode accuracy [95% CI] |",
+             "|---|---|---|---:|---:|---|---|---|---|"]
+    for arch in archs:
+        lines.append(row(os.path.join(runs, arch), arch, "supervised"))
+        lines.append(row(os.path.join(runs, f"protonet_{arch}"), arch, "protonet"))
+        lines.append(row(os.path.join(runs, f"{arch}_kshot"), arch, "supervised, K-shot"))
+        lines.append(row(os.path.join(runs, f"protonet_{arch}_kshot"), arch, "protonet, K-shot"))
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo", encoding="utf-8") if ln.startswith("model name")), platform.machine()) \
+        if os.path.exists("/proc/cpuinfo") else platform.machine()
+    head = (f"Whole test split of the run (the same split.csv for every row), 95% bootstrap CIs; protonet rows classify "
+            f"with prototypes from their training images, folded into a linear layer. Measured {date.today().isoformat()} "
+            f"on {cpu}, {os.cpu_count()} shared cores.\n")
+    return head + "\n" + "\n".join(lines)
+
+
+def kshot_split(split_csv: str, k: int, out_csv: str, seed: int) -> None:
+    from edgecxr.data import Sample, read_split_csv, write_split_csv
+    from edgecxr.train.episodes import per_class_subset
+
+    index = read_split_csv(split_csv, ".")  # only the rows are rewritten; the data root does not matter here
+    keep = {s.file for s in per_class_subset(index.of_split("train"), k, seed)}
+    index.samples = [s if s.split != "train" or s.file in keep else Sample(s.file, s.label, "unused", s.pixel_sha256) for s in index.samples]
+    write_split_csv(out_csv, index)
+    print(f"wrote {out_csv}: {len(keep)} training images ({k} per class), other training images marked unused")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("table")
+    t.add_argument("--runs", default="runs")
+    t.add_argument("--archs", default=",".join(ARCHS))
+    k = sub.add_parser("kshot-split")
+    k.add_argument("split_csv")
+    k.add_argument("k", type=int)
+    k.add_argument("out_csv")
+    k.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.cmd == "table":
+        print(table(args.runs, [a for a in args.archs.split(",") if a]))
+    else:
+        if not os.path.exists(args.split_csv):
+            print(f"error: {args.split_csv} not found", file=sys.stderr)
+            return 2
+        kshot_split(args.split_csv, args.k, args.out_csv, args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
