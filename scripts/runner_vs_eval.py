@@ -126,8 +126,13 @@ def main() -> int:
         print(f"{r['artifact']:<28}{r['runtime']:<24}{r['max_abs_prob_diff']:>9.1e}{r['labels_agree']:>5}/{r['images']:<2}"
               f"{r['invoke_median_ms']:>11.3f}{o.get('decode_ms', 0):>8.3f}{o['preprocess_ms']:>9.3f}{o['quantize_ms']:>7.3f}"
               f"{o['postprocess_ms']:>7.3f}{o['total_ms']:>8.3f}")
-    for f, p in rows[0]["per_image"].items():
-        print(f"  {rows[0]['artifact']} on {f}: runner {p['label']} {json.dumps(p['runner'])}")
+    for f in rows[0]["per_image"]:
+        print(f"\n{f} (true class {rows[0]['per_image'][f]['true']}): runner probabilities | eval probabilities")
+        for r in rows:
+            p = r["per_image"][f]
+            fmt = "  ".join(f"{c} {v:.6f}" for c, v in p["runner"].items())
+            ref = "  ".join(f"{v:.6f}" for v in p["eval"].values())
+            print(f"  {r['artifact']:<26}{p['label']:<17}{fmt} | {ref}")
     print(f"device: {rows[0]['device']}")
     ok = all(r["max_abs_prob_diff"] <= TOL and r["labels_agree"] == r["images"] for r in rows)
     os.makedirs(a.out, exist_ok=True)
