@@ -78,21 +78,21 @@ def build_document(*, paths: list[str], data: str | None, split: str, settings: 
             for t in s.threads:
                 rec = records[(a.path, t)]
                 row = {**base_row(a, stats[a.path]), "device": local_label, **acc[a.path], **latency_fields(rec)}
-                row["device_string"] = device_string(rec.get("runtime"), info=info)
+                row["device_string"] = device_string(info={**info, "runtime": rec.get("runtime") or ""})
                 rows.append(row)
     if remote is not None:
         from edgecxr.bench.remote import run_remote
 
         remote_doc = run_remote(artifacts, evaluated, s, workdir=workdir, progress=progress, **remote)
         info = remote_doc["device"]
-        devices["rpi"] = {**info, "summary": device_string(info={**info, "runtime": ""})}
+        devices["rpi"] = {**info, "runtime": "", "summary": device_string(info={**info, "runtime": ""})}
         for a in artifacts:
             for t in s.threads:
                 rec = remote_doc["records"].get((a.path, t))
                 if rec is None:
                     continue
                 row = {**base_row(a, stats[a.path]), "device": "rpi", **acc[a.path], **latency_fields(rec)}
-                row["device_string"] = device_string(rec.get("runtime"), info=info)
+                row["device_string"] = device_string(info={**info, "runtime": rec.get("runtime") or ""})
                 if rec.get("host_agreement") is not None:
                     row["pi_host_top1_agreement"] = rec["host_agreement"]
                     row["note"] = (f"accuracy from the host run of the same file; Pi and host top-1 agree on "

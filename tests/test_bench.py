@@ -16,13 +16,7 @@ import pytest
 from conftest import run_cli
 
 REFERENCE_MODELS = Path(__file__).resolve().parents[2] / "shared" / "reference-models"
-
-
-@pytest.fixture(scope="session")
-def export_dir(trained_run, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bench_export") / "export"
-    run_cli("convert", str(trained_run / "best.pt"), "--out", str(out), "--int8", "--formats", "onnx,tflite")
-    return out
+pytest_plugins = ["bench_fixtures"]  # export_dir, shared with test_bench_remote.py
 
 
 def _foreign_onnx(path: Path) -> Path:
@@ -75,7 +69,7 @@ def test_every_artifact_of_the_export_folder_gets_a_row_per_thread_count(bench_r
         assert sorted(r["threads"] for r in rows) == [1, 2], name
         for r in rows:
             assert len(r["runs_ms"]) == 7 and r["warmup"] == 2
-            assert r["runtime"] and r["device_string"].startswith(doc["devices"]["host"]["summary"])
+            assert r["runtime"] and r["device_string"] == doc["devices"]["host"]["summary"] + " | " + r["runtime"]
             assert r["peak_rss_mb"] > r["rss_before_load_mb"] > 0 and r["load_ms"] > 0
 
 

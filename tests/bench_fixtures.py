@@ -1,0 +1,17 @@
+"""Fixtures shared by the bench test files (loaded with ``pytest_plugins``, so a
+session fixture is built once even when both files run)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from sshd import sshd_server  # noqa: F401  (re-exported fixture)
+
+
+@pytest.fixture(scope="session")
+def export_dir(trained_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench_export") / "export"
+    run_cli("convert", str(trained_run / "best.pt"), "--out", str(out), "--int8", "--formats", "onnx,tflite")
+    return out

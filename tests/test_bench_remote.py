@@ -1,0 +1,136 @@
+"""``edgecxr bench --host``: the Raspberry Pi path against a real OpenSSH server.
+
+The "Pi" is this machine on 127.0.0.1 (sshd from tests/sshd.py), running the
+device runner with this venv's Python (``--remote-python``). Nothing is mocked:
+files go over SFTP, commands over an SSH channel, host keys are checked.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+pytest_plugins = ["bench_fixtures"]  # export_dir and sshd_server, built once per session
+pytestmark = pytest.mark.ssh
+
+
+def _remote_tmp_dirs() -> set[str]:
+    return set(glob.glob("/tmp/edgecxr-bench.*"))
+
+
+def _ssh_args(server, known_hosts: Path, *extra: str) -> list[str]:
+    return ["--host", server.target, "--identity", str(server.client_key), "--known-hosts", str(known_hosts),
+            "--remote-python", sys.executable, *extra]
+
+
+@pytest.fixture()
+def known_hosts(sshd_server, tmp_path) -> Path:
+    path = tmp_path / "known_hosts"
+    path.write_text(sshd_server.known_hosts_line())
+    return path
+
+
+def test_bench_over_ssh_merges_pi_rows_and_cleans_up(sshd_server, known_hosts, export_dir, tmp_path):
+    # a file name full of shell syntax: it must arrive as one literal word
+    evil = tmp_path / "models" / "m; touch PWNED; $(touch PWNED2) `id`'.onnx"
+    evil.parent.mkdir()
+    shutil.copy(export_dir / "mobilenet_v2_int8.onnx", evil)
+    before = _remote_tmp_dirs()
+    out = tmp_path / "out"
+    proc = run_cli("bench", str(export_dir / "mobilenet_v2_int8.tflite"), str(evil),
+                   *_ssh_args(sshd_server, known_hosts, "--device", "host", "--device", "rpi"),
+                   "--threads", "1", "--runs", "5", "--warmup", "1", "--bootstrap", "20", "--remote-images", "3",
+                   "--out", str(out), "--quiet")
+    doc = json.loads((out / "bench.json").read_text())
+    pi = [r for r in doc["rows"] if r["device"] == "rpi"]
+    host = [r for r in doc["rows"] if r["device"] == "host"]
+    assert len(pi) == len(host) == 2
+    for r in pi:
+        assert "error" not in r, r.get("error")
+        assert len(r["runs_ms"]) == 5 and r["peak_rss_mb"] > 0 and r["load_ms"] > 0
+        assert r["device_string"] == doc["devices"]["rpi"]["summary"] + " | " + r["runtime"]
+        assert r["pi_host_top1_agreement"] == 1.0  # same runtime on the same CPU: identical predictions
+        assert r["macro_f1"] is not None and r["accuracy_from"].startswith("host")
+    assert "| rpi |" in proc.stdout
+    assert _remote_tmp_dirs() == before, "the temporary folder on the Pi was not removed"
+    for home in (Path.home(), Path("/"), Path.cwd(), tmp_path):
+        assert not (home / "PWNED").exists() and not (home / "PWNED2").exists()
+
+
+def test_unknown_host_key_is_refused_unless_accepted_explicitly(sshd_server, export_dir, tmp_path):
+    kh = tmp_path / "kh"
+    args = [str(export_dir / "mobilenet_v2_int8.tflite"), "--threads", "1", "--runs", "2", "--warmup", "0",
+            "--bootstrap", "0", "--out", str(tmp_path / "o"), "--quiet"]
+    proc = run_cli("bench", *args, *_ssh_args(sshd_server, kh), check=False)
+    assert proc.returncode == 2 and "host key not in" in proc.stderr and "--accept-new-host-key" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    run_cli("bench", *args, *_ssh_args(sshd_server, kh, "--accept-new-host-key"))
+    assert sshd_server.host_pub.split()[1] in kh.read_text()
+    run_cli("bench", *args, *_ssh_args(sshd_server, kh))  # now known: no flag needed
+
+
+def test_changed_host_key_is_refused_even_with_accept_flag(sshd_server, export_dir, tmp_path):
+    import subprocess
+
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    kh = tmp_path / "kh"
+    kh.write_text(f"[{sshd_server.host}]:{sshd_server.port} " + " ".join(Path(f"{other}.pub").read_text().split()[:2]) + "\n")
+    proc = run_cli("bench", str(export_dir / "mobilenet_v2_int8.tflite"), *_ssh_args(sshd_server, kh, "--accept-new-host-key"),
+                   "--out", str(tmp_path / "o"), "--quiet", check=False)
+    assert proc.returncode == 2 and "CHANGED" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_remote_packages_print_the_install_command(sshd_server, known_hosts, export_dir, tmp_path):
+    bare = shutil.which("python3", path="/usr/bin")
+    if bare is None or os.system(f"{bare} -c 'import numpy' 2>/dev/null") == 0:
+        pytest.skip("needs a system python3 without numpy")
+    args = _ssh_args(sshd_server, known_hosts)
+    args[args.index("--remote-python") + 1] = bare
+    proc = run_cli("bench", str(export_dir / "mobilenet_v2_int8.tflite"), *args, "--out", str(tmp_path / "o"), "--quiet", check=False)
+    assert proc.returncode == 2
+    assert f"install with: {bare} -m pip install numpy ai-edge-litert" in proc.stderr
+
+
+def test_unreachable_host_is_one_line(export_dir, tmp_path):
+    proc = run_cli("bench", str(export_dir / "mobilenet_v2_int8.tflite"), "--host", "pi@127.0.0.1:1",
+                   "--known-hosts", str(tmp_path / "kh"), "--out", str(tmp_path / "o"), check=False)
+    assert proc.returncode == 2 and "cannot reach the Pi" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("pi@raspberrypi.local", ("pi", "raspberrypi.local", 22)),
+    ("pi@10.0.0.7:2222", ("pi", "10.0.0.7", 2222)),
+    ("pi@[fe80::1]:2200", ("pi", "fe80::1", 2200)),
+    ("10.0.0.7", (None, "10.0.0.7", 22)),
+])
+def test_host_argument_parsing(text, expected):
+    from edgecxr.bench.remote import parse_target
+
+    t = parse_target(text)
+    assert (t.user, t.host, t.port) == expected
+
+
+@pytest.mark.parametrize("bad", ["pi@host:99999", "pi@ho st", "pi@host;rm -rf /", ""])
+def test_bad_host_argument_is_refused(bad):
+    from edgecxr.bench.remote import parse_target
+    from edgecxr.errors import EdgecxrError
+
+    with pytest.raises(EdgecxrError):
+        parse_target(bad)
+
+
+def test_remote_command_quotes_every_argument():
+    import shlex
+
+    from edgecxr.bench.remote import quote_command
+
+    argv = ["python3", "/tmp/x/m; rm -rf ~ $(id) `id` 'q'.tflite", "--threads", "1"]
+    line = quote_command(argv, cwd="/tmp/a b")
+    assert shlex.split(line) == ["cd", "/tmp/a b", "&&", *argv]
