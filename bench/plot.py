@@ -61,13 +61,16 @@ def save_plot(doc: dict[str, Any], path: str) -> None:
     for f, m in MARKERS.items():
         if any(r["format"] == f for r in scored):
             ax.scatter([], [], color="grey", marker=m, label=f)
+    xs = [latency_stats(r)["median_ms"] for r in rows]
+    if xs and min(xs) > 0 and max(xs) / min(xs) > 8:
+        ax.set_xscale("log")
     ax.set_xlabel("median latency per image, ms (batch 1)")
     ax.set_ylabel("macro-F1")
     devices = ", ".join(sorted({r.get("device", "host") for r in rows})) or "host"
     ax.set_title(f"Latency vs macro-F1 ({devices}); marker area = file size")
     ax.grid(alpha=0.3)
     if archs or foreign:
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")

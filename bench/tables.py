@@ -115,9 +115,35 @@ def csv_text(doc: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
+def readme_markdown(doc: dict[str, Any]) -> str:
+    """One row per artifact and device, thread counts side by side: the table people quote."""
+    threads = sorted({r["threads"] for r in doc["rows"] if r.get("threads")})
+    head = ["model", "format", "precision", "runtime", "size MB", "MACs M", "macro-F1 [95% CI]", "ΔF1 pp vs FP32 [95% CI]",
+            "top-1 agree", *[f"median ms {t}t (p90)" for t in threads], "load ms", "peak RSS MB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in doc["rows"]:
+        groups.setdefault((r["path"], r.get("device", "host")), []).append(r)
+    multi_device = len({d for _p, d in groups}) > 1
+    for (_path, device), rows in groups.items():
+        r0 = rows[0]
+        by_t = {r["threads"]: latency_stats(r) for r in rows}
+        lat = [f"{by_t[t]['median_ms']:.2f} ({by_t[t]['p90_ms']:.2f})" if by_t.get(t) else "n/a" for t in threads]
+        name = r0["artifact"] + (f" @{device}" if multi_device else "")
+        runtime = (r0.get("runtime") or "n/a").replace("onnxruntime", "ORT")
+        lines.append("| " + " | ".join([name, r0["format"], r0["precision"], runtime, f"{r0['size_bytes'] / 1e6:.2f}",
+                                         _millions(r0.get("macs")).rstrip("0").rstrip(".") if r0.get("macs") else "n/a",
+                                         _ci(r0, "macro_f1"), _delta(r0), _f(r0.get("top1_agreement"), "{:.3f}"), *lat,
+                                         _f(r0.get("load_ms"), "{:.0f}"),
+                                         _f(max((r.get("peak_rss_mb") or 0) for r in rows) or None, "{:.0f}")]) + " |")
+    return "\n".join(lines) + "\n\n" + legend(doc)
+
+
 def render(doc: dict[str, Any], fmt: str) -> str:
     if fmt == "md":
         return markdown(doc)
+    if fmt == "readme":
+        return readme_markdown(doc)
     if fmt == "csv":
         return csv_text(doc)
     return json.dumps({**doc, "rows": [{k: v for k, v in r.items() if k != "runs_ms"} for r in doc["rows"]]}, indent=2)
@@ -126,7 +152,8 @@ def render(doc: dict[str, Any], fmt: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Rebuild a table from bench.json.")
     p.add_argument("bench_json")
-    p.add_argument("--format", choices=["md", "csv", "json"], default="md")
+    p.add_argument("--format", choices=["md", "csv", "json", "readme"], default="md",
+                   help="readme: one row per artifact, thread counts side by side")
     a = p.parse_args(argv)
     with open(a.bench_json, encoding="utf-8") as fh:
         sys.stdout.write(render(json.load(fh), a.format) + "\n")

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The README benchmark in one command: every trained backbone x {FP32, FP16, INT8} x
+# {ONNX, TFLite} on its test split, 1 and 2 threads, with the reference INT8 models
+# from ../shared/reference-models timed in the same run.
+#
+#   bash scripts/bench_readme.sh [RUNS_DIR] [OUT_DIR]
+#
+# Converts runs/<arch>/best.pt with `edgecxr convert --int8 --fp16` when its export
+# folder is missing or older than the checkpoint, then runs `edgecxr bench` once
+# over all export folders. Writes OUT_DIR/bench.{json,csv,md,png} and
+# OUT_DIR/README_SECTION.md (the compact table to paste into the README).
+# Environment: ARCHS, THREADS (1,2), WARMUP (10), NRUNS (100), REFERENCE_MODELS, EDGECXR.
+set -euo pipefail
+RUNS=${1:-runs}
+OUT=${2:-$RUNS/bench_readme}
+ARCHS=${ARCHS:-"mobilenet_v2 squeezenet1_1 efficientnet_lite0"}
+THREADS=${THREADS:-1,2}
+WARMUP=${WARMUP:-10}
+NRUNS=${NRUNS:-100}
+HERE=$(cd "$(dirname "$0")" && pwd)
+REFERENCE_MODELS=${REFERENCE_MODELS:-$HERE/../../shared/reference-models}
+EDGECXR=${EDGECXR:-edgecxr}
+PY=${PY:-python3}
+command -v "$EDGECXR" >/dev/null || EDGECXR="$HERE/../.venv/bin/edgecxr"
+[ -x "$HERE/../.venv/bin/python" ] && PY="$HERE/../.venv/bin/python"
+
+exports=()
+for arch in $ARCHS; do
+  ckpt="$RUNS/$arch/best.pt"
+  exp="$RUNS/$arch/export"
+  if [ ! -f "$ckpt" ]; then
+    echo "bench_readme: $ckpt not found; train it first (make train-reference)" >&2
+    exit 2
+  fi
+  fresh=1
+  for f in onnx tflite; do
+    for p in fp32 fp16 int8; do
+      [ "$exp/${arch}_${p}.${f}" -nt "$ckpt" ] || fresh=0
+    done
+  done
+  if [ "$fresh" = 0 ]; then
+    echo "bench_readme: converting $ckpt -> $exp" >&2
+    "$EDGECXR" convert "$ckpt" --out "$exp" --int8 --fp16
+  fi
+  exports+=("$exp")
+done
+
+refs=()
+[ -d "$REFERENCE_MODELS" ] && refs+=("$REFERENCE_MODELS")
+
+"$EDGECXR" bench "${exports[@]}" "${refs[@]}" --split test --threads "$THREADS" --warmup "$WARMUP" --runs "$NRUNS" \
+  --out "$OUT" --format md
+
+{
+  echo "## Benchmarks"
+  echo
+  echo "Three backbones trained on the COVID-19 Radiography data (3 classes, \`make train-reference\`),"
+  echo "converted with \`edgecxr convert --int8 --fp16\`, timed at batch 1 on the machine named below."
+  echo "Macro-F1 is on each run's held-out test split with a 95% bootstrap CI; ΔF1 is the paired"
+  echo "change against the same network's FP32 ONNX export on the same images. The two"
+  echo "MobileNetV2 INT8 files from \`google-coral/test_data\` (ImageNet, 1001 classes, no contract)"
+  echo "are timed in the same run as a yardstick for our INT8 conversion; their accuracy is n/a."
+  echo
+  echo "Reproduce: \`bash scripts/bench_readme.sh\` (THREADS=$THREADS WARMUP=$WARMUP NRUNS=$NRUNS)."
+  echo "Every row, with raw per-run times, is in \`bench.json\`; rebuild any table with"
+  echo "\`python -m edgecxr.bench.tables bench.json --format md|csv|readme\`."
+  echo
+  "$PY" -m edgecxr.bench.tables "$OUT/bench.json" --format readme
+  echo
+  echo "![latency vs macro-F1](bench.png)"
+} > "$OUT/README_SECTION.md"
+echo "bench_readme: wrote $OUT/README_SECTION.md and $OUT/bench.png" >&2
