@@ -11,7 +11,6 @@ import platform
 import sys
 import tempfile
 import time
-from typing import Any
 
 import click
 
@@ -60,7 +59,7 @@ def is_pi_like() -> bool:
 @click.option("--remote-python", default="python3", show_default=True, help="Python interpreter on the Pi.")
 @click.option("--remote-images", default=10, show_default=True, type=click.IntRange(1), help="Test images copied to the Pi (timed input + agreement check).")
 @click.option("--out", default="bench_out", show_default=True, type=click.Path(file_okay=False), help="Folder for bench.json, bench.csv, bench.md, bench.png.")
-@click.option("--format", "fmt", default="md", show_default=True, type=click.Choice(["md", "csv", "json"]), help="Table printed on stdout.")
+@click.option("--format", "fmt", default="md", show_default=True, type=click.Choice(["md", "csv", "json", "readme"]), help="Table printed on stdout (readme: one row per artifact, threads side by side).")
 @click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(0), help="Bootstrap resamples for the 95% CIs.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def bench_command(artifacts: tuple[str, ...], data: str | None, split: str, threads: str, warmup: int, runs: int,
