@@ -102,8 +102,10 @@ def build_document(*, paths: list[str], data: str | None, split: str, settings: 
                 if rec.get("skip"):
                     row["note"] = rec["skip"]
                 rows.append(row)
+    from edgecxr import __version__
+
     return {
-        "schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "settings": settings,
+        "schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "edgecxr": __version__, "settings": settings,
         "devices": devices, "rows": rows,
         "artifacts": [{"artifact": a.name, "path": a.path, "reference": a.reference.path if a.reference else None,
                        "contract_error": a.contract_error, **stats[a.path]} for a in artifacts],
