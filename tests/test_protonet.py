@@ -186,3 +186,19 @@ def test_precise_bn_sets_running_statistics_to_those_of_the_training_batches():
     assert torch.allclose(bn.running_mean, allx.mean((0, 2, 3)), atol=1e-4)
     assert torch.allclose(bn.running_var, 0.01 * torch.ones(2), rtol=0.2)
     assert bn.momentum == 0.1 and not bn.training  # settings restored
+
+
+@pytest.mark.slow
+def test_protonet_under_torchrun_two_processes_agree_on_validation(synthetic_data, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "edgecxr", "train",
+                           "--data", str(synthetic_data), "--method", "protonet", "--out", str(out), "--epochs", "2", "--img-size", "32",
+                           "--split", "60/20/20", "--k-shot", "2", "--q-query", "2", "--episodes", "4", "--quiet"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    done = [ln for ln in proc.stdout.splitlines() if ln.startswith("done:")]
+    assert len(done) == 2 and done[0] == done[1]  # same validation numbers on both ranks
+    assert json.loads((out / "metrics.json").read_text())["world_size"] == 2

@@ -137,6 +137,7 @@ def train_protonet(cfg: TrainConfig, proto: ProtoConfig) -> dict:
     val_ds = CXRDataset(index.root, index.of_split("val"), classes, spec, None, cfg.seed, show, "loading val")
     train_eps = EpisodeDataset(train_ds, train_ds.labels, ep_spec, cfg.seed, "training split" + (f" (--train-shots {proto.train_shots})" if proto.train_shots else ""),
                                dist.rank, dist.world_size)
+    bn_eps = EpisodeDataset(train_ds, train_ds.labels, ep_spec, cfg.seed, "training split")
     val_eps = EpisodeDataset(val_ds, val_ds.labels, ep_spec, cfg.seed + VAL_SEED_OFFSET, "validation split")
     skipped = index.skipped + train_ds.skipped + val_ds.skipped
 
@@ -184,7 +185,10 @@ def train_protonet(cfg: TrainConfig, proto: ProtoConfig) -> dict:
         sched.step()
         epoch_time = time.perf_counter() - t0
         seen_images += n_img * dist.world_size
-        precise_bn(encoder, (torch.cat([sx, qx]).to(dist.device) for sx, qx, _y, _c in islice(loader, BN_EPISODES)))
+        # every process recomputes BatchNorm statistics from the same (unsharded) episodes, so all of
+        # them validate the same network and take the same early-stopping decision
+        bn_eps.set_epoch(epoch)
+        precise_bn(encoder, (torch.cat([sx, qx]).to(dist.device) for sx, qx, _y, _c in islice(DataLoader(bn_eps, batch_size=None), BN_EPISODES)))
         val = run_episodes(encoder, val_eps, len(classes))
         row = {
             "epoch": epoch + 1, "train_loss": float(np.mean(losses)), "train_acc": float(np.mean(accs)),
