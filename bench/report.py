@@ -93,6 +93,8 @@ def build_document(*, paths: list[str], data: str | None, split: str, settings: 
                     continue
                 row = {**base_row(a, stats[a.path]), "device": "rpi", **acc[a.path], **latency_fields(rec)}
                 row["device_string"] = device_string(info={**info, "runtime": rec.get("runtime") or ""})
+                if info.get("emulated"):
+                    row["device"] = "rpi (EMULATED)"
                 if rec.get("host_agreement") is not None:
                     row["pi_host_top1_agreement"] = rec["host_agreement"]
                     row["note"] = (f"accuracy from the host run of the same file; Pi and host top-1 agree on "

@@ -134,3 +134,31 @@ def test_remote_command_quotes_every_argument():
     argv = ["python3", "/tmp/x/m; rm -rf ~ $(id) `id` 'q'.tflite", "--threads", "1"]
     line = quote_command(argv, cwd="/tmp/a b")
     assert shlex.split(line) == ["cd", "/tmp/a b", "&&", *argv]
+
+
+AARCH64_CACHE = Path(os.environ.get("EDGECXR_AARCH64_CACHE", Path.home() / ".cache" / "edgecxr-aarch64"))
+
+
+@pytest.mark.slow
+@pytest.mark.aarch64
+def test_ssh_path_with_an_aarch64_python_under_qemu(sshd_server, known_hosts, export_dir, tmp_path):
+    """The whole Pi path with an arm64 interpreter (Cortex-A72 under qemu-user, the cache
+    scripts/aarch64_check.sh builds): correct predictions, rows flagged as emulated."""
+    qemu = shutil.which("qemu-aarch64-static")
+    sites = sorted(AARCH64_CACHE.glob("site-numpy*-litert*"))
+    if not qemu or not (AARCH64_CACHE / "root" / "usr" / "bin" / "python3.11").exists() or not sites:
+        pytest.skip("no qemu-aarch64-static or arm64 Python cache (run scripts/aarch64_check.sh once)")
+    wrapper = tmp_path / "python3-arm64"
+    wrapper.write_text(f"#!/bin/sh\nexport PYTHONPATH={sites[-1]} EDGECXR_EMULATED=1\n"
+                       f"exec {qemu} -L {AARCH64_CACHE / 'root'} -cpu cortex-a72 {AARCH64_CACHE / 'root/usr/bin/python3.11'} \"$@\"\n")
+    wrapper.chmod(0o755)
+    args = _ssh_args(sshd_server, known_hosts)
+    args[args.index("--remote-python") + 1] = str(wrapper)
+    out = tmp_path / "out"
+    run_cli("bench", str(export_dir / "mobilenet_v2_int8.tflite"), str(export_dir / "mobilenet_v2_fp32.tflite"), *args,
+            "--threads", "1", "--runs", "3", "--warmup", "1", "--remote-images", "4", "--bootstrap", "20", "--out", str(out), "--quiet")
+    doc = json.loads((out / "bench.json").read_text())
+    assert doc["devices"]["rpi"]["machine"] == "aarch64" and doc["devices"]["rpi"]["emulated"] is True
+    for r in doc["rows"]:
+        assert r["device"] == "rpi (EMULATED)" and "EMULATED" in r["device_string"]
+        assert r["pi_host_top1_agreement"] == 1.0
