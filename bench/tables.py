@@ -118,7 +118,7 @@ def csv_text(doc: dict[str, Any]) -> str:
 def readme_markdown(doc: dict[str, Any]) -> str:
     """One row per artifact and device, thread counts side by side: the table people quote."""
     threads = sorted({r["threads"] for r in doc["rows"] if r.get("threads")})
-    head = ["model", "format", "precision", "runtime", "size MB", "MACs M", "macro-F1 [95% CI]", "ΔF1 pp vs FP32 [95% CI]",
+    head = ["model", "format", "precision", "runtime", "size MB", "params M", "MACs M", "macro-F1 [95% CI]", "ΔF1 pp vs FP32 [95% CI]",
             "top-1 agree", *[f"median ms {t}t (p90)" for t in threads], "load ms", "peak RSS MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -132,7 +132,7 @@ def readme_markdown(doc: dict[str, Any]) -> str:
         name = r0["artifact"] + (f" @{device}" if multi_device else "")
         runtime = (r0.get("runtime") or "n/a").replace("onnxruntime", "ORT")
         lines.append("| " + " | ".join([name, r0["format"], r0["precision"], runtime, f"{r0['size_bytes'] / 1e6:.2f}",
-                                         _millions(r0.get("macs")).rstrip("0").rstrip(".") if r0.get("macs") else "n/a",
+                                         _millions(r0.get("params")), _millions(r0.get("macs")),
                                          _ci(r0, "macro_f1"), _delta(r0), _f(r0.get("top1_agreement"), "{:.3f}"), *lat,
                                          _f(r0.get("load_ms"), "{:.0f}"),
                                          _f(max((r.get("peak_rss_mb") or 0) for r in rows) or None, "{:.0f}")]) + " |")
