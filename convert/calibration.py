@@ -72,7 +72,7 @@ def choose_samples(contract: Contract, calib_data: str | None, n: int, seed: int
         if not os.path.isdir(calib_data):
             raise _no_data_error(f"--calib-data {calib_data} is not a folder")
         _classes, samples = list_images(calib_data)
-        return os.path.abspath(calib_data), stratified_subset(samples, n, seed), f"--calib-data {calib_data}"
+        return os.path.abspath(calib_data), _stratified(samples, n, seed), f"--calib-data {calib_data}"
     split_csv = contract.source.get("split_csv")
     root = contract.source.get("data_root")
     if not split_csv or not root:
@@ -85,7 +85,19 @@ def choose_samples(contract: Contract, calib_data: str | None, n: int, seed: int
     train = index.of_split("train")
     if not train:
         raise _no_data_error(f"{split_csv} has no train images")
-    return index.root, stratified_subset(train, n, seed), f"the train split of {split_csv}"
+    return index.root, _stratified(train, n, seed), f"the train split of {split_csv}"
+
+
+def _stratified(samples: list[Sample], n: int, seed: int) -> list[Sample]:
+    """``stratified_subset`` topped up to exactly ``n`` (per-class rounding can leave it short)."""
+    chosen = stratified_subset(samples, n, seed)
+    if len(chosen) < min(n, len(samples)):
+        taken = set(chosen)
+        rest = [s for s in samples if s not in taken]
+        rng = np.random.default_rng(seed + 1)
+        extra = [rest[i] for i in sorted(rng.choice(len(rest), size=min(n, len(samples)) - len(chosen), replace=False))]
+        chosen = sorted(chosen + extra, key=samples.index)
+    return chosen
 
 
 def load_calibration(contract: Contract, calib_data: str | None = None, n: int = DEFAULT_CALIB_N, seed: int = 0,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from typing import Any
 
 from edgecxr.atomic import atomic_path
@@ -60,7 +61,10 @@ def export_fp32(torch_model: Any, contract: Contract, dest: str, simplify: bool 
     dummy = torch.zeros(1, c, s, s, dtype=torch.float32)
     buf = io.BytesIO()
     torch_model.eval()
-    with torch.inference_mode():
+    # The TorchScript exporter is deprecated upstream but is the one that works for every
+    # backbone here (TOOLCHAIN.md); its DeprecationWarning is expected, so it is not shown.
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(
             torch_model, (dummy,), buf, dynamo=False, opset_version=OPSET,
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],

@@ -1,0 +1,322 @@
+"""``edgecxr convert`` / ``debug-quant``: every artifact made, verified, carrying its contract,
+INT8 refused without real calibration images, the --max-drop gate, clear errors for bad files.
+
+One full six-artifact conversion (ONNX + TFLite, FP32/FP16/INT8) of the shared
+``trained_run`` checkpoint runs once through the real CLI; the other tests use the
+Python API or click's runner in-process, ONNX only, to stay fast.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import run_cli
+from edgecxr.errors import EdgecxrError
+
+SIX = [("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8")]
+
+
+def _cli(*args: str):
+    from edgecxr.cli import cli
+
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def full_export(trained_run: Path, tmp_path_factory) -> tuple[Path, dict, str]:
+    """All six artifacts of the trained MobileNetV2 (32 px), through the real CLI."""
+    out = tmp_path_factory.mktemp("export") / "exp"
+    proc = run_cli("convert", str(trained_run / "best.pt"), "--out", str(out), "--int8", "--fp16", "--quiet")
+    report = json.loads((out / "convert_report.json").read_text())
+    return out, report, proc.stdout
+
+
+@pytest.fixture(scope="module")
+def probe_models(trained_run: Path, synthetic_data: Path, tmp_path_factory) -> tuple[Path, Path]:
+    """A MobileNetV2 that separates the synthetic classes in float, and a damaged copy.
+
+    The two-epoch ``trained_run`` predicts one class, so no INT8 loss could show on
+    it. Here BatchNorm statistics are re-estimated on the images and a logistic
+    regression head is fitted on the pooled features (accuracy 1.0 in float). The
+    damaged copy multiplies one channel of a linear bottleneck by 1e4 and divides
+    the weights that read it by 1e4: identical in float, but that channel now owns
+    the whole per-tensor INT8 range, so the other channels quantize to nothing.
+    """
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    from edgecxr.checkpoint import load_model, save_checkpoint
+    from edgecxr.evaluate import load_batch, resolve_samples
+    from edgecxr.registry import create_model
+
+    _, contract = load_model(str(trained_run / "best.pt"))
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v2", contract.num_classes)
+    index = resolve_samples(contract, str(synthetic_data), "all")
+    batch = load_batch(index, index.of_split("all"), contract.preprocess, progress=False)
+    x = torch.from_numpy(batch.x)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.reset_running_stats()
+            mod.momentum = None
+    model.train()
+    with torch.no_grad():
+        model.backbone(x)
+    model.eval()
+    with torch.inference_mode():
+        feats = model.backbone(x).numpy()
+    mu, sd = feats.mean(0), np.maximum(feats.std(0), 1e-2)
+    lr = LogisticRegression(C=1.0, max_iter=3000).fit((feats - mu) / sd, batch.y)
+    with torch.no_grad():
+        model.head[1].weight.copy_(torch.from_numpy(lr.coef_ / sd).float())
+        model.head[1].bias.copy_(torch.from_numpy(lr.intercept_ - (lr.coef_ * mu / sd).sum(1)).float())
+    folder = tmp_path_factory.mktemp("probe")
+    good, bad = folder / "probe.pt", folder / "damaged.pt"
+    save_checkpoint(str(good), model, contract)
+    block1, block2 = model.backbone[0][1].conv, model.backbone[0][2].conv
+    with torch.no_grad():
+        block1[2].weight[0] *= 1e4
+        block1[2].bias[0] *= 1e4
+        block2[0][0].weight[:, 0] /= 1e4
+    save_checkpoint(str(bad), model, contract)
+    return good, bad
+
+
+# --- the formats table ----------------------------------------------------------------------
+
+def test_artifact_names_round_trip_through_the_formats_table():
+    from edgecxr.convert.formats import artifact_name, export_formats, parse_artifact_name, parse_formats
+
+    assert [f.name for f in export_formats()] == ["onnx", "tflite"]
+    for fmt, prec in SIX:
+        name = artifact_name("mobilenet_v3_small", fmt, prec)
+        parsed = parse_artifact_name("/x/" + name)
+        assert (parsed.arch, parsed.format, parsed.precision) == ("mobilenet_v3_small", fmt, prec)
+    assert artifact_name("mobilenet_v2", "tflite", "int8") == "mobilenet_v2_int8.tflite"
+    assert parse_artifact_name("best.pt") is None and parse_artifact_name("model.onnx") is None
+    assert [f.name for f in parse_formats("tflite, onnx")] == ["onnx", "tflite"]
+    with pytest.raises(EdgecxrError, match="unknown format"):
+        parse_formats("onnx,coreml")
+
+
+# --- the full conversion ----------------------------------------------------------------------
+
+def test_convert_writes_all_six_artifacts_verified_with_report(full_export):
+    out, report, stdout = full_export
+    files = sorted(p.name for p in out.iterdir())
+    for fmt, prec in SIX:
+        assert f"mobilenet_v2_{prec}.{fmt}" in files
+    for prec in ("fp32", "fp16", "int8"):
+        assert f"mobilenet_v2_{prec}.tflite.json" in files
+    assert "convert_report.json" in files and "convert_report.md" in files
+    assert not [f for f in files if f.startswith(".")], f"temporary files left behind: {files}"
+    assert len(report["artifacts"]) == 6
+    for art in report["artifacts"]:
+        assert art["status"] == "ok", art
+        assert art["bytes"] == os.path.getsize(out / art["file"])
+        v = art["verify"]
+        assert v["images"] == report["verification"]["images"] > 0
+        for key in ("max_abs_logit_diff", "top1_agreement", "accuracy", "macro_f1", "macro_f1_delta_pp"):
+            assert key in v
+        if art["precision"] == "fp32":
+            assert v["max_abs_logit_diff"] < 1e-3 and v["top1_agreement"] == 1.0
+    cal = report["calibration"]
+    assert cal["images"] == sum(cal["class_counts"].values()) >= 16 and cal["origin"].startswith("the train split")
+    assert f"calibration: {cal['images']} real images" in stdout  # number used and class counts are printed
+    assert "mobilenet_v2_int8.tflite" in (out / "convert_report.md").read_text()
+
+
+def test_every_artifact_carries_its_contract(full_export, trained_run):
+    from edgecxr.checkpoint import file_sha256, load_model
+    from edgecxr.device.backends import import_interpreter
+    from edgecxr.device.contract import read_onnx_contract, read_sidecar
+
+    out, _report, _ = full_export
+    _, ckpt_contract = load_model(str(trained_run / "best.pt"))
+    sha = file_sha256(str(trained_run / "best.pt"))
+    for fmt, prec in SIX:
+        path = str(out / f"mobilenet_v2_{prec}.{fmt}")
+        c = read_onnx_contract(path) if fmt == "onnx" else read_sidecar(path)
+        assert c is not None, path
+        assert (c.format, c.precision, c.arch) == (fmt, prec, "mobilenet_v2")
+        assert c.classes == ckpt_contract.classes and c.preprocess == ckpt_contract.preprocess
+        assert c.source["checkpoint_sha256"] == sha
+        for tool in ("torch", "onnx", "onnxruntime", "onnxsim", "onnx2tf", "tensorflow"):
+            assert tool in c.versions
+        if fmt == "onnx":
+            assert c.input.layout == "NCHW" and c.input.dtype == "float32" and list(c.input.shape[1:]) == [3, 32, 32]
+        else:
+            assert c.input.layout == "NHWC" and list(c.input.shape) == [1, 32, 32, 3]
+        if prec == "int8":
+            assert c.source["calibration"]["images"] >= 16
+    # the INT8 TFLite contract holds the real integer IO parameters of the file
+    Interpreter, _ = import_interpreter()
+    path = str(out / "mobilenet_v2_int8.tflite")
+    interp = Interpreter(model_path=path)
+    c = read_sidecar(path)
+    for spec, det in ((c.input, interp.get_input_details()[0]), (c.output, interp.get_output_details()[0])):
+        assert spec.dtype == "int8" == np.dtype(det["dtype"]).name
+        assert spec.scale == pytest.approx(det["quantization"][0]) and spec.zero_point == det["quantization"][1]
+        assert spec.name == det["name"]
+
+
+def test_eval_accepts_all_six_artifacts(full_export, tmp_path):
+    out, report, _ = full_export
+    by_file = {a["file"]: a for a in report["artifacts"]}
+    for fmt, prec in SIX:
+        name = f"mobilenet_v2_{prec}.{fmt}"
+        res = _cli("eval", str(out / name), "--bootstrap", "0", "--quiet", "--out", str(tmp_path / name))
+        assert res.exit_code == 0, res.output
+        ev = json.loads((tmp_path / name / "eval.json").read_text())
+        assert ev["accuracy"] == pytest.approx(by_file[name]["verify"]["accuracy"])
+
+
+# --- refusals and gates ---------------------------------------------------------------------
+
+def _without_data_sources(ckpt: Path, dest: Path) -> Path:
+    from edgecxr.checkpoint import load_model, save_checkpoint
+
+    model, contract = load_model(str(ckpt))
+    save_checkpoint(str(dest), model, replace(contract, source={}))
+    return dest
+
+
+def test_int8_refused_without_real_calibration_images(trained_run, synthetic_data, tmp_path):
+    from edgecxr.convert.pipeline import convert_checkpoint
+
+    ckpt = _without_data_sources(trained_run / "best.pt", tmp_path / "nodata.pt")
+    out = tmp_path / "exp"
+    res = _cli("convert", str(ckpt), "--out", str(out), "--int8", "--formats", "onnx", "--quiet")
+    assert res.exit_code == 2
+    assert "INT8 needs real calibration images" in res.output and "--calib-data" in res.output
+    assert "Traceback" not in res.output
+    assert not out.exists(), "refused before writing anything"
+    # a folder with too few readable images is refused too, never padded with made-up data
+    few = tmp_path / "few"
+    for label in sorted(p.name for p in synthetic_data.iterdir() if p.is_dir())[:2]:
+        (few / label).mkdir(parents=True)
+        for src in sorted((synthetic_data / label).iterdir())[:3]:
+            shutil.copy(src, few / label / src.name)
+    with pytest.raises(EdgecxrError, match="only 6 readable images"):
+        convert_checkpoint(str(ckpt), str(out), int8=True, formats=("onnx",), calib_data=str(few), verify=False,
+                           progress=False, echo=lambda s: None)
+
+
+def test_max_drop_needs_verification_images(trained_run, tmp_path):
+    from edgecxr.convert.pipeline import convert_checkpoint
+
+    ckpt = _without_data_sources(trained_run / "best.pt", tmp_path / "nodata.pt")
+    with pytest.raises(EdgecxrError, match="--max-drop needs verification images"):
+        convert_checkpoint(str(ckpt), str(tmp_path / "exp"), formats=("onnx",), max_drop=1.0, progress=False, echo=lambda s: None)
+
+
+def test_max_drop_gate_fails_on_a_damaged_model(probe_models, synthetic_data, tmp_path):
+    good, bad = probe_models
+    common = ["--int8", "--formats", "onnx", "--calib-data", str(synthetic_data), "--verify-data", str(synthetic_data),
+              "--calib-n", "32", "--max-drop", "40", "--quiet"]
+    res_bad = _cli("convert", str(bad), "--out", str(tmp_path / "bad"), *common)
+    assert res_bad.exit_code == 3, res_bad.output
+    assert "--max-drop 40: FAILED" in res_bad.output and "mobilenet_v2_int8.onnx" in res_bad.output
+    rep = json.loads((tmp_path / "bad" / "convert_report.json").read_text())
+    fp32 = next(a for a in rep["artifacts"] if a["precision"] == "fp32")
+    assert fp32["verify"]["macro_f1"] == 1.0 and fp32["verify"]["max_abs_logit_diff"] < 1e-2  # float is intact
+    assert rep["gate"]["passed"] is False
+    res_good = _cli("convert", str(good), "--out", str(tmp_path / "good"), *common)
+    assert res_good.exit_code == 0, res_good.output
+    assert "--max-drop 40: passed" in res_good.output
+
+
+# --- keep-float and debug-quant ---------------------------------------------------------------
+
+def test_keep_float_leaves_the_named_node_unquantized(probe_models, synthetic_data, tmp_path):
+    import onnx
+
+    from edgecxr.convert.pipeline import convert_checkpoint
+
+    good, _ = probe_models
+    kw = dict(int8=True, formats=("onnx",), calib_data=str(synthetic_data), calib_n=16, verify=False, progress=False, echo=lambda s: None)
+    rep = convert_checkpoint(str(good), str(tmp_path / "kf"), keep_float=["/head/head.1/Gemm"], **kw)
+    assert rep["artifacts"][1]["status"] == "ok" and rep["keep_float"] == ["/head/head.1/Gemm"]
+    graph = onnx.load(str(tmp_path / "kf" / "mobilenet_v2_int8.onnx")).graph
+    float_weights = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    gemm = next(n for n in graph.node if n.name == "/head/head.1/Gemm")
+    assert gemm.input[1] in float_weights and gemm.input[2] in float_weights  # weight and bias stay float
+    conv = next(n for n in graph.node if n.op_type == "Conv")
+    assert conv.input[1].endswith("_DequantizeLinear_Output")  # the rest is quantized
+    rep = convert_checkpoint(str(good), str(tmp_path / "kf2"), keep_float=["no_such_node"], **kw)
+    int8 = rep["artifacts"][1]
+    assert int8["status"] == "failed" and "no node of that name" in int8["reason"]
+    assert rep["artifacts"][0]["status"] == "ok"  # the failed format does not stop the others
+
+
+def test_debug_quant_lists_tensors_worst_first(probe_models, synthetic_data, tmp_path):
+    good, _ = probe_models
+    out = tmp_path / "dq.json"
+    res = _cli("debug-quant", str(good), "--data", str(synthetic_data), "--n", "24", "--top", "5", "--out", str(out), "--quiet")
+    assert res.exit_code == 0, res.output
+    result = json.loads(out.read_text())
+    sqnr = [r["sqnr_local_db"] for r in result["tensors"]]
+    assert len(sqnr) > 50 and sqnr == sorted(sqnr)
+    assert {r["op_type"] for r in result["tensors"]} >= {"Conv", "Add"}
+    assert "worst first" in res.output and result["tensors"][0]["node"] in res.output
+
+
+# --- bad files --------------------------------------------------------------------------------
+
+def test_truncated_or_corrupt_model_files_give_one_line_errors(full_export, trained_run, tmp_path):
+    from edgecxr.convert.debug import debug_quant
+    from edgecxr.runtime import open_model
+
+    out, _, _ = full_export
+    ckpt = tmp_path / "trunc.pt"
+    data = (trained_run / "best.pt").read_bytes()
+    ckpt.write_bytes(data[: len(data) // 3])
+    res = _cli("convert", str(ckpt), "--out", str(tmp_path / "exp"))
+    assert res.exit_code == 2 and "not a readable checkpoint" in res.output
+    assert "Traceback" not in res.output
+    for name in ("mobilenet_v2_fp32.onnx", "mobilenet_v2_int8.tflite"):
+        bad = tmp_path / name
+        raw = (out / name).read_bytes()
+        bad.write_bytes(raw[: len(raw) // 2])
+        if name.endswith(".tflite"):
+            shutil.copy(out / (name + ".json"), tmp_path / (name + ".json"))
+        with pytest.raises(EdgecxrError, match="not a loadable"):
+            open_model(str(bad))
+    garbage = tmp_path / "garbage_fp32.onnx"
+    garbage.write_bytes(b"this is not a protobuf" * 10)
+    with pytest.raises(EdgecxrError, match="not a valid ONNX model"):
+        debug_quant(str(garbage))
+
+
+def test_tflite_worker_is_offline_and_finds_onnxsim():
+    import sys
+
+    from edgecxr.convert.tflite import worker_env
+
+    env = worker_env()
+    assert env["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
+    assert env["HTTPS_PROXY"].startswith("http://127.0.0.1:") and "NO_PROXY" not in env
+
+
+def test_fast_macro_f1_matches_sklearn_and_paired_delta():
+    from sklearn.metrics import f1_score
+
+    from edgecxr.convert.verify import macro_f1, paired_f1_delta
+    from edgecxr.metrics import paired_delta_ci
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    a = np.where(rng.random(200) < 0.8, y, rng.integers(0, 3, 200))
+    b = np.where(rng.random(200) < 0.1, 2, a)
+    assert macro_f1(y, a, 3) == pytest.approx(f1_score(y, a, labels=[0, 1, 2], average="macro", zero_division=0))
+    assert macro_f1(y, np.full(200, 1), 3) == pytest.approx(f1_score(y, np.full(200, 1), labels=[0, 1, 2], average="macro", zero_division=0))
+    delta, ci = paired_f1_delta(y, a, b, 3)
+    ref = paired_delta_ci(y, np.eye(3)[a], np.eye(3)[b], 3, n_boot=200)
+    assert delta == pytest.approx(ref["delta_pp"]) and ci[0] <= delta <= ci[1]
