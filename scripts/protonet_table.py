@@ -55,7 +55,7 @@ def row(run: str, arch: str, label: str) -> str:
     ev = _load(os.path.join(run, "eval_test", "eval.json"))
     st = _stages(run)
     if ev is None or not st:
-        return f"| {arch} | {label} | not run | | | | | | |"
+        return f"| {arch} | {label} | not run | | | | | | | |"
     last = st[-1]
     recipe = " + ".join(f"{s['epochs_run']} ep @ {s['config']['img_size']} px" for s in st)
     start = "ImageNet" if st[0]["config"].get("pretrained") else "random init"
@@ -68,14 +68,15 @@ def row(run: str, arch: str, label: str) -> str:
         episodes = "-"
     n_train = f"{last['n_train']}" + (f" ({last['n_train'] // len(last['classes'])}/class)" if last["n_train"] < 100 else "")
     minutes = sum(s["train_seconds"] for s in st) / 60
-    return (f"| {arch} | {label} | {start}; {recipe} | {n_train} | {minutes:.1f} | {_ci(ev, 'accuracy')} | "
+    seen = sum((s.get("images_per_s") or 0) * s["train_seconds"] for s in st) / 1000
+    return (f"| {arch} | {label} | {start}; {recipe} | {n_train} | {seen:.1f} | {minutes:.1f} | {_ci(ev, 'accuracy')} | "
             f"{_ci(ev, 'macro_f1')} | {_ci(ev, 'auc_macro')} | {episodes} |")
 
 
 def table(runs: str, archs: list[str]) -> str:
-    lines = ["| backbone | method | start; training | train images | train min | test accuracy [95% CI] | "
+    lines = ["| backbone | method | start; training | train images | images seen (k) | train min | test accuracy [95% CI] | "
              "test macro-F1 [95% CI] | test AUC macro [95% CI] | test-episode accuracy [95% CI] |",
-             "|---|---|---|---:|---:|---|---|---|---|"]
+             "|---|---|---|---:|---:|---:|---|---|---|---|"]
     for arch in archs:
         lines.append(row(os.path.join(runs, arch), arch, "supervised"))
         lines.append(row(os.path.join(runs, f"protonet_{arch}"), arch, "protonet"))

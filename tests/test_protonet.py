@@ -202,3 +202,20 @@ def test_protonet_under_torchrun_two_processes_agree_on_validation(synthetic_dat
     done = [ln for ln in proc.stdout.splitlines() if ln.startswith("done:")]
     assert len(done) == 2 and done[0] == done[1]  # same validation numbers on both ranks
     assert json.loads((out / "metrics.json").read_text())["world_size"] == 2
+
+
+def test_kshot_split_gives_supervised_training_the_same_images_as_train_shots(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from edgecxr.data import DatasetIndex, read_split_csv, write_split_csv
+
+    spec = importlib.util.spec_from_file_location("protonet_table", Path(__file__).resolve().parents[1] / "scripts" / "protonet_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    samples = [Sample(f"{c}/{i}.png", c, "train" if i < 15 else "test", f"h{c}{i}") for c in ("A", "B") for i in range(20)]
+    write_split_csv(str(tmp_path / "split.csv"), DatasetIndex(str(tmp_path), ["A", "B"], samples, []))
+    mod.kshot_split(str(tmp_path / "split.csv"), 4, str(tmp_path / "k4.csv"), seed=0)
+    back = read_split_csv(str(tmp_path / "k4.csv"), str(tmp_path))
+    assert {s.file for s in back.of_split("train")} == {s.file for s in per_class_subset(samples[:15] + samples[20:35], 4, 0)}
+    assert len(back.of_split("test")) == 10 and len(back.of_split("unused")) == 22
