@@ -120,7 +120,10 @@ def train_protonet(cfg: TrainConfig, proto: ProtoConfig) -> dict:
     if cfg.resume:
         if not os.path.exists(last_path):
             raise EdgecxrError(f"--resume: {last_path} not found; start without --resume")
-        resume_payload = torch.load(last_path, map_location="cpu", weights_only=True)
+        try:
+            resume_payload = torch.load(last_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises pickle, zip and runtime errors for bad files
+            raise EdgecxrError(f"--resume: {last_path} is not readable ({type(exc).__name__}); start without --resume") from exc
         spec = PreprocessSpec.from_dict(resume_payload["contract"]["preprocess"])
 
     index = load_run_index(cfg, dist)
