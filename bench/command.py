@@ -45,6 +45,8 @@ def is_pi_like() -> bool:
 @click.option("--data", type=click.Path(file_okay=False), help="Dataset folder (default: the one each model was trained on).")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "all"]),
               help="Evaluation images: the run's held-out split, or 'all' of a never-split folder.")
+@click.option("--split-csv", type=click.Path(dir_okay=False, exists=True),
+              help="split.csv to use instead of the one each model records (e.g. after moving a run folder).")
 @click.option("--threads", default="1,2", show_default=True, help="Comma-separated thread counts, each set explicitly on the runtime.")
 @click.option("--warmup", default=10, show_default=True, type=click.IntRange(0), help="Untimed runs before timing.")
 @click.option("--runs", default=100, show_default=True, type=click.IntRange(1), help="Timed runs (at least).")
@@ -62,7 +64,7 @@ def is_pi_like() -> bool:
 @click.option("--format", "fmt", default="md", show_default=True, type=click.Choice(["md", "csv", "json", "readme"]), help="Table printed on stdout (readme: one row per artifact, threads side by side).")
 @click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(0), help="Bootstrap resamples for the 95% CIs.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def bench_command(artifacts: tuple[str, ...], data: str | None, split: str, threads: str, warmup: int, runs: int,
+def bench_command(artifacts: tuple[str, ...], data: str | None, split: str, split_csv: str | None, threads: str, warmup: int, runs: int,
                   min_seconds: float, reference: str | None, devices: tuple[str, ...], ssh_host: str | None,
                   identity: str | None, known_hosts: str | None, accept_new_host_key: bool, remote_python: str,
                   remote_images: int, out: str, fmt: str, bootstrap: int, quiet: bool) -> None:
@@ -86,7 +88,8 @@ def bench_command(artifacts: tuple[str, ...], data: str | None, split: str, thre
         raise EdgecxrError(f"--device rpi: no Raspberry Pi reachable (this machine is {platform.machine()}); "
                            "run edgecxr bench on the Pi itself, or point at one with --host USER@ADDR[:PORT] [--identity KEY]")
     settings = {"threads": thread_list, "warmup": warmup, "runs": runs, "min_seconds": min_seconds, "split": split,
-                "bootstrap": bootstrap, "data": os.path.abspath(data) if data else None}
+                "bootstrap": bootstrap, "data": os.path.abspath(data) if data else None,
+                "split_csv": os.path.abspath(split_csv) if split_csv else None}
     remote = dict(host=ssh_host, identity=identity, known_hosts=known_hosts, accept_new=accept_new_host_key,
                   python=remote_python, n_images=remote_images) if remote_needed else None
     if remote is not None:
@@ -96,7 +99,7 @@ def bench_command(artifacts: tuple[str, ...], data: str | None, split: str, thre
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="edgecxr-bench-") as workdir:
         doc = build_document(
-            paths=list(artifacts), data=data, split=split, settings=settings, reference=reference,
+            paths=list(artifacts), data=data, split=split, split_csv=split_csv, settings=settings, reference=reference,
             local="host" in wanted or (("rpi" in wanted) and not remote_needed),
             local_label="rpi" if (not remote_needed and "rpi" in wanted and "host" not in wanted) else "host",
             remote=remote,

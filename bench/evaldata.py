@@ -31,9 +31,9 @@ class EvalSet:
     image_paths: list[str]  # absolute paths of the source images, same order
 
 
-def data_key(contract: Contract, data: str | None, split: str) -> tuple[str, str | None, str]:
+def data_key(contract: Contract, data: str | None, split: str, split_csv: str | None = None) -> tuple[str, str | None, str]:
     root = os.path.abspath(data or contract.source.get("data_root") or "")
-    csv = None if split == "all" else contract.source.get("split_csv")
+    csv = None if split == "all" else (split_csv or contract.source.get("split_csv"))
     spec = json.dumps(contract.preprocess.to_dict(), sort_keys=True)
     classes = json.dumps(list(contract.classes))
     digest = hashlib.sha256(f"{root}|{csv}|{split}|{spec}|{classes}".encode()).hexdigest()[:16]
@@ -43,8 +43,8 @@ def data_key(contract: Contract, data: str | None, split: str) -> tuple[str, str
 class EvalCache:
     """Builds each distinct evaluation set once, in ``workdir``."""
 
-    def __init__(self, workdir: str, data: str | None, split: str, progress: bool = True) -> None:
-        self.workdir, self.data, self.split, self.progress = workdir, data, split, progress
+    def __init__(self, workdir: str, data: str | None, split: str, progress: bool = True, split_csv: str | None = None) -> None:
+        self.workdir, self.data, self.split, self.progress, self.split_csv = workdir, data, split, progress, split_csv
         self._sets: dict[str, EvalSet] = {}
         self._errors: dict[str, str] = {}
 
@@ -52,12 +52,12 @@ class EvalCache:
         """The set for ``contract``; raises :class:`EdgecxrError` (cached) when there are no images."""
         from edgecxr.evaluate import load_batch, resolve_samples
 
-        key, _csv, _root = data_key(contract, self.data, self.split)
+        key, _csv, _root = data_key(contract, self.data, self.split, self.split_csv)
         if key in self._errors:
             raise EdgecxrError(self._errors[key])
         if key not in self._sets:
             try:
-                index = resolve_samples(contract, self.data, self.split)
+                index = resolve_samples(contract, self.data, self.split, self.split_csv)
                 batch = load_batch(index, index.of_split(self.split), contract.preprocess, progress=self.progress)
             except EdgecxrError as exc:
                 self._errors[key] = str(exc)

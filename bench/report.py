@@ -41,7 +41,7 @@ def latency_fields(rec: dict[str, Any]) -> dict[str, Any]:
     return {k: rec[k] for k in keep if k in rec}
 
 
-def build_document(*, paths: list[str], data: str | None, split: str, settings: dict[str, Any], reference: str | None,
+def build_document(*, paths: list[str], data: str | None, split: str, split_csv: str | None, settings: dict[str, Any], reference: str | None,
                    local: bool, local_label: str, remote: dict[str, Any] | None, workdir: str, progress: bool) -> dict[str, Any]:
     from edgecxr.device.sysinfo import device_info, device_string
 
@@ -53,7 +53,7 @@ def build_document(*, paths: list[str], data: str | None, split: str, settings: 
     stats = {a.path: graph_stats(a.path) for a in artifacts}
     s = Settings(threads=settings["threads"], warmup=settings["warmup"], runs=settings["runs"],
                  min_seconds=settings["min_seconds"], bootstrap=settings["bootstrap"])
-    cache = EvalCache(workdir, data, split, progress=progress)
+    cache = EvalCache(workdir, data, split, progress=progress, split_csv=split_csv)
     records: dict[tuple[str, int], dict[str, Any]] = {}
     evaluated: dict[str, Evaluated] = {}
     if local:

@@ -9,7 +9,8 @@
 # folder is missing or older than the checkpoint, then runs `edgecxr bench` once
 # over all export folders. Writes OUT_DIR/bench.{json,csv,md,png} and
 # OUT_DIR/README_SECTION.md (the compact table to paste into the README).
-# Environment: ARCHS, THREADS (1,2), WARMUP (10), NRUNS (100), REFERENCE_MODELS, EDGECXR.
+# Environment: ARCHS, THREADS (1,2), WARMUP (10), NRUNS (100), REFERENCE_MODELS, EDGECXR,
+# BENCH_ARGS (extra `edgecxr bench` flags, e.g. "--split-csv DIR/split.csv").
 set -euo pipefail
 RUNS=${1:-runs}
 OUT=${2:-$RUNS/bench_readme}
@@ -21,6 +22,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REFERENCE_MODELS=${REFERENCE_MODELS:-$HERE/../../shared/reference-models}
 EDGECXR=${EDGECXR:-edgecxr}
 PY=${PY:-python3}
+BENCH_ARGS=${BENCH_ARGS:-}
 command -v "$EDGECXR" >/dev/null || EDGECXR="$HERE/../.venv/bin/edgecxr"
 [ -x "$HERE/../.venv/bin/python" ] && PY="$HERE/../.venv/bin/python"
 
@@ -49,7 +51,7 @@ refs=()
 [ -d "$REFERENCE_MODELS" ] && refs+=("$REFERENCE_MODELS")
 
 "$EDGECXR" bench "${exports[@]}" "${refs[@]}" --split test --threads "$THREADS" --warmup "$WARMUP" --runs "$NRUNS" \
-  --out "$OUT" --format md
+  --out "$OUT" --format md $BENCH_ARGS
 
 {
   echo "## Benchmarks"
