@@ -96,7 +96,13 @@ def legend(doc: dict[str, Any]) -> str:
                    "ΔF1 is the paired macro-F1 change against the FP32 reference on the same images.")
     for label, info in doc.get("devices", {}).items():
         out.append(f"Device `{label}`: {info.get('summary', info)}")
-    notes = sorted({(r["artifact"], r["note"]) for r in doc["rows"] if r.get("note")})
+    notes: set[tuple[str, str]] = set()
+    for r in doc["rows"]:
+        if r.get("note"):
+            notes.add((r["artifact"], r["note"]))
+        if r.get("accuracy_note") and r.get("has_contract"):  # a foreign model's n/a is already in its note
+            notes.add((r["artifact"], r["accuracy_note"]))
+    notes = sorted(notes)
     out += [f"Note `{a}`: {n}" for a, n in notes]
     return "\n".join(f"- {line}" for line in out)
 

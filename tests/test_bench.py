@@ -187,3 +187,26 @@ def test_folder_without_fp32_uses_explicit_reference(export_dir, tmp_path):
                    "--runs", "3", "--warmup", "0", "--bootstrap", "20", "--format", "json", "--out", str(tmp_path / "o"), "--quiet")
     row = json.loads(proc.stdout)["rows"][0]
     assert row["reference"] == "mobilenet_v2_fp32.onnx" and row["delta_macro_f1_pp"] is not None
+
+
+def test_missing_split_csv_gives_accuracy_na_and_split_csv_flag_restores_it(export_dir, trained_run, tmp_path):
+    import dataclasses
+
+    import onnx
+
+    from edgecxr.convert.onnx_export import embed_contract
+    from edgecxr.device.contract import read_onnx_contract
+
+    src = export_dir / "mobilenet_v2_int8.onnx"
+    contract = read_onnx_contract(str(src))
+    moved = dataclasses.replace(contract, source={**contract.source, "split_csv": str(tmp_path / "gone" / "split.csv")})
+    model = onnx.load(str(src))
+    embed_contract(model, moved)
+    dest = tmp_path / "mobilenet_v2_int8.onnx"
+    onnx.save(model, str(dest))
+    common = ["--threads", "1", "--runs", "2", "--warmup", "0", "--bootstrap", "10", "--format", "json", "--quiet"]
+    row = json.loads(run_cli("bench", str(dest), *common, "--out", str(tmp_path / "a")).stdout)["rows"][0]
+    assert row["macro_f1"] is None and "no split.csv" in row["accuracy_note"] and row["median_ms"] > 0
+    row = json.loads(run_cli("bench", str(dest), *common, "--split-csv", str(trained_run / "split.csv"),
+                             "--out", str(tmp_path / "b")).stdout)["rows"][0]
+    assert row["macro_f1"] is not None
