@@ -39,14 +39,17 @@ def _run(cmd: list[str], what: str) -> subprocess.CompletedProcess:
     return proc
 
 
-def pick_images(checkpoint: str, image: str | None, folder: str) -> list[str]:
+def pick_images(checkpoint: str, image: str | None, folder: str, split_csv: str | None = None) -> list[str]:
     """One real X-ray per class, linked into FOLDER/<class>/ as `eval --split all` expects."""
     from edgecxr.checkpoint import load_checkpoint
     from edgecxr.data import read_split_csv
     from edgecxr.device.contract import Contract
 
     contract = Contract.from_dict(load_checkpoint(checkpoint)["contract"])
-    root, csv_path = contract.source.get("data_root"), contract.source.get("split_csv")
+    root, csv_path = contract.source.get("data_root"), split_csv or contract.source.get("split_csv")
+    beside = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "split.csv")
+    if not (csv_path and os.path.exists(csv_path)) and os.path.exists(beside):
+        csv_path = beside  # the run folder was moved after training
     chosen: dict[str, str] = {}
     if image:
         label = os.path.basename(os.path.dirname(os.path.abspath(image)))
@@ -106,6 +109,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="trained edgecxr checkpoint (its contract names the data and split)")
     ap.add_argument("--export", help="folder with the six converted artifacts (default: CHECKPOINT_DIR/export)")
+    ap.add_argument("--split-csv", help="split.csv of the run (default: the one its contract records, else beside CHECKPOINT)")
     ap.add_argument("--image", help="a real X-ray inside a class folder to include (default: test-split images)")
     ap.add_argument("--out", default="out/runner_vs_eval", help="where to write runner_vs_eval.json")
     ap.add_argument("--threads", type=int, default=1)
@@ -115,7 +119,7 @@ def main() -> int:
     models = ensure_export(a.checkpoint, export)
     with tempfile.TemporaryDirectory() as work:
         folder = os.path.join(work, "xrays")
-        files = pick_images(a.checkpoint, a.image, folder)
+        files = pick_images(a.checkpoint, a.image, folder, a.split_csv)
         print(f"images: {', '.join(files)}", flush=True)
         rows = [compare(m, folder, work, a.threads, a.runs) for m in models]
     head = (f"{'artifact':<28}{'runtime':<24}{'max|dp|':>9}{'labels':>8}{'invoke ms':>11}"
