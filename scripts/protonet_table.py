@@ -5,7 +5,7 @@
     python scripts/protonet_table.py kshot-split SPLIT_CSV K OUT_CSV [--seed 0]
 
 ``table`` reads, per backbone, ``runs/ARCH`` (supervised, from
-scripts/train_reference_models.sh), ``runs/ARCH_kshot`` (supervised on the K-shot
+scripts/train_reference_models.sh; ``--supervised ARCH=DIR`` points elsewhere), ``runs/ARCH_kshot`` (supervised on the K-shot
 images), ``runs/protonet_ARCH`` and ``runs/protonet_ARCH_kshot``; each needs
 ``metrics.json`` and ``eval_test/eval.json``. Missing runs are listed as not run.
 
@@ -73,12 +73,12 @@ def row(run: str, arch: str, label: str) -> str:
             f"{_ci(ev, 'macro_f1')} | {_ci(ev, 'auc_macro')} | {episodes} |")
 
 
-def table(runs: str, archs: list[str]) -> str:
+def table(runs: str, archs: list[str], supervised: dict[str, str] | None = None) -> str:
     lines = ["| backbone | method | start; training | train images | images seen (k) | train min | test accuracy [95% CI] | "
              "test macro-F1 [95% CI] | test AUC macro [95% CI] | test-episode accuracy [95% CI] |",
              "|---|---|---|---:|---:|---:|---|---|---|---|"]
     for arch in archs:
-        lines.append(row(os.path.join(runs, arch), arch, "supervised"))
+        lines.append(row((supervised or {}).get(arch, os.path.join(runs, arch)), arch, "supervised"))
         lines.append(row(os.path.join(runs, f"protonet_{arch}"), arch, "protonet"))
         lines.append(row(os.path.join(runs, f"{arch}_kshot"), arch, "supervised, K-shot"))
         lines.append(row(os.path.join(runs, f"protonet_{arch}_kshot"), arch, "protonet, K-shot"))
@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("table")
     t.add_argument("--runs", default="runs")
     t.add_argument("--archs", default=",".join(ARCHS))
+    t.add_argument("--supervised", action="append", default=[], metavar="ARCH=RUN_DIR",
+                   help="full-data supervised run folder of ARCH (default RUNS/ARCH); repeatable")
     k = sub.add_parser("kshot-split")
     k.add_argument("split_csv")
     k.add_argument("k", type=int)
@@ -114,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.cmd == "table":
-        print(table(args.runs, [a for a in args.archs.split(",") if a]))
+        sup = dict(item.split("=", 1) for item in args.supervised)
+        print(table(args.runs, [a for a in args.archs.split(",") if a], sup))
     else:
         if not os.path.exists(args.split_csv):
             print(f"error: {args.split_csv} not found", file=sys.stderr)

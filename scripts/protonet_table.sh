@@ -39,8 +39,13 @@ run() {  # out, train args...
 for arch in $ARCHS; do
   run "$RUNS/protonet_$arch" --arch "$arch" $(start_flag "$arch") --method protonet --split-csv "$SPLIT"
   run "$RUNS/protonet_${arch}_kshot" --arch "$arch" $(start_flag "$arch") --method protonet --train-shots "$K" --split-csv "$SPLIT"
-  # supervised K-shot: 3 steps per epoch, so 7x the epochs gives about the optimizer steps of the protonet run
+  # supervised K-shot: 3 steps per epoch, so 7x the epochs gives about the optimizer steps of the protonet run.
+  # No early stopping: with 3 steps per epoch BatchNorm's running statistics need dozens of epochs to settle,
+  # and until then the eval-mode network predicts one class (validation loss flat at chance).
   run "$RUNS/${arch}_kshot" --arch "$arch" $(start_flag "$arch") --split-csv "$RUNS/kshot${K}_split.csv" --batch-size 10 \
-      --epochs $((EPOCHS * 7)) --early-stop 10
+      --epochs $((EPOCHS * 7)) --early-stop 0
 done
-$PYTHON scripts/protonet_table.py table --runs "$RUNS" --archs "$(echo $ARCHS | tr ' ' ',')" | tee "$RUNS/protonet_table.md"
+# SUPERVISED="mobilenet_v2=runs/mobilenet_v2_first ..." points the full-data supervised rows at other run folders
+SUP_ARGS=()
+for item in ${SUPERVISED:-}; do SUP_ARGS+=(--supervised "$item"); done
+$PYTHON scripts/protonet_table.py table --runs "$RUNS" --archs "$(echo $ARCHS | tr ' ' ',')" "${SUP_ARGS[@]}" | tee "$RUNS/protonet_table.md"
