@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from functools import lru_cache
 
 import numpy as np
 
@@ -167,6 +168,7 @@ def bgr_to_gray(img: np.ndarray) -> np.ndarray:
     return g.astype(img.dtype)
 
 
+@lru_cache(maxsize=16)
 def _area_weights(src: int, dst: int) -> np.ndarray:
     """OpenCV INTER_AREA: each output pixel averages the input span it covers."""
     scale = src / dst
@@ -185,6 +187,7 @@ def _area_weights(src: int, dst: int) -> np.ndarray:
     return w
 
 
+@lru_cache(maxsize=16)
 def _linear_weights(src: int, dst: int, area_mode: bool = False) -> np.ndarray:
     """OpenCV INTER_LINEAR with half-pixel centres, clamped at the borders.
 
@@ -322,10 +325,24 @@ def gaussian_blur(img: np.ndarray, ksize: int) -> np.ndarray:
     return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
 
 
+# Paeth's 19-exchange network: after it, element 4 of 9 is their median
+_MEDIAN9 = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3), (5, 8), (4, 7),
+            (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2))
+
+
 def median_blur(img: np.ndarray, ksize: int) -> np.ndarray:
-    """cv2.medianBlur: median of the k x k window, borders replicated."""
+    """cv2.medianBlur: median of the k x k window, borders replicated.
+
+    3x3 (the pipeline's default) uses a min/max network on whole shifted images,
+    about 20x faster than a partition; larger kernels partition.
+    """
     r = ksize // 2
     p = np.pad(img, r, mode="edge")
     h, w = img.shape
-    stack = np.stack([p[i : i + h, j : j + w] for i in range(ksize) for j in range(ksize)])
-    return np.partition(stack, ksize * ksize // 2, axis=0)[ksize * ksize // 2]
+    views = [p[i : i + h, j : j + w] for i in range(ksize) for j in range(ksize)]
+    if ksize == 3:
+        v = list(views)
+        for a, b in _MEDIAN9:
+            v[a], v[b] = np.minimum(v[a], v[b]), np.maximum(v[a], v[b])
+        return np.ascontiguousarray(v[4])
+    return np.partition(np.stack(views), ksize * ksize // 2, axis=0)[ksize * ksize // 2]
