@@ -75,6 +75,9 @@ def measure(path: str, threads: int, rounds: int, calls: int, warmup: int) -> di
         res["median_vs_bare_pct"] = (res["harness_median_ms"] / res["bare_ms"] - 1) * 100
         per_round.append(res)
     summary = {k: statistics.median(r[k] for r in per_round) for k in per_round[0]}
+    q = statistics.quantiles([r["overhead_pct"] for r in per_round], n=4)
+    summary["overhead_pct_iqr"] = [q[0], q[2]]
+    summary["pooled_overhead_pct"] = (sum(r["harness_ms"] for r in per_round) / sum(r["bare_ms"] for r in per_round) - 1) * 100
     return {"model": os.path.basename(path), "runtime": backend.runtime, "threads": threads, "rounds": rounds,
             "calls_per_round": calls, "per_round": per_round, "median": summary}
 
@@ -125,9 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         m = res["median"]
         print(f"{'median':>5} {m['bare_ms']:>13.4f} {m['harness_ms']:>16.4f} {m['harness_median_ms']:>15.4f} {m['overhead_pct']:>+11.3f}")
         fixed_pct = null["added_ns_per_call"] / (m["harness_median_ms"] * 1e6) * 100
-        print(f"timing loop overhead: {m['overhead_pct']:+.3f}% of wall time per call (median over rounds); "
-              f"fixed cost {null['added_ns_per_call']:.0f} ns = {fixed_pct:.4f}% of the {m['harness_median_ms']:.3f} ms median; "
-              f"harness median vs bare mean {m['median_vs_bare_pct']:+.2f}%")
+        print(f"timing loop overhead: {m['overhead_pct']:+.3f}% of wall time per call (median over rounds, IQR "
+              f"{m['overhead_pct_iqr'][0]:+.2f}..{m['overhead_pct_iqr'][1]:+.2f}%; all rounds pooled {m['pooled_overhead_pct']:+.3f}%); "
+              f"fixed cost {null['added_ns_per_call']:.0f} ns = {fixed_pct:.4f}% of the {m['harness_median_ms']:.3f} ms median")
     if a.json:
         with open(a.json, "w", encoding="utf-8") as fh:
             json.dump({"null": null, "results": results, "device": device_string()}, fh, indent=2)
