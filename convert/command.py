@@ -22,15 +22,16 @@ def _split_list(text: str | None) -> list[str]:
 @click.option("--formats", default="onnx,tflite", show_default=True, help="Comma-separated formats: onnx, tflite. FP32 ONNX is always written.")
 @click.option("--calib-data", type=click.Path(file_okay=False), help="Folder of calibration images (one subfolder per class). Default: the train split recorded in the checkpoint.")
 @click.option("--calib-n", default=300, show_default=True, type=click.IntRange(1), help="Calibration images, drawn stratified by class.")
-@click.option("--calib-method", default="minmax", show_default=True, type=click.Choice(["minmax", "entropy", "percentile"]), help="ONNX Runtime calibration method for INT8 ONNX.")
+@click.option("--calib-method", default="minmax", show_default=True, type=click.Choice(["minmax", "entropy", "percentile", "minmax-avg"]), help="ONNX Runtime calibration method for INT8 ONNX (minmax-avg: mean of per-batch ranges).")
 @click.option("--verify-data", type=click.Path(file_okay=False), help="Folder of verification images (every image is used). Default: the run's test split.")
+@click.option("--split-csv", type=click.Path(dir_okay=False), help="split.csv to use instead of the one recorded in the checkpoint (calibration: its train images, verification: its test images).")
 @click.option("--no-verify", is_flag=True, help="Skip running the artifacts on verification images.")
 @click.option("--max-drop", type=float, help="Exit with code 3 when an INT8 artifact loses more than this many macro-F1 points.")
 @click.option("--keep-float", default="", help="Comma-separated ONNX node names to keep in float in INT8 ONNX (see `edgecxr debug-quant`).")
 @click.option("--threads", type=click.IntRange(1), help="Threads for torch and the runtimes during verification.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def convert_command(ckpt: str, out_dir: str, int8: bool, fp16: bool, formats: str, calib_data: str | None, calib_n: int,
-                    calib_method: str, verify_data: str | None, no_verify: bool, max_drop: float | None, keep_float: str,
+                    calib_method: str, verify_data: str | None, split_csv: str | None, no_verify: bool, max_drop: float | None, keep_float: str,
                     threads: int | None, quiet: bool) -> None:
     """Convert checkpoint CKPT to ONNX and TFLite (FP32, and FP16/INT8 on request), run every
     artifact on verification images against the PyTorch model, and write a report.
@@ -57,7 +58,7 @@ def convert_command(ckpt: str, out_dir: str, int8: bool, fp16: bool, formats: st
     fmts = [f.name for f in parse_formats(formats)]
     report = convert_checkpoint(
         ckpt, out_dir, int8=int8, fp16=fp16, formats=fmts, calib_data=calib_data, calib_n=calib_n, calib_method=calib_method,
-        verify_data=verify_data, verify=not no_verify, max_drop=max_drop, keep_float=_split_list(keep_float), threads=threads,
+        verify_data=verify_data, split_csv=split_csv, verify=not no_verify, max_drop=max_drop, keep_float=_split_list(keep_float), threads=threads,
         progress=not quiet, echo=click.echo,
     )
     click.echo("")
@@ -78,7 +79,7 @@ def convert_command(ckpt: str, out_dir: str, int8: bool, fp16: bool, formats: st
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--data", type=click.Path(file_okay=False), help="Folder of real images (one subfolder per class). Default: the run's train split.")
 @click.option("--n", "n", default=32, show_default=True, type=click.IntRange(16), help="Images to run (memory grows with it: every tensor is kept).")
-@click.option("--calib-method", default="minmax", show_default=True, type=click.Choice(["minmax", "entropy", "percentile"]))
+@click.option("--calib-method", default="minmax", show_default=True, type=click.Choice(["minmax", "entropy", "percentile", "minmax-avg"]))
 @click.option("--keep-float", default="", help="Nodes to keep in float, to see the effect of a choice.")
 @click.option("--top", default=20, show_default=True, type=click.IntRange(0), help="Rows to print (0: all); the JSON has all.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="JSON file (default: debug_quant.json next to MODEL).")

@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterable
 
 from edgecxr.convert.formats import FORMAT_NAMES, artifact_name, get_format
@@ -111,6 +111,7 @@ def convert_checkpoint(
     calib_n: int = 300,
     calib_method: str = "minmax",
     verify_data: str | None = None,
+    split_csv: str | None = None,
     verify: bool = True,
     max_drop: float | None = None,
     keep_float: Iterable[str] = (),
@@ -120,6 +121,9 @@ def convert_checkpoint(
 ) -> dict[str, Any]:
     """Convert ``ckpt`` into ``out_dir``; returns the report (also written as convert_report.json/.md).
 
+    ``split_csv`` replaces the split recorded in the checkpoint (calibration uses its
+    train images, verification its test images).
+
     Raises :class:`EdgecxrError` for what the user must fix first (missing
     checkpoint, INT8 without real calibration images, ``max_drop`` without
     verification images). Per-format failures are in ``report["artifacts"]``;
@@ -127,7 +131,7 @@ def convert_checkpoint(
     ``max_drop`` macro-F1 points (the CLI then exits non-zero).
     """
     from edgecxr.checkpoint import file_sha256, load_model
-    from edgecxr.convert import calibration, onnx_export, quantize, report as report_mod, tflite, verify as verify_mod
+    from edgecxr.convert import calibration, onnx_export, quantize, report as report_mod, verify as verify_mod
     from edgecxr.convert.quantize import CALIB_METHODS
 
     t_start = time.perf_counter()
@@ -143,6 +147,10 @@ def convert_checkpoint(
         raise EdgecxrError("--keep-float only applies to INT8; add --int8")
 
     torch_model, contract = load_model(ckpt)
+    if split_csv:  # the run folder moved, or another split: used for calibration and verification
+        if not os.path.exists(split_csv):
+            raise EdgecxrError(f"--split-csv {split_csv}: file not found")
+        contract = replace(contract, source={**contract.source, "split_csv": os.path.abspath(split_csv)})
     if threads:
         import torch
 

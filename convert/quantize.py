@@ -20,7 +20,7 @@ import numpy as np
 from edgecxr.device.contract import Contract
 from edgecxr.errors import EdgecxrError
 
-CALIB_METHODS = ("minmax", "entropy", "percentile")
+CALIB_METHODS = ("minmax", "entropy", "percentile", "minmax-avg")
 CALIB_BATCH = 16
 
 
@@ -56,7 +56,7 @@ class BatchReader:
 def _calibrate_method(name: str) -> Any:
     from onnxruntime.quantization import CalibrationMethod
 
-    table = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
+    table = {"minmax": CalibrationMethod.MinMax, "minmax-avg": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
     if name not in table:
         raise EdgecxrError(f"--calib-method {name!r}: choose one of {', '.join(CALIB_METHODS)}")
     return table[name]
@@ -115,10 +115,18 @@ def quantize_int8(fp32_path: str, dest_tmp: str, calib_nchw: np.ndarray, method:
     with tempfile.TemporaryDirectory(prefix="edgecxr-quant-") as tmp:
         src = preprocess_for_quant(fp32_path, os.path.join(tmp, "pre.onnx")) if pre_process else fp32_path
         excluded = resolve_keep_float(src, keep_float)
-        reader = BatchReader(input_name, calib_nchw)
-        extra: dict[str, Any] = {"CalibStridedMinMax": 1, "ActivationSymmetric": False, "WeightSymmetric": True}
+        # MinMax keeps only per-run ReduceMin/ReduceMax outputs, so all batches go through one
+        # collect call and "minmax-avg" is a true mean of per-batch ranges. Histogram methods
+        # keep whole tensors: one batch per collect call (ORT's strided protocol) bounds memory.
+        histogram = method in ("entropy", "percentile")
+        reader = BatchReader(input_name, calib_nchw, CALIB_BATCH)
+        extra: dict[str, Any] = {"ActivationSymmetric": False, "WeightSymmetric": True}
+        if histogram:
+            extra["CalibStridedMinMax"] = 1
         if method == "percentile":
             extra["CalibPercentile"] = 99.999
+        if method == "minmax-avg":  # mean of per-batch min/max instead of the global extremes
+            extra["CalibMovingAverage"] = True
         with contextlib.redirect_stdout(io.StringIO()):  # ORT prints histogram progress lines
             quantize_static(
                 src, dest_tmp, reader, quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,

@@ -77,6 +77,7 @@ def run_onnx2tf(fp32_onnx: str, precisions: tuple[str, ...], work_dir: str, spec
     """Run the worker; returns what it produced. Never raises for a conversion failure."""
     if "int8" in precisions and (calib_nhwc01 is None or not len(calib_nhwc01)):
         raise EdgecxrError("INT8 TFLite needs real calibration images (internal error: none were passed)")
+    work_dir = os.path.abspath(work_dir)  # the worker runs with this as its cwd
     os.makedirs(work_dir, exist_ok=True)
     # onnx2tf simplifies its input file in place: hand it a copy, never the artifact
     onnx_copy = os.path.join(work_dir, "model.onnx")

@@ -6,9 +6,9 @@
 
 1. Converts CKPT to all six artifacts with ``edgecxr convert --int8 --fp16`` (a real
    subprocess, timed wall-clock: target under 3 minutes), unless --skip-convert.
-2. Latency at batch 1 on ``--threads`` threads, interleaved: each round times every
-   model in turn, so background load hits all of them alike; the median over all
-   rounds is reported. INT8/FP32 ratios for ONNX and TFLite (target <= 0.55), and
+2. Latency at batch 1 on ``--threads`` threads, finely interleaved: each of many
+   rounds times every model for a few runs in turn, so bursts of background load
+   hit all of them alike; the median over all runs is reported. INT8/FP32 ratios for ONNX and TFLite (target <= 0.55), and
    our INT8 TFLite against the reference TF2 PTQ MobileNetV2 on the same
    interpreter (target <= 1.05x).
 3. File size ratio INT8/FP32 (target <= 0.30) and, from convert_report.json (test
@@ -63,6 +63,17 @@ def sample_input(report: dict, size: int) -> np.ndarray:
         return g.reshape(1, 3, size, size)
 
 
+def _fit(x: np.ndarray, backend) -> np.ndarray:
+    """Resize the NCHW sample to a model's own input size (the reference is 224 px)."""
+    import cv2
+
+    shape = backend.input_shape
+    size = shape[1] if backend.layout == "NHWC" else shape[2]
+    if size <= 0 or size == x.shape[-1]:
+        return x
+    return np.stack([np.stack([cv2.resize(c, (size, size), interpolation=cv2.INTER_LINEAR) for c in img]) for img in x])
+
+
 def measure(models: dict[str, str], x: np.ndarray, threads: int, rounds: int, runs: int) -> dict[str, dict]:
     from edgecxr.device.backends import OnnxBackend, TFLiteBackend
     from edgecxr.device.latency import summarize, time_invocations
@@ -73,12 +84,13 @@ def measure(models: dict[str, str], x: np.ndarray, threads: int, rounds: int, ru
             backends[name] = OnnxBackend(path, threads)
         else:
             backends[name] = TFLiteBackend(path, threads, read_contract=not name.startswith("reference"))
-    prepared = {n: b.prepare(x) for n, b in backends.items()}
+    prepared = {n: b.prepare(_fit(x, b)) for n, b in backends.items()}
     times: dict[str, list[float]] = {n: [] for n in backends}
     for r in range(rounds):
         for n, b in backends.items():
-            times[n] += time_invocations(b.invoke, prepared[n], warmup=5, runs=runs)
-        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {np.median(times[n]):.2f} ms" for n in backends), flush=True)
+            times[n] += time_invocations(b.invoke, prepared[n], warmup=2, runs=runs)
+        if (r + 1) % max(1, rounds // 5) == 0:
+            print(f"  after round {r + 1}/{rounds}: " + ", ".join(f"{n} {np.median(times[n]):.2f} ms" for n in backends), flush=True)
     return {n: {**summarize(t), "runtime": backends[n].runtime, "path": models[n]} for n, t in times.items()}
 
 
@@ -88,8 +100,8 @@ def main() -> int:
     ap.add_argument("--out", help="export folder (default: <ckpt folder>/export)")
     ap.add_argument("--skip-convert", action="store_true", help="reuse the artifacts already in --out")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--runs", type=int, default=40, help="timed runs per model per round")
+    ap.add_argument("--rounds", type=int, default=60, help="interleaved rounds: each times every model in turn")
+    ap.add_argument("--runs", type=int, default=5, help="timed runs per model per round")
     ap.add_argument("--reference", default=REFERENCE)
     ap.add_argument("convert_args", nargs="*", help="extra arguments for edgecxr convert, after --")
     args = ap.parse_args()
@@ -140,7 +152,7 @@ def main() -> int:
         ("FP16 TFLite macro-F1 change (pp)", ver("tflite", "fp16", "macro_f1_delta_pp"), ">=", -0.1),
         ("convert, all six + verification (s)", convert_s, "<=", 180.0),
     ]
-    print(f"\nmedian latency (ms): " + ", ".join(f"{n} {v['median_ms']:.2f}" for n, v in lat.items()))
+    print("\nmedian latency (ms): " + ", ".join(f"{n} {v['median_ms']:.2f}" for n, v in lat.items()))
     ref = report.get("verification") or {}
     if ref:
         print(f"verification: {ref['images']} images from {ref['origin']}; PyTorch macro-F1 {ref['reference']['macro_f1']:.4f}")

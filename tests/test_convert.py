@@ -31,9 +31,9 @@ def _cli(*args: str):
 
 @pytest.fixture(scope="module")
 def full_export(trained_run: Path, tmp_path_factory) -> tuple[Path, dict, str]:
-    """All six artifacts of the trained MobileNetV2 (32 px), through the real CLI."""
+    """All six artifacts of the trained MobileNetV2 (32 px), through the real CLI (a relative --out)."""
     out = tmp_path_factory.mktemp("export") / "exp"
-    proc = run_cli("convert", str(trained_run / "best.pt"), "--out", str(out), "--int8", "--fp16", "--quiet")
+    proc = run_cli("convert", str(trained_run / "best.pt"), "--out", os.path.relpath(out), "--int8", "--fp16", "--quiet")
     report = json.loads((out / "convert_report.json").read_text())
     return out, report, proc.stdout
 
