@@ -17,6 +17,7 @@ import click
               help="Compare the explanations of two models (e.g. FP32 and its INT8 version) on --n images.")
 @click.option("--data", type=click.Path(file_okay=False), help="--compare: folder of images (class subfolders or loose files); default: FP32_MODEL's test split.")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]), help="--compare without --data: which split of the model's run.")
+@click.option("--split-csv", type=click.Path(dir_okay=False), help="--compare without --data: split.csv to use instead of the one recorded in FP32_MODEL.")
 @click.option("--n", "n_images", default=20, show_default=True, type=click.IntRange(1), help="--compare: number of images (classes taken in turn).")
 @click.option("--top", default=0.2, show_default=True, type=click.FloatRange(0.01, 0.99), help="--compare: fraction of pixels forming the 'most important' region.")
 @click.option("--samples", default=1000, show_default=True, type=click.IntRange(2), help="LIME: perturbed images (more: steadier maps, longer run).")
@@ -26,7 +27,7 @@ import click
 @click.option("--threads", type=click.IntRange(1), help="Runtime threads.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def explain_command(model: str | None, image: str | None, method: str, class_name: str | None, out: str | None,
-                    compare: tuple[str, str] | None, data: str | None, split: str, n_images: int, top: float, samples: int,
+                    compare: tuple[str, str] | None, data: str | None, split: str, split_csv: str | None, n_images: int, top: float, samples: int,
                     segments: int, batch_size: int, seed: int, threads: int | None, quiet: bool) -> None:
     """Heatmap of what drove MODEL's prediction on --image, or (--compare) how much the
     explanation moves between an FP32 model and its quantized version.
@@ -51,7 +52,7 @@ def explain_command(model: str | None, image: str | None, method: str, class_nam
     if compare:
         if model or image:
             raise click.UsageError("--compare takes its two models itself: drop MODEL and --image")
-        _compare(compare, data, split, n_images, method, lime, top, threads, out, quiet)
+        _compare(compare, data, split, split_csv, n_images, method, lime, top, threads, out, quiet)
         return
     if not model or not image:
         raise click.UsageError("give MODEL and --image FILE (or --compare FP32_MODEL INT8_MODEL)")
@@ -91,7 +92,7 @@ def _single(model: str, image: str, method: str, class_name: str | None, lime, t
     click.echo(f"wrote {os.path.join(out, stem)}.png, .npy, .json")
 
 
-def _compare(models: tuple[str, str], data: str | None, split: str, n: int, method: str, lime, top: float, threads: int | None,
+def _compare(models: tuple[str, str], data: str | None, split: str, split_csv: str | None, n: int, method: str, lime, top: float, threads: int | None,
              out: str | None, quiet: bool) -> None:
     from edgecxr.atomic import write_json, write_text
     from edgecxr.errors import EdgecxrError
@@ -104,7 +105,7 @@ def _compare(models: tuple[str, str], data: str | None, split: str, n: int, meth
     if data:
         pool = images_from_folder(data)
     else:
-        pool = images_from_split(open_model(models[0], threads).contract, split)
+        pool = images_from_split(open_model(models[0], threads).contract, split, split_csv)
     images = pick_images(pool, n, lime.seed)
     result = compare_models(models[0], models[1], images, method, lime, top, threads, progress=not quiet)
     out = out or os.path.join(os.path.dirname(os.path.abspath(models[1])), "explain_compare")

@@ -76,10 +76,10 @@ def images_from_folder(folder: str) -> list[tuple[str, str]]:
     return out
 
 
-def images_from_split(contract, split: str) -> list[tuple[str, str]]:
+def images_from_split(contract, split: str, split_csv: str | None = None) -> list[tuple[str, str]]:
     from edgecxr.evaluate import resolve_samples
 
-    index = resolve_samples(contract, None, split)
+    index = resolve_samples(contract, None, split, split_csv)
     return [(os.path.join(index.root, s.file), s.label) for s in index.of_split(split)]
 
 
