@@ -63,3 +63,25 @@ def test_paired_delta_is_zero_for_identical_models_and_negative_for_a_worse_one(
     worse[0] = [0.1, 0.8, 0.1]
     d = paired_delta_ci(y, probs, worse, 3, n_boot=50)
     assert d["delta_pp"] < 0 and d["top1_agreement"] == pytest.approx(5 / 6)
+
+
+def test_vectorised_bootstrap_definitions_equal_sklearn_on_random_resamples():
+    from sklearn.metrics import f1_score, precision_recall_fscore_support, roc_auc_score
+
+    from edgecxr.metrics import auc_batch, confusion_batch, metrics_from_confusion
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, (12, 40))
+    probs = rng.dirichlet(np.ones(4), (12, 40))
+    probs[:, :5] = np.round(probs[:, :5], 1)  # ties in the scores
+    pred = probs.argmax(-1)
+    y[0] = np.where(y[0] == 3, 0, y[0])  # a resample where class 3 is absent
+    m = metrics_from_confusion(confusion_batch(y, pred, 4))
+    for b in range(12):
+        p, r, f, _ = precision_recall_fscore_support(y[b], pred[b], labels=[0, 1, 2, 3], zero_division=0)
+        assert np.allclose(m["precision"][b], p) and np.allclose(m["recall"][b], r) and np.allclose(m["f1"][b], f)
+        assert m["macro_f1"][b] == pytest.approx(f1_score(y[b], pred[b], labels=[0, 1, 2, 3], average="macro", zero_division=0))
+        for c in range(4):
+            expected = roc_auc_score(y[b] == c, probs[b, :, c]) if 0 < (y[b] == c).sum() < 40 else np.nan
+            assert np.allclose(auc_batch(y[b : b + 1], probs[b : b + 1, :, c], c), expected, equal_nan=True)
+
