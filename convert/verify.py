@@ -79,32 +79,9 @@ def backend_logits(path: str, x: np.ndarray, threads: int | None = None) -> tupl
     return np.concatenate(out).astype(np.float32), backend.runtime
 
 
-def macro_f1(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
-    """Macro-F1 over the last axis of ``y``/``pred`` (any leading batch of resamples), as
-    sklearn's ``f1_score(average="macro", zero_division=0)`` computes it, vectorised:
-    the bootstrap below needs thousands of them and sklearn takes ~5 ms each."""
-    f1 = []
-    for c in range(k):
-        tp = np.sum((pred == c) & (y == c), axis=-1)
-        fp = np.sum((pred == c) & (y != c), axis=-1)
-        fn = np.sum((pred != c) & (y == c), axis=-1)
-        den = 2 * tp + fp + fn
-        f1.append(np.where(den > 0, 2 * tp / np.maximum(den, 1), 0.0))
-    return np.mean(f1, axis=0)
-
-
-def paired_f1_delta(y: np.ndarray, pred_ref: np.ndarray, pred: np.ndarray, k: int, n_boot: int = DELTA_BOOTSTRAP,
-                    seed: int = 0) -> tuple[float, list[float]]:
-    """Macro-F1 change (points) and its paired bootstrap 95% CI: both models on the same resampled images."""
-    delta = float(macro_f1(y, pred, k) - macro_f1(y, pred_ref, k)) * 100
-    idx = np.random.default_rng(seed).integers(0, len(y), (n_boot, len(y)))
-    boot = (macro_f1(y[idx], pred[idx], k) - macro_f1(y[idx], pred_ref[idx], k)) * 100
-    return delta, [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
-
-
 def compare(ref_logits: np.ndarray, logits: np.ndarray, y: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """The numbers the report shows for one artifact against the PyTorch reference."""
-    from edgecxr.metrics import point_metrics
+    from edgecxr.metrics import paired_delta_ci, point_metrics
 
     if logits.shape != ref_logits.shape:
         raise EdgecxrError(f"artifact returns logits of shape {logits.shape}, the checkpoint {ref_logits.shape}")
@@ -112,7 +89,7 @@ def compare(ref_logits: np.ndarray, logits: np.ndarray, y: np.ndarray, classes: 
     y = np.asarray(y, dtype=int)
     p_ref, p = softmax(ref_logits.astype(np.float64)), softmax(logits.astype(np.float64))
     m = point_metrics(y, p, k)
-    delta_pp, ci = paired_f1_delta(y, p_ref.argmax(1), p.argmax(1), k)
+    delta = paired_delta_ci(y, p_ref, p, k, n_boot=DELTA_BOOTSTRAP)
     diff = np.abs(logits - ref_logits)
     return {
         "images": int(len(y)),
@@ -122,8 +99,8 @@ def compare(ref_logits: np.ndarray, logits: np.ndarray, y: np.ndarray, classes: 
         "top1_agreement": float((p.argmax(1) == p_ref.argmax(1)).mean()),
         "accuracy": float(m["accuracy"]),
         "macro_f1": float(m["macro_f1"]),
-        "macro_f1_delta_pp": delta_pp,
-        "macro_f1_delta_ci95": ci,
+        "macro_f1_delta_pp": delta["delta_pp"],
+        "macro_f1_delta_ci95": delta["ci95"],
     }
 
 

@@ -36,7 +36,7 @@ def eval_command(model: str, data: str | None, split: str, split_csv: str | None
 
     backend = open_model(model, threads)
     contract = backend.contract
-    index = resolve_samples(contract, data, split, split_csv)
+    index = resolve_samples(contract, data, split, split_csv, progress=not quiet)
     batch = load_batch(index, index.of_split(split), contract.preprocess, progress=not quiet)
     t0 = time.perf_counter()
     probs = predict_probs(backend, batch.x, progress=not quiet)

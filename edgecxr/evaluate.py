@@ -31,7 +31,7 @@ class Batch:
     skipped: list[tuple[str, str]]
 
 
-def resolve_samples(contract: Contract, data: str | None, split: str, split_csv: str | None = None) -> DatasetIndex:
+def resolve_samples(contract: Contract, data: str | None, split: str, split_csv: str | None = None, progress: bool = True) -> DatasetIndex:
     """The dataset index a model should be judged on; see module docstring."""
     if split not in ("train", "val", "test", "all"):
         raise EdgecxrError(f"--split {split!r}: choose test, val, train or all")
@@ -41,7 +41,7 @@ def resolve_samples(contract: Contract, data: str | None, split: str, split_csv:
     if not os.path.isdir(root):
         raise EdgecxrError(f"{root}: dataset folder not found; pass --data DIR")
     if split == "all":
-        index = index_unsplit(root)
+        index = index_unsplit(root, progress=progress)
         unknown = sorted({s.label for s in index.samples} - set(contract.classes))
         if unknown:
             raise EdgecxrError(f"{root}: class folder(s) {unknown} are not among the model's classes {list(contract.classes)}")

@@ -305,18 +305,3 @@ def test_tflite_worker_is_offline_and_finds_onnxsim():
     assert env["HTTPS_PROXY"].startswith("http://127.0.0.1:") and "NO_PROXY" not in env
 
 
-def test_fast_macro_f1_matches_sklearn_and_paired_delta():
-    from sklearn.metrics import f1_score
-
-    from edgecxr.convert.verify import macro_f1, paired_f1_delta
-    from edgecxr.metrics import paired_delta_ci
-
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 3, 200)
-    a = np.where(rng.random(200) < 0.8, y, rng.integers(0, 3, 200))
-    b = np.where(rng.random(200) < 0.1, 2, a)
-    assert macro_f1(y, a, 3) == pytest.approx(f1_score(y, a, labels=[0, 1, 2], average="macro", zero_division=0))
-    assert macro_f1(y, np.full(200, 1), 3) == pytest.approx(f1_score(y, np.full(200, 1), labels=[0, 1, 2], average="macro", zero_division=0))
-    delta, ci = paired_f1_delta(y, a, b, 3)
-    ref = paired_delta_ci(y, np.eye(3)[a], np.eye(3)[b], 3, n_boot=200)
-    assert delta == pytest.approx(ref["delta_pp"]) and ci[0] <= delta <= ci[1]

@@ -85,3 +85,15 @@ def test_vectorised_bootstrap_definitions_equal_sklearn_on_random_resamples():
             expected = roc_auc_score(y[b] == c, probs[b, :, c]) if 0 < (y[b] == c).sum() < 40 else np.nan
             assert np.allclose(auc_batch(y[b : b + 1], probs[b : b + 1, :, c], c), expected, equal_nan=True)
 
+
+
+def test_paired_delta_matches_sklearn_macro_f1_difference():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    a = np.where(rng.random(200) < 0.8, y, rng.integers(0, 3, 200))
+    b = np.where(rng.random(200) < 0.1, 2, a)
+    d = paired_delta_ci(y, np.eye(3)[a], np.eye(3)[b], 3, n_boot=300)
+    expected = (f1_score(y, b, average="macro") - f1_score(y, a, average="macro")) * 100
+    assert d["delta_pp"] == pytest.approx(expected) and d["ci95"][0] <= d["delta_pp"] <= d["ci95"][1]
