@@ -47,6 +47,12 @@ def eval_command(model: str, data: str | None, split: str, split_csv: str | None
                    "skipped_files": [{"file": f, "reason": r} for f, r in batch.skipped],
                    "predictions": [{"file": f, "label": batch.classes[int(t)], "pred": batch.classes[int(p.argmax())],
                                     "probabilities": [round(float(v), 6) for v in p]} for f, t, p in zip(batch.files, batch.y, probs)]})
+    episodes = os.path.join(os.path.dirname(os.path.abspath(model)), "protonet.pt")
+    if contract.method == "protonet" and os.path.exists(episodes) and split != "all":
+        from edgecxr.train.protonet import episode_report
+
+        # what a few-shot paper reports beside whole-split accuracy: N-way K-shot episodes
+        report["episodes"] = episode_report(episodes, split, data, split_csv, progress=not quiet)
     name = os.path.splitext(os.path.basename(model))[0]
     out = out or os.path.join(os.path.dirname(os.path.abspath(model)), f"eval_{name}_{split}")
     write_json(os.path.join(out, "eval.json"), report)
@@ -54,6 +60,11 @@ def eval_command(model: str, data: str | None, split: str, split_csv: str | None
     save_confusion_matrix(report["confusion_matrix"], batch.classes, os.path.join(out, "confusion_matrix.png"), title)
     save_roc_curves(batch.y, probs, batch.classes, os.path.join(out, "roc.png"), title)
     click.echo(format_report(report, f"{model} [{backend.runtime}] on {split} split of {index.root}"))
+    if "episodes" in report:
+        e = report["episodes"]
+        lo, hi = e["accuracy_ci95"]
+        click.echo(f"{e['n_way']}-way {e['k_shot']}-shot episode accuracy on {e['episodes']} {split} episodes: "
+                   f"{e['mean_accuracy']:.4f} [{lo:.4f}, {hi:.4f}]")
     if batch.skipped:
         click.echo(f"skipped {len(batch.skipped)} unreadable files (listed in eval.json)")
     click.echo(f"wrote {out}/eval.json, confusion_matrix.png, roc.png")

@@ -219,3 +219,17 @@ def test_kshot_split_gives_supervised_training_the_same_images_as_train_shots(tm
     back = read_split_csv(str(tmp_path / "k4.csv"), str(tmp_path))
     assert {s.file for s in back.of_split("train")} == {s.file for s in per_class_subset(samples[:15] + samples[20:35], 4, 0)}
     assert len(back.of_split("test")) == 10 and len(back.of_split("unused")) == 22
+
+
+def test_eval_of_a_protonet_run_adds_episode_accuracy(tmp_path, synthetic_data):
+    import json
+
+    from conftest import run_cli
+
+    out = tmp_path / "proto"
+    run_cli("train", "--method", "protonet", "--data", str(synthetic_data), "--arch", "squeezenet1_1", "--out", str(out),
+            "--epochs", "1", "--img-size", "32", "--split", "60/20/20", "--k-shot", "2", "--q-query", "2", "--episodes", "2", "--quiet")
+    proc = run_cli("eval", str(out / "best.pt"), "--out", str(tmp_path / "ev"), "--bootstrap", "0", "--quiet")
+    rep = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert rep["episodes"]["k_shot"] == 2 and 0 <= rep["episodes"]["mean_accuracy"] <= 1
+    assert "episode accuracy" in proc.stdout

@@ -18,7 +18,7 @@ import json
 import os
 import time
 from itertools import islice
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from edgecxr.train.proto_model import (
     squared_distances,
     support_prototypes,
 )
-from edgecxr.train.supervised import TrainConfig, _make_optimizer, _set_trainable, _write_epoch_log, load_run_index
+from edgecxr.train.supervised import TrainConfig, make_optimizer, set_trainable, write_epoch_log, load_run_index
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -68,14 +68,9 @@ class ProtoConfig:
 
 
 def schedule_config(cfg: TrainConfig, proto: ProtoConfig) -> TrainConfig:
-    """The protonet StepLR defaults (x0.5 / 10 epochs) unless --step-size/--gamma were changed.
-
-    ``edgecxr train`` shares one flag set with supervised training, whose defaults are
-    7 epochs and 0.1; values equal to those are taken as "not given".
-    """
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
-    step = proto.step_size if cfg.step_size == defaults["step_size"] else cfg.step_size
-    gamma = proto.gamma if cfg.gamma == defaults["gamma"] else cfg.gamma
+    """The protonet StepLR defaults (x0.5 / 10 epochs) unless --step-size/--gamma were given."""
+    step = proto.step_size if cfg.step_size is None else cfg.step_size
+    gamma = proto.gamma if cfg.gamma is None else cfg.gamma
     return replace(cfg, step_size=step, gamma=gamma)
 
 
@@ -145,9 +140,9 @@ def train_protonet(cfg: TrainConfig, proto: ProtoConfig) -> dict:
     skipped = index.skipped + train_ds.skipped + val_ds.skipped
 
     encoder = build_encoder(cfg.arch, len(classes), proto.embed_dim, pretrained=cfg.pretrained, weights=cfg.weights)
-    _set_trainable(encoder, cfg.freeze_backbone, cfg.unfreeze_last)
+    set_trainable(encoder, cfg.freeze_backbone, cfg.unfreeze_last)
     encoder = encoder.to(dist.device).to(memory_format=torch.channels_last)
-    opt, sched = _make_optimizer(sched_cfg, [p for p in encoder.parameters() if p.requires_grad])
+    opt, sched = make_optimizer(sched_cfg, [p for p in encoder.parameters() if p.requires_grad])
     start_epoch, best_loss, history, bad_epochs = 0, float("inf"), [], 0
     if resume_payload is not None:
         encoder.load_state_dict(resume_payload["encoder_state"])
@@ -213,7 +208,7 @@ def train_protonet(cfg: TrainConfig, proto: ProtoConfig) -> dict:
                 save_protonet(proto_path, encoder, None, contract.to_dict(), **extra)
             save_protonet(last_path, encoder, None, contract.to_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                           bad_epochs=bad_epochs, **extra)
-            _write_epoch_log(os.path.join(cfg.out, "epochs.csv"), history)
+            write_epoch_log(os.path.join(cfg.out, "epochs.csv"), history)
         if cfg.early_stop and bad_epochs >= cfg.early_stop:
             log_lines.append(f"early stop: validation episode loss did not improve for {cfg.early_stop} epochs")
             break

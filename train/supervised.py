@@ -28,6 +28,10 @@ from edgecxr.errors import EdgecxrError
 from edgecxr.registry import create_model, get_config
 
 
+SUPERVISED_STEP_SIZE = 7
+SUPERVISED_GAMMA = 0.1
+
+
 @dataclass
 class TrainConfig:
     data: str
@@ -39,8 +43,8 @@ class TrainConfig:
     lr: float = 1e-3
     optimizer: str = "adam"
     scheduler: str = "step"
-    step_size: int = 7
-    gamma: float = 0.1
+    step_size: int | None = None  # None: the method's default (supervised 7, protonet 10)
+    gamma: float | None = None  # None: the method's default (supervised 0.1, protonet 0.5)
     early_stop: int = 5
     freeze_backbone: bool = False
     unfreeze_last: int = 0
@@ -72,7 +76,7 @@ def load_run_index(cfg: TrainConfig, dist: Dist) -> DatasetIndex:
     return build_index(cfg.data, parse_ratios(cfg.split), cfg.seed, progress=cfg.progress and dist.is_main)
 
 
-def _set_trainable(model: nn.Module, freeze_backbone: bool, unfreeze_last: int) -> None:
+def set_trainable(model: nn.Module, freeze_backbone: bool, unfreeze_last: int) -> None:
     """``--freeze-backbone`` trains the head only; ``--unfreeze-last N`` also the last N backbone blocks."""
     if not freeze_backbone and not unfreeze_last:
         return
@@ -85,7 +89,7 @@ def _set_trainable(model: nn.Module, freeze_backbone: bool, unfreeze_last: int) 
                 p.requires_grad = True
 
 
-def _make_optimizer(cfg: TrainConfig, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def make_optimizer(cfg: TrainConfig, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     if cfg.optimizer == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=cfg.lr)
     elif cfg.optimizer == "sgd":
@@ -93,7 +97,9 @@ def _make_optimizer(cfg: TrainConfig, params) -> tuple[torch.optim.Optimizer, to
     else:
         raise EdgecxrError(f"--optimizer {cfg.optimizer!r}: choose adam or sgd")
     if cfg.scheduler == "step":
-        sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.StepLR(opt, cfg.step_size, cfg.gamma)
+        step = SUPERVISED_STEP_SIZE if cfg.step_size is None else cfg.step_size
+        gamma = SUPERVISED_GAMMA if cfg.gamma is None else cfg.gamma
+        sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.StepLR(opt, step, gamma)
     elif cfg.scheduler == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.epochs, 1))
     else:
@@ -150,9 +156,9 @@ def train(cfg: TrainConfig) -> dict:
     skipped = index.skipped + train_ds.skipped + val_ds.skipped
 
     model = create_model(cfg.arch, len(classes), pretrained=cfg.pretrained, weights=cfg.weights)
-    _set_trainable(model, cfg.freeze_backbone, cfg.unfreeze_last)
+    set_trainable(model, cfg.freeze_backbone, cfg.unfreeze_last)
     model = model.to(dist.device).to(memory_format=torch.channels_last)
-    opt, sched = _make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+    opt, sched = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     start_epoch, best_loss, history, bad_epochs = 0, float("inf"), [], 0
     if resume_payload is not None:
         model.load_state_dict(resume_payload["state_dict"])
@@ -226,7 +232,7 @@ def train(cfg: TrainConfig) -> dict:
                 save_checkpoint(os.path.join(cfg.out, "best.pt"), model, contract, **extra)
             save_checkpoint(os.path.join(cfg.out, "last.pt"), model, contract, optimizer=opt.state_dict(),
                             scheduler=sched.state_dict(), bad_epochs=bad_epochs, **extra)
-            _write_epoch_log(os.path.join(cfg.out, "epochs.csv"), history)
+            write_epoch_log(os.path.join(cfg.out, "epochs.csv"), history)
         if cfg.early_stop and bad_epochs >= cfg.early_stop:
             log_lines.append(f"early stop: validation loss did not improve for {cfg.early_stop} epochs")
             break
@@ -249,7 +255,7 @@ def train(cfg: TrainConfig) -> dict:
     return summary
 
 
-def _write_epoch_log(path: str, history: list[dict]) -> None:
+def write_epoch_log(path: str, history: list[dict]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
     w.writeheader()
