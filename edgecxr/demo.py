@@ -53,7 +53,7 @@ def pick_test_image(run_dir: str) -> str:
 @click.option("--data", type=click.Path(file_okay=False), help="Your dataset folder (one subfolder per class). Default: embedded synthetic images.")
 @click.option("--arch", default="mobilenet_v2", show_default=True, help="Backbone to train.")
 @click.option("--out", default="out/demo", show_default=True, type=click.Path(file_okay=False), help="Folder for everything the demo writes.")
-@click.option("--epochs", type=click.IntRange(1), help="Training epochs (default: 6 synthetic, 10 real).")
+@click.option("--epochs", type=click.IntRange(1), help="Training epochs (default: 30 synthetic, 10 real).")
 @click.option("--img-size", type=click.IntRange(32), help="Input size (default: 64 synthetic, 224 real).")
 @click.option("--runs", default=50, show_default=True, type=click.IntRange(5), help="Timed runs per artifact in the benchmark.")
 def demo_command(data: str | None, arch: str, out: str, epochs: int | None, img_size: int | None, runs: int) -> None:
@@ -70,14 +70,14 @@ def demo_command(data: str | None, arch: str, out: str, epochs: int | None, img_
     if synthetic:
         from edgecxr.synthetic import write_dataset
 
-        data = write_dataset(os.path.join(out, "data"), n_per_class=60, size=96)
+        data = write_dataset(os.path.join(out, "data"), n_per_class=80, size=96)
         click.secho(SYNTHETIC_NOTE, fg="yellow")
-    epochs = epochs or (6 if synthetic else 10)
+    epochs = epochs or (30 if synthetic else 10)
     img_size = img_size or (64 if synthetic else 224)
     run, export, bench, explain = (os.path.join(out, d) for d in ("run", "export", "bench", "explain"))
     times = {}
     times["train"] = _step("1/6 train", ["train", "--data", data, "--arch", arch, "--out", run, "--epochs", str(epochs),
-                                         "--img-size", str(img_size), "--early-stop", "0", "--scheduler", "cosine"])
+                                         "--img-size", str(img_size), "--batch-size", "16", "--early-stop", "0", "--scheduler", "cosine"])
     times["eval"] = _step("2/6 evaluate on the held-out test split", ["eval", os.path.join(run, "best.pt"), "--out", os.path.join(run, "eval_test")])
     times["convert"] = _step("3/6 convert: ONNX + TFLite, FP32/FP16/INT8, each verified",
                              ["convert", os.path.join(run, "best.pt"), "--out", export, "--int8", "--fp16"])

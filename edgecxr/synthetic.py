@@ -44,10 +44,10 @@ def make_image(label: str, index: int, size: int = 96, seed: int = 0) -> np.ndar
     img = _base(rng, size)
     if label == "Opacity_Diffuse":  # bilateral, peripheral, hazy
         for side in (-1, 1):
-            img += 45 * _blob(size, 0.5 + side * rng.uniform(0.22, 0.3), rng.uniform(0.45, 0.65), rng.uniform(0.08, 0.12))
+            img += 75 * _blob(size, 0.5 + side * rng.uniform(0.22, 0.3), rng.uniform(0.45, 0.65), rng.uniform(0.1, 0.14))
     elif label == "Opacity_Focal":  # one dense consolidation
         side = rng.choice([-1, 1])
-        img += 80 * _blob(size, 0.5 + side * rng.uniform(0.15, 0.25), rng.uniform(0.4, 0.7), rng.uniform(0.04, 0.06))
+        img += 120 * _blob(size, 0.5 + side * rng.uniform(0.15, 0.25), rng.uniform(0.4, 0.7), rng.uniform(0.05, 0.07))
     img += rng.normal(0, 6, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
 
