@@ -5,7 +5,7 @@
 
 Each run folder needs ``metrics.json`` (from ``edgecxr train``) and
 ``eval_test/eval.json`` (from ``edgecxr eval RUN/best.pt --out RUN/eval_test``).
-Training time adds up every stage of a run: a run started with ``--weights`` from
+Training time (the epochs' own time, validation excluded) adds up every stage of a run: a run started with ``--weights`` from
 another run folder (progressive resizing) includes that run's time too.
 """
 from __future__ import annotations
@@ -23,11 +23,21 @@ def _load(path: str) -> dict:
         return json.load(fh)
 
 
+def epoch_seconds(run: str) -> float:
+    """Sum of per-epoch training time from epochs.csv: unlike metrics.json's train_seconds,
+    it also counts the epochs before a --resume."""
+    import csv
+
+    with open(os.path.join(run, "epochs.csv"), encoding="utf-8") as fh:
+        return sum(float(r["seconds"]) for r in csv.DictReader(fh))
+
+
 def stages(run: str) -> list[dict]:
     """This run's metrics.json and those of the runs it started from, oldest first."""
     out = []
     while run:
         m = _load(os.path.join(run, "metrics.json"))
+        m["_epoch_seconds"] = epoch_seconds(run)
         out.insert(0, m)
         weights = m["config"].get("weights")
         run = os.path.dirname(weights) if weights and os.path.exists(os.path.join(os.path.dirname(weights), "metrics.json")) else ""
@@ -48,7 +58,7 @@ def cpu_name() -> str:
 def row(run: str) -> str:
     ev = _load(os.path.join(run, "eval_test", "eval.json"))
     st = stages(run)
-    seconds = sum(s["train_seconds"] for s in st)
+    seconds = sum(s["_epoch_seconds"] for s in st)
     recipe = " + ".join(f"{s['epochs_run']} ep @ {s['config']['img_size']} px" for s in st)
     start = "ImageNet (offline)" if st[0]["config"].get("pretrained") else "random init"
 
