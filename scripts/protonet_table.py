@@ -23,6 +23,9 @@ import platform
 import sys
 from datetime import date
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from training_table import stages  # noqa: E402  (sibling script)
+
 ARCHS = ("mobilenet_v2", "squeezenet1_1", "efficientnet_lite0")
 
 
@@ -34,16 +37,10 @@ def _load(path: str) -> dict | None:
 
 
 def _stages(run: str) -> list[dict]:
-    """metrics.json of this run and of the runs it started from via --weights (progressive resizing)."""
-    out: list[dict] = []
-    while run:
-        m = _load(os.path.join(run, "metrics.json"))
-        if m is None:
-            break
-        out.insert(0, m)
-        w = m["config"].get("weights")
-        run = os.path.dirname(w) if w and os.path.exists(os.path.join(os.path.dirname(w), "metrics.json")) else ""
-    return out
+    """metrics.json of this run and of the runs it started from (shared with training_table.py)."""
+    if not os.path.exists(os.path.join(run, "metrics.json")):
+        return []
+    return stages(run)
 
 
 def _ci(ev: dict, key: str) -> str:
@@ -67,8 +64,8 @@ def row(run: str, arch: str, label: str) -> str:
     else:
         episodes = "-"
     n_train = f"{last['n_train']}" + (f" ({last['n_train'] // len(last['classes'])}/class)" if last["n_train"] < 100 else "")
-    minutes = sum(s["train_seconds"] for s in st) / 60
-    seen = sum((s.get("images_per_s") or 0) * s["train_seconds"] for s in st) / 1000
+    minutes = sum(s["_epoch_seconds"] for s in st) / 60
+    seen = sum((s.get("images_per_s") or 0) * s["_epoch_seconds"] for s in st) / 1000
     return (f"| {arch} | {label} | {start}; {recipe} | {n_train} | {seen:.1f} | {minutes:.1f} | {_ci(ev, 'accuracy')} | "
             f"{_ci(ev, 'macro_f1')} | {_ci(ev, 'auc_macro')} | {episodes} |")
 
