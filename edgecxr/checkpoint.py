@@ -54,16 +54,21 @@ def save_checkpoint(path: str, model: nn.Module, contract: Contract, **extra: An
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: str) -> dict[str, Any]:
+def read_payload(path: str, fmt: str, what: str, hint: str) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of an edgecxr file whose ``format`` is ``fmt``; one-line errors."""
     if not os.path.exists(path):
-        raise EdgecxrError(f"{path}: checkpoint not found")
+        raise EdgecxrError(f"{path}: {what} not found")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises pickle, zip and runtime errors for bad files
-        raise EdgecxrError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise EdgecxrError(f"{path}: not an edgecxr checkpoint (no contract); use --weights to load plain state dicts")
+        raise EdgecxrError(f"{path}: not a readable {what} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise EdgecxrError(f"{path}: not an edgecxr {what}{hint}")
     return payload
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    return read_payload(path, FORMAT, "checkpoint", " (no contract); use --weights to load plain state dicts")
 
 
 def read_contract(payload: dict[str, Any], path: str = "checkpoint") -> Contract:

@@ -12,7 +12,6 @@ runner use with no special case. ``protonet.pt`` keeps the encoder and prototype
 from __future__ import annotations
 
 import copy
-import os
 from typing import Any, Iterable
 
 import numpy as np
@@ -137,14 +136,9 @@ def save_protonet(path: str, encoder: ProtoEncoder, prototypes: torch.Tensor | N
 
 def load_protonet(path: str) -> tuple[ProtoEncoder, torch.Tensor | None, dict]:
     """``(encoder in eval mode, prototypes or None, payload)``; errors are one line."""
-    if not os.path.exists(path):
-        raise EdgecxrError(f"{path}: protonet file not found; it is written by `edgecxr train --method protonet`")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises pickle, zip and runtime errors for bad files
-        raise EdgecxrError(f"{path}: not a readable protonet file ({type(exc).__name__})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != PROTONET_FORMAT:
-        raise EdgecxrError(f"{path}: not an edgecxr protonet file")
+    from edgecxr.checkpoint import read_payload
+
+    payload = read_payload(path, PROTONET_FORMAT, "protonet file", "; it is written by `edgecxr train --method protonet`")
     contract = payload["contract"]
     arch = contract["arch"]
     backbone, dim = get_config(arch).builder(False)

@@ -38,7 +38,7 @@ from edgecxr.train.proto_model import (
     squared_distances,
     support_prototypes,
 )
-from edgecxr.train.supervised import TrainConfig, make_optimizer, set_trainable, write_epoch_log, load_run_index
+from edgecxr.train.supervised import TrainConfig, load_run_index, make_optimizer, restore_progress, set_trainable, write_epoch_log
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -143,15 +143,9 @@ def train_protonet(cfg: TrainConfig, proto: ProtoConfig) -> dict:
     set_trainable(encoder, cfg.freeze_backbone, cfg.unfreeze_last)
     encoder = encoder.to(dist.device).to(memory_format=torch.channels_last)
     opt, sched = make_optimizer(sched_cfg, [p for p in encoder.parameters() if p.requires_grad])
-    start_epoch, best_loss, history, bad_epochs = 0, float("inf"), [], 0
     if resume_payload is not None:
         encoder.load_state_dict(resume_payload["encoder_state"])
-        opt.load_state_dict(resume_payload["optimizer"])
-        sched.load_state_dict(resume_payload["scheduler"])
-        start_epoch = int(resume_payload["epoch"]) + 1
-        best_loss = float(resume_payload["best_val_loss"])
-        history = list(resume_payload["history"])
-        bad_epochs = int(resume_payload.get("bad_epochs", 0))
+    start_epoch, best_loss, history, bad_epochs = restore_progress(resume_payload, opt, sched)
     model = dist.wrap(encoder)
 
     source = {"data_root": index.root, "split_csv": os.path.abspath(os.path.join(cfg.out, "split.csv"))}

@@ -107,6 +107,15 @@ def make_optimizer(cfg: TrainConfig, params) -> tuple[torch.optim.Optimizer, tor
     return opt, sched
 
 
+def restore_progress(payload: dict | None, opt: torch.optim.Optimizer, sched) -> tuple[int, float, list[dict], int]:
+    """Optimizer/scheduler state and (start epoch, best val loss, history, bad epochs) from a ``last`` payload."""
+    if payload is None:
+        return 0, float("inf"), [], 0
+    opt.load_state_dict(payload["optimizer"])
+    sched.load_state_dict(payload["scheduler"])
+    return int(payload["epoch"]) + 1, float(payload["best_val_loss"]), list(payload["history"]), int(payload.get("bad_epochs", 0))
+
+
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, loader: DataLoader, loss_fn: nn.Module) -> tuple[float, np.ndarray, np.ndarray]:
     """Mean loss, labels and softmax probabilities over a loader."""
@@ -159,15 +168,9 @@ def train(cfg: TrainConfig) -> dict:
     set_trainable(model, cfg.freeze_backbone, cfg.unfreeze_last)
     model = model.to(dist.device).to(memory_format=torch.channels_last)
     opt, sched = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
-    start_epoch, best_loss, history, bad_epochs = 0, float("inf"), [], 0
     if resume_payload is not None:
         model.load_state_dict(resume_payload["state_dict"])
-        opt.load_state_dict(resume_payload["optimizer"])
-        sched.load_state_dict(resume_payload["scheduler"])
-        start_epoch = int(resume_payload["epoch"]) + 1
-        best_loss = float(resume_payload["best_val_loss"])
-        history = list(resume_payload["history"])
-        bad_epochs = int(resume_payload.get("bad_epochs", 0))
+    start_epoch, best_loss, history, bad_epochs = restore_progress(resume_payload, opt, sched)
     ddp_model = dist.wrap(model)
 
     weights = None
