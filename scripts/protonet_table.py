@@ -43,6 +43,14 @@ def _stages(run: str) -> list[dict]:
     return stages(run)
 
 
+def _images_per_epoch(m: dict) -> int:
+    """Training images one epoch shows the network: the training split, or N x (K + Q) x episodes."""
+    pc = m.get("proto_config")
+    if m.get("method") == "protonet" and pc:
+        return pc["episodes"] * pc["n_way"] * (pc["k_shot"] + pc["q_query"])
+    return int(m["n_train"])
+
+
 def _ci(ev: dict, key: str) -> str:
     lo, hi = ev[f"{key}_ci95"]
     return f"{ev[key]:.3f} [{lo:.3f}, {hi:.3f}]"
@@ -65,7 +73,7 @@ def row(run: str, arch: str, label: str) -> str:
         episodes = "-"
     n_train = f"{last['n_train']}" + (f" ({last['n_train'] // len(last['classes'])}/class)" if last["n_train"] < 100 else "")
     minutes = sum(s["_epoch_seconds"] for s in st) / 60
-    seen = sum((s.get("images_per_s") or 0) * s["_epoch_seconds"] for s in st) / 1000
+    seen = sum(_images_per_epoch(s) * s["epochs_run"] for s in st) / 1000
     return (f"| {arch} | {label} | {start}; {recipe} | {n_train} | {seen:.1f} | {minutes:.1f} | {_ci(ev, 'accuracy')} | "
             f"{_ci(ev, 'macro_f1')} | {_ci(ev, 'auc_macro')} | {episodes} |")
 
