@@ -38,7 +38,8 @@ from edgecxr.train.proto_model import (
     squared_distances,
     support_prototypes,
 )
-from edgecxr.train.supervised import TrainConfig, load_run_index, make_optimizer, restore_progress, set_trainable, write_epoch_log
+from edgecxr.train.supervised import (TrainConfig, load_run_index, make_optimizer, restore_progress, run_summary, set_trainable,
+                                      write_epoch_log)
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -206,15 +207,9 @@ def train_protonet(cfg: TrainConfig, proto: ProtoConfig) -> dict:
         if cfg.early_stop and bad_epochs >= cfg.early_stop:
             log_lines.append(f"early stop: validation episode loss did not improve for {cfg.early_stop} epochs")
             break
-    train_seconds = time.perf_counter() - t_start
-    best = min(history, key=lambda r: r["val_loss"]) if history else {}
-    summary = {
-        "arch": cfg.arch, "classes": classes, "method": "protonet", "epochs_run": len(history), "best_epoch": best.get("epoch"),
-        "best_val_loss": best.get("val_loss"), "best_val_acc": best.get("val_acc"), "best_val_macro_f1": best.get("val_macro_f1"),
-        "train_seconds": train_seconds, "images_per_s": seen_images / train_seconds if train_seconds > 0 else None,
-        "world_size": dist.world_size, "n_train": len(train_ds), "n_val": len(val_ds), "n_test": len(index.of_split("test")),
-        "skipped_files": [{"file": f, "reason": why} for f, why in skipped], "config": config_dict, "proto_config": proto_dict,
-    }
+    summary = run_summary("protonet", cfg.arch, classes, history, time.perf_counter() - t_start, seen_images, dist.world_size,
+                          (len(train_ds), len(val_ds), len(index.of_split("test"))), skipped, config_dict)
+    summary["proto_config"] = proto_dict
     if dist.is_main:
         summary.update(_finish(cfg, proto, ep_spec, index, classes, spec, contract, train_ds, val_ds, proto_path, show, log_lines))
         write_json(os.path.join(cfg.out, "metrics.json"), summary)

@@ -239,15 +239,8 @@ def train(cfg: TrainConfig) -> dict:
         if cfg.early_stop and bad_epochs >= cfg.early_stop:
             log_lines.append(f"early stop: validation loss did not improve for {cfg.early_stop} epochs")
             break
-    train_seconds = time.perf_counter() - t_start
-    best = min(history, key=lambda r: r["val_loss"]) if history else {}
-    summary = {
-        "arch": cfg.arch, "classes": classes, "method": "supervised", "epochs_run": len(history), "best_epoch": best.get("epoch"),
-        "best_val_loss": best.get("val_loss"), "best_val_acc": best.get("val_acc"), "best_val_macro_f1": best.get("val_macro_f1"),
-        "train_seconds": train_seconds, "images_per_s": seen_images / train_seconds if train_seconds > 0 else None,
-        "world_size": dist.world_size, "n_train": len(train_ds), "n_val": len(val_ds), "n_test": len(index.of_split("test")),
-        "skipped_files": [{"file": f, "reason": why} for f, why in skipped], "config": config_dict,
-    }
+    summary = run_summary("supervised", cfg.arch, classes, history, time.perf_counter() - t_start, seen_images, dist.world_size,
+                          (len(train_ds), len(val_ds), len(index.of_split("test"))), skipped, config_dict)
     if dist.is_main:
         write_json(os.path.join(cfg.out, "metrics.json"), summary)
         write_text(os.path.join(cfg.out, "train.log"), "\n".join(log_lines) + "\n")
@@ -256,6 +249,19 @@ def train(cfg: TrainConfig) -> dict:
         plot_curves(history, os.path.join(cfg.out, "curves.png"), title=f"{cfg.arch} on {os.path.basename(index.root.rstrip('/'))}")
     dist.close()
     return summary
+
+
+def run_summary(method: str, arch: str, classes: list[str], history: list[dict], train_seconds: float, seen_images: int,
+                world_size: int, sizes: tuple[int, int, int], skipped: list[tuple[str, str]], config: dict) -> dict:
+    """The ``metrics.json`` keys every training method writes (the CLI and the README tables read them)."""
+    best = min(history, key=lambda r: r["val_loss"]) if history else {}
+    return {
+        "arch": arch, "classes": classes, "method": method, "epochs_run": len(history), "best_epoch": best.get("epoch"),
+        "best_val_loss": best.get("val_loss"), "best_val_acc": best.get("val_acc"), "best_val_macro_f1": best.get("val_macro_f1"),
+        "train_seconds": train_seconds, "images_per_s": seen_images / train_seconds if train_seconds > 0 else None,
+        "world_size": world_size, "n_train": sizes[0], "n_val": sizes[1], "n_test": sizes[2],
+        "skipped_files": [{"file": f, "reason": why} for f, why in skipped], "config": config,
+    }
 
 
 def write_epoch_log(path: str, history: list[dict]) -> None:
