@@ -233,3 +233,15 @@ def test_eval_of_a_protonet_run_adds_episode_accuracy(tmp_path, synthetic_data):
     rep = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert rep["episodes"]["k_shot"] == 2 and 0 <= rep["episodes"]["mean_accuracy"] <= 1
     assert "episode accuracy" in proc.stdout
+
+
+def test_protonet_resume_continues_from_the_last_epoch(tmp_path, synthetic_data):
+    from conftest import run_cli
+
+    out = tmp_path / "proto"
+    args = ["train", "--method", "protonet", "--data", str(synthetic_data), "--arch", "squeezenet1_1", "--out", str(out),
+            "--img-size", "32", "--split", "60/20/20", "--k-shot", "2", "--q-query", "2", "--episodes", "2", "--quiet"]
+    run_cli(*args, "--epochs", "1")
+    run_cli(*args, "--epochs", "2", "--resume")
+    rows = (out / "epochs.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 2 and rows[1].startswith("1,") and rows[2].startswith("2,")

@@ -38,8 +38,7 @@ from edgecxr.train.proto_model import (
     squared_distances,
     support_prototypes,
 )
-from edgecxr.train.supervised import (TrainConfig, load_run_index, make_optimizer, restore_progress, run_summary, set_trainable,
-                                      write_epoch_log)
+from edgecxr.train.supervised import TrainConfig, load_run_index, prepare_model, run_summary, write_epoch_log
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -141,12 +140,7 @@ def train_protonet(cfg: TrainConfig, proto: ProtoConfig) -> dict:
     skipped = index.skipped + train_ds.skipped + val_ds.skipped
 
     encoder = build_encoder(cfg.arch, len(classes), proto.embed_dim, pretrained=cfg.pretrained, weights=cfg.weights)
-    set_trainable(encoder, cfg.freeze_backbone, cfg.unfreeze_last)
-    encoder = encoder.to(dist.device).to(memory_format=torch.channels_last)
-    opt, sched = make_optimizer(sched_cfg, [p for p in encoder.parameters() if p.requires_grad])
-    if resume_payload is not None:
-        encoder.load_state_dict(resume_payload["encoder_state"])
-    start_epoch, best_loss, history, bad_epochs = restore_progress(resume_payload, opt, sched)
+    encoder, opt, sched, (start_epoch, best_loss, history, bad_epochs) = prepare_model(encoder, sched_cfg, resume_payload, "encoder_state", dist.device)
     model = dist.wrap(encoder)
 
     source = {"data_root": index.root, "split_csv": os.path.abspath(os.path.join(cfg.out, "split.csv"))}

@@ -107,6 +107,19 @@ def make_optimizer(cfg: TrainConfig, params) -> tuple[torch.optim.Optimizer, tor
     return opt, sched
 
 
+def prepare_model(model: nn.Module, cfg: TrainConfig, resume_payload: dict | None, state_key: str, device: torch.device):
+    """Freezing, device and channels-last, optimizer and scheduler, and the resumed state when there is one.
+
+    Returns ``(model, optimizer, scheduler, (start_epoch, best_val_loss, history, bad_epochs))``.
+    """
+    set_trainable(model, cfg.freeze_backbone, cfg.unfreeze_last)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    opt, sched = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+    if resume_payload is not None:
+        model.load_state_dict(resume_payload[state_key])
+    return model, opt, sched, restore_progress(resume_payload, opt, sched)
+
+
 def restore_progress(payload: dict | None, opt: torch.optim.Optimizer, sched) -> tuple[int, float, list[dict], int]:
     """Optimizer/scheduler state and (start epoch, best val loss, history, bad epochs) from a ``last`` payload."""
     if payload is None:
@@ -165,12 +178,7 @@ def train(cfg: TrainConfig) -> dict:
     skipped = index.skipped + train_ds.skipped + val_ds.skipped
 
     model = create_model(cfg.arch, len(classes), pretrained=cfg.pretrained, weights=cfg.weights)
-    set_trainable(model, cfg.freeze_backbone, cfg.unfreeze_last)
-    model = model.to(dist.device).to(memory_format=torch.channels_last)
-    opt, sched = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
-    if resume_payload is not None:
-        model.load_state_dict(resume_payload["state_dict"])
-    start_epoch, best_loss, history, bad_epochs = restore_progress(resume_payload, opt, sched)
+    model, opt, sched, (start_epoch, best_loss, history, bad_epochs) = prepare_model(model, cfg, resume_payload, "state_dict", dist.device)
     ddp_model = dist.wrap(model)
 
     weights = None
