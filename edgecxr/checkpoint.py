@@ -61,7 +61,7 @@ def read_payload(path: str, fmt: str, what: str, hint: str) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises pickle, zip and runtime errors for bad files
-        raise EdgecxrError(f"{path}: not a readable {what} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from exc
+        raise EdgecxrError(f"{path}: not a readable {what}: corrupt, truncated or not a torch file ({type(exc).__name__})") from exc
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise EdgecxrError(f"{path}: not an edgecxr {what}{hint}")
     return payload

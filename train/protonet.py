@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from edgecxr.device.preprocess import PreprocessSpec
 from edgecxr.train.dataset import AugmentSpec, CXRDataset
-from edgecxr.train.distributed import Dist
 from edgecxr.train.episodes import EpisodeDataset, EpisodeSpec, mean_ci95, per_class_subset
 from edgecxr.train.proto_model import (
+    PROTONET_FORMAT,
     build_encoder,
     class_prototypes,
     embed_dataset,
@@ -38,15 +38,14 @@ from edgecxr.train.proto_model import (
     squared_distances,
     support_prototypes,
 )
-from edgecxr.train.supervised import TrainConfig, load_run_index, prepare_model, run_summary, write_epoch_log
+from edgecxr.train.supervised import TrainConfig, load_run_index, prepare_model, run_summary, start_run, write_epoch_log
 from torch import nn
 from torch.utils.data import DataLoader
 
 from edgecxr.atomic import write_json, write_text
-from edgecxr.checkpoint import make_contract, save_checkpoint
+from edgecxr.checkpoint import make_contract, read_payload, save_checkpoint
 from edgecxr.data import class_counts, write_split_csv
 from edgecxr.errors import EdgecxrError
-from edgecxr.registry import get_config
 
 VAL_SEED_OFFSET, TEST_SEED_OFFSET = 10_000, 20_000  # evaluation episodes never coincide with training draws
 BN_EPISODES = 10  # training episodes whose batch statistics become BatchNorm's running statistics (precise_bn)
@@ -99,14 +98,7 @@ def train_protonet(cfg: TrainConfig, proto: ProtoConfig) -> dict:
     """Train, fold and evaluate; returns the same summary keys as supervised ``train``."""
     from tqdm import tqdm
 
-    dist = Dist.from_env()
-    get_config(cfg.arch)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    elif dist.world_size > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world_size))
-    torch.manual_seed(cfg.seed)
-    os.makedirs(cfg.out, exist_ok=True)
+    dist = start_run(cfg)
     sched_cfg = schedule_config(cfg, proto)
     spec = cfg.spec()
     ep_spec = proto.episode_spec()
@@ -115,10 +107,7 @@ def train_protonet(cfg: TrainConfig, proto: ProtoConfig) -> dict:
     if cfg.resume:
         if not os.path.exists(last_path):
             raise EdgecxrError(f"--resume: {last_path} not found; start without --resume")
-        try:
-            resume_payload = torch.load(last_path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises pickle, zip and runtime errors for bad files
-            raise EdgecxrError(f"--resume: {last_path} is not readable ({type(exc).__name__}); start without --resume") from exc
+        resume_payload = read_payload(last_path, PROTONET_FORMAT, "protonet file", "; start without --resume")
         spec = PreprocessSpec.from_dict(resume_payload["contract"]["preprocess"])
 
     index = load_run_index(cfg, dist)

@@ -107,6 +107,19 @@ def make_optimizer(cfg: TrainConfig, params) -> tuple[torch.optim.Optimizer, tor
     return opt, sched
 
 
+def start_run(cfg: TrainConfig) -> Dist:
+    """Process group, threads, seed and run folder: the same for every training method."""
+    dist = Dist.from_env()
+    get_config(cfg.arch)  # fail on a typo before the slow indexing
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    elif dist.world_size > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world_size))
+    torch.manual_seed(cfg.seed)
+    os.makedirs(cfg.out, exist_ok=True)
+    return dist
+
+
 def prepare_model(model: nn.Module, cfg: TrainConfig, resume_payload: dict | None, state_key: str, device: torch.device):
     """Freezing, device and channels-last, optimizer and scheduler, and the resumed state when there is one.
 
@@ -149,14 +162,7 @@ def train(cfg: TrainConfig) -> dict:
     from sklearn.metrics import f1_score
     from tqdm import tqdm
 
-    dist = Dist.from_env()
-    get_config(cfg.arch)  # fail on a typo before the slow indexing
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    elif dist.world_size > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world_size))
-    torch.manual_seed(cfg.seed)
-    os.makedirs(cfg.out, exist_ok=True)
+    dist = start_run(cfg)
     spec = cfg.spec()
     resume_payload = None
     if cfg.resume:
