@@ -33,6 +33,11 @@ def _sens_spec(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return tp / (tp + fn), tn / (tn + fp)
 
 
+def macro_f1(y: np.ndarray, pred: np.ndarray, k: int) -> float:
+    """sklearn's macro-F1 over all ``k`` labels (absent ones count as 0), as every table reports it."""
+    return float(f1_score(y, pred, labels=list(range(k)), average="macro", zero_division=0))
+
+
 def point_metrics(y: np.ndarray, probs: np.ndarray, k: int) -> dict[str, Any]:
     pred = probs.argmax(axis=1)
     labels = list(range(k))
@@ -43,7 +48,7 @@ def point_metrics(y: np.ndarray, probs: np.ndarray, k: int) -> dict[str, Any]:
     finite = [a for a in aucs if not np.isnan(a)]
     return {
         "accuracy": float(accuracy_score(y, pred)),
-        "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": macro_f1(y, pred, k),
         "auc_macro": float(np.mean(finite)) if finite else float("nan"),
         "precision": prec.tolist(), "recall": rec.tolist(), "f1": f1.tolist(), "support": support.tolist(),
         "sensitivity": sens.tolist(), "specificity": spec.tolist(), "auc": aucs,

@@ -38,7 +38,8 @@ from edgecxr.train.proto_model import (
     squared_distances,
     support_prototypes,
 )
-from edgecxr.train.supervised import TrainConfig, load_run_index, prepare_model, run_summary, start_run, write_epoch_log
+from edgecxr.metrics import macro_f1
+from edgecxr.train.supervised import TrainConfig, close_epoch, load_run_index, prepare_model, run_summary, start_run, write_epoch_log
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -80,12 +81,6 @@ def _episode_loss(model: nn.Module, sx: torch.Tensor, qx: torch.Tensor, qy: torc
     protos = support_prototypes(emb[: len(sx)], spec.n_way, spec.k_shot)
     logits = -squared_distances(emb[len(sx):], protos)
     return nn.functional.cross_entropy(logits, qy.to(device)), logits
-
-
-def _macro_f1(y: np.ndarray, pred: np.ndarray, k: int) -> float:
-    from sklearn.metrics import f1_score
-
-    return float(f1_score(y, pred, average="macro", labels=list(range(k)), zero_division=0))
 
 
 def episode_summary(accuracies: list[float], spec: EpisodeSpec, split: str) -> dict:
@@ -169,15 +164,11 @@ def train_protonet(cfg: TrainConfig, proto: ProtoConfig) -> dict:
         row = {
             "epoch": epoch + 1, "train_loss": float(np.mean(losses)), "train_acc": float(np.mean(accs)),
             "val_loss": val["loss"], "val_acc": float(np.mean(val["accuracies"])),
-            "val_macro_f1": _macro_f1(val["y"], val["pred"], len(classes)),
+            "val_macro_f1": macro_f1(val["y"], val["pred"], len(classes)),
             "lr": opt.param_groups[0]["lr"], "seconds": epoch_time, "images_per_s": n_img * dist.world_size / epoch_time,
         }
         history.append(row)
-        improved = row["val_loss"] < best_loss - 1e-6
-        best_loss = min(best_loss, row["val_loss"])
-        bad_epochs = 0 if improved else bad_epochs + 1
-        line = (f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | val episodes loss {row['val_loss']:.4f} "
-                f"acc {row['val_acc']:.4f} macro-F1 {row['val_macro_f1']:.4f} | {row['images_per_s']:.1f} img/s{' *' if improved else ''}")
+        improved, best_loss, bad_epochs, line = close_epoch(row, best_loss, bad_epochs, "val episodes")
         log_lines.append(line)
         if dist.is_main:
             tqdm.write(line)

@@ -25,6 +25,7 @@ from edgecxr.atomic import write_json, write_text
 from edgecxr.checkpoint import load_checkpoint, make_contract, save_checkpoint
 from edgecxr.data import DatasetIndex, build_index, class_counts, parse_ratios, read_split_csv, write_split_csv
 from edgecxr.errors import EdgecxrError
+from edgecxr.metrics import macro_f1
 from edgecxr.registry import create_model, get_config
 
 
@@ -159,7 +160,6 @@ def evaluate_loss(model: nn.Module, loader: DataLoader, loss_fn: nn.Module) -> t
 
 def train(cfg: TrainConfig) -> dict:
     """Train and write ``best.pt``, ``last.pt``, ``split.csv``, ``metrics.json``, ``epochs.csv``, ``train.log``, ``curves.png``."""
-    from sklearn.metrics import f1_score
     from tqdm import tqdm
 
     dist = start_run(cfg)
@@ -232,15 +232,11 @@ def train(cfg: TrainConfig) -> dict:
         row = {
             "epoch": epoch + 1, "train_loss": run_loss / max(run_n, 1), "train_acc": run_correct / max(run_n, 1),
             "val_loss": val_loss, "val_acc": float((vp.argmax(1) == vy).mean()),
-            "val_macro_f1": float(f1_score(vy, vp.argmax(1), average="macro", labels=list(range(len(classes))), zero_division=0)),
+            "val_macro_f1": macro_f1(vy, vp.argmax(1), len(classes)),
             "lr": opt.param_groups[0]["lr"], "seconds": epoch_time, "images_per_s": run_n * dist.world_size / epoch_time,
         }
         history.append(row)
-        improved = val_loss < best_loss - 1e-6
-        best_loss = min(best_loss, val_loss)
-        bad_epochs = 0 if improved else bad_epochs + 1
-        line = (f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | val loss {val_loss:.4f} "
-                f"acc {row['val_acc']:.4f} macro-F1 {row['val_macro_f1']:.4f} | {row['images_per_s']:.1f} img/s{' *' if improved else ''}")
+        improved, best_loss, bad_epochs, line = close_epoch(row, best_loss, bad_epochs, "val")
         log_lines.append(line)
         if dist.is_main:
             tqdm.write(line)
@@ -263,6 +259,19 @@ def train(cfg: TrainConfig) -> dict:
         plot_curves(history, os.path.join(cfg.out, "curves.png"), title=f"{cfg.arch} on {os.path.basename(index.root.rstrip('/'))}")
     dist.close()
     return summary
+
+
+def close_epoch(row: dict, best_loss: float, bad_epochs: int, val_name: str) -> tuple[bool, float, int, str]:
+    """Early-stopping bookkeeping and the log line for one finished epoch.
+
+    Returns ``(improved, best_val_loss, bad_epochs, line)``; ``improved`` means a new best checkpoint.
+    """
+    improved = row["val_loss"] < best_loss - 1e-6
+    best_loss = min(best_loss, row["val_loss"])
+    bad_epochs = 0 if improved else bad_epochs + 1
+    line = (f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | {val_name} loss {row['val_loss']:.4f} "
+            f"acc {row['val_acc']:.4f} macro-F1 {row['val_macro_f1']:.4f} | {row['images_per_s']:.1f} img/s{' *' if improved else ''}")
+    return improved, best_loss, bad_epochs, line
 
 
 def run_summary(method: str, arch: str, classes: list[str], history: list[dict], train_seconds: float, seen_images: int,
