@@ -277,8 +277,8 @@ def _tflite_steps(run: _Run, steps: dict[str, Step], fp32_onnx: str, contract: A
                 if not produced:
                     raise EdgecxrError(res.errors.get(p, "onnx2tf produced no file"))
                 c = tflite.tflite_contract(contract, produced, p, int8_source if p == "int8" else source, versions)
-                tflite.install(produced, run.path(step), c)
-                return {"input": asdict(c.input), "output": asdict(c.output)}
+                saved = tflite.install(produced, run.path(step), c)
+                return {"input": asdict(c.input), "output": asdict(c.output), "shared_quant_bytes": saved}
 
             spent = res.seconds.get("int8", 0.0) if p == "int8" else res.seconds.get("onnx2tf", elapsed)
             run.do(step, install, extra_seconds=spent)

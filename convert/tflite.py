@@ -135,11 +135,18 @@ def tflite_contract(base: Contract, path: str, precision: str, extra_source: dic
                         source=dict(extra_source or {}), versions=dict(versions or {}))
 
 
-def install(produced: str, dest: str, contract: Contract) -> None:
-    """Move a produced file to ``dest`` atomically, sidecar first so a reader never sees the model without it."""
+def install(produced: str, dest: str, contract: Contract) -> int:
+    """Write a produced file to ``dest`` atomically, with its quantization vectors
+    shared; sidecar first so a reader never sees the model without it. Returns the
+    bytes the sharing saved."""
+    from edgecxr.convert.tflite_compact import share_quantization_vectors
+
+    with open(produced, "rb") as fh:
+        data, saved = share_quantization_vectors(fh.read())
     write_text(sidecar_path(dest), contract.to_json() + "\n")
-    with atomic_path(dest) as tmp:
-        shutil.copyfile(produced, tmp)
+    with atomic_path(dest) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+    return saved
 
 
 def make_work_dir(out_dir: str) -> str:

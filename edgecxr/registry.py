@@ -189,8 +189,9 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, weights:
     """Build ``name`` with a ``num_classes`` head.
 
     ``weights`` is a local file: an edgecxr checkpoint (all matching tensors load,
-    the head only if the class count matches) or a plain state dict of the wrapped
-    classifier.
+    the head only if the class count matches), a plain state dict of the wrapped
+    classifier, or, for MobileNetV2, an official TFLite MobileNetV2 whose ImageNet
+    weights are dequantized (the offline stand-in for ``--pretrained``).
     """
     cfg = get_config(name)
     if num_classes < 2:
@@ -198,13 +199,21 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, weights:
     backbone, dim = cfg.builder(pretrained)
     model = CXRClassifier(backbone, dim, num_classes, cfg.dropout)
     if weights:
-        load_weights_file(model, weights)
+        load_weights_file(model, weights, arch=name)
     return model
 
 
-def load_weights_file(model: nn.Module, path: str) -> None:
+def load_weights_file(model: nn.Module, path: str, arch: str = "") -> None:
     from edgecxr.checkpoint import read_state_dict
 
+    if path.lower().endswith(".tflite"):
+        if arch != "mobilenet_v2":
+            raise EdgecxrError(f"{path}: weights can be read from a TFLite file for mobilenet_v2 only, not {arch or 'this model'}")
+        from edgecxr.tflite_weights import mobilenet_v2_state_from_tflite, unfold_batch_norm, xray_like_batch
+
+        model.load_state_dict(mobilenet_v2_state_from_tflite(path, model), strict=False)
+        unfold_batch_norm(model, xray_like_batch(get_config(arch).input_size))
+        return
     state = read_state_dict(path)
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}

@@ -127,6 +127,8 @@ def test_convert_writes_all_six_artifacts_verified_with_report(full_export):
             assert key in v
         if art["precision"] == "fp32":
             assert v["max_abs_logit_diff"] < 1e-3 and v["top1_agreement"] == 1.0
+        if art["format"] == "tflite":  # repeated zero-point vectors stored once, in the verified file
+            assert (art["details"]["shared_quant_bytes"] > 0) == (art["precision"] == "int8")
     cal = report["calibration"]
     assert cal["images"] == sum(cal["class_counts"].values()) >= 16 and cal["origin"].startswith("the train split")
     assert f"calibration: {cal['images']} real images" in stdout  # number used and class counts are printed

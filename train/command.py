@@ -29,7 +29,7 @@ from edgecxr.registry import BACKBONES
 @click.option("--equalize", default="clahe", show_default=True, type=click.Choice(["clahe", "global", "none"]), help="Histogram equalisation step of the preprocessing.")
 @click.option("--no-augment", is_flag=True, help="Turn off flips, rotations and brightness/contrast jitter.")
 @click.option("--pretrained", is_flag=True, help="Start from ImageNet weights (downloads them; efficientnet_lite0 works offline).")
-@click.option("--weights", type=click.Path(dir_okay=False), help="Start from a local weights file (edgecxr checkpoint or state dict).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Start from a local weights file: an edgecxr checkpoint, a state dict, or (mobilenet_v2) an official TFLite MobileNetV2, whose ImageNet weights are dequantized: the offline stand-in for --pretrained.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
 @click.option("--threads", type=click.IntRange(1), help="Torch CPU threads (default: all cores).")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(0), help="DataLoader worker processes.")
