@@ -138,18 +138,22 @@ def main() -> int:
         a = arts.get((f, p))
         return a["verify"][key] if a and a.get("verify") else None
 
+    def within(f: str, p: str) -> float | None:  # "within N points": a gain counts as a change too
+        d = ver(f, p, "macro_f1_delta_pp")
+        return None if d is None else abs(d)
+
     checks = [
         ("INT8/FP32 latency, ONNX", ratio(med("onnx_int8"), med("onnx_fp32")), "<=", 0.55),
         ("INT8/FP32 latency, TFLite", ratio(med("tflite_int8"), med("tflite_fp32")), "<=", 0.55),
         ("INT8 TFLite / reference TF2 PTQ latency", ratio(med("tflite_int8"), med("reference_tflite_int8")), "<=", 1.05),
         ("INT8/FP32 file size, ONNX", ratio(size("onnx", "int8"), size("onnx", "fp32")), "<=", 0.30),
         ("INT8/FP32 file size, TFLite", ratio(size("tflite", "int8"), size("tflite", "fp32")), "<=", 0.30),
-        ("INT8 ONNX macro-F1 change (pp)", ver("onnx", "int8", "macro_f1_delta_pp"), ">=", -0.5),
-        ("INT8 TFLite macro-F1 change (pp)", ver("tflite", "int8", "macro_f1_delta_pp"), ">=", -0.5),
+        ("INT8 ONNX |macro-F1 change| (pp)", within("onnx", "int8"), "<=", 0.5),
+        ("INT8 TFLite |macro-F1 change| (pp)", within("tflite", "int8"), "<=", 0.5),
         ("INT8 ONNX top-1 agreement", ver("onnx", "int8", "top1_agreement"), ">=", 0.99),
         ("INT8 TFLite top-1 agreement", ver("tflite", "int8", "top1_agreement"), ">=", 0.99),
-        ("FP16 ONNX macro-F1 change (pp)", ver("onnx", "fp16", "macro_f1_delta_pp"), ">=", -0.1),
-        ("FP16 TFLite macro-F1 change (pp)", ver("tflite", "fp16", "macro_f1_delta_pp"), ">=", -0.1),
+        ("FP16 ONNX |macro-F1 change| (pp)", within("onnx", "fp16"), "<=", 0.1),
+        ("FP16 TFLite |macro-F1 change| (pp)", within("tflite", "fp16"), "<=", 0.1),
         ("convert, all six + verification (s)", convert_s, "<=", 180.0),
     ]
     print("\nmedian latency (ms): " + ", ".join(f"{n} {v['median_ms']:.2f}" for n, v in lat.items()))

@@ -31,6 +31,7 @@ from edgecxr.registry import BACKBONES
 @click.option("--pretrained", is_flag=True, help="Start from ImageNet weights (downloads them; efficientnet_lite0 works offline).")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Start from a local weights file: an edgecxr checkpoint, a state dict, or (mobilenet_v2) an official TFLite MobileNetV2, whose ImageNet weights are dequantized: the offline stand-in for --pretrained.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
+@click.option("--qat", is_flag=True, help="Quantization-aware fine-tuning: simulate convert --int8's rounding (per-channel int8 weights after batch-norm folding, 8-bit activations) so the INT8 model loses less. Start from a trained model with --weights; 2-3 epochs at --lr 1e-4 suffice. The checkpoint stays float.")
 @click.option("--threads", type=click.IntRange(1), help="Torch CPU threads (default: all cores).")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(0), help="DataLoader worker processes.")
 @click.option("--n-way", default=3, show_default=True, type=click.IntRange(2), help="protonet: classes per episode.")
@@ -48,6 +49,7 @@ def train_command(**kw) -> None:
       edgecxr train --data DATA --arch efficientnet_lite0 --pretrained --img-size 128 --epochs 10 --out runs/lite0
       edgecxr train --data DATA --split 96/2/2 --seed 1 --out runs/study
       edgecxr train --data DATA --method protonet --n-way 3 --k-shot 5 --out runs/proto
+      edgecxr train --data DATA --weights runs/mnv2/best.pt --split-csv runs/mnv2/split.csv --qat --epochs 2 --lr 1e-4 --out runs/mnv2_qat
       torchrun --nproc_per_node 2 -m edgecxr train --data DATA --out runs/ddp
 
     The split is written to OUT/split.csv and reused by eval, convert and bench.
@@ -61,6 +63,10 @@ def train_command(**kw) -> None:
     from edgecxr.train.supervised import TrainConfig
 
     cfg = TrainConfig(**kw)
+    if method == "protonet" and kw["qat"]:
+        raise click.UsageError("--qat fine-tunes a supervised classifier; train the protonet without it")
+    if kw["qat"] and not (kw["weights"] or kw["resume"]):
+        raise click.UsageError("--qat fine-tunes a trained model: pass its checkpoint with --weights (or --resume a QAT run)")
     if method == "protonet":
         from edgecxr.train.protonet import ProtoConfig, train_protonet
 

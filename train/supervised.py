@@ -54,6 +54,7 @@ class TrainConfig:
     pretrained: bool = False
     weights: str | None = None
     resume: bool = False
+    qat: bool = False
     split: str = "80/10/10"
     split_csv: str | None = None
     equalize: str = "clahe"
@@ -185,6 +186,11 @@ def train(cfg: TrainConfig) -> dict:
 
     model = create_model(cfg.arch, len(classes), pretrained=cfg.pretrained, weights=cfg.weights)
     model, opt, sched, (start_epoch, best_loss, history, bad_epochs) = prepare_model(model, cfg, resume_payload, "state_dict", dist.device)
+    qat = None
+    if cfg.qat:
+        from edgecxr.train.qat import enable_qat
+
+        qat = enable_qat(model)
     ddp_model = dist.wrap(model)
 
     weights = None
@@ -210,6 +216,8 @@ def train(cfg: TrainConfig) -> dict:
         if sampler is not None:
             sampler.set_epoch(epoch)
         ddp_model.train()
+        if qat is not None:
+            qat.freeze_batch_norm()
         t0 = time.perf_counter()
         run_loss, run_correct, run_n = 0.0, 0, 0
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not show, leave=False)
