@@ -50,9 +50,9 @@ def _sample_images(nhwc01: np.ndarray | None, spec: PreprocessSpec) -> np.ndarra
     if nhwc01 is not None and len(nhwc01):
         gray = [nhwc01[i % len(nhwc01), :, :, 0] for i in range(20)]
     else:
-        from edgecxr.synthetic import make_image
+        from edgecxr.synthetic import SYNTHETIC_CLASSES, make_image
 
-        gray = [make_image(label, i, size=128).astype(np.float32) / 255.0 for i, label in enumerate(["a", "b"] * 10)]
+        gray = [make_image(SYNTHETIC_CLASSES[i % len(SYNTHETIC_CLASSES)], i, size=128).astype(np.float32) / 255.0 for i in range(20)]
     out = np.stack([cv2.resize(g.astype(np.float32), (128, 128), interpolation=cv2.INTER_AREA) for g in gray])
     return np.ascontiguousarray(np.repeat(out[..., None], 3, axis=-1).astype(np.float32))
 

@@ -307,3 +307,12 @@ def test_tflite_worker_is_offline_and_finds_onnxsim():
     assert env["HTTPS_PROXY"].startswith("http://127.0.0.1:") and "NO_PROXY" not in env
 
 
+
+
+def test_float_only_tflite_conversion_needs_no_calibration_images(trained_run, tmp_path):
+    """Without --int8 there are no calibration images; onnx2tf still gets its offline sample file."""
+    out = tmp_path / "float_only"
+    proc = run_cli("convert", str(trained_run / "best.pt"), "--out", str(out), "--formats", "tflite", "--no-verify", "--quiet")
+    assert (out / "mobilenet_v2_fp32.tflite").stat().st_size > 0, proc.stdout
+    report = json.loads((out / "convert_report.json").read_text())
+    assert [(a["format"], a["precision"], a["status"]) for a in report["artifacts"]] == [("onnx", "fp32", "ok"), ("tflite", "fp32", "ok")]
