@@ -59,14 +59,20 @@ def row(run: str) -> str:
     ev = _load(os.path.join(run, "eval_test", "eval.json"))
     st = stages(run)
     seconds = sum(s["_epoch_seconds"] for s in st)
-    recipe = " + ".join(f"{s['epochs_run']} ep @ {s['config']['img_size']} px" for s in st)
-    start = "ImageNet (offline)" if st[0]["config"].get("pretrained") else "random init"
+    recipe = " + ".join(f"{s['epochs_run']} ep @ {s['config']['img_size']} px{' QAT' if s['config'].get('qat') else ''}" for s in st)
+    first = st[0]["config"]
+    if first.get("pretrained"):
+        start = "ImageNet (offline)"
+    elif str(first.get("weights") or "").endswith(".tflite"):
+        start = "ImageNet (from " + os.path.basename(first["weights"]) + ")"
+    else:
+        start = "random init"
 
     def ci(key: str) -> str:
         lo, hi = ev[f"{key}_ci95"]
         return f"{ev[key]:.3f} [{lo:.3f}, {hi:.3f}]"
 
-    return (f"| {st[-1]['arch']} | {start} | {recipe} | {seconds / 60:.1f} min | {ev['n_images']} | "
+    return (f"| {os.path.basename(os.path.normpath(run))} | {start} | {recipe} | {seconds / 60:.1f} min | {ev['n_images']} | "
             f"{ci('accuracy')} | {ci('macro_f1')} | {ci('auc_macro')} |")
 
 
@@ -80,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"Test split of the run, 95% bootstrap CIs (1000 resamples). Measured {date.today().isoformat()} on "
           f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}.\n")
-    print("| backbone | start | training | train time | test images | accuracy [95% CI] | macro-F1 [95% CI] | AUC macro [95% CI] |")
+    print("| run | start | training | train time | test images | accuracy [95% CI] | macro-F1 [95% CI] | AUC macro [95% CI] |")
     print("|---|---|---|---|---|---|---|---|")
     for r in args.runs:
         print(row(r))
