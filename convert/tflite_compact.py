@@ -2,15 +2,15 @@
 
 A per-channel INT8 model stores, for every convolution, a scale and an int64 zero
 point per output channel for the weights and again for the bias. The zero points
-are all 0 (weights are symmetric), so in MobileNetV2 about 270 KB of a 2.7 MB file
-(10%) is the same zero vectors written over and over by the TF converter.
+are all 0 (weights are symmetric), so in MobileNetV2 240 KB of a 2.71 MB file (9%)
+is the same vectors written over and over by the TF converter.
 FlatBuffers lets any number of tables point at one vector, so this pass serialises
 the model again with identical scale/zero-point vectors shared. Nothing the
 interpreter computes changes (the verification step runs the rewritten file);
 weight buffers are left alone and stay 16-byte aligned as the converter wrote them.
 
-Needs only ``flatbuffers`` and the TFLite schema module shipped with ai-edge-litert
-(or TensorFlow), both present wherever models are converted.
+Needs only ``flatbuffers`` and the TFLite schema module shipped with ai-edge-litert;
+without them files are written as the converter made them.
 """
 from __future__ import annotations
 
@@ -24,10 +24,12 @@ SHARED_DTYPES = (np.dtype("<i8"), np.dtype("<f4"))  # zero points and scales; ne
 
 
 def _schema() -> Any:
+    """ai-edge-litert's schema module; not TensorFlow's, which would load TF into the
+    converting process (TF there makes torch's later triton import segfault)."""
     try:
         from ai_edge_litert import schema_py_generated as schema
     except ImportError:
-        from tensorflow.lite.python import schema_py_generated as schema
+        return None
     return schema
 
 
@@ -60,11 +62,13 @@ def _sharing_builder() -> Any:
 def share_quantization_vectors(data: bytes) -> tuple[bytes, int]:
     """The same model with shared quantization vectors, and the bytes that saved.
 
-    Returns ``data`` unchanged when sharing saves nothing (float models) or the file
-    keeps its weights outside the flatbuffer (over 2 GB models), which this pass does
-    not handle.
+    Returns ``data`` unchanged when sharing saves nothing (float models), when the
+    file keeps its weights outside the flatbuffer (over 2 GB models), which this pass
+    does not handle, or when ai-edge-litert is not installed.
     """
     schema = _schema()
+    if schema is None:
+        return data, 0
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
     if any(b.offset for b in model.buffers or []):
         return data, 0

@@ -51,21 +51,15 @@ def read_tflite_convolutions(path: str) -> list[tuple[str, np.ndarray, np.ndarra
     if not os.path.exists(path):
         raise EdgecxrError(f"{path}: TFLite file not found")
     Interpreter, _ = import_interpreter()
-    try:  # without the default delegate the op list is the file's own graph
-        from ai_edge_litert.interpreter import OpResolverType
+    try:
+        try:  # without the default delegate the op list is the file's own graph
+            from ai_edge_litert.interpreter import OpResolverType
 
-        interp = Interpreter(model_path=path, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    except (ImportError, TypeError):
-        try:
-            import tensorflow as tf
-
-            interp = tf.lite.Interpreter(
-                model_path=path, experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-            )
-        except ImportError as exc:
-            raise EdgecxrError("reading TFLite weights needs ai-edge-litert or tensorflow") from exc
+            interp = Interpreter(model_path=path, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        except (ImportError, TypeError):  # tflite-runtime / older TF: the delegated graph still lists its ops
+            interp = Interpreter(model_path=path)
     except ValueError as exc:
-        raise EdgecxrError(f"{path}: not a readable TFLite model ({exc})") from exc
+        raise EdgecxrError(f"{path}: not a readable TFLite model ({str(exc).splitlines()[0][:120]})") from exc
     interp.allocate_tensors()
     details = {t["index"]: t for t in interp.get_tensor_details()}
     convs = []
