@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
 """Measure the conversion targets of issue #3 side by side in one run, and print them.
 
-    .venv/bin/python scripts/check_conversion_targets.py [--ckpt runs/mobilenet_v2/best.pt]
-        [--out runs/mobilenet_v2/export] [--skip-convert] [--threads 1] [--rounds 5] [--runs 40]
+    .venv/bin/python scripts/check_conversion_targets.py [--ckpt runs/mobilenet_v2_qat/best.pt]
+        [--out runs/mobilenet_v2_qat/export] [--skip-convert] [--threads 1] [--rounds 60] [--runs 5]
+        [-- EXTRA CONVERT FLAGS]
+
+The README's run passes ``-- --keep-float NODE,NODE`` (MobileNetV2's stem and first
+depthwise conv, which ONNX Runtime runs slower in INT8 than in FP32 on x86; see
+scripts/ort_node_profile.py).
 
 1. Converts CKPT to all six artifacts with ``edgecxr convert --int8 --fp16`` (a real
    subprocess, timed wall-clock: target under 3 minutes), unless --skip-convert.
@@ -96,7 +101,7 @@ def measure(models: dict[str, str], x: np.ndarray, threads: int, rounds: int, ru
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--ckpt", default=os.path.join(ROOT, "runs", "mobilenet_v2", "best.pt"))
+    ap.add_argument("--ckpt", default=os.path.join(ROOT, "runs", "mobilenet_v2_qat", "best.pt"))
     ap.add_argument("--out", help="export folder (default: <ckpt folder>/export)")
     ap.add_argument("--skip-convert", action="store_true", help="reuse the artifacts already in --out")
     ap.add_argument("--threads", type=int, default=1)
