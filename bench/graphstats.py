@@ -159,16 +159,9 @@ def onnx_stats(path: str) -> Stats:
 
 # --------------------------------------------------------------------------- tflite
 def tflite_stats(path: str) -> Stats:
-    from edgecxr.device.backends import import_interpreter
+    from edgecxr.device.backends import graph_interpreter
 
-    Interpreter, _ = import_interpreter()
-    try:  # without the XNNPACK delegate the op list is the file's own graph
-        from ai_edge_litert.interpreter import OpResolverType
-
-        interp = Interpreter(model_path=path, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    except (ImportError, TypeError):
-        interp = Interpreter(model_path=path)
-    interp.allocate_tensors()
+    interp = graph_interpreter(path)
     details = interp.get_tensor_details()
     tensors = {t["index"]: tuple(int(v) for v in t["shape"]) for t in details}
     dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in details}

@@ -53,6 +53,20 @@ def import_interpreter() -> tuple[Any, str]:
         ) from exc
 
 
+def graph_interpreter(path: str) -> Any:
+    """An allocated interpreter whose op list is the file's own graph (no XNNPACK
+    delegate), for reading ops and constant tensors; never for timing."""
+    Interpreter, _ = import_interpreter()
+    try:
+        from ai_edge_litert.interpreter import OpResolverType
+
+        interp = Interpreter(model_path=path, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    except (ImportError, TypeError):  # tflite-runtime / TF: the delegated graph still lists its ops
+        interp = Interpreter(model_path=path)
+    interp.allocate_tensors()
+    return interp
+
+
 def _np_dtype_name(dt: Any) -> str:
     return np.dtype(dt).name
 

@@ -175,6 +175,18 @@ BACKBONES: dict[str, BackboneConfig] = {
 }
 
 
+def conv_batch_norms(module: nn.Module) -> list[tuple[str, nn.Conv2d, str | None, nn.BatchNorm2d | None]]:
+    """Every conv, in module order, with the batch norm that directly follows it (or
+    None): the pairs an export folds into one convolution."""
+    mods = list(module.named_modules())
+    out: list[tuple[str, nn.Conv2d, str | None, nn.BatchNorm2d | None]] = []
+    for i, (name, m) in enumerate(mods):
+        if isinstance(m, nn.Conv2d):
+            bn_name, bn = mods[i + 1] if i + 1 < len(mods) else (None, None)
+            out.append((name, m, bn_name, bn) if isinstance(bn, nn.BatchNorm2d) else (name, m, None, None))
+    return out
+
+
 def list_models(lightweight_only: bool = False) -> list[str]:
     return [n for n, c in BACKBONES.items() if c.lightweight or not lightweight_only]
 

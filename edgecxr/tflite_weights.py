@@ -46,21 +46,14 @@ def _dequantize(tensor: np.ndarray, q: dict, axis: int) -> np.ndarray:
 
 def read_tflite_convolutions(path: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """Every convolution in execution order as ``(op, weight OIHW, bias)``, in float."""
-    from edgecxr.device.backends import import_interpreter
+    from edgecxr.device.backends import graph_interpreter
 
     if not os.path.exists(path):
         raise EdgecxrError(f"{path}: TFLite file not found")
-    Interpreter, _ = import_interpreter()
     try:
-        try:  # without the default delegate the op list is the file's own graph
-            from ai_edge_litert.interpreter import OpResolverType
-
-            interp = Interpreter(model_path=path, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        except (ImportError, TypeError):  # tflite-runtime / older TF: the delegated graph still lists its ops
-            interp = Interpreter(model_path=path)
+        interp = graph_interpreter(path)
     except ValueError as exc:
         raise EdgecxrError(f"{path}: not a readable TFLite model ({str(exc).splitlines()[0][:120]})") from exc
-    interp.allocate_tensors()
     details = {t["index"]: t for t in interp.get_tensor_details()}
     convs = []
     for op in interp._get_ops_details():  # the public API has no op list; this one is stable since TF 2.5
@@ -76,24 +69,16 @@ def read_tflite_convolutions(path: str) -> list[tuple[str, np.ndarray, np.ndarra
     return convs
 
 
-def conv_bn_pairs(module: nn.Module) -> list[tuple[str, nn.Conv2d, str, nn.BatchNorm2d]]:
-    """(name, conv, name, batch norm) in forward order; every conv here is followed by its BN."""
-    mods = list(module.named_modules())
-    pairs = []
-    for i, (name, m) in enumerate(mods):
-        if isinstance(m, nn.Conv2d):
-            bn_name, bn = mods[i + 1]
-            if not isinstance(bn, nn.BatchNorm2d):
-                raise EdgecxrError(f"{name} is not followed by a batch norm")
-            pairs.append((name, m, bn_name, bn))
-    return pairs
-
-
 def mobilenet_v2_state_from_tflite(path: str, model: nn.Module) -> dict[str, torch.Tensor]:
     """State dict entries for every conv + BN of ``model`` (an edgecxr MobileNetV2);
     the file's classifier is dropped, the head stays as initialised."""
+    from edgecxr.registry import conv_batch_norms
+
     convs = read_tflite_convolutions(path)
-    pairs = conv_bn_pairs(model.backbone)
+    pairs = conv_batch_norms(model.backbone)
+    unpaired = [name for name, _conv, _bn_name, bn in pairs if bn is None]
+    if unpaired:
+        raise EdgecxrError(f"{unpaired[0]} is not followed by a batch norm; not a torchvision MobileNetV2")
     if len(convs) != len(pairs) + 1:
         raise EdgecxrError(
             f"{path}: {len(convs)} convolutions, a MobileNetV2 with its classifier has {len(pairs) + 1}; "

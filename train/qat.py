@@ -26,6 +26,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from edgecxr.registry import conv_batch_norms
+
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.GELU)
 WEIGHT_QMAX = 127
 ACT_LEVELS = 255
@@ -114,15 +116,13 @@ def _output_hook(q: ActivationQuant):
 def enable_qat(model: nn.Module) -> QATHandle:
     """Install weight and activation fake quantization on an edgecxr classifier."""
     handle = QATHandle(model)
-    modules = list(model.named_modules())
-    # weights: each conv folded with the batch norm that directly follows it
-    for i, (_name, m) in enumerate(modules):
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nxt = modules[i + 1][1] if i + 1 < len(modules) else None
-            bn = nxt if isinstance(nxt, nn.BatchNorm2d) and isinstance(m, nn.Conv2d) else None
-            _patch_weights(m, (lambda bn=bn: _bn_fold(bn)) if bn is not None else None)
-            handle.patched.append(m)
-            handle.weight_layers += 1
+    # weights: each conv folded with the batch norm that directly follows it; linear layers as they are
+    weighted = [(conv, bn) for _name, conv, _bn_name, bn in conv_batch_norms(model)]
+    weighted += [(m, None) for m in model.modules() if isinstance(m, nn.Linear)]
+    for m, bn in weighted:
+        _patch_weights(m, (lambda bn=bn: _bn_fold(bn)) if bn is not None else None)
+        handle.patched.append(m)
+    handle.weight_layers = len(weighted)
     # activations: the points where the deployed graph requantizes
     points: list[nn.Module] = []
     followed_by_activation: set[int] = set()
