@@ -38,8 +38,7 @@ from edgecxr.train.proto_model import (
     squared_distances,
     support_prototypes,
 )
-from edgecxr.metrics import macro_f1
-from edgecxr.train.supervised import TrainConfig, close_epoch, load_run_index, prepare_model, run_summary, start_run, write_epoch_log
+from edgecxr.train.supervised import TrainConfig, close_epoch, epoch_row, load_run_index, prepare_model, run_summary, start_run, write_epoch_log
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -161,12 +160,8 @@ def train_protonet(cfg: TrainConfig, proto: ProtoConfig) -> dict:
         bn_eps.set_epoch(epoch)
         precise_bn(encoder, (torch.cat([sx, qx]).to(dist.device) for sx, qx, _y, _c in islice(DataLoader(bn_eps, batch_size=None), BN_EPISODES)))
         val = run_episodes(encoder, val_eps, len(classes))
-        row = {
-            "epoch": epoch + 1, "train_loss": float(np.mean(losses)), "train_acc": float(np.mean(accs)),
-            "val_loss": val["loss"], "val_acc": float(np.mean(val["accuracies"])),
-            "val_macro_f1": macro_f1(val["y"], val["pred"], len(classes)),
-            "lr": opt.param_groups[0]["lr"], "seconds": epoch_time, "images_per_s": n_img * dist.world_size / epoch_time,
-        }
+        row = epoch_row(epoch, float(np.mean(losses)), float(np.mean(accs)), val["loss"], val["y"], val["pred"], len(classes),
+                        opt.param_groups[0]["lr"], epoch_time, n_img * dist.world_size, val_acc=float(np.mean(val["accuracies"])))
         history.append(row)
         improved, best_loss, bad_epochs, line = close_epoch(row, best_loss, bad_epochs, "val episodes")
         log_lines.append(line)

@@ -237,12 +237,8 @@ def train(cfg: TrainConfig) -> dict:
         epoch_time = time.perf_counter() - t0
         seen_images += run_n * dist.world_size
         val_loss, vy, vp = evaluate_loss(model, val_loader, loss_fn)
-        row = {
-            "epoch": epoch + 1, "train_loss": run_loss / max(run_n, 1), "train_acc": run_correct / max(run_n, 1),
-            "val_loss": val_loss, "val_acc": float((vp.argmax(1) == vy).mean()),
-            "val_macro_f1": macro_f1(vy, vp.argmax(1), len(classes)),
-            "lr": opt.param_groups[0]["lr"], "seconds": epoch_time, "images_per_s": run_n * dist.world_size / epoch_time,
-        }
+        row = epoch_row(epoch, run_loss / max(run_n, 1), run_correct / max(run_n, 1), val_loss, vy, vp.argmax(1),
+                        len(classes), opt.param_groups[0]["lr"], epoch_time, run_n * dist.world_size)
         history.append(row)
         improved, best_loss, bad_epochs, line = close_epoch(row, best_loss, bad_epochs, "val")
         log_lines.append(line)
@@ -267,6 +263,22 @@ def train(cfg: TrainConfig) -> dict:
         plot_curves(history, os.path.join(cfg.out, "curves.png"), title=f"{cfg.arch} on {os.path.basename(index.root.rstrip('/'))}")
     dist.close()
     return summary
+
+
+def epoch_row(epoch: int, train_loss: float, train_acc: float, val_loss: float, val_y: np.ndarray, val_pred: np.ndarray,
+              num_classes: int, lr: float, seconds: float, images: int, val_acc: float | None = None) -> dict:
+    """One ``epochs.csv`` row (0-based ``epoch``); every training method writes these columns.
+
+    ``val_acc`` defaults to the accuracy of ``val_pred``; protonet passes its mean episode accuracy.
+    """
+    if val_acc is None:
+        val_acc = float((np.asarray(val_pred) == np.asarray(val_y)).mean())
+    return {
+        "epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
+        "val_loss": val_loss, "val_acc": val_acc,
+        "val_macro_f1": macro_f1(val_y, val_pred, num_classes),
+        "lr": lr, "seconds": seconds, "images_per_s": images / seconds,
+    }
 
 
 def close_epoch(row: dict, best_loss: float, bad_epochs: int, val_name: str) -> tuple[bool, float, int, str]:
