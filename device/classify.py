@@ -8,7 +8,9 @@ contract: the code training used, nothing re-implemented here.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -76,20 +78,19 @@ class Classifier:
 
     def classify_file(self, path: str) -> Prediction:
         """Raises :class:`ImageError` (one line) for anything that is not a usable image."""
-        t = time.perf_counter_ns()
-        gray = load_gray(path)
-        decode = _ms(t)
-        pred = self.classify_gray(gray, path)
-        pred.timings_ms = {"decode_ms": decode, **pred.timings_ms}
-        return pred
+        return self._classify_decoded(load_gray, path, path)
 
     def classify_frame(self, frame: np.ndarray, source: str) -> Prediction:
         """A camera frame (BGR, BGRA or grey; 8 or 16 bit) -> prediction."""
+        return self._classify_decoded(frame_to_gray, frame, source)
+
+    def _classify_decoded(self, decode: Callable[[Any], np.ndarray], item: Any, source: str) -> Prediction:
+        """``decode(item)`` to grey, timed as ``decode_ms`` ahead of the other timings."""
         t = time.perf_counter_ns()
-        gray = frame_to_gray(frame)
-        decode = _ms(t)
+        gray = decode(item)
+        decode_ms = _ms(t)
         pred = self.classify_gray(gray, source)
-        pred.timings_ms = {"decode_ms": decode, **pred.timings_ms}
+        pred.timings_ms = {"decode_ms": decode_ms, **pred.timings_ms}
         return pred
 
 
