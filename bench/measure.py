@@ -84,6 +84,11 @@ def measure(model: str, threads: int, warmup: int, runs: int, min_seconds: float
     backend = open_model(model, threads, require_contract=False)
     load_ms = (time.perf_counter() - t0) * 1e3
     has_contract = backend.contract is not None
+    selftest = None
+    if has_contract:  # before any timing, as on the Pi: a file this CPU computes wrong is flagged, not just timed
+        from edgecxr.device.selftest import run_selftest
+
+        selftest = run_selftest(backend)
     if has_contract and latency_input:  # memory-mapped: the batch must not count towards peak RSS
         prepared, input_from = backend.prepare(np.array(np.load(latency_input, mmap_mode="r")[:1])), "first evaluation image"
     elif has_contract:  # random data still runs the real graph at its real size
@@ -98,7 +103,7 @@ def measure(model: str, threads: int, warmup: int, runs: int, min_seconds: float
     record.update({
         "peak_rss_mb": _peak_rss_mb(), "rss_before_load_mb": rss_before, "runtime": backend.runtime,
         "has_contract": has_contract, "input_shape": list(backend.input_shape), "input_dtype": backend.input_dtype,
-        "latency_input": input_from, "pid": os.getpid(),
+        "latency_input": input_from, "pid": os.getpid(), "selftest": selftest,
     })
     if eval_inputs and probs_out and has_contract:
         xs = np.load(eval_inputs, mmap_mode="r")

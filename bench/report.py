@@ -37,7 +37,7 @@ def base_row(a: Artifact, stats: dict[str, Any]) -> dict[str, Any]:
 
 def latency_fields(rec: dict[str, Any]) -> dict[str, Any]:
     keep = ("runtime", "threads", "warmup", "load_ms", "peak_rss_mb", "rss_before_load_mb", "latency_input",
-            "runs_ms", "n_runs", "median_ms", "mean_ms", "std_ms", "p90_ms", "p99_ms", "min_ms", "max_ms", "pid", "error")
+            "runs_ms", "n_runs", "median_ms", "mean_ms", "std_ms", "p90_ms", "p99_ms", "min_ms", "max_ms", "pid", "error", "selftest")
     return {k: rec[k] for k in keep if k in rec}
 
 
@@ -79,6 +79,7 @@ def build_document(*, paths: list[str], data: str | None, split: str, split_csv:
                 rec = records[(a.path, t)]
                 row = {**base_row(a, stats[a.path]), "device": local_label, **acc[a.path], **latency_fields(rec)}
                 row["device_string"] = device_string(info={**info, "runtime": rec.get("runtime") or ""})
+                row["cpu_int8_features"], row["cpu_int8_target"] = info.get("int8_features"), info.get("int8_target")
                 rows.append(row)
     if remote is not None:
         from edgecxr.bench.remote import run_remote
@@ -93,6 +94,7 @@ def build_document(*, paths: list[str], data: str | None, split: str, split_csv:
                     continue
                 row = {**base_row(a, stats[a.path]), "device": "rpi", **acc[a.path], **latency_fields(rec)}
                 row["device_string"] = device_string(info={**info, "runtime": rec.get("runtime") or ""})
+                row["cpu_int8_features"], row["cpu_int8_target"] = info.get("int8_features"), info.get("int8_target")
                 if info.get("emulated"):
                     row["device"] = "rpi (EMULATED)"
                 if rec.get("host_agreement") is not None:
@@ -105,13 +107,16 @@ def build_document(*, paths: list[str], data: str | None, split: str, split_csv:
                     row["note"] = rec["skip"]
                 rows.append(row)
     from edgecxr import __version__
+    from edgecxr.bench.advice import ship_advice
 
-    return {
+    doc = {
         "schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "edgecxr": __version__, "settings": settings,
         "devices": devices, "rows": rows,
         "artifacts": [{"artifact": a.name, "path": a.path, "reference": a.reference.path if a.reference else None,
                        "contract_error": a.contract_error, **stats[a.path]} for a in artifacts],
     }
+    doc["advice"] = ship_advice(doc)
+    return doc
 
 
 def write_outputs(doc: dict[str, Any], out: str) -> list[str]:

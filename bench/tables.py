@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from edgecxr.device.latency import summarize
+from edgecxr.device.selftest import selftest_cell
 
 LATENCY_KEYS = ("mean_ms", "median_ms", "p90_ms", "p99_ms", "std_ms", "min_ms", "max_ms", "n_runs")
 
@@ -22,7 +23,7 @@ CSV_COLUMNS = [
     "accuracy", "accuracy_ci_lo", "accuracy_ci_hi", "macro_f1", "macro_f1_ci_lo", "macro_f1_ci_hi",
     "auc_macro", "auc_macro_ci_lo", "auc_macro_ci_hi", "n_images", "reference", "delta_macro_f1_pp",
     "delta_macro_f1_ci_lo", "delta_macro_f1_ci_hi", "top1_agreement", *LATENCY_KEYS, "warmup", "load_ms", "peak_rss_mb",
-    "rss_before_load_mb", "latency_input", "note", "path",
+    "rss_before_load_mb", "latency_input", "selftest", "cpu_int8_target", "device_string", "note", "path",
 ]
 
 
@@ -60,7 +61,7 @@ def _millions(v: Any) -> str:
 
 MD_HEADER = ["model", "format", "precision", "runtime", "device", "thr", "size MB", "params M", "MACs M",
              "accuracy [95% CI]", "macro-F1 [95% CI]", "AUC [95% CI]", "ΔF1 pp vs FP32 [95% CI]", "top-1 agree",
-             "median ms", "mean ± std ms", "p90 ms", "p99 ms", "min ms", "load ms", "peak RSS MB"]
+             "median ms", "mean ± std ms", "p90 ms", "p99 ms", "min ms", "load ms", "peak RSS MB", "self-test"]
 
 
 def md_cells(row: dict[str, Any]) -> list[str]:
@@ -76,6 +77,7 @@ def md_cells(row: dict[str, Any]) -> list[str]:
         _f(row.get("top1_agreement"), "{:.3f}"),
         _f(s.get("median_ms")), f"{s['mean_ms']:.2f} ± {s['std_ms']:.2f}" if s else "n/a", _f(s.get("p90_ms")),
         _f(s.get("p99_ms")), _f(s.get("min_ms")), _f(row.get("load_ms"), "{:.0f}"), _f(row.get("peak_rss_mb"), "{:.0f}"),
+        selftest_cell(row.get("selftest")),
     ]
 
 
@@ -96,6 +98,10 @@ def legend(doc: dict[str, Any]) -> str:
                    "ΔF1 is the paired macro-F1 change against the FP32 reference on the same images.")
     for label, info in doc.get("devices", {}).items():
         out.append(f"Device `{label}`: {info.get('summary', info)}")
+    if any(r.get("selftest") for r in doc["rows"]):
+        out.append("Self-test: the golden images stored in each file, run before timing on that device; PASS/FAIL and the "
+                   "largest probability difference against the conversion host's outputs of the same file.")
+
     notes: set[tuple[str, str]] = set()
     for r in doc["rows"]:
         if r.get("note"):
@@ -104,6 +110,9 @@ def legend(doc: dict[str, Any]) -> str:
             notes.add((r["artifact"], r["accuracy_note"]))
     notes = sorted(notes)
     out += [f"Note `{a}`: {n}" for a, n in notes]
+    from edgecxr.bench.advice import advice_lines
+
+    out += [f"Ship: {line}" for line in advice_lines(doc)]  # last: the line a user acts on
     return "\n".join(f"- {line}" for line in out)
 
 
@@ -114,6 +123,7 @@ def csv_text(doc: dict[str, Any]) -> str:
     for r in doc["rows"]:
         flat = dict(r)
         flat.update(latency_stats(r))
+        flat["selftest"] = selftest_cell(r.get("selftest")) if r.get("selftest") else None
         for key in ("accuracy", "macro_f1", "auc_macro", "delta_macro_f1"):
             ci = r.get(f"{key}_ci95") or (None, None)
             flat[f"{key}_ci_lo"], flat[f"{key}_ci_hi"] = ci
@@ -125,7 +135,7 @@ def readme_markdown(doc: dict[str, Any]) -> str:
     """One row per artifact and device, thread counts side by side: the table people quote."""
     threads = sorted({r["threads"] for r in doc["rows"] if r.get("threads")})
     head = ["model", "format", "precision", "runtime", "size MB", "params M", "MACs M", "macro-F1 [95% CI]", "ΔF1 pp vs FP32 [95% CI]",
-            "top-1 agree", *[f"median ms {t}t (p90)" for t in threads], "load ms", "peak RSS MB"]
+            "top-1 agree", *[f"median ms {t}t (p90)" for t in threads], "load ms", "peak RSS MB", "self-test"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in doc["rows"]:
@@ -141,7 +151,8 @@ def readme_markdown(doc: dict[str, Any]) -> str:
                                          _millions(r0.get("params")), _millions(r0.get("macs")),
                                          _ci(r0, "macro_f1"), _delta(r0), _f(r0.get("top1_agreement"), "{:.3f}"), *lat,
                                          _f(r0.get("load_ms"), "{:.0f}"),
-                                         _f(max((r.get("peak_rss_mb") or 0) for r in rows) or None, "{:.0f}")]) + " |")
+                                         _f(max((r.get("peak_rss_mb") or 0) for r in rows) or None, "{:.0f}"),
+                                         selftest_cell(r0.get("selftest"))]) + " |")
     return "\n".join(lines) + "\n\n" + legend(doc)
 
 

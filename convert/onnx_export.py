@@ -22,14 +22,14 @@ OPSET = 17
 
 
 def onnx_contract(base: Contract, precision: str, extra_source: dict[str, Any] | None = None,
-                  versions: dict[str, str] | None = None) -> Contract:
+                  versions: dict[str, str] | None = None, target: dict[str, Any] | None = None) -> Contract:
     """ONNX files take float32 NCHW with a dynamic batch (-1) and return float32 logits."""
     c, s = base.preprocess.channels, base.preprocess.size
     return base.with_io(
         format="onnx", precision=precision,
         input=TensorSpec(INPUT_NAME, (-1, c, s, s), "float32", "NCHW"),
         output=TensorSpec(OUTPUT_NAME, (-1, base.num_classes), "float32"),
-        source=dict(extra_source or {}), versions=dict(versions or {}),
+        source=dict(extra_source or {}), versions=dict(versions or {}), target=dict(target or {}),
     )
 
 

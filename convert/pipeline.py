@@ -115,6 +115,7 @@ def convert_checkpoint(
     verify: bool = True,
     max_drop: float | None = None,
     keep_float: Iterable[str] = (),
+    target: str = "portable",
     threads: int | None = None,
     progress: bool = True,
     echo: Echo = print,
@@ -128,13 +129,19 @@ def convert_checkpoint(
     checkpoint, INT8 without real calibration images, ``max_drop`` without
     verification images). Per-format failures are in ``report["artifacts"]``;
     ``report["gate"]["passed"]`` is False when an INT8 artifact lost more than
-    ``max_drop`` macro-F1 points (the CLI then exits non-zero).
+    ``max_drop`` macro-F1 points, and ``report["degraded"]`` lists artifacts outside
+    the default tolerance (``verify.MIN_AGREEMENT``, ``verify.MAX_DROP_PP``); the CLI
+    exits non-zero for either. ``target`` picks the INT8 scheme (``int8_target.py``).
     """
     from edgecxr.checkpoint import file_sha256, load_model
     from edgecxr.convert import calibration, onnx_export, quantize, report as report_mod, verify as verify_mod
+    from edgecxr.convert.int8_target import plain_block, resolve_target
     from edgecxr.convert.quantize import CALIB_METHODS
+    from edgecxr.device.cpufeatures import cpu_description
 
     t_start = time.perf_counter()
+    host_cpu = cpu_description()
+    int8_target = resolve_target(target, host_cpu)
     fmts = [get_format(f).name for f in formats]
     if calib_method not in CALIB_METHODS:
         raise EdgecxrError(f"--calib-method {calib_method!r}: choose one of {', '.join(CALIB_METHODS)}")
@@ -181,18 +188,19 @@ def convert_checkpoint(
     source = {"checkpoint": os.path.abspath(ckpt), "checkpoint_sha256": sha}
     int8_source = dict(source, calibration={**(calib.to_dict() if calib else {}), "method": calib_method},
                        keep_float=list(keep_float))
+    plain, onnx_int8 = plain_block(host_cpu), int8_target.contract_block(host_cpu)
     run = _Run(ckpt, out_dir, echo, threads)
     spec = contract.preprocess
 
     # --- ONNX ---------------------------------------------------------------------------
     fp32 = Step("onnx", "fp32", artifact_name(arch, "onnx", "fp32"))
     ok32 = run.do(fp32, lambda: onnx_export.export_fp32(
-        torch_model, onnx_export.onnx_contract(contract, "fp32", source, versions), run.path(fp32)))
+        torch_model, onnx_export.onnx_contract(contract, "fp32", source, versions, plain), run.path(fp32)))
     if "onnx" in fmts and fp16:
         step = Step("onnx", "fp16", artifact_name(arch, "onnx", "fp16"))
         if ok32:
             run.do(step, lambda: _onnx_variant(run.path(fp32), run.path(step), lambda tmp: quantize.convert_fp16(run.path(fp32), tmp),
-                                               onnx_export.onnx_contract(contract, "fp16", source, versions)))
+                                               onnx_export.onnx_contract(contract, "fp16", source, versions, plain)))
         else:
             _skip(run, step, "FP32 ONNX export failed")
     if "onnx" in fmts and int8:
@@ -201,8 +209,9 @@ def convert_checkpoint(
             x_cal = calib.nchw(spec)
             run.do(step, lambda: _onnx_variant(
                 run.path(fp32), run.path(step),
-                lambda tmp: quantize.quantize_int8(run.path(fp32), tmp, x_cal, calib_method, keep_float, onnx_export.INPUT_NAME),
-                onnx_export.onnx_contract(contract, "int8", int8_source, versions)))
+                lambda tmp: quantize.quantize_int8(run.path(fp32), tmp, x_cal, calib_method, keep_float, onnx_export.INPUT_NAME,
+                                                   reduce_range=int8_target.reduce_range),
+                onnx_export.onnx_contract(contract, "int8", int8_source, versions, onnx_int8)))
         else:
             _skip(run, step, "FP32 ONNX export failed")
 
@@ -213,34 +222,66 @@ def convert_checkpoint(
             for step in steps.values():
                 _skip(run, step, "FP32 ONNX export failed")
         else:
-            _tflite_steps(run, steps, run.path(fp32), contract, calib, spec, source, int8_source, versions, echo)
+            _tflite_steps(run, steps, run.path(fp32), contract, calib, spec, source, int8_source, versions, plain, echo)
 
-    # --- verification -------------------------------------------------------------------
-    ref = None
-    if vset is not None:
-        t0 = time.perf_counter()
-        ref_logits = verify_mod.torch_logits(torch_model, vset.x)
-        ref = verify_mod.reference_metrics(ref_logits, vset.y, vset.classes)
-        ref["seconds"] = time.perf_counter() - t0
-        echo(f"verify: PyTorch reference on {len(vset.y)} images: accuracy {ref['accuracy']:.4f}, macro-F1 {ref['macro_f1']:.4f}")
-        from tqdm import tqdm
-
-        for step in tqdm([s for s in run.steps if s.status == "ok"], desc="verifying", unit="model", disable=not progress, leave=False):
-            try:
-                step.verify = verify_mod.verify_artifact(run.path(step), vset, ref_logits, threads)
-            except Exception as exc:  # an artifact that cannot be run is a failed artifact
-                step.status, step.reason = "failed", f"verification failed: {_fail_reason(exc)}"
-                step.verify = None
-            echo(report_mod.verify_line(step.to_dict()))
+    # --- verification ---------------------------------------------------------------------
+    ref = _verify_steps(run, vset, torch_model, contract, host_cpu, threads, progress, echo) if vset is not None else None
 
     rep = report_mod.build_report(
         ckpt=ckpt, sha256=sha, contract=contract, out_dir=out_dir, steps=[s.to_dict() for s in run.steps],
         calibration=(dict(calib.to_dict(), method=calib_method) if calib else None),
         verification=(dict(vset.to_dict(), reference=ref) if vset is not None else None),
         max_drop=max_drop, keep_float=list(keep_float), versions=versions, seconds=time.perf_counter() - t_start,
+        host_cpu=host_cpu, int8_target=(onnx_int8 if int8 else None),
     )
     report_mod.write_report(rep, out_dir)
     return rep
+
+
+def _verify_steps(run: _Run, vset: Any, torch_model: Any, contract: Any, host_cpu: dict[str, Any], threads: int | None,
+                  progress: bool, echo: Echo) -> dict[str, Any]:
+    """Stamp golden vectors into each artifact, run it on the verification images, judge it.
+
+    An artifact outside the default tolerance becomes ``degraded``; one whose contract
+    says this CPU computes it wrong is measured anyway but ``unverified``: its numbers
+    here say nothing about the CPUs it was made for (its self-test will, there).
+    """
+    from tqdm import tqdm
+
+    from edgecxr.convert import golden as golden_mod, report as report_mod, verify as verify_mod
+    from edgecxr.device.backends import open_backend
+    from edgecxr.device.cpufeatures import unmet_requirement
+
+    t0 = time.perf_counter()
+    ref_logits = verify_mod.torch_logits(torch_model, vset.x)
+    ref = verify_mod.reference_metrics(ref_logits, vset.y, vset.classes)
+    ref["seconds"] = time.perf_counter() - t0
+    echo(f"verify: PyTorch reference on {len(vset.y)} images: accuracy {ref['accuracy']:.4f}, macro-F1 {ref['macro_f1']:.4f}")
+    gold = golden_mod.build(vset, ref_logits, torch_model, contract.preprocess)
+    for step in tqdm([s for s in run.steps if s.status == "ok"], desc="verifying", unit="model", disable=not progress, leave=False):
+        try:
+            backend = open_backend(run.path(step), check_cpu=False)
+            wrong_here = unmet_requirement(backend.contract.target, host_cpu, backend.runtime)
+            del backend
+            if gold is not None:
+                host_probs = None if wrong_here else golden_mod.host_probabilities(run.path(step), gold, threads)
+                step.details["golden_bytes"] = golden_mod.stamp(run.path(step), gold, host_probs, host_cpu)
+                step.bytes = os.path.getsize(run.path(step))
+            step.verify = verify_mod.verify_artifact(run.path(step), vset, ref_logits, threads)
+        except Exception as exc:  # an artifact that cannot be run is a failed artifact
+            step.status, step.reason = "failed", f"verification failed: {_fail_reason(exc)}"
+            step.verify = None
+            echo(report_mod.verify_line(step.to_dict()))
+            continue
+        problem = verify_mod.degradation(step.verify)
+        if wrong_here:
+            step.status, step.reason = "unverified", f"not exact on this CPU, so not judged here: {wrong_here}; run --selftest on the target"
+        elif problem:
+            step.status, step.reason = "degraded", problem
+        echo(report_mod.verify_line(step.to_dict()))
+    if gold is not None:
+        echo(f"golden vectors: {len(gold.grays)} verification images stamped into each artifact for --selftest")
+    return ref
 
 
 def _skip(run: _Run, step: Step, reason: str) -> None:
@@ -261,7 +302,7 @@ def _onnx_variant(fp32_path: str, dest: str, make: Callable[[str], dict[str, Any
 
 
 def _tflite_steps(run: _Run, steps: dict[str, Step], fp32_onnx: str, contract: Any, calib: Any, spec: Any,
-                  source: dict, int8_source: dict, versions: dict, echo: Echo) -> None:
+                  source: dict, int8_source: dict, versions: dict, target: dict, echo: Echo) -> None:
     from edgecxr.convert import tflite
 
     work = tflite.make_work_dir(run.out_dir)
@@ -276,7 +317,7 @@ def _tflite_steps(run: _Run, steps: dict[str, Step], fp32_onnx: str, contract: A
             def install(p: str = p, produced: str | None = produced, step: Step = step) -> dict[str, Any]:
                 if not produced:
                     raise EdgecxrError(res.errors.get(p, "onnx2tf produced no file"))
-                c = tflite.tflite_contract(contract, produced, p, int8_source if p == "int8" else source, versions)
+                c = tflite.tflite_contract(contract, produced, p, int8_source if p == "int8" else source, versions, target)
                 saved = tflite.install(produced, run.path(step), c)
                 return {"input": asdict(c.input), "output": asdict(c.output), "shared_quant_bytes": saved}
 

@@ -1,8 +1,10 @@
 """ONNX FP16 and INT8 variants of the FP32 export.
 
 INT8 is ONNX Runtime static quantization in QDQ format with per-channel signed
-8-bit weights and *unsigned* 8-bit activations: on x86 only the u8 x s8 kernels use
-VNNI, so signed activations (ORT's default) run no faster than FP32 (TOOLCHAIN.md).
+weights and *unsigned* 8-bit activations: on x86 only the u8 x s8 kernels use VNNI,
+so signed activations (ORT's default) run no faster than FP32. Whether the weights
+use all 8 bits or 7 (``reduce_range``) is the INT8 target's choice
+(``int8_target.py``): full range saturates on x86 CPUs without VNNI.
 Calibration is fed in batches through ``CalibStridedMinMax`` so that histogram
 methods (entropy, percentile) never hold every activation of every image at once.
 """
@@ -103,14 +105,18 @@ def preprocess_for_quant(src: str, dest: str) -> str:
 
 
 def quantize_int8(fp32_path: str, dest_tmp: str, calib_nchw: np.ndarray, method: str = "minmax",
-                  keep_float: Iterable[str] = (), input_name: str = "input", pre_process: bool = True) -> dict[str, Any]:
+                  keep_float: Iterable[str] = (), input_name: str = "input", pre_process: bool = True,
+                  reduce_range: bool = True, activations: str = "uint8", weights: str = "int8") -> dict[str, Any]:
     """Write the INT8 QDQ model to ``dest_tmp`` (a temp path the caller renames).
 
     ``pre_process=False`` keeps tensor names identical to ``fp32_path``, which
     ``debug-quant`` needs to match activations between the two models.
+    ``activations``/``weights`` (``uint8``/``int8``) exist to measure the other
+    schemes (``scripts/int8_schemes.py``); convert always uses u8 x s8.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
+    qtypes = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     cal = _calibrate_method(method)
     with tempfile.TemporaryDirectory(prefix="edgecxr-quant-") as tmp:
         src = preprocess_for_quant(fp32_path, os.path.join(tmp, "pre.onnx")) if pre_process else fp32_path
@@ -120,7 +126,7 @@ def quantize_int8(fp32_path: str, dest_tmp: str, calib_nchw: np.ndarray, method:
         # keep whole tensors: one batch per collect call (ORT's strided protocol) bounds memory.
         histogram = method in ("entropy", "percentile")
         reader = BatchReader(input_name, calib_nchw, CALIB_BATCH)
-        extra: dict[str, Any] = {"ActivationSymmetric": False, "WeightSymmetric": True}
+        extra: dict[str, Any] = {"ActivationSymmetric": False, "WeightSymmetric": weights == "int8"}
         if histogram:
             extra["CalibStridedMinMax"] = 1
         if method == "percentile":
@@ -129,11 +135,12 @@ def quantize_int8(fp32_path: str, dest_tmp: str, calib_nchw: np.ndarray, method:
             extra["CalibMovingAverage"] = True
         with contextlib.redirect_stdout(io.StringIO()):  # ORT prints histogram progress lines
             quantize_static(
-                src, dest_tmp, reader, quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8, per_channel=True, calibrate_method=cal, nodes_to_exclude=excluded,
-                extra_options=extra,
+                src, dest_tmp, reader, quant_format=QuantFormat.QDQ, activation_type=qtypes[activations],
+                weight_type=qtypes[weights], per_channel=True, reduce_range=reduce_range, calibrate_method=cal,
+                nodes_to_exclude=excluded, extra_options=extra,
             )
-    return {"calib_method": method, "calib_images": int(len(calib_nchw)), "activations": "uint8", "weights": "int8 per-channel",
+    grid = f"{weights} per-channel" + (", 7-bit range (reduce_range)" if reduce_range else ", full range")
+    return {"calib_method": method, "calib_images": int(len(calib_nchw)), "activations": activations, "weights": grid,
             "quant_format": "QDQ", "keep_float": excluded}
 
 

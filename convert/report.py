@@ -31,7 +31,7 @@ def gate(steps: list[dict[str, Any]], max_drop: float | None) -> dict[str, Any]:
         if s["precision"] != "int8":
             continue
         v = s.get("verify")
-        if s["status"] != "ok" or not v:
+        if s["status"] not in ("ok", "degraded") or not v:
             failures.append(f"{s['file']}: not verified ({s['reason'] or s['status']})")
         elif v["macro_f1_delta_pp"] < -max_drop:
             failures.append(f"{s['file']}: macro-F1 {v['macro_f1_delta_pp']:+.2f} pp (allowed -{max_drop:g})")
@@ -40,7 +40,10 @@ def gate(steps: list[dict[str, Any]], max_drop: float | None) -> dict[str, Any]:
 
 def build_report(*, ckpt: str, sha256: str, contract: Contract, out_dir: str, steps: list[dict[str, Any]],
                  calibration: dict | None, verification: dict | None, max_drop: float | None, keep_float: list[str],
-                 versions: dict[str, str], seconds: float) -> dict[str, Any]:
+                 versions: dict[str, str], seconds: float, host_cpu: dict[str, Any] | None = None,
+                 int8_target: dict[str, Any] | None = None) -> dict[str, Any]:
+    from edgecxr.convert.verify import MAX_DROP_PP, MIN_AGREEMENT
+
     return {
         "schema": SCHEMA,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -55,6 +58,10 @@ def build_report(*, ckpt: str, sha256: str, contract: Contract, out_dir: str, st
         "verification": verification,
         "artifacts": steps,
         "gate": gate(steps, max_drop),
+        "tolerance": {"min_top1_agreement": MIN_AGREEMENT, "max_macro_f1_drop_pp": MAX_DROP_PP},
+        "degraded": [f"{s['file']}: {s['reason']}" for s in steps if s["status"] == "degraded"],
+        "host_cpu": host_cpu,
+        "int8_target": int8_target,
         "versions": versions,
         "seconds": round(seconds, 2),
     }
@@ -69,7 +76,7 @@ def rows(report: dict[str, Any]) -> list[list[str]]:
     for s in report["artifacts"]:
         v = s.get("verify") or {}
         out.append([
-            s["file"], s["status"], _fmt(s["bytes"] / 1e6 if s["bytes"] else None, ".2f"), _fmt(s["seconds"], ".1f"),
+            s["file"], s["status"] if s["status"] == "ok" else s["status"].upper(), _fmt(s["bytes"] / 1e6 if s["bytes"] else None, ".2f"), _fmt(s["seconds"], ".1f"),
             _fmt(v.get("max_abs_logit_diff"), ".4f"), _fmt(100 * v["top1_agreement"] if v else None, ".1f"),
             _fmt(v.get("accuracy"), ".4f"), _fmt(v.get("macro_f1"), ".4f"), _fmt(v.get("macro_f1_delta_pp"), "+.2f"),
             s["reason"],
@@ -95,6 +102,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# Conversion report: {report['arch']}", "",
              f"- checkpoint: `{report['checkpoint']}` (sha256 `{report['checkpoint_sha256'][:16]}...`)",
              f"- classes: {', '.join(report['classes'])}; input {report['input_size']} px"]
+    lines += host_lines(report)
     cal = report.get("calibration")
     if cal:
         counts = ", ".join(f"{k} {v}" for k, v in cal["class_counts"].items())
@@ -118,12 +126,35 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def host_lines(report: dict[str, Any]) -> list[str]:
+    """The conversion host's CPU and the INT8 target, as Markdown bullets."""
+    from edgecxr.device.cpufeatures import features_string
+
+    out = []
+    cpu = report.get("host_cpu")
+    if cpu:
+        out.append(f"- converted on: {cpu['model']}, {features_string(cpu)}")
+    t = report.get("int8_target")
+    if t:
+        where = "every CPU" if not t.get("valid_on") else " or ".join(
+            (r["arch"] + (" with " + "/".join(r["any_of"]) if r.get("any_of") else "")) for r in t["valid_on"])
+        out.append(f"- INT8 target `{t['name']}` for ONNX Runtime: {t['int8_scheme']}; exact on {where}. TFLite INT8 is exact on every CPU.")
+    tol = report.get("tolerance")
+    if tol:
+        out.append(f"- default tolerance: top-1 agreement >= {100 * tol['min_top1_agreement']:g}% and macro-F1 drop <= "
+                   f"{tol['max_macro_f1_drop_pp']:g} pp (at least 2 flipped images); outside it an artifact is DEGRADED")
+    return out
+
+
 def verify_line(step: dict[str, Any]) -> str:
     v = step.get("verify")
     if not v:
         return f"  verify  {step['file']}: {step['reason'] or 'not verified'}"
-    return (f"  verify  {step['file']:<28} max|dlogit| {v['max_abs_logit_diff']:.4f}  top-1 agree {100 * v['top1_agreement']:.1f}%  "
+    line = (f"  verify  {step['file']:<28} max|dlogit| {v['max_abs_logit_diff']:.4f}  top-1 agree {100 * v['top1_agreement']:.1f}%  "
             f"macro-F1 {v['macro_f1']:.4f} ({v['macro_f1_delta_pp']:+.2f} pp)  [{v['runtime']}]")
+    if step["status"] != "ok":
+        line += f"  !! {step['status'].upper()}: {step['reason']}"
+    return line
 
 
 def write_report(report: dict[str, Any], out_dir: str) -> tuple[str, str]:

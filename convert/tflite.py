@@ -129,10 +129,10 @@ def read_io(path: str) -> tuple[TensorSpec, TensorSpec]:
 
 
 def tflite_contract(base: Contract, path: str, precision: str, extra_source: dict[str, Any] | None = None,
-                    versions: dict[str, str] | None = None) -> Contract:
+                    versions: dict[str, str] | None = None, target: dict[str, Any] | None = None) -> Contract:
     inp, out = read_io(path)
     return base.with_io(format="tflite", precision=precision, input=inp, output=out,
-                        source=dict(extra_source or {}), versions=dict(versions or {}))
+                        source=dict(extra_source or {}), versions=dict(versions or {}), target=dict(target or {}))
 
 
 def install(produced: str, dest: str, contract: Contract) -> int:

@@ -18,12 +18,18 @@ import numpy as np
 
 try:
     from edgecxr.device.contract import Contract, ContractError, check_matches, read_onnx_contract, read_sidecar
+    from edgecxr.device.cpufeatures import cpu_description, unmet_requirement
 except ImportError:  # bare device/ folder
     from contract import Contract, ContractError, check_matches, read_onnx_contract, read_sidecar  # type: ignore[no-redef]
+    from cpufeatures import cpu_description, unmet_requirement  # type: ignore[no-redef]
 
 
 class ModelLoadError(ValueError):
     """A model file that cannot be opened, with a one-line reason."""
+
+
+class WrongCpuError(ModelLoadError):
+    """A model whose contract says it computes wrong results on this CPU."""
 
 
 def import_interpreter() -> tuple[Any, str]:
@@ -206,8 +212,14 @@ class TFLiteBackend(Backend):
         return self.interpreter.get_tensor(self.output_index)
 
 
-def open_backend(path: str, threads: int | None = None, require_contract: bool = False) -> Backend:
-    """Open a .onnx or .tflite file; with ``require_contract`` refuse files without one."""
+def open_backend(path: str, threads: int | None = None, require_contract: bool = False, check_cpu: bool = True) -> Backend:
+    """Open a .onnx or .tflite file; with ``require_contract`` refuse files without one.
+
+    ``check_cpu`` refuses a file whose contract names CPUs it is exact on when this
+    CPU is not one of them (a full-range INT8 file on an x86 CPU without VNNI): a
+    silently wrong answer is worse than none. Only verification turns it off, to
+    measure how wrong such a file is.
+    """
     if not os.path.exists(path):
         raise ModelLoadError(f"{path}: model file not found")
     ext = os.path.splitext(path)[1].lower()
@@ -220,6 +232,11 @@ def open_backend(path: str, threads: int | None = None, require_contract: bool =
             raise ModelLoadError(f"{path}: unknown model type {ext or '(no extension)'}; expected .onnx or .tflite")
     except ContractError as exc:
         raise ModelLoadError(f"{path}: {exc}") from exc
+    if check_cpu and backend.contract is not None and backend.contract.target:
+        from_here = cpu_description()
+        why = unmet_requirement(backend.contract.target, from_here, backend.runtime)
+        if why:
+            raise WrongCpuError(f"{path}: {why}: its results would be wrong here; use the portable file (edgecxr convert --int8 --target portable)")
     if require_contract and backend.contract is None:
         raise ModelLoadError(
             f"{path}: model has no edgecxr contract (class names, preprocessing); "

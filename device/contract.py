@@ -66,6 +66,11 @@ class Contract:
     method: str = "supervised"
     source: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    # Where the file is exact (INT8 kernels differ by CPU) and the conversion host's CPU;
+    # see cpufeatures.unmet_requirement. Empty where nothing CPU-specific is known.
+    target: dict[str, Any] = field(default_factory=dict)
+    # Golden vectors: a few real images and the outputs expected on them (selftest.py).
+    selftest: dict[str, Any] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -81,7 +86,8 @@ class Contract:
         source.update(extra.pop("source", {}))
         versions = dict(self.versions)
         versions.update(extra.pop("versions", {}))
-        return replace(self, format=format, precision=precision, input=input, output=output, source=source, versions=versions)
+        return replace(self, format=format, precision=precision, input=input, output=output, source=source, versions=versions,
+                       target=dict(extra.pop("target", {})), selftest=None)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -117,6 +123,8 @@ class Contract:
                 method=str(d.get("method", "supervised")),
                 source=dict(d.get("source", {})),
                 versions={str(k): str(v) for k, v in d.get("versions", {}).items()},
+                target=dict(d.get("target") or {}),
+                selftest=d.get("selftest") or None,
             )
         except (KeyError, TypeError) as exc:
             raise ContractError(f"contract is incomplete: missing or bad field {exc}") from exc

@@ -9,6 +9,7 @@ sidecar, or an ``.onnx`` with its embedded contract) to the Pi and run::
     python3 edgecxr_runner.py --model m.tflite --dir xrays/ --json --csv out.csv
     python3 edgecxr_runner.py --model m.tflite --camera 0 --every 5
     python3 edgecxr_runner.py --model m.tflite --bench --warmup 10 --runs 100
+    python3 edgecxr_runner.py --model m.onnx --selftest
 
 The contract supplies class names, preprocessing and tensor layout/quantization,
 so the Pi computes what ``edgecxr eval`` computes on the workstation. Every
@@ -32,6 +33,7 @@ try:
     from edgecxr.device.image_io import ImageError, is_image_file, load_gray
     from edgecxr.device.latency import latency_record, summarize, time_invocations
     from edgecxr.device.runner_io import emit, record, text_line, warn, write_csv
+    from edgecxr.device.selftest import run_selftest, selftest_line
     from edgecxr.device.sysinfo import device_info, device_string
 except ImportError:  # a bare copy of device/, no edgecxr installed
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -42,9 +44,11 @@ except ImportError:  # a bare copy of device/, no edgecxr installed
     from image_io import ImageError, is_image_file, load_gray  # type: ignore[no-redef]
     from latency import latency_record, summarize, time_invocations  # type: ignore[no-redef]
     from runner_io import emit, record, text_line, warn, write_csv  # type: ignore[no-redef]
+    from selftest import run_selftest, selftest_line  # type: ignore[no-redef]
     from sysinfo import device_info, device_string  # type: ignore[no-redef]
 
 EXIT_USAGE = 2
+EXIT_SELFTEST_FAILED = 3
 
 
 class RunnerError(ValueError):
@@ -62,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  %(prog)s --model m.tflite --dir xrays/ --json --csv predictions.csv\n"
             "  %(prog)s --model m.tflite --camera 0 --every 5 --max-frames 1000\n"
             "  %(prog)s --model m.tflite --bench --warmup 10 --runs 100 --threads 4\n"
+            "  %(prog)s --model m.onnx --selftest      # golden images: does this CPU compute the model? exit 3 if not\n"
         ),
     )
     p.add_argument("--model", required=True, help="MODEL.tflite (contract in MODEL.tflite.json) or MODEL.onnx (needs onnxruntime)")
@@ -73,7 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="interpreter threads (default: the runtime's choice)")
     p.add_argument("--json", action="store_true", help="one JSON object per image on stdout (file, label, probabilities, latency_ms)")
     p.add_argument("--csv", help="with --dir: where to write the CSV (default ./predictions_<dir>.csv)")
-    p.add_argument("--bench", action="store_true", help="time invoke() and print latency statistics as JSON")
+    p.add_argument("--bench", action="store_true", help="time invoke() and print latency statistics as JSON (after the self-test)")
+    p.add_argument("--selftest", action="store_true",
+                   help="run the golden images stored in the model with this device's preprocessing and runtime; exit 3 outside "
+                        "tolerance. Runs before --image/--dir/--camera, which then only start if it passes")
+    p.add_argument("--ignore-cpu-check", action="store_true",
+                   help="open a model even where its contract says this CPU computes it wrong (to measure how wrong)")
     p.add_argument("--warmup", type=int, default=10, help="--bench: untimed warm-up runs (default 10)")
     p.add_argument("--runs", type=int, default=100, help="--bench: timed runs (default 100)")
     p.add_argument("--min-seconds", type=float, default=0.0, help="--bench: keep timing at least this long")
@@ -84,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(a: argparse.Namespace) -> None:
-    if not (a.image or a.dir or a.camera is not None or a.bench):
-        raise RunnerError("give one of --image FILE, --dir DIR, --camera INDEX (or --bench alone)")
+    if not (a.image or a.dir or a.camera is not None or a.bench or a.selftest):
+        raise RunnerError("give one of --image FILE, --dir DIR, --camera INDEX (or --bench or --selftest alone)")
     for name in ("top_k", "every", "runs"):
         if getattr(a, name) < 1:
             raise RunnerError(f"--{name.replace('_', '-')} must be at least 1")
@@ -168,7 +178,7 @@ def _bench_gray(clf: Classifier, a: argparse.Namespace) -> tuple[np.ndarray, str
     return np.clip(gray, 0, 255).astype(np.uint8), "synthetic"
 
 
-def run_bench(clf: Classifier, a: argparse.Namespace, load_ms: float) -> int:
+def run_bench(clf: Classifier, a: argparse.Namespace, load_ms: float, selftest: dict[str, Any]) -> int:
     gray, source = _bench_gray(clf, a)
     b = clf.backend
     prepared = b.prepare(clf.tensor(gray))
@@ -185,7 +195,7 @@ def run_bench(clf: Classifier, a: argparse.Namespace, load_ms: float) -> int:
            "model": os.path.basename(b.path), "arch": b.contract.arch, "format": b.format, "precision": b.contract.precision,
            "runtime": b.runtime, "input_shape": list(b.input_shape), "input_dtype": b.input_dtype, "image": source,
            "device": device_string(b.runtime, info), "device_info": info, "emulated": info["emulated"],
-           "runner_overhead_ms": {k: round(v, 4) for k, v in overhead.items()},
+           "runner_overhead_ms": {k: round(v, 4) for k, v in overhead.items()}, "selftest": selftest,
            "end_to_end_median_ms": round(summarize(times)["median_ms"] + overhead["total_ms"], 4)}
     if info["emulated"]:
         warn("running under emulation: these timings say nothing about the device's latency")
@@ -198,16 +208,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _check_args(args)
         t0 = time.perf_counter()
-        backend = open_backend(args.model, args.threads, require_contract=True)
+        backend = open_backend(args.model, args.threads, require_contract=True, check_cpu=not args.ignore_cpu_check)
         load_ms = (time.perf_counter() - t0) * 1000
         clf = Classifier(backend)
         header = describe(clf)
-        if args.json or args.bench:
+        quiet_stdout = args.json or args.bench
+        if quiet_stdout:
             warn(header)  # stdout stays machine-readable
         else:
             emit(header)
+        selftest = run_selftest(backend) if (args.selftest or args.bench) else {}
+        if args.selftest:
+            line = selftest_line(selftest)
+            if args.json and not args.bench:
+                emit({"selftest": selftest})
+            else:
+                (warn if quiet_stdout else emit)(line)
+            if selftest.get("passed") is False:
+                return EXIT_SELFTEST_FAILED
         if args.bench:
-            return run_bench(clf, args, load_ms)
+            return run_bench(clf, args, load_ms, selftest)
+        if not (args.image or args.dir or args.camera is not None):
+            return 0
         if args.image:
             pred = clf.classify_file(args.image)
             emit(record(pred, args.top_k) if args.json else text_line(pred, args.top_k))

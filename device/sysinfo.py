@@ -82,9 +82,16 @@ def device_info(runtime: str | None = None) -> dict[str, Any]:
         numpy_version = numpy.__version__
     except ImportError:  # pragma: no cover - numpy is a hard requirement elsewhere
         numpy_version = "missing"
+    try:
+        from edgecxr.device.cpufeatures import cpu_description
+    except ImportError:  # bare device/ folder
+        from cpufeatures import cpu_description  # type: ignore[no-redef]
+    cpu = cpu_description(cpu_model())
     return {
         "board": board_model(),
-        "cpu": cpu_model(),
+        "cpu": cpu["model"],
+        "int8_features": cpu["int8_features"],
+        "int8_target": cpu["target"],
         "cores": os.cpu_count() or 0,
         "machine": platform.machine(),
         "os": os_name(),
@@ -101,7 +108,9 @@ def device_string(runtime: str | None = None, info: dict[str, Any] | None = None
     Debian GNU/Linux 12 (bookworm) aarch64 | Python 3.11.2 | ai-edge-litert 2.3.0'."""
     d = info or device_info(runtime)
     parts = [d["board"]] if d["board"] else []
-    parts += [f"{d['cpu']} x{d['cores']}", f"{d['os']} {d['machine']}", f"Python {d['python']} numpy {d['numpy']}"]
+    feats = " ".join(d.get("int8_features") or [])
+    cpu = f"{d['cpu']} x{d['cores']}" + (f" ({feats})" if feats else "")
+    parts += [cpu, f"{d['os']} {d['machine']}", f"Python {d['python']} numpy {d['numpy']}"]
     if d["runtime"]:
         parts.append(d["runtime"])
     if d["emulated"]:

@@ -85,7 +85,7 @@ def demo_command(data: str | None, arch: str, out: str, epochs: int | None, img_
                            ["bench", export, "--threads", "1,2", "--runs", str(runs), "--warmup", "5", "--out", bench])
     image = pick_test_image(run)
     model = os.path.join(export, f"{arch}_int8.tflite")
-    cmd = [sys.executable, runner_path(), "--model", model, "--image", image, "--top-k", "3"]
+    cmd = [sys.executable, runner_path(), "--model", model, "--selftest", "--image", image, "--top-k", "3"]
     click.secho("\n== 5/6 the device runner (what runs on the Pi), on one test image", bold=True)
     click.echo("$ " + " ".join(shlex.quote(c) for c in cmd))
     t0 = time.perf_counter()

@@ -29,13 +29,19 @@ def eval_command(model: str, data: str | None, split: str, split_csv: str | None
     n_images), confusion_matrix.png and roc.png.
     """
     from edgecxr.atomic import write_json
+    from edgecxr.device.cpufeatures import cpu_description
     from edgecxr.evaluate import format_report, load_batch, predict_probs, resolve_samples
     from edgecxr.metrics import classification_report
     from edgecxr.plots import save_confusion_matrix, save_roc_curves
     from edgecxr.runtime import open_model
 
+    from edgecxr.device.selftest import run_selftest, selftest_line
+
     backend = open_model(model, threads)
     contract = backend.contract
+    selftest = run_selftest(backend) if contract.format != "pytorch" else None
+    if selftest is not None:
+        click.echo(selftest_line(selftest), err=True)
     index = resolve_samples(contract, data, split, split_csv, progress=not quiet)
     batch = load_batch(index, index.of_split(split), contract.preprocess, progress=not quiet)
     t0 = time.perf_counter()
@@ -44,6 +50,7 @@ def eval_command(model: str, data: str | None, split: str, split_csv: str | None
     report = classification_report(batch.y, probs, batch.classes, n_boot=bootstrap)
     report.update({"model": os.path.abspath(model), "format": contract.format, "precision": contract.precision,
                    "runtime": backend.runtime, "split": split, "data_root": index.root, "inference_seconds": seconds,
+                   "selftest": selftest, "cpu": cpu_description(),
                    "skipped_files": [{"file": f, "reason": r} for f, r in batch.skipped],
                    "predictions": [{"file": f, "label": batch.classes[int(t)], "pred": batch.classes[int(p.argmax())],
                                     "probabilities": [round(float(v), 6) for v in p]} for f, t, p in zip(batch.files, batch.y, probs)]})

@@ -48,14 +48,18 @@ class TorchBackend(Backend):
             return self.model(prepared).numpy()
 
 
-def open_model(path: str, threads: int | None = None, require_contract: bool = True) -> Backend:
-    """Open any supported model file; errors are :class:`EdgecxrError` one-liners."""
+def open_model(path: str, threads: int | None = None, require_contract: bool = True, check_cpu: bool = True) -> Backend:
+    """Open any supported model file; errors are :class:`EdgecxrError` one-liners.
+
+    ``check_cpu=False`` opens a file even where its contract says it computes wrong
+    results (convert's verification, which must measure exactly that).
+    """
     ext = os.path.splitext(path)[1].lower()
     if ext not in MODEL_SUFFIXES:
         raise EdgecxrError(f"{path}: unknown model type {ext or '(none)'}; expected one of {', '.join(MODEL_SUFFIXES)}")
     if ext in (".pt", ".pth"):
         return TorchBackend(path, threads)
     try:
-        return open_backend(path, threads, require_contract=require_contract)
+        return open_backend(path, threads, require_contract=require_contract, check_cpu=check_cpu)
     except ModelLoadError as exc:
         raise EdgecxrError(str(exc)) from exc

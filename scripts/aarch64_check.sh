@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Run the device runner on aarch64 (qemu-user, Cortex-A72 = Raspberry Pi 4 core) and
 # check that it gives the probabilities the x86 run gives: FP32 within 1e-4, INT8
-# identical (same ai-edge-litert version on both sides).
+# TFLite identical (same ai-edge-litert version on both sides), INT8 ONNX within 1e-4
+# (ONNX Runtime's ARM and x86 kernels requantize differently). Each model's own
+# golden-vector self-test (--selftest) must pass on both sides first.
 #
-# usage: scripts/aarch64_check.sh --images DIR MODEL.tflite [MODEL.tflite ...]
+# usage: scripts/aarch64_check.sh --images DIR MODEL.tflite|MODEL.onnx [MODEL ...]
 #
-# Both sides run a bare copy of device/ with numpy + ai-edge-litert only (no OpenCV,
-# no edgecxr), i.e. exactly what a minimal Pi install has. The arm64 Python comes
+# Both sides run a bare copy of device/ with numpy + ai-edge-litert (+ onnxruntime for
+# .onnx files) only (no OpenCV, no edgecxr), i.e. exactly what a minimal Pi install has. The arm64 Python comes
 # from Debian bookworm arm64 packages (the same Python 3.11 as Raspberry Pi OS
 # bookworm), the wheels from PyPI's manylinux aarch64 builds; both are cached in
 # $EDGECXR_AARCH64_CACHE (default ~/.cache/edgecxr-aarch64), so only the first run
@@ -35,7 +37,13 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$IMAGES" ] && [ -d "$IMAGES" ] || die "--images DIR is required (a folder of PNG files)"
 [ ${#MODELS[@]} -gt 0 ] || die "give at least one MODEL.tflite"
-for m in "${MODELS[@]}"; do [ -f "$m" ] && [ -f "$m.json" ] || die "$m: model or its contract sidecar $m.json is missing"; done
+NEED_ORT=0
+for m in "${MODELS[@]}"; do
+  case "$m" in
+    *.onnx) [ -f "$m" ] || die "$m: model not found"; NEED_ORT=1 ;;
+    *) [ -f "$m" ] && [ -f "$m.json" ] || die "$m: model or its contract sidecar $m.json is missing" ;;
+  esac
+done
 
 QEMU="$(command -v qemu-aarch64-static || true)"
 [ -n "$QEMU" ] || skip "qemu-aarch64-static not installed (apt-get install qemu-user-static)"
@@ -43,8 +51,8 @@ command -v apt-get >/dev/null && command -v dpkg >/dev/null || skip "apt-get/dpk
 [ -x "$PY" ] || skip "no host Python at $PY (run make first or set PYTHON)"
 
 # Same numpy and ai-edge-litert versions as the host, so INT8 can be compared bit for bit.
-read -r NUMPY_V LITERT_V < <("$PY" -c "from importlib.metadata import version as v; print(v('numpy'), v('ai-edge-litert'))") \
-  || skip "host Python lacks numpy or ai-edge-litert"
+read -r NUMPY_V LITERT_V ORT_V < <("$PY" -c "from importlib.metadata import version as v; print(v('numpy'), v('ai-edge-litert'), v('onnxruntime'))") \
+  || skip "host Python lacks numpy, ai-edge-litert or onnxruntime"
 ROOT="$CACHE/root"
 SITE="$CACHE/site-numpy$NUMPY_V-litert$LITERT_V"
 mkdir -p "$CACHE"
@@ -104,6 +112,22 @@ if [ ! -f "$SITE/.complete" ]; then
 fi
 T1=$(date +%s)
 
+# --- 2b. onnxruntime for .onnx models (its own folder: a TFLite-only Pi never needs it) ---
+ORT_SITE="$CACHE/site-onnxruntime$ORT_V"
+if [ "$NEED_ORT" = 1 ] && [ ! -f "$ORT_SITE/.complete" ]; then
+  echo "installing aarch64 wheel onnxruntime==$ORT_V into $ORT_SITE"
+  rm -rf "$ORT_SITE.tmp"
+  PLATS=""
+  for n in 17 24 26 27 28; do PLATS="$PLATS --platform manylinux_2_${n}_aarch64"; done
+  "$PY" -m pip install -q --disable-pip-version-check --target "$ORT_SITE.tmp" --only-binary=:all: --no-deps \
+      --python-version 3.11 --implementation cp --abi cp311 $PLATS --platform manylinux2014_aarch64 \
+      "onnxruntime==$ORT_V" >/dev/null 2>&1 || skip "pip could not fetch the aarch64 onnxruntime wheel"
+  touch "$ORT_SITE.tmp/.complete"
+  rm -rf "$ORT_SITE" && mv "$ORT_SITE.tmp" "$ORT_SITE"
+fi
+ARM_PATH="$SITE"
+[ "$NEED_ORT" = 1 ] && ARM_PATH="$SITE:$ORT_SITE"
+
 # --- 3. a bare copy of device/, run on both architectures -----------------------------
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
@@ -119,10 +143,22 @@ HOST_SITE="$("$PY" -c 'import site; print(site.getsitepackages()[0])')"
 STATUS=0
 for m in "${MODELS[@]}"; do
   name="$(basename "$m")"
+  # the file's own golden vectors first, on both sides: exit 3 from the runner is a failed self-test
+  for side in x86 arm; do
+    if [ $side = x86 ]; then
+      out=$(env -i PATH="$PATH" HOME="$HOME" PYTHONPATH="$WORK/no_cv2:$HOST_SITE" "$PY" -S "$WORK/device/edgecxr_runner.py" --model "$m" --selftest 2>&1) && rc=0 || rc=$?
+    else
+      out=$(env -i PATH="$PATH" HOME="$HOME" PYTHONPATH="$ARM_PATH" EDGECXR_EMULATED=1 "$QEMU" -L "$ROOT" -cpu "$CPU" \
+            "$ROOT/usr/bin/python3.11" -S "$WORK/device/edgecxr_runner.py" --model "$m" --selftest 2>&1) && rc=0 || rc=$?
+    fi
+    line=$(echo "$out" | grep -E "self-test|error" | tail -1)
+    echo "SELFTEST $side $name: ${line:-exit $rc}"
+    [ $rc = 0 ] || STATUS=1
+  done
   env -i PATH="$PATH" HOME="$HOME" PYTHONPATH="$WORK/no_cv2:$HOST_SITE" \
     "$PY" -S "$WORK/device/edgecxr_runner.py" --model "$m" --dir "$IMAGES" --json --csv "$WORK/x86_$name.csv" \
     > "$WORK/x86_$name.jsonl" 2> "$WORK/x86_$name.err" || { cat "$WORK/x86_$name.err" >&2; exit 1; }
-  env -i PATH="$PATH" HOME="$HOME" PYTHONPATH="$SITE" EDGECXR_EMULATED=1 \
+  env -i PATH="$PATH" HOME="$HOME" PYTHONPATH="$ARM_PATH" EDGECXR_EMULATED=1 \
     "$QEMU" -L "$ROOT" -cpu "$CPU" "$ROOT/usr/bin/python3.11" -S "$WORK/device/edgecxr_runner.py" \
     --model "$m" --dir "$IMAGES" --json --csv "$WORK/arm_$name.csv" \
     > "$WORK/arm_$name.jsonl" 2> "$WORK/arm_$name.err" || { cat "$WORK/arm_$name.err" >&2; exit 1; }

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,3 +46,54 @@ def covid_data() -> Path:
     if not COVID.is_dir():
         pytest.skip("real CXRs not present (../shared/data/covid-radiography); synthetic tests cover the logic")
     return COVID
+
+
+@pytest.fixture(scope="session")
+def probe_models(trained_run: Path, synthetic_data: Path, tmp_path_factory) -> tuple[Path, Path]:
+    """A MobileNetV2 that separates the synthetic classes in float, and a damaged copy.
+
+    The two-epoch ``trained_run`` predicts one class, so no INT8 loss could show on
+    it. Here BatchNorm statistics are re-estimated on the images and a logistic
+    regression head is fitted on the pooled features (accuracy 1.0 in float). The
+    damaged copy multiplies one channel of a linear bottleneck by 1e4 and divides
+    the weights that read it by 1e4: identical in float, but that channel now owns
+    the whole per-tensor INT8 range, so the other channels quantize to nothing.
+    """
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    from edgecxr.checkpoint import load_model, save_checkpoint
+    from edgecxr.evaluate import load_batch, resolve_samples
+    from edgecxr.registry import create_model
+
+    _, contract = load_model(str(trained_run / "best.pt"))
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v2", contract.num_classes)
+    index = resolve_samples(contract, str(synthetic_data), "all")
+    batch = load_batch(index, index.of_split("all"), contract.preprocess, progress=False)
+    x = torch.from_numpy(batch.x)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.reset_running_stats()
+            mod.momentum = None
+    model.train()
+    with torch.no_grad():
+        model.backbone(x)
+    model.eval()
+    with torch.inference_mode():
+        feats = model.backbone(x).numpy()
+    mu, sd = feats.mean(0), np.maximum(feats.std(0), 1e-2)
+    lr = LogisticRegression(C=1.0, max_iter=3000).fit((feats - mu) / sd, batch.y)
+    with torch.no_grad():
+        model.head[1].weight.copy_(torch.from_numpy(lr.coef_ / sd).float())
+        model.head[1].bias.copy_(torch.from_numpy(lr.intercept_ - (lr.coef_ * mu / sd).sum(1)).float())
+    folder = tmp_path_factory.mktemp("probe")
+    good, bad = folder / "probe.pt", folder / "damaged.pt"
+    save_checkpoint(str(good), model, contract)
+    block1, block2 = model.backbone[0][1].conv, model.backbone[0][2].conv
+    with torch.no_grad():
+        block1[2].weight[0] *= 1e4
+        block1[2].bias[0] *= 1e4
+        block2[0][0].weight[:, 0] /= 1e4
+    save_checkpoint(str(bad), model, contract)
+    return good, bad

@@ -85,6 +85,32 @@ def test_accuracy_has_bootstrap_ci_and_a_paired_delta_against_fp32(bench_run):
     assert 0.0 <= int8["top1_agreement"] <= 1.0 and int8["n_images"] > 0
 
 
+def test_every_converted_file_runs_its_selftest_before_timing_and_shows_it(bench_run):
+    doc = bench_run["doc"]
+    for name in ("mobilenet_v2_fp32.onnx", "mobilenet_v2_int8.onnx", "mobilenet_v2_fp32.tflite", "mobilenet_v2_int8.tflite"):
+        for r in _rows(doc, name):
+            assert r["selftest"]["passed"] is True and r["selftest"]["images"] == 8, (name, r["selftest"])
+            assert r["cpu_int8_features"] and r["cpu_int8_target"]
+    assert _rows(doc, "best.pt")[0]["selftest"]["passed"] is None  # a checkpoint carries no golden vectors
+    header = bench_run["stdout"].splitlines()[0]
+    assert header.rstrip(" |").endswith("self-test")
+    assert "| PASS " in bench_run["stdout"]
+
+
+def test_bench_ends_with_what_to_ship_on_each_device(bench_run):
+    from edgecxr.bench.tables import latency_stats
+
+    doc = bench_run["doc"]
+    (advice,) = [a for a in doc["advice"] if a["arch"] == "mobilenet_v2"]
+    assert advice["device"] == "host" and advice["threads"] == 1
+    candidates = [r for r in doc["rows"] if r["arch"] == "mobilenet_v2" and r["threads"] == 1 and r.get("top1_agreement") is not None
+                  and r["top1_agreement"] >= 0.95 and r["delta_macro_f1_pp"] >= -2.0 and not r.get("error")]
+    fastest = min(candidates, key=lambda r: latency_stats(r)["median_ms"])
+    assert advice["artifact"] == fastest["artifact"]
+    last = bench_run["stdout"].strip().splitlines()[-1]
+    assert last.startswith(f"- Ship: on host ship {fastest['artifact']} for mobilenet_v2") and "INT8" in last
+
+
 def test_each_measurement_runs_in_its_own_process(bench_run):
     pids = [r["pid"] for r in bench_run["doc"]["rows"] if "pid" in r]
     assert len(pids) == len(set(pids)) >= 10 and os.getpid() not in pids

@@ -38,57 +38,6 @@ def full_export(trained_run: Path, tmp_path_factory) -> tuple[Path, dict, str]:
     return out, report, proc.stdout
 
 
-@pytest.fixture(scope="module")
-def probe_models(trained_run: Path, synthetic_data: Path, tmp_path_factory) -> tuple[Path, Path]:
-    """A MobileNetV2 that separates the synthetic classes in float, and a damaged copy.
-
-    The two-epoch ``trained_run`` predicts one class, so no INT8 loss could show on
-    it. Here BatchNorm statistics are re-estimated on the images and a logistic
-    regression head is fitted on the pooled features (accuracy 1.0 in float). The
-    damaged copy multiplies one channel of a linear bottleneck by 1e4 and divides
-    the weights that read it by 1e4: identical in float, but that channel now owns
-    the whole per-tensor INT8 range, so the other channels quantize to nothing.
-    """
-    import torch
-    from sklearn.linear_model import LogisticRegression
-
-    from edgecxr.checkpoint import load_model, save_checkpoint
-    from edgecxr.evaluate import load_batch, resolve_samples
-    from edgecxr.registry import create_model
-
-    _, contract = load_model(str(trained_run / "best.pt"))
-    torch.manual_seed(0)
-    model = create_model("mobilenet_v2", contract.num_classes)
-    index = resolve_samples(contract, str(synthetic_data), "all")
-    batch = load_batch(index, index.of_split("all"), contract.preprocess, progress=False)
-    x = torch.from_numpy(batch.x)
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.reset_running_stats()
-            mod.momentum = None
-    model.train()
-    with torch.no_grad():
-        model.backbone(x)
-    model.eval()
-    with torch.inference_mode():
-        feats = model.backbone(x).numpy()
-    mu, sd = feats.mean(0), np.maximum(feats.std(0), 1e-2)
-    lr = LogisticRegression(C=1.0, max_iter=3000).fit((feats - mu) / sd, batch.y)
-    with torch.no_grad():
-        model.head[1].weight.copy_(torch.from_numpy(lr.coef_ / sd).float())
-        model.head[1].bias.copy_(torch.from_numpy(lr.intercept_ - (lr.coef_ * mu / sd).sum(1)).float())
-    folder = tmp_path_factory.mktemp("probe")
-    good, bad = folder / "probe.pt", folder / "damaged.pt"
-    save_checkpoint(str(good), model, contract)
-    block1, block2 = model.backbone[0][1].conv, model.backbone[0][2].conv
-    with torch.no_grad():
-        block1[2].weight[0] *= 1e4
-        block1[2].bias[0] *= 1e4
-        block2[0][0].weight[:, 0] /= 1e4
-    save_checkpoint(str(bad), model, contract)
-    return good, bad
-
-
 # --- the formats table ----------------------------------------------------------------------
 
 def test_artifact_names_round_trip_through_the_formats_table():
@@ -178,6 +127,30 @@ def test_eval_accepts_all_six_artifacts(full_export, tmp_path):
         assert res.exit_code == 0, res.output
         ev = json.loads((tmp_path / name / "eval.json").read_text())
         assert ev["accuracy"] == pytest.approx(by_file[name]["verify"]["accuracy"])
+        assert ev["selftest"]["passed"] is True and ev["cpu"]["int8_features"] is not None
+
+
+def test_every_artifact_passes_its_selftest_here_and_int8_on_emulated_avx2(full_export):
+    """Golden vectors in every file; the bare runner checks them natively, and the INT8 files of
+    both formats (default portable target) on an emulated AVX2-only CPU."""
+    import subprocess
+    import sys
+
+    from emulation import run_on_haswell
+
+    out, report, _ = full_export
+    runner = str(Path(__file__).resolve().parents[1] / "device" / "edgecxr_runner.py")
+    for fmt, prec in SIX:
+        path = str(out / f"mobilenet_v2_{prec}.{fmt}")
+        art = next(a for a in report["artifacts"] if a["file"] == os.path.basename(path))
+        assert 0 < art["details"]["golden_bytes"] < 200_000  # 8 images at most 128 px: well under a megabyte
+        proc = subprocess.run([sys.executable, runner, "--model", path, "--selftest"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "self-test PASS on 8 golden images" in proc.stdout, proc.stdout + proc.stderr
+    for fmt in ("onnx", "tflite"):
+        proc = run_on_haswell([runner, "--model", str(out / f"mobilenet_v2_int8.{fmt}"), "--selftest", "--json"])
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        result = json.loads(proc.stdout.strip().splitlines()[-1])["selftest"]
+        assert result["passed"] and result["top1_agreement_vs_host"] == 1.0, result
 
 
 # --- refusals and gates ---------------------------------------------------------------------
@@ -221,8 +194,9 @@ def test_max_drop_needs_verification_images(trained_run, tmp_path):
 
 def test_max_drop_gate_fails_on_a_damaged_model(probe_models, synthetic_data, tmp_path):
     good, bad = probe_models
+    # --keep-degraded: this test is about --max-drop alone (the probe is too fragile for the default tolerance)
     common = ["--int8", "--formats", "onnx", "--calib-data", str(synthetic_data), "--verify-data", str(synthetic_data),
-              "--calib-n", "32", "--max-drop", "40", "--quiet"]
+              "--calib-n", "32", "--max-drop", "40", "--keep-degraded", "--quiet"]
     res_bad = _cli("convert", str(bad), "--out", str(tmp_path / "bad"), *common)
     assert res_bad.exit_code == 3, res_bad.output
     assert "--max-drop 40: FAILED" in res_bad.output and "mobilenet_v2_int8.onnx" in res_bad.output
@@ -233,6 +207,35 @@ def test_max_drop_gate_fails_on_a_damaged_model(probe_models, synthetic_data, tm
     res_good = _cli("convert", str(good), "--out", str(tmp_path / "good"), *common)
     assert res_good.exit_code == 0, res_good.output
     assert "--max-drop 40: passed" in res_good.output
+
+
+def test_a_degraded_artifact_is_never_ok_and_fails_convert_unless_kept(probe_models, synthetic_data, tmp_path):
+    _, bad = probe_models
+    common = ["--int8", "--formats", "onnx", "--calib-data", str(synthetic_data), "--verify-data", str(synthetic_data),
+              "--calib-n", "32", "--quiet"]
+    res = _cli("convert", str(bad), "--out", str(tmp_path / "strict"), *common)
+    assert res.exit_code == 3, res.output
+    assert "DEGRADED" in res.output and "mobilenet_v2_int8.onnx" in res.output and "--keep-degraded" in res.output
+    rep = json.loads((tmp_path / "strict" / "convert_report.json").read_text())
+    int8 = next(a for a in rep["artifacts"] if a["precision"] == "int8")
+    fp32 = next(a for a in rep["artifacts"] if a["precision"] == "fp32")
+    assert int8["status"] == "degraded" and "top-1 agreement" in int8["reason"] and fp32["status"] == "ok"
+    assert rep["degraded"] and rep["tolerance"] == {"min_top1_agreement": 0.95, "max_macro_f1_drop_pp": 2.0}
+    assert rep["host_cpu"]["int8_features"] and rep["int8_target"]["name"] == "portable"
+    kept = _cli("convert", str(bad), "--out", str(tmp_path / "kept"), *common, "--keep-degraded")
+    assert kept.exit_code == 0, kept.output
+    rep = json.loads((tmp_path / "kept" / "convert_report.json").read_text())
+    assert next(a for a in rep["artifacts"] if a["precision"] == "int8")["status"] == "degraded"  # kept, never "ok"
+
+
+def test_degradation_needs_two_flips_and_names_what_is_out_of_tolerance():
+    from edgecxr.convert.verify import degradation
+
+    v = {"images": 20, "top1_agreement": 0.95, "macro_f1_delta_pp": -5.0}  # one flip in 20: never condemns a file
+    assert degradation(v) is None
+    v = {"images": 300, "top1_agreement": 0.757, "macro_f1_delta_pp": -20.6}  # the AVX2 saturation measured on real CXRs
+    assert "top-1 agreement 75.7% < 95%" in degradation(v) and "-20.60 pp" in degradation(v)
+    assert degradation({"images": 300, "top1_agreement": 0.997, "macro_f1_delta_pp": -0.33}) is None
 
 
 # --- keep-float and debug-quant ---------------------------------------------------------------

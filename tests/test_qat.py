@@ -60,35 +60,45 @@ def test_enable_then_remove_leaves_the_float_model_and_its_keys_untouched():
 
 
 def test_simulated_int8_is_closer_to_onnx_runtime_int8_than_float_is(tmp_path):
+    """QAT simulates the scheme convert deploys by default (portable: 7-bit weights), which
+    ONNX Runtime computes exactly on every CPU; simulating the other weight grid is worse."""
     from edgecxr.checkpoint import make_contract
+    from edgecxr.convert.int8_target import resolve_target
     from edgecxr.convert.onnx_export import INPUT_NAME, export_fp32
     from edgecxr.convert.quantize import quantize_int8
     from edgecxr.device.preprocess import PreprocessSpec
-    from edgecxr.train.qat import enable_qat
+    from edgecxr.train.qat import WEIGHT_QMAX, enable_qat
 
     ort = pytest.importorskip("onnxruntime")
-    model = _probe_model()
+    portable = resolve_target("portable")
     g = torch.Generator().manual_seed(1)
     calib = torch.rand(64, 3, 32, 32, generator=g) * 4 - 2
     test = torch.rand(32, 3, 32, 32, generator=g) * 4 - 2
+    model = _probe_model()
     fp32 = tmp_path / "fp32.onnx"
     export_fp32(model, make_contract("mobilenet_v2", ["a", "b", "c"], PreprocessSpec(size=32)), str(fp32))
     int8 = tmp_path / "int8.onnx"
-    quantize_int8(str(fp32), str(int8), calib.numpy(), "minmax", (), INPUT_NAME)
+    quantize_int8(str(fp32), str(int8), calib.numpy(), "minmax", (), INPUT_NAME, reduce_range=portable.reduce_range)
     sess = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
     deployed = sess.run(None, {INPUT_NAME: test.numpy()})[0]
+
+    def simulated(qmax: int) -> np.ndarray:
+        m = _probe_model()
+        with torch.no_grad():
+            handle = enable_qat(m, weight_qmax=qmax)
+            m.train()
+            handle.freeze_batch_norm()
+            m.head[0].eval()  # dropout off: only the quantizers see training mode (ranges from the calibration batch)
+            m(calib)
+            m.eval()
+            return m(test).numpy()
+
     with torch.no_grad():
-        float_out = model(test).numpy()
-        handle = enable_qat(model)
-        model.train()
-        handle.freeze_batch_norm()
-        model.head[0].eval()  # dropout off: only the quantizers see training mode (ranges from the calibration batch)
-        model(calib)
-        model.eval()
-        simulated = model(test).numpy()
-    sim_err = np.abs(simulated - deployed).mean()
-    float_err = np.abs(float_out - deployed).mean()
-    assert sim_err < 0.6 * float_err, (sim_err, float_err)
+        float_err = np.abs(model(test).numpy() - deployed).mean()
+    sim_err = np.abs(simulated(portable.weight_qmax) - deployed).mean()
+    other_grid_err = np.abs(simulated(WEIGHT_QMAX) - deployed).mean()
+    assert sim_err < 0.75 * float_err, (sim_err, float_err)
+    assert sim_err < 0.75 * other_grid_err, (sim_err, other_grid_err)
 
 
 def test_train_qat_writes_a_plain_float_checkpoint(trained_run, synthetic_data, tmp_path):

@@ -6,9 +6,12 @@ in the forward pass lets the weights settle where rounding does not hurt. The
 simulation copies what ``edgecxr convert --int8`` deploys (ONNX Runtime QDQ and
 TFLite full-integer):
 
-* weights: per output channel, symmetric, [-127, 127], taken *after* folding the
-  following batch norm into the convolution, as both runtimes quantize the folded
-  weight. Batch-norm statistics are frozen so the fold is fixed;
+* weights: per output channel, symmetric, taken *after* folding the following
+  batch norm into the convolution, as both runtimes quantize the folded weight, on
+  the grid of the INT8 target that will be deployed: [-64, 64] for ``portable``
+  (ONNX Runtime ``reduce_range``: 7-bit weights, exact on every CPU), [-127, 127]
+  for the full-range ``x86-vnni``/``arm64`` files and TFLite. Batch-norm statistics
+  are frozen so the fold is fixed;
 * activations: per tensor, asymmetric 8-bit, with ranges tracked as a moving
   average of batch min/max, at the points the runtimes requantize: the model
   input, every activation output (ReLU6 fused into its conv), every batch norm
@@ -29,18 +32,19 @@ from torch import nn
 from edgecxr.registry import conv_batch_norms
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.GELU)
-WEIGHT_QMAX = 127
+WEIGHT_QMAX = 127  # the full 8-bit grid (TFLite, ONNX --target x86-vnni/arm64)
+PORTABLE_WEIGHT_QMAX = 64  # ONNX Runtime reduce_range, the default --target portable
 ACT_LEVELS = 255
 EMA_MOMENTUM = 0.01
 
 
-def fake_quant_per_channel(w: torch.Tensor, fold: torch.Tensor | None = None) -> torch.Tensor:
-    """``w`` rounded on the symmetric int8 grid of ``w * fold`` (per output channel), straight-through."""
+def fake_quant_per_channel(w: torch.Tensor, fold: torch.Tensor | None = None, qmax: int = WEIGHT_QMAX) -> torch.Tensor:
+    """``w`` rounded on the symmetric grid [-qmax, qmax] of ``w * fold`` (per output channel), straight-through."""
     shape = (-1,) + (1,) * (w.dim() - 1)
     k = fold.reshape(shape) if fold is not None else torch.ones(1, dtype=w.dtype, device=w.device)
     folded = w * k
-    scale = folded.detach().abs().amax(dim=tuple(range(1, w.dim())), keepdim=True).clamp_min(1e-12) / WEIGHT_QMAX
-    q = torch.clamp(torch.round(folded / scale), -WEIGHT_QMAX, WEIGHT_QMAX) * scale / k
+    scale = folded.detach().abs().amax(dim=tuple(range(1, w.dim())), keepdim=True).clamp_min(1e-12) / qmax
+    q = torch.clamp(torch.round(folded / scale), -qmax, qmax) * scale / k
     return w + (q - w).detach()
 
 
@@ -82,6 +86,7 @@ class QATHandle:
         self.patched: list[nn.Module] = []
         self.activation_points = 0
         self.weight_layers = 0
+        self.weight_qmax = WEIGHT_QMAX
 
     def freeze_batch_norm(self) -> None:
         """Call after ``model.train()``: statistics stay fixed so the folded weights do too."""
@@ -97,13 +102,13 @@ class QATHandle:
         self.hooks, self.patched = [], []
 
 
-def _patch_weights(module: nn.Module, fold: Callable[[], torch.Tensor] | None) -> None:
+def _patch_weights(module: nn.Module, fold: Callable[[], torch.Tensor] | None, qmax: int) -> None:
     if isinstance(module, nn.Conv2d):
         def forward(x: torch.Tensor, m: nn.Conv2d = module) -> torch.Tensor:
-            return m._conv_forward(x, fake_quant_per_channel(m.weight, fold() if fold else None), m.bias)
+            return m._conv_forward(x, fake_quant_per_channel(m.weight, fold() if fold else None, qmax), m.bias)
     else:
         def forward(x: torch.Tensor, m: nn.Linear = module) -> torch.Tensor:  # type: ignore[misc]
-            return nn.functional.linear(x, fake_quant_per_channel(m.weight), m.bias)
+            return nn.functional.linear(x, fake_quant_per_channel(m.weight, None, qmax), m.bias)
     module.forward = forward  # instance attribute: state dict and class untouched
 
 
@@ -113,14 +118,18 @@ def _output_hook(q: ActivationQuant):
     return hook
 
 
-def enable_qat(model: nn.Module) -> QATHandle:
-    """Install weight and activation fake quantization on an edgecxr classifier."""
+def enable_qat(model: nn.Module, weight_qmax: int = PORTABLE_WEIGHT_QMAX) -> QATHandle:
+    """Install weight and activation fake quantization on an edgecxr classifier.
+
+    ``weight_qmax``: 64 simulates the portable ONNX scheme (``Int8Target.weight_qmax``).
+    """
     handle = QATHandle(model)
+    handle.weight_qmax = weight_qmax
     # weights: each conv folded with the batch norm that directly follows it; linear layers as they are
     weighted = [(conv, bn) for _name, conv, _bn_name, bn in conv_batch_norms(model)]
     weighted += [(m, None) for m in model.modules() if isinstance(m, nn.Linear)]
     for m, bn in weighted:
-        _patch_weights(m, (lambda bn=bn: _bn_fold(bn)) if bn is not None else None)
+        _patch_weights(m, (lambda bn=bn: _bn_fold(bn)) if bn is not None else None, weight_qmax)
         handle.patched.append(m)
     handle.weight_layers = len(weighted)
     # activations: the points where the deployed graph requantizes

@@ -55,6 +55,7 @@ class TrainConfig:
     weights: str | None = None
     resume: bool = False
     qat: bool = False
+    qat_target: str = "portable"  # the convert --int8 --target whose weight grid QAT simulates
     split: str = "80/10/10"
     split_csv: str | None = None
     equalize: str = "clahe"
@@ -188,9 +189,10 @@ def train(cfg: TrainConfig) -> dict:
     model, opt, sched, (start_epoch, best_loss, history, bad_epochs) = prepare_model(model, cfg, resume_payload, "state_dict", dist.device)
     qat = None
     if cfg.qat:
+        from edgecxr.convert.int8_target import resolve_target
         from edgecxr.train.qat import enable_qat
 
-        qat = enable_qat(model)
+        qat = enable_qat(model, weight_qmax=resolve_target(cfg.qat_target).weight_qmax)
     ddp_model = dist.wrap(model)
 
     weights = None
