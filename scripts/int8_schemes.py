@@ -97,7 +97,7 @@ def main() -> int:
     from edgecxr.convert.onnx_export import INPUT_NAME
     from edgecxr.convert.quantize import quantize_int8
     from edgecxr.device.backends import softmax
-    from edgecxr.device.cpufeatures import cpu_description, features_string
+    from edgecxr.device.cpufeatures import features_string
     from edgecxr.metrics import paired_delta_ci
 
     os.makedirs(a.out, exist_ok=True)
