@@ -37,7 +37,6 @@ SCHEMES = [  # name, activations, weights, reduce_range
 
 def child(paths: list[str], x_path: str, out_dir: str) -> None:
     """Logits of every model on the saved inputs, 1 thread; runs natively or under qemu."""
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from edgecxr.device.backends import open_backend
     from edgecxr.device.cpufeatures import cpu_description
 

@@ -70,14 +70,13 @@ def test_a_full_range_file_is_refused_only_on_x86_without_vnni():
 SATURATION_PROBE = """
 import json, sys
 import numpy as np, onnxruntime as ort
-sys.path.insert(0, {root!r})
 from edgecxr.device.cpufeatures import cpu_description
 x = np.load(sys.argv[1])
 opts = ort.SessionOptions(); opts.intra_op_num_threads = 1
-out = {{}}
+out = {}
 for path in sys.argv[2:]:
-    out[path] = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"]).run(None, {{"input": x}})[0].tolist()
-print(json.dumps({{"cpu": cpu_description(), "outputs": out}}))
+    out[path] = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0].tolist()
+print(json.dumps({"cpu": cpu_description(), "outputs": out}))
 """
 
 
@@ -108,7 +107,7 @@ def saturating_models(tmp_path_factory) -> tuple[Path, list[str]]:
     quantize_int8(str(folder / "fp32.onnx"), str(folder / "full.onnx"), calib, reduce_range=False, pre_process=False)
     quantize_int8(str(folder / "fp32.onnx"), str(folder / "portable.onnx"), calib, reduce_range=True, pre_process=False)
     np.save(folder / "x.npy", rng.uniform(0.6, 1.0, (4, c, 4, 4)).astype(np.float32))
-    (folder / "probe.py").write_text(SATURATION_PROBE.format(root=str(ROOT)))
+    (folder / "probe.py").write_text(SATURATION_PROBE)
     return folder, [str(folder / n) for n in ("fp32.onnx", "full.onnx", "portable.onnx")]
 
 
