@@ -50,7 +50,7 @@ def torch_stats(path: str) -> Stats:
     import torch
     from torch import nn
 
-    from edgecxr.checkpoint import load_model
+    from edgecxr.models import load_model
 
     model, contract = load_model(path)
     macs = 0

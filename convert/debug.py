@@ -37,7 +37,7 @@ def _fp32_onnx_and_contract(model_path: str, tmp: str) -> tuple[str, Contract]:
     if not os.path.exists(model_path):
         raise EdgecxrError(f"{model_path}: model file not found")
     if ext in (".pt", ".pth"):
-        from edgecxr.checkpoint import load_model
+        from edgecxr.models import load_model
         from edgecxr.convert.onnx_export import export_fp32, onnx_contract
 
         model, contract = load_model(model_path)

@@ -133,7 +133,8 @@ def convert_checkpoint(
     the default tolerance (``verify.MIN_AGREEMENT``, ``verify.MAX_DROP_PP``); the CLI
     exits non-zero for either. ``target`` picks the INT8 scheme (``int8_target.py``).
     """
-    from edgecxr.checkpoint import file_sha256, load_model
+    from edgecxr.checkpoint import file_sha256
+    from edgecxr.models import load_model
     from edgecxr.convert import calibration, onnx_export, quantize, report as report_mod, verify as verify_mod
     from edgecxr.convert.int8_target import plain_block, resolve_target
     from edgecxr.convert.quantize import CALIB_METHODS

@@ -2,6 +2,8 @@
 
 Loaded with ``torch.load(weights_only=True)`` so that a checkpoint downloaded from
 anywhere can never run code. Everything besides tensors is str/int/float/list/dict.
+This module writes and reads payloads only; turning one into a model is
+``edgecxr.models.load_model``, so the checkpoint format does not depend on the registry.
 """
 from __future__ import annotations
 
@@ -76,36 +78,6 @@ def read_contract(payload: dict[str, Any], path: str = "checkpoint") -> Contract
         return Contract.from_dict(payload["contract"])
     except (ContractError, KeyError) as exc:
         raise EdgecxrError(f"{path}: broken contract ({exc})") from exc
-
-
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """State dict of an edgecxr checkpoint, or of a plain ``torch.save(state_dict)`` file."""
-    if not os.path.exists(path):
-        raise EdgecxrError(f"{path}: weights file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise EdgecxrError(f"{path}: not a readable weights file ({type(exc).__name__})") from exc
-    if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        return payload["state_dict"]
-    if isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values()):
-        return payload
-    raise EdgecxrError(f"{path}: neither an edgecxr checkpoint nor a state dict")
-
-
-def load_model(path: str) -> tuple[nn.Module, Contract]:
-    """Rebuild the classifier from a checkpoint, in eval mode."""
-    from edgecxr.registry import create_model
-
-    payload = load_checkpoint(path)
-    contract = read_contract(payload, path)
-    model = create_model(contract.arch, contract.num_classes)
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise EdgecxrError(f"{path}: weights do not fit {contract.arch} ({str(exc).splitlines()[0][:160]})") from exc
-    model.eval()
-    return model, contract
 
 
 def file_sha256(path: str) -> str:

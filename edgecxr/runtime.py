@@ -22,7 +22,7 @@ class TorchBackend(Backend):
     def __init__(self, path: str, threads: int | None = None) -> None:
         import torch
 
-        from edgecxr.checkpoint import load_model
+        from edgecxr.models import load_model
 
         if threads:
             torch.set_num_threads(int(threads))

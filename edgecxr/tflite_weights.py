@@ -19,6 +19,9 @@ is unchanged and training starts from what the file computes.
 TensorFlow pads stride-2 convolutions on the bottom/right only while torchvision
 pads all sides; ``tf_same_padding`` reproduces the TF padding for the check in the
 tests, and fine-tuning adapts to the difference.
+
+This module reads the file; ``edgecxr.weights.load_weights_file`` decides when
+(``--weights FILE.tflite``), so neither needs the registry.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import torch
 from torch import nn
 
 from edgecxr.errors import EdgecxrError
+from edgecxr.nn_utils import conv_batch_norms
 
 CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 
@@ -72,8 +76,6 @@ def read_tflite_convolutions(path: str) -> list[tuple[str, np.ndarray, np.ndarra
 def mobilenet_v2_state_from_tflite(path: str, model: nn.Module) -> dict[str, torch.Tensor]:
     """State dict entries for every conv + BN of ``model`` (an edgecxr MobileNetV2);
     the file's classifier is dropped, the head stays as initialised."""
-    from edgecxr.registry import conv_batch_norms
-
     convs = read_tflite_convolutions(path)
     pairs = conv_batch_norms(model.backbone)
     unpaired = [name for name, _conv, _bn_name, bn in pairs if bn is None]

@@ -98,7 +98,7 @@ def write_onnx(out: str, checkpoint: str) -> str:
     import onnx
     import torch
 
-    from edgecxr.checkpoint import load_model
+    from edgecxr.models import load_model
     from edgecxr.device.contract import CONTRACT_KEY
 
     model, contract = load_model(checkpoint)

@@ -91,7 +91,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     a = ap.parse_args()
 
-    from edgecxr.checkpoint import load_model
+    from edgecxr.models import load_model
     from edgecxr.convert import calibration, verify
     from edgecxr.convert.onnx_export import INPUT_NAME
     from edgecxr.convert.quantize import quantize_int8

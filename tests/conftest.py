@@ -62,7 +62,8 @@ def probe_models(trained_run: Path, synthetic_data: Path, tmp_path_factory) -> t
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from edgecxr.checkpoint import load_model, save_checkpoint
+    from edgecxr.checkpoint import save_checkpoint
+    from edgecxr.models import load_model
     from edgecxr.evaluate import load_batch, resolve_samples
     from edgecxr.registry import create_model
 

@@ -85,7 +85,8 @@ def test_convert_writes_all_six_artifacts_verified_with_report(full_export):
 
 
 def test_every_artifact_carries_its_contract(full_export, trained_run):
-    from edgecxr.checkpoint import file_sha256, load_model
+    from edgecxr.checkpoint import file_sha256
+    from edgecxr.models import load_model
     from edgecxr.device.backends import import_interpreter
     from edgecxr.device.contract import read_onnx_contract, read_sidecar
 
@@ -156,7 +157,8 @@ def test_every_artifact_passes_its_selftest_here_and_int8_on_emulated_avx2(full_
 # --- refusals and gates ---------------------------------------------------------------------
 
 def _without_data_sources(ckpt: Path, dest: Path) -> Path:
-    from edgecxr.checkpoint import load_model, save_checkpoint
+    from edgecxr.checkpoint import save_checkpoint
+    from edgecxr.models import load_model
 
     model, contract = load_model(str(ckpt))
     save_checkpoint(str(dest), model, replace(contract, source={}))

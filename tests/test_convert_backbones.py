@@ -22,7 +22,8 @@ LIGHT = list_models(lightweight_only=True)
 def _checkpoint(arch: str, trained_run: Path, folder: Path) -> Path:
     import torch
 
-    from edgecxr.checkpoint import load_model, save_checkpoint
+    from edgecxr.checkpoint import save_checkpoint
+    from edgecxr.models import load_model
     from edgecxr.registry import create_model
 
     _, contract = load_model(str(trained_run / "best.pt"))  # 32 px, synthetic classes and data

@@ -17,7 +17,7 @@ def _export_onnx(checkpoint: Path, dest: Path) -> Path:
     import onnx
     import torch
 
-    from edgecxr.checkpoint import load_model
+    from edgecxr.models import load_model
     from edgecxr.device.contract import CONTRACT_KEY, TensorSpec
 
     model, contract = load_model(str(checkpoint))

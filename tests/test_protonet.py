@@ -134,7 +134,7 @@ def proto_run(synthetic_data, tmp_path_factory):
 
 
 def test_protonet_run_writes_an_ordinary_checkpoint_and_the_prototypes(proto_run):
-    from edgecxr.checkpoint import load_model
+    from edgecxr.models import load_model
     from edgecxr.train.proto_model import load_protonet
 
     out, proc = proto_run

@@ -48,7 +48,7 @@ def test_enable_then_remove_leaves_the_float_model_and_its_keys_untouched():
     keys = list(model.state_dict())
     with torch.no_grad():
         before = model(x)
-        handle = enable_qat(model)
+        handle = enable_qat(model, "mobilenet_v2")
         simulated = model(x)
         assert list(model.state_dict()) == keys
         handle.remove()
@@ -85,7 +85,7 @@ def test_simulated_int8_is_closer_to_onnx_runtime_int8_than_float_is(tmp_path):
     def simulated(qmax: int) -> np.ndarray:
         m = _probe_model()
         with torch.no_grad():
-            handle = enable_qat(m, weight_qmax=qmax)
+            handle = enable_qat(m, "mobilenet_v2", weight_qmax=qmax)
             m.train()
             handle.freeze_batch_norm()
             m.head[0].eval()  # dropout off: only the quantizers see training mode (ranges from the calibration batch)
@@ -102,7 +102,7 @@ def test_simulated_int8_is_closer_to_onnx_runtime_int8_than_float_is(tmp_path):
 
 
 def test_train_qat_writes_a_plain_float_checkpoint(trained_run, synthetic_data, tmp_path):
-    from edgecxr.checkpoint import load_model
+    from edgecxr.models import load_model
 
     out = tmp_path / "qat"
     run_cli("train", "--data", str(synthetic_data), "--arch", "mobilenet_v2", "--out", str(out), "--epochs", "1",

@@ -56,12 +56,13 @@ def test_imported_mobilenet_v2_reproduces_the_tflite_imagenet_classifier():
 
 @needs_reference
 def test_unfolded_batch_norm_keeps_eval_output_and_live_training_activations():
+    from edgecxr.models import build_model
     from edgecxr.registry import create_model
     from edgecxr.tflite_weights import mobilenet_v2_state_from_tflite, xray_like_batch
 
     folded = create_model("mobilenet_v2", 3)
     folded.load_state_dict(mobilenet_v2_state_from_tflite(str(REFERENCE), folded), strict=False)
-    unfolded = create_model("mobilenet_v2", 3, weights=str(REFERENCE))  # the --weights path
+    unfolded = build_model("mobilenet_v2", 3, weights=str(REFERENCE))  # the --weights path
     x = xray_like_batch(224, 8)
     with torch.no_grad():
         ref = folded.eval().backbone(x)

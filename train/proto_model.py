@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from edgecxr.atomic import atomic_path
 from edgecxr.errors import EdgecxrError
-from edgecxr.registry import CXRClassifier, create_model, get_config
+from edgecxr.models import build_model
+from edgecxr.registry import CXRClassifier, get_config
 
 PROTONET_FORMAT = "edgecxr-protonet"
 
@@ -41,7 +42,7 @@ class ProtoEncoder(nn.Module):
 
 def build_encoder(arch: str, num_classes: int, embed_dim: int = 128, pretrained: bool = False, weights: str | None = None) -> ProtoEncoder:
     """Any registered backbone, with ImageNet or local starting weights as for supervised runs."""
-    clf = create_model(arch, max(num_classes, 2), pretrained=pretrained, weights=weights)
+    clf = build_model(arch, max(num_classes, 2), pretrained=pretrained, weights=weights)
     return ProtoEncoder(clf.backbone, clf.feature_dim, embed_dim)
 
 

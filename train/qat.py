@@ -15,8 +15,9 @@ TFLite full-integer):
 * activations: per tensor, asymmetric 8-bit, with ranges tracked as a moving
   average of batch min/max, at the points the runtimes requantize: the model
   input, every activation output (ReLU6 fused into its conv), every batch norm
-  with no activation after it (linear bottlenecks), residual sums, the pooled
-  features and the logits.
+  with no activation after it (linear bottlenecks), residual sums (the blocks
+  the backbone's registry entry declares, ``BackboneConfig.residual_blocks``), the
+  pooled features and the logits.
 
 Gradients pass straight through the rounding. Nothing here changes the model's
 parameters or state-dict keys: the checkpoint stays an ordinary float checkpoint
@@ -29,7 +30,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from edgecxr.registry import conv_batch_norms
+from edgecxr.nn_utils import conv_batch_norms
+from edgecxr.registry import get_config
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.GELU)
 WEIGHT_QMAX = 127  # the full 8-bit grid (TFLite, ONNX --target x86-vnni/arm64)
@@ -118,8 +120,8 @@ def _output_hook(q: ActivationQuant):
     return hook
 
 
-def enable_qat(model: nn.Module, weight_qmax: int = PORTABLE_WEIGHT_QMAX) -> QATHandle:
-    """Install weight and activation fake quantization on an edgecxr classifier.
+def enable_qat(model: nn.Module, arch: str, weight_qmax: int = PORTABLE_WEIGHT_QMAX) -> QATHandle:
+    """Install weight and activation fake quantization on an edgecxr classifier of architecture ``arch``.
 
     ``weight_qmax``: 64 simulates the portable ONNX scheme (``Int8Target.weight_qmax``).
     """
@@ -133,6 +135,8 @@ def enable_qat(model: nn.Module, weight_qmax: int = PORTABLE_WEIGHT_QMAX) -> QAT
         handle.patched.append(m)
     handle.weight_layers = len(weighted)
     # activations: the points where the deployed graph requantizes
+    residual_blocks = get_config(arch).residual_blocks
+    residual = {id(m) for m in residual_blocks(model)} if residual_blocks else set()
     points: list[nn.Module] = []
     followed_by_activation: set[int] = set()
     for m in model.modules():
@@ -146,7 +150,7 @@ def enable_qat(model: nn.Module, weight_qmax: int = PORTABLE_WEIGHT_QMAX) -> QAT
             points.append(m)
         elif isinstance(m, nn.BatchNorm2d) and id(m) not in followed_by_activation:
             points.append(m)
-        elif getattr(m, "use_res_connect", False) or getattr(m, "has_skip", False):  # residual sums
+        elif id(m) in residual:  # residual sums
             points.append(m)
         elif isinstance(m, (nn.AdaptiveAvgPool2d, nn.Linear)):
             points.append(m)

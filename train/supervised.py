@@ -26,7 +26,8 @@ from edgecxr.checkpoint import load_checkpoint, make_contract, save_checkpoint
 from edgecxr.data import DatasetIndex, build_index, class_counts, parse_ratios, read_split_csv, write_split_csv
 from edgecxr.errors import EdgecxrError
 from edgecxr.metrics import macro_f1
-from edgecxr.registry import create_model, get_config
+from edgecxr.models import build_model
+from edgecxr.registry import get_config
 
 
 SUPERVISED_STEP_SIZE = 7
@@ -185,14 +186,14 @@ def train(cfg: TrainConfig) -> dict:
         raise EdgecxrError(f"{cfg.data}: the split left {len(train_ds)} training and {len(val_ds)} validation images; add images or change --split")
     skipped = index.skipped + train_ds.skipped + val_ds.skipped
 
-    model = create_model(cfg.arch, len(classes), pretrained=cfg.pretrained, weights=cfg.weights)
+    model = build_model(cfg.arch, len(classes), pretrained=cfg.pretrained, weights=cfg.weights)
     model, opt, sched, (start_epoch, best_loss, history, bad_epochs) = prepare_model(model, cfg, resume_payload, "state_dict", dist.device)
     qat = None
     if cfg.qat:
         from edgecxr.convert.int8_target import resolve_target
         from edgecxr.train.qat import enable_qat
 
-        qat = enable_qat(model, weight_qmax=resolve_target(cfg.qat_target).weight_qmax)
+        qat = enable_qat(model, cfg.arch, weight_qmax=resolve_target(cfg.qat_target).weight_qmax)
     ddp_model = dist.wrap(model)
 
     weights = None

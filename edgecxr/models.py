@@ -1,0 +1,43 @@
+"""A ready model: from an architecture name plus starting weights, or from a checkpoint.
+
+The one factory every stage uses, so that where a model's weights come from is
+decided in one place: the registry builds the architecture (``create_model``,
+hub weights with ``pretrained``), ``edgecxr.weights`` reads a local file into it,
+and ``edgecxr.checkpoint`` reads the checkpoint payload and its contract.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from edgecxr.checkpoint import read_contract, load_checkpoint
+from edgecxr.device.contract import Contract
+from edgecxr.errors import EdgecxrError
+from edgecxr.registry import CXRClassifier, create_model, get_config
+from edgecxr.weights import load_weights_file
+
+
+def build_model(name: str, num_classes: int, pretrained: bool = False, weights: str | None = None) -> CXRClassifier:
+    """``name`` with a ``num_classes`` head, starting from ImageNet (``pretrained``) or a local file.
+
+    ``weights`` is an edgecxr checkpoint (all matching tensors load, the head only if
+    the class count matches), a plain state dict of the wrapped classifier, or, for
+    MobileNetV2, an official TFLite MobileNetV2 whose ImageNet weights are
+    dequantized (the offline stand-in for ``--pretrained``).
+    """
+    model = create_model(name, num_classes, pretrained=pretrained)
+    if weights:
+        load_weights_file(model, weights, arch=name, input_size=get_config(name).input_size)
+    return model
+
+
+def load_model(path: str) -> tuple[nn.Module, Contract]:
+    """Rebuild the classifier from a checkpoint, in eval mode."""
+    payload = load_checkpoint(path)
+    contract = read_contract(payload, path)
+    model = create_model(contract.arch, contract.num_classes)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise EdgecxrError(f"{path}: weights do not fit {contract.arch} ({str(exc).splitlines()[0][:160]})") from exc
+    model.eval()
+    return model, contract
