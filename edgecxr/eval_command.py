@@ -56,7 +56,7 @@ def eval_command(model: str, data: str | None, split: str, split_csv: str | None
                                     "probabilities": [round(float(v), 6) for v in p]} for f, t, p in zip(batch.files, batch.y, probs)]})
     episodes = os.path.join(os.path.dirname(os.path.abspath(model)), "protonet.pt")
     if contract.method == "protonet" and os.path.exists(episodes) and split != "all":
-        from edgecxr.train.protonet import episode_report
+        from edgecxr.episodes import episode_report
 
         # what a few-shot paper reports beside whole-split accuracy: N-way K-shot episodes
         report["episodes"] = episode_report(episodes, split, data, split_csv, progress=not quiet)

@@ -10,8 +10,9 @@ import torch
 from conftest import run_cli
 from edgecxr.data import Sample
 from edgecxr.errors import EdgecxrError
-from edgecxr.train.episodes import EpisodeDataset, EpisodeSpec, check_episode_fit, mean_ci95, per_class_subset
-from edgecxr.train.proto_model import ProtoEncoder, fold_into_classifier, squared_distances
+from edgecxr.episodes import EpisodeDataset, EpisodeSpec, check_episode_fit, mean_ci95, per_class_subset
+from edgecxr.proto_encoder import ProtoEncoder, squared_distances
+from edgecxr.train.proto_model import fold_into_classifier
 
 
 class _Labelled(torch.utils.data.Dataset):
@@ -135,7 +136,7 @@ def proto_run(synthetic_data, tmp_path_factory):
 
 def test_protonet_run_writes_an_ordinary_checkpoint_and_the_prototypes(proto_run):
     from edgecxr.models import load_model
-    from edgecxr.train.proto_model import load_protonet
+    from edgecxr.proto_encoder import load_protonet
 
     out, proc = proto_run
     assert "done: 2 epochs" in proc.stdout
@@ -161,7 +162,7 @@ def test_protonet_checkpoint_goes_through_eval_like_any_model(proto_run):
 
 
 def test_episode_report_gives_mean_accuracy_with_ci_on_any_split(proto_run):
-    from edgecxr.train.protonet import episode_report
+    from edgecxr.episodes import episode_report
 
     out, _ = proto_run
     rep = episode_report(str(out / "protonet.pt"), split="val", episodes=4)

@@ -24,20 +24,7 @@ import numpy as np
 import torch
 from edgecxr.device.preprocess import PreprocessSpec
 from edgecxr.train.dataset import AugmentSpec, CXRDataset
-from edgecxr.train.episodes import EpisodeDataset, EpisodeSpec, mean_ci95, per_class_subset
-from edgecxr.train.proto_model import (
-    PROTONET_FORMAT,
-    build_encoder,
-    class_prototypes,
-    embed_dataset,
-    fold_into_classifier,
-    load_protonet,
-    precise_bn,
-    run_episodes,
-    save_protonet,
-    squared_distances,
-    support_prototypes,
-)
+from edgecxr.train.proto_model import build_encoder, class_prototypes, embed_dataset, fold_into_classifier, precise_bn
 from edgecxr.train.supervised import TrainConfig, close_epoch, epoch_row, load_run_index, prepare_model, run_summary, start_run, write_epoch_log
 from torch import nn
 from torch.utils.data import DataLoader
@@ -45,9 +32,18 @@ from torch.utils.data import DataLoader
 from edgecxr.atomic import write_json, write_text
 from edgecxr.checkpoint import make_contract, read_payload, save_checkpoint
 from edgecxr.data import class_counts, write_split_csv
+from edgecxr.episodes import (
+    TEST_SEED_OFFSET,
+    VAL_SEED_OFFSET,
+    EpisodeDataset,
+    EpisodeSpec,
+    episode_summary,
+    per_class_subset,
+    run_episodes,
+)
 from edgecxr.errors import EdgecxrError
+from edgecxr.proto_encoder import PROTONET_FORMAT, load_protonet, save_protonet, squared_distances, support_prototypes
 
-VAL_SEED_OFFSET, TEST_SEED_OFFSET = 10_000, 20_000  # evaluation episodes never coincide with training draws
 BN_EPISODES = 10  # training episodes whose batch statistics become BatchNorm's running statistics (precise_bn)
 
 
@@ -80,12 +76,6 @@ def _episode_loss(model: nn.Module, sx: torch.Tensor, qx: torch.Tensor, qy: torc
     protos = support_prototypes(emb[: len(sx)], spec.n_way, spec.k_shot)
     logits = -squared_distances(emb[len(sx):], protos)
     return nn.functional.cross_entropy(logits, qy.to(device)), logits
-
-
-def episode_summary(accuracies: list[float], spec: EpisodeSpec, split: str) -> dict:
-    mean, lo, hi = mean_ci95(accuracies)
-    return {"split": split, "n_way": spec.n_way, "k_shot": spec.k_shot, "q_query": spec.q_query, "episodes": len(accuracies),
-            "mean_accuracy": mean, "accuracy_ci95": [lo, hi], "per_episode_accuracy": [round(a, 6) for a in accuracies]}
 
 
 def train_protonet(cfg: TrainConfig, proto: ProtoConfig) -> dict:
@@ -235,21 +225,3 @@ def _finish(cfg: TrainConfig, proto: ProtoConfig, ep_spec: EpisodeSpec, index, c
     if proto.train_shots:
         out["train_files"] = list(train_ds.files)
     return out
-
-
-def episode_report(protonet_path: str, split: str = "test", data: str | None = None, split_csv: str | None = None,
-                   episodes: int | None = None, seed: int = 0, progress: bool = False) -> dict:
-    """Mean episode accuracy (95% CI) of a trained protonet on any split; what ``eval`` can add for protonet runs."""
-    from edgecxr.device.contract import Contract
-
-    from edgecxr.evaluate import resolve_samples
-
-    encoder, _protos, payload = load_protonet(protonet_path)
-    contract = Contract.from_dict(payload["contract"])
-    pc = dict(payload.get("proto_config") or {})
-    ep_spec = EpisodeSpec(pc.get("n_way", 3), pc.get("k_shot", 5), pc.get("q_query", 5), episodes or pc.get("episodes", 20))
-    index = resolve_samples(contract, data, split, split_csv)
-    ds = CXRDataset(index.root, index.of_split(split), list(contract.classes), contract.preprocess, None, seed, progress, f"loading {split}")
-    eps = EpisodeDataset(ds, ds.labels, ep_spec, seed + TEST_SEED_OFFSET, f"{split} split")
-    res = run_episodes(encoder, eps, contract.num_classes, progress=progress, desc=f"{split} episodes")
-    return episode_summary(res["accuracies"], ep_spec, split)

@@ -6,19 +6,27 @@ images per class (they define the prototypes) and ``q_query`` query images per c
 episodes, so a ``DataLoader(batch_size=None)`` can load them with workers; each
 episode's draw depends only on ``(seed, epoch, episode index)``, which makes the
 validation and test episodes identical across runs and processes.
+
+Training draws episodes (``edgecxr.train.protonet``) and ``eval`` scores a trained
+encoder on them (:func:`episode_report`), so both live here, in the core package.
 """
 from __future__ import annotations
 
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from edgecxr.data import Sample
 from edgecxr.errors import EdgecxrError
+from edgecxr.proto_encoder import load_protonet, squared_distances, support_prototypes
+
+VAL_SEED_OFFSET, TEST_SEED_OFFSET = 10_000, 20_000  # evaluation episodes never coincide with training draws
 
 
 @dataclass(frozen=True)
@@ -124,3 +132,66 @@ def mean_ci95(values: list[float] | np.ndarray) -> tuple[float, float, float]:
     m = float(v.mean())
     half = 1.96 * float(v.std(ddof=1)) / np.sqrt(v.size) if v.size > 1 else 0.0
     return m, float(m - half), float(m + half)
+
+
+@torch.no_grad()
+def run_episodes(encoder: nn.Module, episodes: EpisodeDataset, num_classes: int, progress: bool = False,
+                 desc: str = "episodes") -> dict[str, Any]:
+    """Loss and accuracy per episode, plus the pooled query labels/predictions in dataset class ids."""
+    from tqdm import tqdm
+
+    encoder.eval()
+    spec = episodes.spec
+    losses, accs, ys, preds = [], [], [], []
+    for sx, qx, qy, cls in tqdm(DataLoader(episodes, batch_size=None), desc=desc, unit="episode", disable=not progress, leave=False):
+        emb = encoder(torch.cat([sx, qx]).contiguous(memory_format=torch.channels_last))
+        protos = support_prototypes(emb[: len(sx)], spec.n_way, spec.k_shot)
+        logits = -squared_distances(emb[len(sx):], protos)
+        losses.append(float(nn.functional.cross_entropy(logits, qy)))
+        pred = logits.argmax(1)
+        accs.append(float((pred == qy).float().mean()))
+        ys.append(cls[qy].numpy())
+        preds.append(cls[pred].numpy())
+    return {"loss": float(np.mean(losses)), "accuracies": accs, "losses": losses,
+            "y": np.concatenate(ys), "pred": np.concatenate(preds), "num_classes": num_classes}
+
+
+def episode_summary(accuracies: list[float], spec: EpisodeSpec, split: str) -> dict:
+    """The ``test_episodes`` entry of metrics.json and the ``episodes`` entry of eval.json."""
+    mean, lo, hi = mean_ci95(accuracies)
+    return {"split": split, "n_way": spec.n_way, "k_shot": spec.k_shot, "q_query": spec.q_query, "episodes": len(accuracies),
+            "mean_accuracy": mean, "accuracy_ci95": [lo, hi], "per_episode_accuracy": [round(a, 6) for a in accuracies]}
+
+
+class _Images(Dataset):
+    """``(tensor, label)`` items over preprocessed images, the base an :class:`EpisodeDataset` draws from."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.x, self.labels = x, [int(v) for v in y]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(self.x[i]), self.labels[i]
+
+
+def episode_report(protonet_path: str, split: str = "test", data: str | None = None, split_csv: str | None = None,
+                   episodes: int | None = None, seed: int = 0, progress: bool = False) -> dict:
+    """Mean episode accuracy (95% CI) of a trained protonet on any split; what ``eval`` adds for protonet runs.
+
+    The episodes are those training reports for its test split: the same spec, seed offset and images.
+    """
+    from edgecxr.device.contract import Contract
+    from edgecxr.evaluate import load_batch, resolve_samples
+
+    encoder, _protos, payload = load_protonet(protonet_path)
+    contract = Contract.from_dict(payload["contract"])
+    pc = dict(payload.get("proto_config") or {})
+    ep_spec = EpisodeSpec(pc.get("n_way", 3), pc.get("k_shot", 5), pc.get("q_query", 5), episodes or pc.get("episodes", 20))
+    index = resolve_samples(contract, data, split, split_csv)
+    batch = load_batch(index, index.of_split(split), contract.preprocess, progress=progress)
+    images = _Images(batch.x, batch.y)
+    eps = EpisodeDataset(images, images.labels, ep_spec, seed + TEST_SEED_OFFSET, f"{split} split")
+    res = run_episodes(encoder, eps, contract.num_classes, progress=progress, desc=f"{split} episodes")
+    return episode_summary(res["accuracies"], ep_spec, split)
