@@ -116,7 +116,7 @@ def test_protonet_encoder_has_a_128_dimensional_head_on_any_backbone():
 
 def test_protonet_lr_schedule_defaults_to_half_every_10_epochs_unless_flags_given():
     from edgecxr.train.protonet import ProtoConfig, schedule_config
-    from edgecxr.train.supervised import TrainConfig
+    from edgecxr.train.config import TrainConfig
 
     cfg = schedule_config(TrainConfig(data="d", arch="mobilenet_v2", out="o"), ProtoConfig())
     assert (cfg.step_size, cfg.gamma) == (10, 0.5)

@@ -1,4 +1,4 @@
-"""``edgecxr train``: flags map one to one onto :class:`TrainConfig`."""
+"""``edgecxr train``: flags map one to one onto :class:`TrainConfig` (``edgecxr.train.config``)."""
 from __future__ import annotations
 
 import click
@@ -62,7 +62,7 @@ def train_command(**kw) -> None:
     proto = {k: kw.pop(k) for k in ("n_way", "k_shot", "q_query", "episodes", "train_shots")}
     kw["augment"] = not kw.pop("no_augment")
     kw["progress"] = not kw.pop("quiet")
-    from edgecxr.train.supervised import TrainConfig
+    from edgecxr.train.config import TrainConfig
 
     cfg = TrainConfig(**kw)
     if method == "protonet" and kw["qat"]:

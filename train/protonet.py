@@ -10,28 +10,40 @@ encoder and prototypes; ``metrics.json`` adds the mean test-episode accuracy wit
 95% confidence interval.
 
 Run files: ``best.pt``, ``protonet.pt``, ``protonet_last.pt`` (for ``--resume``),
-``split.csv``, ``metrics.json``, ``epochs.csv``, ``train.log``, ``curves.png``.
+``split.csv``, ``metrics.json``, ``epochs.csv``, ``train.log``, ``curves.png``. What
+one epoch means lives here; the run around it is ``edgecxr.train.run``, the
+episodes and the encoder file are the core modules ``edgecxr.episodes`` and
+``edgecxr.proto_encoder`` (``eval`` uses them too).
 """
 from __future__ import annotations
 
-import json
 import os
 import time
-from itertools import islice
 from dataclasses import asdict, dataclass, replace
+from functools import partial
+from itertools import islice
 
 import numpy as np
 import torch
-from edgecxr.device.preprocess import PreprocessSpec
-from edgecxr.train.dataset import AugmentSpec, CXRDataset
+from edgecxr.train.config import TrainConfig
+from edgecxr.train.dataset import CXRDataset
 from edgecxr.train.proto_model import build_encoder, class_prototypes, embed_dataset, fold_into_classifier, precise_bn
-from edgecxr.train.supervised import TrainConfig, close_epoch, epoch_row, load_run_index, prepare_model, run_summary, start_run, write_epoch_log
+from edgecxr.train.run import (
+    EpochStats,
+    EpochSteps,
+    Run,
+    Validation,
+    begin_run,
+    finish_run,
+    prepare_model,
+    run_epochs,
+    run_summary,
+)
 from torch import nn
 from torch.utils.data import DataLoader
 
-from edgecxr.atomic import write_json, write_text
-from edgecxr.checkpoint import make_contract, read_payload, save_checkpoint
-from edgecxr.data import class_counts, write_split_csv
+from edgecxr.checkpoint import read_payload, save_checkpoint
+from edgecxr.device.contract import Contract
 from edgecxr.episodes import (
     TEST_SEED_OFFSET,
     VAL_SEED_OFFSET,
@@ -78,120 +90,104 @@ def _episode_loss(model: nn.Module, sx: torch.Tensor, qx: torch.Tensor, qy: torc
     return nn.functional.cross_entropy(logits, qy.to(device)), logits
 
 
+def _read_last(path: str) -> dict:
+    return read_payload(path, PROTONET_FORMAT, "protonet file", "; start without --resume")
+
+
 def train_protonet(cfg: TrainConfig, proto: ProtoConfig) -> dict:
     """Train, fold and evaluate; returns the same summary keys as supervised ``train``."""
-    from tqdm import tqdm
-
-    dist = start_run(cfg)
-    sched_cfg = schedule_config(cfg, proto)
-    spec = cfg.spec()
+    cfg = schedule_config(cfg, proto)  # stored in train_config with the step size and factor that ran
     ep_spec = proto.episode_spec()
-    resume_payload = None
-    last_path, proto_path = os.path.join(cfg.out, "protonet_last.pt"), os.path.join(cfg.out, "protonet.pt")
-    if cfg.resume:
-        if not os.path.exists(last_path):
-            raise EdgecxrError(f"--resume: {last_path} not found; start without --resume")
-        resume_payload = read_payload(last_path, PROTONET_FORMAT, "protonet file", "; start without --resume")
-        spec = PreprocessSpec.from_dict(resume_payload["contract"]["preprocess"])
-
-    index = load_run_index(cfg, dist)
-    if dist.is_main:
-        write_split_csv(os.path.join(cfg.out, "split.csv"), index)
-    classes = index.classes
+    run = begin_run(cfg, "protonet_last.pt", _read_last)
+    classes = run.classes
     if ep_spec.n_way > len(classes):
         raise EdgecxrError(f"--n-way {ep_spec.n_way}: the dataset has only {len(classes)} classes; use --n-way {len(classes)} or fewer")
-    show = cfg.progress and dist.is_main
-    train_samples = index.of_split("train")
+    train_samples = run.index.of_split("train")
     if proto.train_shots:
         train_samples = per_class_subset(train_samples, proto.train_shots, cfg.seed)
-    train_ds = CXRDataset(index.root, train_samples, classes, spec, AugmentSpec() if cfg.augment else None, cfg.seed, show, "loading train")
-    val_ds = CXRDataset(index.root, index.of_split("val"), classes, spec, None, cfg.seed, show, "loading val")
+    train_ds, val_ds = run.datasets(train_samples)
+    dist = run.dist
     train_eps = EpisodeDataset(train_ds, train_ds.labels, ep_spec, cfg.seed, "training split" + (f" (--train-shots {proto.train_shots})" if proto.train_shots else ""),
                                dist.rank, dist.world_size)
     bn_eps = EpisodeDataset(train_ds, train_ds.labels, ep_spec, cfg.seed, "training split")
     val_eps = EpisodeDataset(val_ds, val_ds.labels, ep_spec, cfg.seed + VAL_SEED_OFFSET, "validation split")
-    skipped = index.skipped + train_ds.skipped + val_ds.skipped
 
     encoder = build_encoder(cfg.arch, len(classes), proto.embed_dim, pretrained=cfg.pretrained, weights=cfg.weights)
-    encoder, opt, sched, (start_epoch, best_loss, history, bad_epochs) = prepare_model(encoder, sched_cfg, resume_payload, "encoder_state", dist.device)
+    encoder, opt, sched, progress = prepare_model(encoder, cfg, run.resume_payload, "encoder_state", dist.device)
     model = dist.wrap(encoder)
 
-    source = {"data_root": index.root, "split_csv": os.path.abspath(os.path.join(cfg.out, "split.csv"))}
-    contract = make_contract(cfg.arch, classes, spec, method="protonet", source=source)
-    config_dict = {**asdict(cfg), "step_size": sched_cfg.step_size, "gamma": sched_cfg.gamma}
-    proto_dict = asdict(proto)
-    log_lines = [f"classes: {classes}", "split counts: " + json.dumps({s: class_counts(index.of_split(s)) for s in ("train", "val", "test")}),
-                 f"episodes: {ep_spec.n_way}-way {ep_spec.k_shot}-shot {ep_spec.q_query}-query, {ep_spec.episodes} per epoch"
-                 + (f"; training images limited to {proto.train_shots} per class ({len(train_ds)} in all)" if proto.train_shots else "")]
-    log_lines += [f"skipped {f}: {why}" for f, why in skipped]
-    t_start = time.perf_counter()
-    seen_images = 0
-    for epoch in range(start_epoch, cfg.epochs):
-        train_eps.set_epoch(epoch)
-        model.train()
-        t0 = time.perf_counter()
-        losses, accs, n_img = [], [], 0
-        loader = DataLoader(train_eps, batch_size=None, shuffle=False, num_workers=cfg.workers)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="episode", disable=not show, leave=False)
-        for sx, qx, qy, _cls in bar:
-            opt.zero_grad(set_to_none=True)
-            loss, logits = _episode_loss(model, sx, qx, qy, ep_spec, dist.device)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            accs.append(float((logits.argmax(1).cpu() == qy).float().mean()))
-            n_img += len(sx) + len(qx)
-            bar.set_postfix(loss=f"{np.mean(losses):.3f}", acc=f"{np.mean(accs):.3f}", img_s=f"{n_img / (time.perf_counter() - t0):.1f}")
-        sched.step()
-        epoch_time = time.perf_counter() - t0
-        seen_images += n_img * dist.world_size
-        # every process recomputes BatchNorm statistics from the same (unsharded) episodes, so all of
-        # them validate the same network and take the same early-stopping decision
-        bn_eps.set_epoch(epoch)
-        precise_bn(encoder, (torch.cat([sx, qx]).to(dist.device) for sx, qx, _y, _c in islice(DataLoader(bn_eps, batch_size=None), BN_EPISODES)))
-        val = run_episodes(encoder, val_eps, len(classes))
-        row = epoch_row(epoch, float(np.mean(losses)), float(np.mean(accs)), val["loss"], val["y"], val["pred"], len(classes),
-                        opt.param_groups[0]["lr"], epoch_time, n_img * dist.world_size, val_acc=float(np.mean(val["accuracies"])))
-        history.append(row)
-        improved, best_loss, bad_epochs, line = close_epoch(row, best_loss, bad_epochs, "val episodes")
-        log_lines.append(line)
-        if dist.is_main:
-            tqdm.write(line)
-            extra = {"train_config": config_dict, "proto_config": proto_dict, "epoch": epoch, "history": history, "best_val_loss": best_loss}
-            if improved:
-                save_protonet(proto_path, encoder, None, contract.to_dict(), **extra)
-            save_protonet(last_path, encoder, None, contract.to_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                          bad_epochs=bad_epochs, **extra)
-            write_epoch_log(os.path.join(cfg.out, "epochs.csv"), history)
-        if cfg.early_stop and bad_epochs >= cfg.early_stop:
-            log_lines.append(f"early stop: validation episode loss did not improve for {cfg.early_stop} epochs")
-            break
-    summary = run_summary("protonet", cfg.arch, classes, history, time.perf_counter() - t_start, seen_images, dist.world_size,
-                          (len(train_ds), len(val_ds), len(index.of_split("test"))), skipped, config_dict)
+    contract = run.contract("protonet")
+    config_dict, proto_dict = asdict(cfg), asdict(proto)
+    run.start_log(train_ds, val_ds, f"episodes: {ep_spec.n_way}-way {ep_spec.k_shot}-shot {ep_spec.q_query}-query, {ep_spec.episodes} per epoch"
+                  + (f"; training images limited to {proto.train_shots} per class ({len(train_ds)} in all)" if proto.train_shots else ""))
+    steps = EpochSteps(
+        train_epoch=partial(train_epoch, run, model, train_eps, opt),
+        validate=partial(validate, run, encoder, bn_eps, val_eps),
+        save=lambda path, **extra: save_protonet(path, encoder, None, contract.to_dict(), **extra),
+        best_file="protonet.pt", last_file="protonet_last.pt", extra={"train_config": config_dict, "proto_config": proto_dict},
+        val_name="val episodes", stop_what="validation episode loss",
+    )
+    progress = run_epochs(run, opt, sched, progress, steps)
+    summary = run_summary("protonet", run, progress, train_ds, val_ds, config_dict)
     summary["proto_config"] = proto_dict
     if dist.is_main:
-        summary.update(_finish(cfg, proto, ep_spec, index, classes, spec, contract, train_ds, val_ds, proto_path, show, log_lines))
-        write_json(os.path.join(cfg.out, "metrics.json"), summary)
-        write_text(os.path.join(cfg.out, "train.log"), "\n".join(log_lines) + "\n")
-        from edgecxr.train.plots import plot_curves
-
-        plot_curves(history, os.path.join(cfg.out, "curves.png"),
-                    title=f"{cfg.arch} protonet ({ep_spec.n_way}-way {ep_spec.k_shot}-shot) on {os.path.basename(index.root.rstrip('/'))}")
-    dist.close()
-    return summary
+        summary.update(_finish(run, proto, ep_spec, contract, train_ds, val_ds))
+    title = f"{cfg.arch} protonet ({ep_spec.n_way}-way {ep_spec.k_shot}-shot) on {os.path.basename(run.index.root.rstrip('/'))}"
+    return finish_run(run, summary, progress.history, title)
 
 
-def _finish(cfg: TrainConfig, proto: ProtoConfig, ep_spec: EpisodeSpec, index, classes: list[str], spec: PreprocessSpec, contract,
-            train_ds: CXRDataset, val_ds: CXRDataset, proto_path: str, show: bool, log_lines: list[str]) -> dict:
-    """Best encoder -> training-set prototypes -> folded ``best.pt``; test episodes; fold check."""
-    encoder, _none, payload = load_protonet(proto_path)
+def train_epoch(run: Run, model: nn.Module, episodes: EpisodeDataset, opt: torch.optim.Optimizer, epoch: int) -> EpochStats:
+    """This epoch's training episodes (this process's share under DDP), one optimizer step each."""
+    episodes.set_epoch(epoch)
+    model.train()
+    t0 = time.perf_counter()
+    losses, accs, n_img = [], [], 0
+    loader = DataLoader(episodes, batch_size=None, shuffle=False, num_workers=run.cfg.workers)
+    bar = run.epoch_bar(loader, epoch, "episode")
+    for sx, qx, qy, _cls in bar:
+        opt.zero_grad(set_to_none=True)
+        loss, logits = _episode_loss(model, sx, qx, qy, episodes.spec, run.dist.device)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        accs.append(float((logits.argmax(1).cpu() == qy).float().mean()))
+        n_img += len(sx) + len(qx)
+        bar.set_postfix(loss=f"{np.mean(losses):.3f}", acc=f"{np.mean(accs):.3f}", img_s=f"{n_img / (time.perf_counter() - t0):.1f}")
+    return EpochStats(float(np.mean(losses)), float(np.mean(accs)), n_img)
+
+
+def validate(run: Run, encoder: nn.Module, bn_episodes: EpisodeDataset, val_episodes: EpisodeDataset, epoch: int) -> Validation:
+    """Fixed validation episodes, after BatchNorm statistics are recomputed from training episodes.
+
+    Every process recomputes them from the same (unsharded) episodes, so all of them
+    validate the same network and take the same early-stopping decision.
+    """
+    bn_episodes.set_epoch(epoch)
+    batches = islice(DataLoader(bn_episodes, batch_size=None), BN_EPISODES)
+    precise_bn(encoder, (torch.cat([sx, qx]).to(run.dist.device) for sx, qx, _y, _c in batches))
+    val = run_episodes(encoder, val_episodes, len(run.classes))
+    return Validation(val["loss"], val["y"], val["pred"], accuracy=float(np.mean(val["accuracies"])))
+
+
+def _finish(run: Run, proto: ProtoConfig, ep_spec: EpisodeSpec, contract: Contract, train_ds: CXRDataset, val_ds: CXRDataset) -> dict:
+    """Best encoder -> training-set prototypes -> folded ``best.pt``; fold check; test episodes."""
+    encoder, _none, payload = load_protonet(run.path("protonet.pt"))
+    out = _fold(run, encoder, payload, contract, train_ds, val_ds)
+    out.update(_test_episodes(run, encoder, ep_spec))
+    if proto.train_shots:
+        out["train_files"] = list(train_ds.files)
+    return out
+
+
+def _fold(run: Run, encoder: nn.Module, payload: dict, contract: Contract, train_ds: CXRDataset, val_ds: CXRDataset) -> dict:
+    """Training-set prototypes folded into ``best.pt``, checked against the distances on val."""
     train_ds.augment_spec = None  # prototypes come from the images as they are, not augmented
-    emb, labels = embed_dataset(encoder, train_ds, progress=show, desc="prototypes")
-    protos = class_prototypes(emb, labels, len(classes))
-    folded = fold_into_classifier(encoder, protos, cfg.arch)
+    emb, labels = embed_dataset(encoder, train_ds, progress=run.show, desc="prototypes")
+    protos = class_prototypes(emb, labels, len(run.classes))
+    folded = fold_into_classifier(encoder, protos, run.cfg.arch)
     extra = {k: payload[k] for k in ("train_config", "proto_config", "epoch", "history", "best_val_loss")}
-    save_protonet(proto_path, encoder, protos, contract.to_dict(), prototype_images=len(labels), **extra)
-    save_checkpoint(os.path.join(cfg.out, "best.pt"), folded, contract, **extra)
+    save_protonet(run.path("protonet.pt"), encoder, protos, contract.to_dict(), prototype_images=len(labels), **extra)
+    save_checkpoint(run.path("best.pt"), folded, contract, **extra)
 
     # the folded classifier must give the distance classifier's probabilities (up to float rounding)
     v_emb, _ = embed_dataset(encoder, val_ds)
@@ -201,27 +197,28 @@ def _finish(cfg: TrainConfig, proto: ProtoConfig, ep_spec: EpisodeSpec, index, c
         p_fold = torch.softmax(folded(x), 1)
     fold_diff = float((p_dist - p_fold).abs().max())
     fold_agree = float((p_dist.argmax(1) == p_fold.argmax(1)).float().mean())
-    log_lines.append(f"prototypes from {len(labels)} training images; folded classifier vs distances on val: "
-                     f"max |prob diff| {fold_diff:.2e}, top-1 agreement {fold_agree:.4f}")
+    run.log_lines.append(f"prototypes from {len(labels)} training images; folded classifier vs distances on val: "
+                         f"max |prob diff| {fold_diff:.2e}, top-1 agreement {fold_agree:.4f}")
+    return {"prototype_images": len(labels), "fold_check": {"max_abs_prob_diff": fold_diff, "top1_agreement": fold_agree}}
 
-    out: dict = {"prototype_images": len(labels), "fold_check": {"max_abs_prob_diff": fold_diff, "top1_agreement": fold_agree}}
-    test_samples = index.of_split("test")
-    if test_samples:
-        test_ds = CXRDataset(index.root, test_samples, classes, spec, None, cfg.seed, show, "loading test")
-        try:
-            test_eps = EpisodeDataset(test_ds, test_ds.labels, ep_spec, cfg.seed + TEST_SEED_OFFSET, "test split")
-        except EdgecxrError as exc:
-            log_lines.append(f"test episodes skipped: {exc}")
-        else:
-            res = run_episodes(encoder, test_eps, len(classes), progress=show, desc="test episodes")
-            out["test_episodes"] = episode_summary(res["accuracies"], ep_spec, "test")
-            te = out["test_episodes"]
-            log_lines.append(f"test episodes: mean accuracy {te['mean_accuracy']:.4f} "
-                             f"[{te['accuracy_ci95'][0]:.4f}, {te['accuracy_ci95'][1]:.4f}] over {te['episodes']} episodes")
-            from tqdm import tqdm
 
-            if show:
-                tqdm.write(log_lines[-1])
-    if proto.train_shots:
-        out["train_files"] = list(train_ds.files)
-    return out
+def _test_episodes(run: Run, encoder: nn.Module, ep_spec: EpisodeSpec) -> dict:
+    """Mean accuracy (95% CI) of the best encoder on test episodes, when the test split can fill them."""
+    test_samples = run.index.of_split("test")
+    if not test_samples:
+        return {}
+    test_ds = CXRDataset(run.index.root, test_samples, run.classes, run.spec, None, run.cfg.seed, run.show, "loading test")
+    try:
+        test_eps = EpisodeDataset(test_ds, test_ds.labels, ep_spec, run.cfg.seed + TEST_SEED_OFFSET, "test split")
+    except EdgecxrError as exc:
+        run.log_lines.append(f"test episodes skipped: {exc}")
+        return {}
+    res = run_episodes(encoder, test_eps, len(run.classes), progress=run.show, desc="test episodes")
+    te = episode_summary(res["accuracies"], ep_spec, "test")
+    run.log_lines.append(f"test episodes: mean accuracy {te['mean_accuracy']:.4f} "
+                         f"[{te['accuracy_ci95'][0]:.4f}, {te['accuracy_ci95'][1]:.4f}] over {te['episodes']} episodes")
+    if run.show:
+        from tqdm import tqdm
+
+        tqdm.write(run.log_lines[-1])
+    return {"test_episodes": te}

@@ -1,0 +1,46 @@
+"""``TrainConfig``: one training run's settings, shared by every training method.
+
+``edgecxr train``'s flags map one to one onto these fields; the whole config is
+stored in every checkpoint (``train_config``) and in ``metrics.json`` (``config``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgecxr.device.preprocess import PreprocessSpec
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    arch: str
+    out: str
+    epochs: int = 20
+    img_size: int = 224
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    scheduler: str = "step"
+    step_size: int | None = None  # None: the method's default (supervised 7, protonet 10)
+    gamma: float | None = None  # None: the method's default (supervised 0.1, protonet 0.5)
+    early_stop: int = 5
+    freeze_backbone: bool = False
+    unfreeze_last: int = 0
+    class_weights: bool = False
+    seed: int = 0
+    pretrained: bool = False
+    weights: str | None = None
+    resume: bool = False
+    qat: bool = False
+    qat_target: str = "portable"  # the convert --int8 --target whose weight grid QAT simulates
+    split: str = "80/10/10"
+    split_csv: str | None = None
+    equalize: str = "clahe"
+    augment: bool = True
+    workers: int = 0
+    threads: int | None = None
+    progress: bool = True
+
+    def spec(self) -> PreprocessSpec:
+        """The preprocessing a new run trains with (a resumed run keeps its checkpoint's)."""
+        return PreprocessSpec(size=self.img_size, equalize=self.equalize)
