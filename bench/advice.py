@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgecxr.bench.tables import latency_stats
+from edgecxr.device.latency import summarize
+
+
+def latency_stats(row: dict[str, Any]) -> dict[str, Any]:
+    runs = row.get("runs_ms") or []
+    return summarize(runs) if runs else {}
 
 
 def _acceptable(r: dict[str, Any]) -> bool:

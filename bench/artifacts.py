@@ -1,7 +1,8 @@
 """Which files to benchmark, what each one is, and which FP32 model it is judged against.
 
-Export folders are read through ``convert/formats.py`` (``find_artifacts``), so a
-format added there is benchmarked without a change here. Any other model file in a
+Export folders and files are read through the formats table (``convert/formats``:
+``find_artifacts``, ``format_of``, each format's ``read_contract``), so a format
+added there is benchmarked without a change here. Any other model file in a
 folder, or named on the command line, is benchmarked too: without a contract it is
 a foreign model (latency and size only, accuracy n/a), never an error.
 """
@@ -11,12 +12,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgecxr.device.contract import CONTRACT_KEY, Contract, ContractError, read_sidecar
+from edgecxr.convert.formats import PRECISIONS, export_formats, find_artifacts, format_of, parse_artifact_name
+from edgecxr.device.formats import model_bytes
+from edgecxr.device.contract import Contract, ContractError
 from edgecxr.errors import EdgecxrError
-from edgecxr.runtime import MODEL_SUFFIXES
-
-FORMAT_ORDER = ("pytorch", "onnx", "tflite")
-PRECISION_ORDER = ("fp32", "fp16", "int8")
+from edgecxr.runtime import is_checkpoint, known_suffixes
 
 
 @dataclass
@@ -38,43 +38,34 @@ class Artifact:
     def has_contract(self) -> bool:
         return self.contract is not None
 
+    @property
+    def files(self) -> list[str]:
+        """The primary file and its companions (a sidecar, a weights file): what travels with it."""
+        from edgecxr.device.formats import artifact_files
 
-def format_of(path: str) -> str:
-    ext = os.path.splitext(path)[1].lower()
-    if ext in (".pt", ".pth"):
+        return artifact_files(self.path)
+
+
+def format_name(path: str) -> str:
+    """``pytorch`` for checkpoints, else the table's format name (or the bare suffix of a foreign file)."""
+    if is_checkpoint(path):
         return "pytorch"
-    try:
-        from edgecxr.convert.formats import format_for_path
-    except ImportError:  # convert stage not built in this checkout
-        return ext.lstrip(".")
-    fmt = format_for_path(path)
-    return fmt.name if fmt is not None else ext.lstrip(".")
+    fmt = format_of(path)
+    return fmt.name if fmt is not None else os.path.splitext(path)[1].lower().lstrip(".")
 
 
 def read_contract(path: str) -> Contract | None:
     """The contract without starting a runtime (the parent process stays light)."""
+    if is_checkpoint(path):
+        from edgecxr.checkpoint import contract_from_payload, load_checkpoint
+
+        return contract_from_payload(load_checkpoint(path), path)
     fmt = format_of(path)
-    if fmt == "pytorch":
-        from edgecxr.checkpoint import load_checkpoint
-        from edgecxr.checkpoint import read_contract as ckpt_contract
-
-        return ckpt_contract(load_checkpoint(path), path)
-    if fmt == "onnx":
-        import onnx
-
-        try:
-            model = onnx.load(path, load_external_data=False)
-        except Exception as exc:  # protobuf errors for a truncated or foreign file
-            raise ContractError(f"not a readable ONNX file ({type(exc).__name__})") from exc
-        meta = {p.key: p.value for p in model.metadata_props}
-        if CONTRACT_KEY in meta:
-            return Contract.from_json(meta[CONTRACT_KEY])
-        return read_sidecar(path)
-    return read_sidecar(path)
+    return fmt.read_contract(path) if fmt is not None else None
 
 
 def describe(path: str) -> Artifact:
-    fmt = format_of(path)
+    fmt = format_name(path)
     contract, error = None, None
     try:
         contract = read_contract(path)
@@ -84,28 +75,17 @@ def describe(path: str) -> Artifact:
         arch, precision = contract.arch, contract.precision
     else:
         arch, precision = os.path.splitext(os.path.basename(path))[0], "?"
-        try:
-            from edgecxr.convert.formats import parse_artifact_name
-
-            parsed = parse_artifact_name(path)
-            if parsed is not None:
-                precision = parsed.precision
-        except ImportError:
-            pass
-    return Artifact(os.path.abspath(path), fmt, precision, arch, contract, error, os.path.getsize(path))
+        parsed = parse_artifact_name(path)
+        if parsed is not None:
+            precision = parsed.precision
+    return Artifact(os.path.abspath(path), fmt, precision, arch, contract, error, model_bytes(path))
 
 
 def _folder_models(folder: str) -> list[str]:
     """Convert's artifacts in table order, then any other model files, sorted."""
-    named: list[str] = []
-    try:
-        from edgecxr.convert.formats import find_artifacts
-
-        named = [p for p, _ in find_artifacts(folder)]
-    except ImportError:
-        pass
+    named = [p for p, _ in find_artifacts(folder)]
     others = sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                    if f.lower().endswith(MODEL_SUFFIXES) and not f.startswith(".") and os.path.join(folder, f) not in named)
+                    if f.lower().endswith(known_suffixes()) and not f.startswith(".") and os.path.join(folder, f) not in named)
     return named + others
 
 
@@ -116,11 +96,11 @@ def collect(paths: list[str]) -> list[Artifact]:
         if os.path.isdir(p):
             found = _folder_models(p)
             if not found:
-                raise EdgecxrError(f"{p}: no model files (.pt, .onnx, .tflite) in this folder; run `edgecxr convert CKPT --out {p}` first")
+                raise EdgecxrError(f"{p}: no model files ({', '.join(known_suffixes())}) in this folder; run `edgecxr convert CKPT --out {p}` first")
             files.extend(found)
         elif os.path.isfile(p):
-            if not p.lower().endswith(MODEL_SUFFIXES):
-                raise EdgecxrError(f"{p}: not a model file; expected one of {', '.join(MODEL_SUFFIXES)} or an export folder")
+            if not p.lower().endswith(known_suffixes()):
+                raise EdgecxrError(f"{p}: not a model file; expected one of {', '.join(known_suffixes())} or an export folder")
             files.append(p)
         else:
             raise EdgecxrError(f"{p}: no such file or folder")
@@ -151,11 +131,19 @@ def assign_references(artifacts: list[Artifact], reference: Artifact | None = No
             continue
         candidates = [b for b in artifacts if b.contract is not None and b.precision == "fp32" and b.arch == a.arch
                       and tuple(b.contract.classes) == tuple(a.contract.classes)]
-        candidates.sort(key=lambda b: ({"onnx": 0, "tflite": 1, "pytorch": 2}.get(b.format, 3)))
+        candidates.sort(key=lambda b: _format_rank(b.format, checkpoint_last=True))
         if candidates:
             a.reference = candidates[0]
 
 
+def _format_rank(name: str, checkpoint_last: bool = False) -> int:
+    """Table order; the checkpoint first in tables, last as a reference (exports are what ship)."""
+    order = [f.name for f in export_formats()]
+    if name == "pytorch":
+        return len(order) if checkpoint_last else -1
+    return order.index(name) if name in order else len(order) + 1
+
+
 def sort_key(a: Artifact) -> tuple[Any, ...]:
-    return (a.contract is None, a.arch, FORMAT_ORDER.index(a.format) if a.format in FORMAT_ORDER else 9,
-            PRECISION_ORDER.index(a.precision) if a.precision in PRECISION_ORDER else 9, a.name)
+    return (a.contract is None, a.arch, _format_rank(a.format),
+            PRECISIONS.index(a.precision) if a.precision in PRECISIONS else 9, a.name)

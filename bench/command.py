@@ -36,6 +36,16 @@ def parse_threads(text: str) -> list[int]:
     return list(dict.fromkeys(vals))
 
 
+def parse_runtimes(text: str) -> list[str]:
+    from edgecxr.device.formats import RUNTIMES
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n != "all" and n not in RUNTIMES]
+    if unknown:
+        raise EdgecxrError(f"--runtimes {text!r}: unknown runtime {unknown[0]!r}; choose from {', '.join(sorted(RUNTIMES))} or all")
+    return names
+
+
 def is_pi_like() -> bool:
     return platform.machine().lower() in ("aarch64", "arm64")
 
@@ -48,6 +58,8 @@ def is_pi_like() -> bool:
 @click.option("--split-csv", type=click.Path(dir_okay=False, exists=True),
               help="split.csv to use instead of the one each model records (e.g. after moving a run folder).")
 @click.option("--threads", default="1,2", show_default=True, help="Comma-separated thread counts, each set explicitly on the runtime.")
+@click.option("--runtimes", default="", help="Comma-separated runtimes to open each file with, among those that open its format "
+              "(onnxruntime; litert, litert-builtin), or 'all'. Default: each format's first runtime. One row per runtime.")
 @click.option("--warmup", default=10, show_default=True, type=click.IntRange(0), help="Untimed runs before timing.")
 @click.option("--runs", default=100, show_default=True, type=click.IntRange(1), help="Timed runs (at least).")
 @click.option("--min-seconds", default=0.0, show_default=True, type=click.FloatRange(0), help="Keep timing until this long has passed.")
@@ -64,7 +76,7 @@ def is_pi_like() -> bool:
 @click.option("--format", "fmt", default="md", show_default=True, type=click.Choice(["md", "csv", "json", "readme"]), help="Table printed on stdout (readme: one row per artifact, threads side by side).")
 @click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(0), help="Bootstrap resamples for the 95% CIs.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def bench_command(artifacts: tuple[str, ...], data: str | None, split: str, split_csv: str | None, threads: str, warmup: int, runs: int,
+def bench_command(artifacts: tuple[str, ...], data: str | None, split: str, split_csv: str | None, threads: str, runtimes: str, warmup: int, runs: int,
                   min_seconds: float, reference: str | None, devices: tuple[str, ...], ssh_host: str | None,
                   identity: str | None, known_hosts: str | None, accept_new_host_key: bool, remote_python: str,
                   remote_images: int, out: str, fmt: str, bootstrap: int, quiet: bool) -> None:
@@ -80,6 +92,7 @@ def bench_command(artifacts: tuple[str, ...], data: str | None, split: str, spli
     from edgecxr.bench.report import build_document, write_outputs
 
     thread_list = parse_threads(threads)
+    runtime_list = parse_runtimes(runtimes)
     wanted = list(dict.fromkeys(devices)) or (["rpi"] if ssh_host else ["host"])
     if ssh_host and "rpi" not in wanted:
         wanted.append("rpi")
@@ -87,7 +100,7 @@ def bench_command(artifacts: tuple[str, ...], data: str | None, split: str, spli
     if remote_needed and not ssh_host:
         raise EdgecxrError(f"--device rpi: no Raspberry Pi reachable (this machine is {platform.machine()}); "
                            "run edgecxr bench on the Pi itself, or point at one with --host USER@ADDR[:PORT] [--identity KEY]")
-    settings = {"threads": thread_list, "warmup": warmup, "runs": runs, "min_seconds": min_seconds, "split": split,
+    settings = {"threads": thread_list, "runtimes": runtime_list, "warmup": warmup, "runs": runs, "min_seconds": min_seconds, "split": split,
                 "bootstrap": bootstrap, "data": os.path.abspath(data) if data else None,
                 "split_csv": os.path.abspath(split_csv) if split_csv else None}
     remote = dict(host=ssh_host, identity=identity, known_hosts=known_hosts, accept_new=accept_new_host_key,

@@ -17,18 +17,37 @@ import numpy as np
 
 from edgecxr.device.contract import Contract
 from edgecxr.errors import EdgecxrError
+from edgecxr.imageset import LabelledImages
 
 
 @dataclass
 class EvalSet:
+    """One evaluation set, saved once as ``.npy`` for the measurement processes to memory-map."""
+
     key: str
     npy: str  # preprocessed N x C x H x W float32
-    y: np.ndarray
-    files: list[str]
-    classes: list[str]
-    root: str
+    images: LabelledImages
     split: str
-    image_paths: list[str]  # absolute paths of the source images, same order
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.images.y
+
+    @property
+    def files(self) -> list[str]:
+        return self.images.files
+
+    @property
+    def classes(self) -> list[str]:
+        return self.images.classes
+
+    @property
+    def root(self) -> str:
+        return self.images.root
+
+    @property
+    def image_paths(self) -> list[str]:
+        return self.images.image_paths
 
 
 def data_key(contract: Contract, data: str | None, split: str, split_csv: str | None = None) -> tuple[str, str | None, str]:
@@ -50,7 +69,8 @@ class EvalCache:
 
     def get(self, contract: Contract) -> EvalSet:
         """The set for ``contract``; raises :class:`EdgecxrError` (cached) when there are no images."""
-        from edgecxr.evaluate import load_batch, resolve_samples
+        from edgecxr.evaluate import resolve_samples
+        from edgecxr.imageset import load_images
 
         key, _csv, _root = data_key(contract, self.data, self.split, self.split_csv)
         if key in self._errors:
@@ -58,12 +78,11 @@ class EvalCache:
         if key not in self._sets:
             try:
                 index = resolve_samples(contract, self.data, self.split, self.split_csv)
-                batch = load_batch(index, index.of_split(self.split), contract.preprocess, progress=self.progress)
+                batch = load_images(index, index.of_split(self.split), contract.preprocess, f"the {self.split} split", progress=self.progress)
             except EdgecxrError as exc:
                 self._errors[key] = str(exc)
                 raise
             npy = os.path.join(self.workdir, f"eval_{key}.npy")
             np.save(npy, batch.x.astype(np.float32))
-            self._sets[key] = EvalSet(key, npy, batch.y, batch.files, batch.classes, index.root, self.split,
-                                      [os.path.join(index.root, f) for f in batch.files])
+            self._sets[key] = EvalSet(key, npy, batch, self.split)
         return self._sets[key]

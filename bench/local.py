@@ -26,6 +26,23 @@ class Settings:
     runs: int = 100
     min_seconds: float = 0.0
     bootstrap: int = 1000
+    runtimes: tuple[str, ...] = ()  # empty: each file's default runtime; "all": every runtime that opens it
+
+
+Key = tuple[str, str]  # (artifact path, runtime): what accuracy belongs to
+RecordKey = tuple[str, str, int]  # (artifact path, runtime, threads): one latency measurement
+
+
+def selected_runtimes(path: str, wanted: tuple[str, ...]) -> list[str]:
+    """The runtimes a benchmark runs a file with: ``--runtimes`` intersected with those that open it."""
+    from edgecxr.runtime import runtimes_for
+
+    available = list(runtimes_for(path))
+    if not wanted:
+        return available[:1]
+    if "all" in wanted:
+        return available
+    return [r for r in available if r in wanted]
 
 
 @dataclass
@@ -47,31 +64,31 @@ def evaluation_set(a: Artifact, cache: EvalCache) -> tuple[EvalSet | None, str |
 
 
 def measure_all(artifacts: list[Artifact], settings: Settings, cache: EvalCache, workdir: str,
-                progress: Callable[[str], None] | None = None) -> tuple[dict[tuple[str, int], dict[str, Any]], dict[str, Evaluated]]:
-    """Latency records keyed by (path, threads), and predictions keyed by path."""
-    records: dict[tuple[str, int], dict[str, Any]] = {}
-    evaluated: dict[str, Evaluated] = {}
+                progress: Callable[[str], None] | None = None) -> tuple[dict[RecordKey, dict[str, Any]], dict[Key, Evaluated]]:
+    """Latency records keyed by (path, runtime, threads), predictions keyed by (path, runtime)."""
+    records: dict[RecordKey, dict[str, Any]] = {}
+    evaluated: dict[Key, Evaluated] = {}
     for i, a in enumerate(artifacts):
         es, note = evaluation_set(a, cache)
-        for j, t in enumerate(settings.threads):
-            if progress:
-                progress(f"{a.name} x{t}")
-            probs_out = os.path.join(workdir, f"probs_{i}.npy") if (es is not None and j == 0) else None
-            rec = run_in_subprocess(a.path, t, os.path.join(workdir, f"measure_{i}_{t}.json"), warmup=settings.warmup,
-                                    runs=settings.runs, min_seconds=settings.min_seconds,
-                                    latency_input=es.npy if es else None, eval_inputs=es.npy if probs_out else None,
-                                    probs_out=probs_out)
-            records[(a.path, t)] = rec
-            if j == 0:
-                probs = np.load(probs_out) if probs_out and "probs_file" in rec else None
-                if es is not None and probs is None and note is None:
-                    note = f"accuracy n/a: {rec.get('error', 'no predictions')}"
-                evaluated[a.path] = Evaluated(es, probs, note)
+        for r, runtime in enumerate(selected_runtimes(a.path, settings.runtimes)):
+            for j, t in enumerate(settings.threads):
+                if progress:
+                    progress(f"{a.name} {runtime} x{t}")
+                probs_out = os.path.join(workdir, f"probs_{i}_{r}.npy") if (es is not None and j == 0) else None
+                rec = run_in_subprocess(a.path, t, os.path.join(workdir, f"measure_{i}_{r}_{t}.json"), warmup=settings.warmup,
+                                        runs=settings.runs, min_seconds=settings.min_seconds, runtime=runtime,
+                                        latency_input=es.npy if es else None, eval_inputs=es.npy if probs_out else None,
+                                        probs_out=probs_out)
+                records[(a.path, runtime, t)] = rec
+                if j == 0:
+                    probs = np.load(probs_out) if probs_out and "probs_file" in rec else None
+                    why = note if (es is None or probs is not None) else (note or f"accuracy n/a: {rec.get('error', 'no predictions')}")
+                    evaluated[(a.path, runtime)] = Evaluated(es, probs, why)
     return records, evaluated
 
 
 def predict_only(a: Artifact, cache: EvalCache, workdir: str, threads: int) -> Evaluated:
-    """Predictions of an artifact that is a reference but not benchmarked itself."""
+    """Predictions of an artifact (default runtime) that is a reference but not benchmarked itself."""
     es, note = evaluation_set(a, cache)
     if es is None:
         return Evaluated(None, None, note)
@@ -85,7 +102,7 @@ def predict_only(a: Artifact, cache: EvalCache, workdir: str, threads: int) -> E
 
 def accuracy_columns(a: Artifact, ev: Evaluated, ref: Evaluated | None, n_boot: int) -> dict[str, Any]:
     """Accuracy, macro-F1, AUC with 95% CIs, and the paired change against the reference."""
-    from edgecxr.metrics import classification_report, paired_delta_ci
+    from edgecxr.metrics import classification_report, compare_to_reference
 
     out: dict[str, Any] = {"accuracy": None, "macro_f1": None, "auc_macro": None, "n_images": None,
                            "reference": None, "delta_macro_f1_pp": None, "delta_macro_f1_ci95": None, "top1_agreement": None}
@@ -111,6 +128,5 @@ def accuracy_columns(a: Artifact, ev: Evaluated, ref: Evaluated | None, n_boot: 
         out["accuracy_note"] = f"reference {a.reference.name} was evaluated on other images"
         return out
     ia, ib = (np.array(v) for v in zip(*common))
-    d = paired_delta_ci(es.y[ia], ref.probs[ib], ev.probs[ia], len(es.classes), n_boot=n_boot)
-    out.update({"delta_macro_f1_pp": d["delta_pp"], "delta_macro_f1_ci95": d["ci95"], "top1_agreement": d["top1_agreement"]})
+    out.update(compare_to_reference(es.y[ia], ref.probs[ib], ev.probs[ia], len(es.classes), n_boot=n_boot))
     return out

@@ -47,17 +47,17 @@ def _peak_rss_mb() -> float:
     """
     peak = _status_mb("VmHWM")
     return peak if peak == peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-def _preimport(path: str) -> None:
+def _preimport(runtime: str) -> None:
     """Import the runtime before the baseline RSS is read, so it is not billed to the model."""
-    ext = os.path.splitext(path)[1].lower()
-    if ext == ".onnx":
-        import onnxruntime  # noqa: F401
-    elif ext == ".tflite":
-        from edgecxr.device.backends import import_interpreter
+    import importlib
 
-        import_interpreter()
-    else:
-        import torch  # noqa: F401
+    from edgecxr.device.formats import RUNTIMES
+
+    module = RUNTIMES[runtime].module if runtime in RUNTIMES else "torch"
+    try:
+        importlib.import_module(module)
+    except ImportError:  # opening the model reports the missing runtime in one line
+        pass
 
 
 def synthetic_input(backend: Any, seed: int = 0) -> np.ndarray:
@@ -73,15 +73,16 @@ def synthetic_input(backend: Any, seed: int = 0) -> np.ndarray:
 
 def measure(model: str, threads: int, warmup: int, runs: int, min_seconds: float,
             latency_input: str | None = None, eval_inputs: str | None = None, probs_out: str | None = None,
-            batch_size: int = 32) -> dict[str, Any]:
+            batch_size: int = 32, runtime: str | None = None) -> dict[str, Any]:
     from edgecxr.device.backends import softmax
     from edgecxr.device.latency import latency_record, time_invocations
-    from edgecxr.runtime import open_model
+    from edgecxr.runtime import open_model, runtimes_for
 
-    _preimport(model)
+    runtime = runtime or runtimes_for(model)[0]
+    _preimport(runtime)
     rss_before = _rss_mb()
     t0 = time.perf_counter()
-    backend = open_model(model, threads, require_contract=False)
+    backend = open_model(model, threads, require_contract=False, runtime=runtime)
     load_ms = (time.perf_counter() - t0) * 1e3
     has_contract = backend.contract is not None
     selftest = None
@@ -92,8 +93,7 @@ def measure(model: str, threads: int, warmup: int, runs: int, min_seconds: float
     if has_contract and latency_input:  # memory-mapped: the batch must not count towards peak RSS
         prepared, input_from = backend.prepare(np.array(np.load(latency_input, mmap_mode="r")[:1])), "first evaluation image"
     elif has_contract:  # random data still runs the real graph at its real size
-        spec = backend.contract.preprocess
-        x = np.random.default_rng(0).standard_normal((1, spec.channels, spec.size, spec.size)).astype(np.float32)
+        x = np.random.default_rng(0).standard_normal(backend.contract.model_input_shape()).astype(np.float32)
         prepared, input_from = backend.prepare(x), "synthetic input (no data)"
     else:
         prepared, input_from = synthetic_input(backend), "synthetic input (no contract)"
@@ -102,6 +102,7 @@ def measure(model: str, threads: int, warmup: int, runs: int, min_seconds: float
         "threads": threads, "warmup": warmup, "load_ms": load_ms, "runs_ms": [], "n_runs": 0}
     record.update({
         "peak_rss_mb": _peak_rss_mb(), "rss_before_load_mb": rss_before, "runtime": backend.runtime,
+        "runtime_name": backend.runtime_name,
         "has_contract": has_contract, "input_shape": list(backend.input_shape), "input_dtype": backend.input_dtype,
         "latency_input": input_from, "pid": os.getpid(), "selftest": selftest,
     })
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
     p.add_argument("--threads", type=int, required=True)
+    p.add_argument("--runtime", help="one of the runtimes that open the file's format (default: the first)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--runs", type=int, default=100)
     p.add_argument("--min-seconds", type=float, default=0.0)
@@ -126,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="result JSON")
     a = p.parse_args(argv)
     try:
-        result = measure(a.model, a.threads, a.warmup, a.runs, a.min_seconds, a.latency_input, a.eval_inputs, a.probs_out)
+        result = measure(a.model, a.threads, a.warmup, a.runs, a.min_seconds, a.latency_input, a.eval_inputs, a.probs_out,
+                         runtime=a.runtime)
     except Exception as exc:  # reported to the parent as data: one bad file must not end the run
         result = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
     with open(a.out, "w", encoding="utf-8") as fh:
@@ -136,9 +139,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_in_subprocess(model: str, threads: int, out_json: str, *, warmup: int, runs: int, min_seconds: float,
                       latency_input: str | None = None, eval_inputs: str | None = None, probs_out: str | None = None,
-                      timeout: float = 3600) -> dict[str, Any]:
+                      timeout: float = 3600, runtime: str | None = None) -> dict[str, Any]:
     """Launch :func:`main` in a fresh interpreter and return its result (``{"error": ...}`` on failure)."""
-    cmd = [sys.executable, "-m", "edgecxr.bench.measure", "--model", model, "--threads", str(threads),
+    cmd = [sys.executable, "-m", "edgecxr.bench.measure", "--model", model, "--threads", str(threads), *(["--runtime", runtime] if runtime else []),
            "--warmup", str(warmup), "--runs", str(runs), "--min-seconds", str(min_seconds), "--out", out_json]
     for flag, val in (("--latency-input", latency_input), ("--eval-inputs", eval_inputs), ("--probs-out", probs_out)):
         if val:

@@ -12,7 +12,11 @@ from typing import Any
 from edgecxr.atomic import atomic_path
 from edgecxr.bench.tables import latency_stats
 
-MARKERS = {"onnx": "o", "tflite": "s", "pytorch": "^"}
+def markers() -> dict[str, str]:
+    """Each format's marker from the formats table; checkpoints are triangles."""
+    from edgecxr.convert.formats import export_formats
+
+    return {**{f.name: f.marker for f in export_formats()}, "pytorch": "^"}
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -41,7 +45,7 @@ def save_plot(doc: dict[str, Any], path: str) -> None:
     pts = [(latency_stats(r)["median_ms"], r["macro_f1"]) for r in scored]
     max_size = max([r["size_bytes"] for r in rows] or [1])
     for r, (x, y) in zip(scored, pts):
-        ax.scatter(x, y, s=30 + 600 * r["size_bytes"] / max_size, marker=MARKERS.get(r["format"], "D"),
+        ax.scatter(x, y, s=30 + 600 * r["size_bytes"] / max_size, marker=markers().get(r["format"], "D"),
                    color=colors[r["arch"]], alpha=0.55, edgecolors="none")
         ax.annotate(f"{r['precision']} {r['threads']}t" + ("" if r.get("device", "host") == "host" else f" {r['device']}"),
                     (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
@@ -58,7 +62,7 @@ def save_plot(doc: dict[str, Any], path: str) -> None:
                     rotation=90, fontsize=6, color="grey", va="bottom", ha="right")
     for a in archs:
         ax.scatter([], [], color=colors[a], label=a)
-    for f, m in MARKERS.items():
+    for f, m in markers().items():
         if any(r["format"] == f for r in scored):
             ax.scatter([], [], color="grey", marker=m, label=f)
     xs = [latency_stats(r)["median_ms"] for r in rows]

@@ -28,9 +28,6 @@ from edgecxr.errors import EdgecxrError
 
 PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "remote_probe.py")
 REMOTE_TMP_PREFIX = "/tmp/edgecxr-bench."
-RUNTIME_PACKAGES = "numpy ai-edge-litert"
-
-
 @dataclass(frozen=True)
 class SshTarget:
     user: str | None
@@ -214,13 +211,15 @@ def _probe_rss(text: str) -> float | None:
 def run_remote(artifacts: list[Artifact], evaluated: dict[str, Any], settings: Any, *, host: str, identity: str | None,
                known_hosts: str | None, accept_new: bool, python: str, n_images: int, workdir: str,
                progress: bool = True) -> dict[str, Any]:
-    """Records keyed by (artifact path, threads) measured on the Pi, and the Pi's device info."""
+    """Records keyed by (artifact path, runtime, threads) measured on the Pi, and the Pi's device info."""
     from tqdm import tqdm
 
     import edgecxr.device as device_pkg
 
     target = parse_target(host)
-    records: dict[tuple[str, int], dict[str, Any]] = {}
+    from edgecxr.bench.local import selected_runtimes
+
+    records: dict[tuple[str, str, int], dict[str, Any]] = {}
     device: dict[str, Any] = {}
     with RemoteSession(target, identity, known_hosts, accept_new) as s:
         tmp = s.mkdtemp()
@@ -232,29 +231,28 @@ def run_remote(artifacts: list[Artifact], evaluated: dict[str, Any], settings: A
                 if name.endswith((".py", ".txt", ".sh")) and not name.startswith("."):
                     s.put(os.path.join(dev_dir, name), f"{tmp}/device/{name}")
             s.mkdir(f"{tmp}/models")
-            runnable: list[tuple[int, Artifact]] = []
+            runnable: list[tuple[int, Artifact, str]] = []
             for i, a in enumerate(artifacts):
-                skip = _skip_reason(a, info, python)
-                if skip:
-                    for t in settings.threads:
-                        records[(a.path, t)] = {"skip": skip, "error": skip.split(":")[0]}
-                    continue
-                runnable.append((i, a))
+                for runtime in selected_runtimes(a.path, settings.runtimes) or ["?"]:
+                    skip = _skip_reason(a, runtime, info, python)
+                    if skip:
+                        for t in settings.threads:
+                            records[(a.path, runtime, t)] = {"skip": skip, "error": skip.split(":")[0]}
+                        continue
+                    runnable.append((i, a, runtime))
             bar = tqdm(total=len(runnable) * (len(settings.threads) + 1), desc="bench on Pi", unit="run", disable=not progress, leave=False)
-            for i, a in runnable:
-                remote_model = f"{tmp}/models/{i:02d}_{os.path.basename(a.path)}"
-                s.put(a.path, remote_model)
-                if a.format == "tflite" and os.path.exists(a.path + ".json"):
-                    s.put(a.path + ".json", remote_model + ".json")
-                ev = evaluated.get(a.path)
+            for i, a, runtime in runnable:
+                remote_model = _send_artifact(s, a.path, f"{tmp}/models/{i:02d}_{os.path.basename(a.path)}")
+                ev = evaluated.get((a.path, runtime))
                 images = pick_images(ev.eval_set.image_paths, n_images) if ev is not None and ev.eval_set is not None else []
                 img_dir = f"{tmp}/images_{i:02d}"
-                s.mkdir(img_dir)
-                for k, p in enumerate(images):
-                    s.put(p, f"{img_dir}/{k:04d}{os.path.splitext(p)[1].lower()}")
+                if not _exists(s, img_dir):
+                    s.mkdir(img_dir)
+                    for k, p in enumerate(images):
+                        s.put(p, f"{img_dir}/{k:04d}{os.path.splitext(p)[1].lower()}")
                 for t in settings.threads:
-                    out = f"{tmp}/bench_{i:02d}_{t}.json"
-                    args = ["--model", remote_model, "--bench", "--threads", str(t), "--warmup", str(settings.warmup),
+                    out = f"{tmp}/bench_{i:02d}_{runtime}_{t}.json"
+                    args = ["--model", remote_model, "--runtime", runtime, "--bench", "--threads", str(t), "--warmup", str(settings.warmup),
                             "--runs", str(settings.runs), "--min-seconds", str(settings.min_seconds)]
                     if images:
                         args += ["--dir", img_dir]
@@ -266,13 +264,13 @@ def run_remote(artifacts: list[Artifact], evaluated: dict[str, Any], settings: A
                         rec = {"error": f"runner failed on the Pi: {last[:200]}"}
                     rec["peak_rss_mb"] = _probe_rss(text)
                     rec["threads"] = t
-                    records[(a.path, t)] = rec
+                    records[(a.path, runtime, t)] = rec
                     device = device or rec.get("device_info", {})
                     bar.update(1)
-                agreement = _agreement(s, python, tmp, remote_model, img_dir, images, ev) if images else None
+                agreement = _agreement(s, python, tmp, remote_model, runtime, img_dir, images, ev) if images else None
                 for t in settings.threads:
-                    records[(a.path, t)]["host_agreement"] = agreement
-                    records[(a.path, t)]["agreement_images"] = len(images)
+                    records[(a.path, runtime, t)]["host_agreement"] = agreement
+                    records[(a.path, runtime, t)]["agreement_images"] = len(images)
                 bar.update(1)
             bar.close()
         finally:
@@ -291,21 +289,37 @@ def _exists(s: RemoteSession, path: str) -> bool:
         return False
 
 
-def _skip_reason(a: Artifact, info: dict[str, Any], python: str) -> str | None:
+def _send_artifact(s: RemoteSession, path: str, remote: str) -> str:
+    """Copy the artifact's primary file and its companions (sidecar, weights file), keeping their names' relation."""
+    from edgecxr.device.formats import device_format_of
+
+    s.put(path, remote)
+    fmt = device_format_of(path)
+    if fmt is not None:
+        for local, there in zip(fmt.companion_paths(path), fmt.companion_paths(remote)):
+            if os.path.exists(local):
+                s.put(local, there)
+    return remote
+
+
+def _skip_reason(a: Artifact, runtime: str, info: dict[str, Any], python: str) -> str | None:
+    from edgecxr.device.formats import RUNTIMES
+
     if a.format == "pytorch":
         return "not run on the Pi: PyTorch checkpoints are for the workstation; convert to TFLite"
     if a.contract is None:
         return "not run on the Pi: the device runner needs a model contract (foreign model)"
-    if a.format == "onnx" and not info.get("onnxruntime"):
+    needs = RUNTIMES.get(runtime)
+    if needs is not None and needs.module == "onnxruntime" and not info.get("onnxruntime"):
         return f"not run on the Pi: onnxruntime missing there ({install_hint(python, ['onnxruntime'])})"
     return None
 
 
-def _agreement(s: RemoteSession, python: str, tmp: str, model: str, img_dir: str, images: list[str], ev: Any) -> float | None:
+def _agreement(s: RemoteSession, python: str, tmp: str, model: str, runtime: str, img_dir: str, images: list[str], ev: Any) -> float | None:
     """Top-1 agreement between the Pi's predictions and this machine's on the copied images."""
-    out = f"{img_dir}.jsonl"
-    rc, _o, _e = s.run([python, f"{tmp}/remote_probe.py", "run", out, "--", "--model", model, "--dir", img_dir,
-                        "--json", "--csv", f"{img_dir}.csv"])
+    out = f"{img_dir}_{runtime}.jsonl"
+    rc, _o, _e = s.run([python, f"{tmp}/remote_probe.py", "run", out, "--", "--model", model, "--runtime", runtime, "--dir", img_dir,
+                        "--json", "--csv", f"{img_dir}_{runtime}.csv"])
     if rc != 0 or ev is None or ev.probs is None:
         return None
     pi_pred: dict[int, str] = {}

@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from edgecxr.device.latency import summarize
+from edgecxr.bench.advice import advice_lines, latency_stats
 from edgecxr.device.selftest import selftest_cell
 
 LATENCY_KEYS = ("mean_ms", "median_ms", "p90_ms", "p99_ms", "std_ms", "min_ms", "max_ms", "n_runs")
@@ -25,11 +25,6 @@ CSV_COLUMNS = [
     "delta_macro_f1_ci_lo", "delta_macro_f1_ci_hi", "top1_agreement", *LATENCY_KEYS, "warmup", "load_ms", "peak_rss_mb",
     "rss_before_load_mb", "latency_input", "selftest", "cpu_int8_target", "device_string", "note", "path",
 ]
-
-
-def latency_stats(row: dict[str, Any]) -> dict[str, Any]:
-    runs = row.get("runs_ms") or []
-    return summarize(runs) if runs else {}
 
 
 def _f(v: Any, fmt: str = "{:.2f}") -> str:
@@ -110,8 +105,6 @@ def legend(doc: dict[str, Any]) -> str:
             notes.add((r["artifact"], r["accuracy_note"]))
     notes = sorted(notes)
     out += [f"Note `{a}`: {n}" for a, n in notes]
-    from edgecxr.bench.advice import advice_lines
-
     out += [f"Ship: {line}" for line in advice_lines(doc)]  # last: the line a user acts on
     return "\n".join(f"- {line}" for line in out)
 

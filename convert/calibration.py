@@ -6,55 +6,22 @@ recorded in the checkpoint (``split.csv``) or a folder given with ``--calib-data
 supplies real X-rays, or INT8 is refused with a message saying what to pass.
 
 Images are kept at the uint8 stage of the shared preprocessing (resize, CLAHE,
-denoise: ``prepare_gray``), because the two quantizers want different views of the
-same pixels: ONNX Runtime takes normalised NCHW tensors, onnx2tf/TFLite takes NHWC
-in [0, 1] and normalises with the contract's mean/std itself.
+denoise: ``prepare_gray``, small in memory) and normalised on demand by the same
+``device/preprocess.py`` code the device runs; each quantizer gets the model's own
+input tensors (TFLite in its NHWC layout), never a re-derived normalisation.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-
 import numpy as np
 
-from edgecxr.data import Sample, class_counts, list_images, read_split_csv, stratified_subset
+from edgecxr.data import DatasetIndex, Sample, list_images, read_split_csv, stratified_subset
 from edgecxr.device.contract import Contract
-from edgecxr.device.image_io import ImageError, load_gray
-from edgecxr.device.preprocess import PreprocessSpec, normalize, prepare_gray
 from edgecxr.errors import EdgecxrError
+from edgecxr.imageset import LabelledImages, load_images
 
 MIN_CALIB_IMAGES = 16
 DEFAULT_CALIB_N = 300
-
-
-@dataclass
-class CalibrationSet:
-    """``gray``: N x H x W uint8 after ``prepare_gray``; one row per image in ``files``."""
-
-    gray: np.ndarray
-    files: list[str]
-    counts: dict[str, int]
-    origin: str
-    skipped: list[tuple[str, str]]
-
-    def __len__(self) -> int:
-        return int(self.gray.shape[0])
-
-    def nchw(self, spec: PreprocessSpec) -> np.ndarray:
-        """Normalised float32 N x C x H x W, exactly what the model sees in training and eval."""
-        return np.stack([normalize(g, spec) for g in self.gray]).astype(np.float32)
-
-    def nhwc01(self, spec: PreprocessSpec) -> np.ndarray:
-        """Float32 N x H x W x C in [0, 1], before mean/std: onnx2tf's calibration format."""
-        x = self.gray.astype(np.float32) / np.float32(255.0)
-        return np.ascontiguousarray(np.repeat(x[..., None], spec.channels, axis=-1))
-
-    def describe(self) -> str:
-        per_class = ", ".join(f"{k} {v}" for k, v in self.counts.items())
-        return f"{len(self)} real images from {self.origin} ({per_class})"
-
-    def to_dict(self) -> dict:
-        return {"images": len(self), "class_counts": dict(self.counts), "origin": self.origin, "skipped": len(self.skipped)}
 
 
 def _no_data_error(reason: str) -> EdgecxrError:
@@ -101,20 +68,14 @@ def _stratified(samples: list[Sample], n: int, seed: int) -> list[Sample]:
 
 
 def load_calibration(contract: Contract, calib_data: str | None = None, n: int = DEFAULT_CALIB_N, seed: int = 0,
-                     progress: bool = True) -> CalibrationSet:
+                     progress: bool = True) -> LabelledImages:
     """Pick and preprocess the calibration images; refuse fewer than ``MIN_CALIB_IMAGES``."""
-    from tqdm import tqdm
-
     root, samples, origin = choose_samples(contract, calib_data, n, seed)
-    grays, files, used, skipped = [], [], [], []
-    for s in tqdm(samples, desc="calibration images", unit="img", disable=not progress, leave=False):
-        try:
-            grays.append(prepare_gray(load_gray(os.path.join(root, s.file)), contract.preprocess))
-        except ImageError as exc:
-            skipped.append((s.file, str(exc)))
-            continue
-        files.append(s.file)
-        used.append(s)
-    if len(grays) < MIN_CALIB_IMAGES:
-        raise _no_data_error(f"only {len(grays)} readable images were found in {origin} (at least {MIN_CALIB_IMAGES} needed)")
-    return CalibrationSet(np.stack(grays), files, class_counts(used), origin, skipped)
+    index = DatasetIndex(root, sorted({s.label for s in samples}), samples, [])  # labels only count images here
+    try:
+        calib = load_images(index, samples, contract.preprocess, origin, progress=progress, desc="calibration images")
+    except EdgecxrError:
+        calib = None
+    if calib is None or len(calib) < MIN_CALIB_IMAGES:
+        raise _no_data_error(f"only {0 if calib is None else len(calib)} readable images were found in {origin} (at least {MIN_CALIB_IMAGES} needed)")
+    return calib

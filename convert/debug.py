@@ -33,10 +33,14 @@ DEBUG_BATCH = 8
 
 
 def _fp32_onnx_and_contract(model_path: str, tmp: str) -> tuple[str, Contract]:
-    ext = os.path.splitext(model_path)[1].lower()
+    """ONNX Runtime's QDQ debugger works on ONNX: a checkpoint is exported first; other formats are refused."""
+    from edgecxr.convert.formats import format_of
+    from edgecxr.runtime import is_checkpoint
+
     if not os.path.exists(model_path):
         raise EdgecxrError(f"{model_path}: model file not found")
-    if ext in (".pt", ".pth"):
+    fmt = format_of(model_path)
+    if is_checkpoint(model_path):
         from edgecxr.models import load_model
         from edgecxr.convert.onnx_export import export_fp32, onnx_contract
 
@@ -44,13 +48,13 @@ def _fp32_onnx_and_contract(model_path: str, tmp: str) -> tuple[str, Contract]:
         path = os.path.join(tmp, "fp32.onnx")
         export_fp32(model, onnx_contract(contract, "fp32"), path)
         return path, contract
-    if ext == ".onnx":
+    if fmt is not None and fmt.name == "onnx":
         from edgecxr.convert.onnx_export import load_onnx
-        from edgecxr.device.contract import ContractError, read_onnx_contract
+        from edgecxr.device.contract import ContractError
 
         load_onnx(model_path)  # clear error for truncated/foreign files
         try:
-            contract = read_onnx_contract(model_path)
+            contract = fmt.read_contract(model_path)
         except ContractError as exc:
             raise EdgecxrError(f"{model_path}: {exc}") from exc
         if contract is None:

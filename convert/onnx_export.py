@@ -24,10 +24,9 @@ OPSET = 17
 def onnx_contract(base: Contract, precision: str, extra_source: dict[str, Any] | None = None,
                   versions: dict[str, str] | None = None, target: dict[str, Any] | None = None) -> Contract:
     """ONNX files take float32 NCHW with a dynamic batch (-1) and return float32 logits."""
-    c, s = base.preprocess.channels, base.preprocess.size
     return base.with_io(
         format="onnx", precision=precision,
-        input=TensorSpec(INPUT_NAME, (-1, c, s, s), "float32", "NCHW"),
+        input=TensorSpec(INPUT_NAME, base.model_input_shape(batch=-1), "float32", "NCHW"),
         output=TensorSpec(OUTPUT_NAME, (-1, base.num_classes), "float32"),
         source=dict(extra_source or {}), versions=dict(versions or {}), target=dict(target or {}),
     )
@@ -57,12 +56,11 @@ def export_fp32(torch_model: Any, contract: Contract, dest: str, simplify: bool 
     import onnx
     import torch
 
-    c, s = contract.preprocess.channels, contract.preprocess.size
-    dummy = torch.zeros(1, c, s, s, dtype=torch.float32)
+    dummy = torch.zeros(contract.model_input_shape(), dtype=torch.float32)
     buf = io.BytesIO()
     torch_model.eval()
     # The TorchScript exporter is deprecated upstream but is the one that works for every
-    # backbone here (TOOLCHAIN.md); its DeprecationWarning is expected, so it is not shown.
+    # backbone and gives the opset-17 graphs the quantizer and onnx2tf handle; its DeprecationWarning is expected, so it is not shown.
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(

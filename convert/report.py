@@ -33,15 +33,16 @@ def gate(steps: list[dict[str, Any]], max_drop: float | None) -> dict[str, Any]:
         v = s.get("verify")
         if s["status"] not in ("ok", "degraded") or not v:
             failures.append(f"{s['file']}: not verified ({s['reason'] or s['status']})")
-        elif v["macro_f1_delta_pp"] < -max_drop:
-            failures.append(f"{s['file']}: macro-F1 {v['macro_f1_delta_pp']:+.2f} pp (allowed -{max_drop:g})")
+        elif v["delta_macro_f1_pp"] < -max_drop:
+            failures.append(f"{s['file']}: macro-F1 {v['delta_macro_f1_pp']:+.2f} pp (allowed -{max_drop:g})")
     return {"max_drop_pp": max_drop, "passed": not failures, "failures": failures}
 
 
 def build_report(*, ckpt: str, sha256: str, contract: Contract, out_dir: str, steps: list[dict[str, Any]],
                  calibration: dict | None, verification: dict | None, max_drop: float | None, keep_float: list[str],
                  versions: dict[str, str], seconds: float, host_cpu: dict[str, Any] | None = None,
-                 int8_target: dict[str, Any] | None = None) -> dict[str, Any]:
+                 int8_target: dict[str, Any] | None = None, options: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+    """``options``: how each artifact was produced, from the formats table, for a reader of the report."""
     from edgecxr.convert.verify import MAX_DROP_PP, MIN_AGREEMENT
 
     return {
@@ -61,6 +62,7 @@ def build_report(*, ckpt: str, sha256: str, contract: Contract, out_dir: str, st
         "tolerance": {"min_top1_agreement": MIN_AGREEMENT, "max_macro_f1_drop_pp": MAX_DROP_PP},
         "degraded": [f"{s['file']}: {s['reason']}" for s in steps if s["status"] == "degraded"],
         "host_cpu": host_cpu,
+        "how_produced": options or {},
         "int8_target": int8_target,
         "versions": versions,
         "seconds": round(seconds, 2),
@@ -78,7 +80,7 @@ def rows(report: dict[str, Any]) -> list[list[str]]:
         out.append([
             s["file"], s["status"] if s["status"] == "ok" else s["status"].upper(), _fmt(s["bytes"] / 1e6 if s["bytes"] else None, ".2f"), _fmt(s["seconds"], ".1f"),
             _fmt(v.get("max_abs_logit_diff"), ".4f"), _fmt(100 * v["top1_agreement"] if v else None, ".1f"),
-            _fmt(v.get("accuracy"), ".4f"), _fmt(v.get("macro_f1"), ".4f"), _fmt(v.get("macro_f1_delta_pp"), "+.2f"),
+            _fmt(v.get("accuracy"), ".4f"), _fmt(v.get("macro_f1"), ".4f"), _fmt(v.get("delta_macro_f1_pp"), "+.2f"),
             s["reason"],
         ])
     return out
@@ -122,7 +124,10 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows(report)]
     lines += ["", "dF1 pp: macro-F1 change against the PyTorch checkpoint on the same images, in percentage points.",
-              "", "Tool versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), ""]
+              ""]
+    for fmt, how in (report.get("how_produced") or {}).items():
+        lines += [f"- {fmt} {p}: {text}" for p, text in how.items()]
+    lines += ["", "Tool versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), ""]
     return "\n".join(lines)
 
 
@@ -151,7 +156,7 @@ def verify_line(step: dict[str, Any]) -> str:
     if not v:
         return f"  verify  {step['file']}: {step['reason'] or 'not verified'}"
     line = (f"  verify  {step['file']:<28} max|dlogit| {v['max_abs_logit_diff']:.4f}  top-1 agree {100 * v['top1_agreement']:.1f}%  "
-            f"macro-F1 {v['macro_f1']:.4f} ({v['macro_f1_delta_pp']:+.2f} pp)  [{v['runtime']}]")
+            f"macro-F1 {v['macro_f1']:.4f} ({v['delta_macro_f1_pp']:+.2f} pp)  [{v['runtime']}]")
     if step["status"] != "ok":
         line += f"  !! {step['status'].upper()}: {step['reason']}"
     return line

@@ -24,6 +24,7 @@ from edgecxr.device.contract import Contract, TensorSpec, sidecar_path
 from edgecxr.device.preprocess import PreprocessSpec
 from edgecxr.errors import EdgecxrError
 
+ONNX2TF_SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"  # onnx2tf downloads it unless present
 WORKER_TIMEOUT_S = 1800
 _OFFLINE_PROXY = "http://127.0.0.1:9"  # a closed port: any download attempt fails at once
 
@@ -38,7 +39,7 @@ class TFLiteResult:
     log_tail: str = ""
 
 
-def _sample_images(nhwc01: np.ndarray | None, spec: PreprocessSpec) -> np.ndarray:
+def _sample_images(gray: np.ndarray | None) -> np.ndarray:
     """20 x 128 x 128 x 3 in [0, 1] for onnx2tf's internal test inference.
 
     onnx2tf downloads MS-COCO samples for this unless the file exists in its cwd.
@@ -47,13 +48,13 @@ def _sample_images(nhwc01: np.ndarray | None, spec: PreprocessSpec) -> np.ndarra
     """
     import cv2
 
-    if nhwc01 is not None and len(nhwc01):
-        gray = [nhwc01[i % len(nhwc01), :, :, 0] for i in range(20)]
+    if gray is not None and len(gray):
+        picked = [gray[i % len(gray)].astype(np.float32) / 255.0 for i in range(20)]
     else:
         from edgecxr.synthetic import SYNTHETIC_CLASSES, make_image
 
-        gray = [make_image(SYNTHETIC_CLASSES[i % len(SYNTHETIC_CLASSES)], i, size=128).astype(np.float32) / 255.0 for i in range(20)]
-    out = np.stack([cv2.resize(g.astype(np.float32), (128, 128), interpolation=cv2.INTER_AREA) for g in gray])
+        picked = [make_image(SYNTHETIC_CLASSES[i % len(SYNTHETIC_CLASSES)], i, size=128).astype(np.float32) / 255.0 for i in range(20)]
+    out = np.stack([cv2.resize(g, (128, 128), interpolation=cv2.INTER_AREA) for g in picked])
     return np.ascontiguousarray(np.repeat(out[..., None], 3, axis=-1).astype(np.float32))
 
 
@@ -73,21 +74,26 @@ def worker_env() -> dict[str, str]:
 
 
 def run_onnx2tf(fp32_onnx: str, precisions: tuple[str, ...], work_dir: str, spec: PreprocessSpec,
-                calib_nhwc01: np.ndarray | None, timeout: int = WORKER_TIMEOUT_S) -> TFLiteResult:
-    """Run the worker; returns what it produced. Never raises for a conversion failure."""
-    if "int8" in precisions and (calib_nhwc01 is None or not len(calib_nhwc01)):
+                calib: Any = None, timeout: int = WORKER_TIMEOUT_S) -> TFLiteResult:
+    """Run the worker; returns what it produced. Never raises for a conversion failure.
+
+    ``calib`` (``imageset.LabelledImages``) gives INT8 its representative inputs
+    exactly as the model sees them (``device/preprocess.py`` via ``nchw``, made NHWC);
+    the worker applies no preprocessing of its own.
+    """
+    if "int8" in precisions and (calib is None or not len(calib)):
         raise EdgecxrError("INT8 TFLite needs real calibration images (internal error: none were passed)")
     work_dir = os.path.abspath(work_dir)  # the worker runs with this as its cwd
     os.makedirs(work_dir, exist_ok=True)
     # onnx2tf simplifies its input file in place: hand it a copy, never the artifact
     onnx_copy = os.path.join(work_dir, "model.onnx")
     shutil.copyfile(fp32_onnx, onnx_copy)
-    np.save(os.path.join(work_dir, "calibration_image_sample_data_20x128x128x3_float32.npy"), _sample_images(calib_nhwc01, spec))
+    np.save(os.path.join(work_dir, ONNX2TF_SAMPLE_FILE), _sample_images(calib.gray if calib is not None else None))
     job: dict[str, Any] = {"onnx": os.path.abspath(onnx_copy), "work_dir": os.path.abspath(work_dir), "precisions": list(precisions),
-                           "mean": list(spec.mean), "std": list(spec.std), "calib_npy": None}
-    if calib_nhwc01 is not None and "int8" in precisions:
-        job["calib_npy"] = os.path.join(job["work_dir"], "calib_nhwc01.npy")
-        np.save(job["calib_npy"], calib_nhwc01.astype(np.float32))
+                           "calib_npy": None}
+    if calib is not None and "int8" in precisions:
+        job["calib_npy"] = os.path.join(job["work_dir"], "calib_nhwc.npy")
+        np.save(job["calib_npy"], np.ascontiguousarray(calib.nchw(spec).transpose(0, 2, 3, 1)))
     job_path = os.path.join(work_dir, "job.json")
     with open(job_path, "w", encoding="utf-8") as fh:
         json.dump(job, fh)

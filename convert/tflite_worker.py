@@ -22,9 +22,6 @@ import time
 import traceback
 from typing import Any
 
-SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
-
-
 def _onnx2tf(job: dict[str, Any]) -> dict[str, str]:
     import onnx2tf
 
@@ -42,13 +39,11 @@ def _int8(job: dict[str, Any]) -> str:
     import numpy as np
     import tensorflow as tf
 
-    calib = np.load(job["calib_npy"], mmap_mode="r")
-    mean = np.asarray(job["mean"], dtype=np.float32).reshape(1, 1, 1, -1)
-    std = np.asarray(job["std"], dtype=np.float32).reshape(1, 1, 1, -1)
+    calib = np.load(job["calib_npy"], mmap_mode="r")  # the model's own input tensors (device/preprocess.py), NHWC
 
     def representative() -> Any:
         for i in range(calib.shape[0]):
-            yield [((np.asarray(calib[i : i + 1], dtype=np.float32) - mean) / std).astype(np.float32)]
+            yield [np.asarray(calib[i : i + 1], dtype=np.float32)]
 
     converter = tf.lite.TFLiteConverter.from_saved_model(os.path.join(job["work_dir"], "saved_model"))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -11,12 +11,12 @@ is readable and matches the tensors.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from edgecxr.device.backends import softmax
+from edgecxr.imageset import LabelledImages
 from edgecxr.device.contract import Contract
 from edgecxr.errors import EdgecxrError
 
@@ -33,28 +33,12 @@ MAX_DROP_PP = 2.0
 MIN_FLIPS = 2
 
 
-@dataclass
-class VerifySet:
-    x: np.ndarray  # N x C x H x W, normalised float32
-    y: np.ndarray
-    classes: list[str]
-    origin: str
-    skipped: int
-    root: str = ""
-    files: tuple[str, ...] = ()  # relative to root, one per row of x
-
-    def to_dict(self) -> dict[str, Any]:
-        from collections import Counter
-
-        counts = Counter(self.classes[int(i)] for i in self.y)
-        return {"images": int(len(self.y)), "origin": self.origin, "class_counts": dict(sorted(counts.items())), "skipped": self.skipped}
-
-
-def load_verify_set(contract: Contract, verify_data: str | None, progress: bool = True) -> VerifySet | None:
+def load_verify_set(contract: Contract, verify_data: str | None, progress: bool = True) -> LabelledImages | None:
     """``--verify-data DIR`` (every image in it), else the run's test split; ``None`` when neither exists."""
     import os
 
-    from edgecxr.evaluate import load_batch, resolve_samples
+    from edgecxr.evaluate import resolve_samples
+    from edgecxr.imageset import load_images
 
     if verify_data:
         index = resolve_samples(contract, verify_data, "all")
@@ -67,8 +51,7 @@ def load_verify_set(contract: Contract, verify_data: str | None, progress: bool 
         samples, origin = index.of_split("test"), f"the test split of {split_csv}"
         if not samples:
             return None
-    batch = load_batch(index, samples, contract.preprocess, progress=progress)
-    return VerifySet(batch.x, batch.y, batch.classes, origin, len(batch.skipped), index.root, tuple(batch.files))
+    return load_images(index, samples, contract.preprocess, origin, progress=progress)
 
 
 def torch_logits(model: Any, x: np.ndarray) -> np.ndarray:
@@ -92,7 +75,7 @@ def backend_logits(path: str, x: np.ndarray, threads: int | None = None) -> tupl
 
 def compare(ref_logits: np.ndarray, logits: np.ndarray, y: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """The numbers the report shows for one artifact against the PyTorch reference."""
-    from edgecxr.metrics import paired_delta_ci, point_metrics
+    from edgecxr.metrics import compare_to_reference, point_metrics
 
     if logits.shape != ref_logits.shape:
         raise EdgecxrError(f"artifact returns logits of shape {logits.shape}, the checkpoint {ref_logits.shape}")
@@ -100,18 +83,15 @@ def compare(ref_logits: np.ndarray, logits: np.ndarray, y: np.ndarray, classes: 
     y = np.asarray(y, dtype=int)
     p_ref, p = softmax(ref_logits.astype(np.float64)), softmax(logits.astype(np.float64))
     m = point_metrics(y, p, k)
-    delta = paired_delta_ci(y, p_ref, p, k, n_boot=DELTA_BOOTSTRAP)
     diff = np.abs(logits - ref_logits)
     return {
         "images": int(len(y)),
         "max_abs_logit_diff": float(diff.max()),
         "mean_abs_logit_diff": float(diff.mean()),
         "max_abs_prob_diff": float(np.abs(p - p_ref).max()),
-        "top1_agreement": float((p.argmax(1) == p_ref.argmax(1)).mean()),
         "accuracy": float(m["accuracy"]),
         "macro_f1": float(m["macro_f1"]),
-        "macro_f1_delta_pp": delta["delta_pp"],
-        "macro_f1_delta_ci95": delta["ci95"],
+        **compare_to_reference(y, p_ref, p, k, n_boot=DELTA_BOOTSTRAP),
     }
 
 
@@ -123,8 +103,8 @@ def degradation(v: dict[str, Any], min_agreement: float = MIN_AGREEMENT, max_dro
     why = []
     if v["top1_agreement"] < min_agreement:
         why.append(f"top-1 agreement {100 * v['top1_agreement']:.1f}% < {100 * min_agreement:g}%")
-    if v["macro_f1_delta_pp"] < -max_drop_pp:
-        why.append(f"macro-F1 {v['macro_f1_delta_pp']:+.2f} pp beyond -{max_drop_pp:g}")
+    if v["delta_macro_f1_pp"] < -max_drop_pp:
+        why.append(f"macro-F1 {v['delta_macro_f1_pp']:+.2f} pp beyond -{max_drop_pp:g}")
     return "DEGRADED: " + ", ".join(why) if why else None
 
 
@@ -135,7 +115,7 @@ def reference_metrics(ref_logits: np.ndarray, y: np.ndarray, classes: list[str])
     return {"images": int(len(y)), "accuracy": float(m["accuracy"]), "macro_f1": float(m["macro_f1"])}
 
 
-def verify_artifact(path: str, vset: VerifySet, ref_logits: np.ndarray, threads: int | None = None) -> dict[str, Any]:
+def verify_artifact(path: str, vset: LabelledImages, ref_logits: np.ndarray, threads: int | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     logits, runtime = backend_logits(path, vset.x, threads)
     out = compare(ref_logits, logits, vset.y, vset.classes)

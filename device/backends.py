@@ -1,4 +1,4 @@
-"""One runtime interface for ONNX Runtime and the TFLite interpreter, numpy only.
+"""One runtime interface for every runtime the device knows, numpy only.
 
 Callers always hand over preprocessed float32 NCHW images (what
 ``preprocess.preprocess`` returns) and always get float32 logits back. Layout
@@ -16,12 +16,9 @@ from typing import Any
 
 import numpy as np
 
-try:
-    from edgecxr.device.contract import Contract, ContractError, check_matches, read_onnx_contract, read_sidecar
-    from edgecxr.device.cpufeatures import cpu_description, unmet_requirement
-except ImportError:  # bare device/ folder
-    from contract import Contract, ContractError, check_matches, read_onnx_contract, read_sidecar  # type: ignore[no-redef]
-    from cpufeatures import cpu_description, unmet_requirement  # type: ignore[no-redef]
+from .contract import Contract, ContractError, check_matches, read_onnx_contract, read_sidecar
+from .cpufeatures import cpu_description, unmet_requirement
+from .formats import DEVICE_FORMATS, device_format_of
 
 
 class ModelLoadError(ValueError):
@@ -59,28 +56,19 @@ def import_interpreter() -> tuple[Any, str]:
         ) from exc
 
 
-def graph_interpreter(path: str) -> Any:
-    """An allocated interpreter whose op list is the file's own graph (no XNNPACK
-    delegate), for reading ops and constant tensors; never for timing."""
-    Interpreter, _ = import_interpreter()
-    try:
-        from ai_edge_litert.interpreter import OpResolverType
-
-        interp = Interpreter(model_path=path, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    except (ImportError, TypeError):  # tflite-runtime / TF: the delegated graph still lists its ops
-        interp = Interpreter(model_path=path)
-    interp.allocate_tensors()
-    return interp
-
-
 def _np_dtype_name(dt: Any) -> str:
     return np.dtype(dt).name
 
 
 class Backend:
-    """Common logic: quantize/transposes in, dequantize out, batch-1 models looped."""
+    """Common logic: quantize/transposes in, dequantize out, batch-1 models looped.
+
+    ``runtime_name`` is the key in ``formats.RUNTIMES`` (what a user selects);
+    ``runtime`` is that runtime's name and version, for reports.
+    """
 
     runtime = "?"
+    runtime_name = "?"
     format = "?"
 
     def __init__(self, path: str, contract: Contract | None) -> None:
@@ -136,6 +124,7 @@ class Backend:
 
 class OnnxBackend(Backend):
     format = "onnx"
+    runtime_name = "onnxruntime"
 
     def __init__(self, path: str, threads: int | None = None, contract: Contract | None = None, read_contract: bool = True) -> None:
         try:
@@ -177,12 +166,24 @@ class OnnxBackend(Backend):
 
 
 class TFLiteBackend(Backend):
+    """``builtin_kernels``: the interpreter's own kernels, no XNNPACK (runtime ``litert-builtin``)."""
+
     format = "tflite"
 
-    def __init__(self, path: str, threads: int | None = None, contract: Contract | None = None, read_contract: bool = True) -> None:
+    def __init__(self, path: str, threads: int | None = None, contract: Contract | None = None, read_contract: bool = True,
+                 builtin_kernels: bool = False) -> None:
         Interpreter, self.runtime = import_interpreter()
+        self.runtime_name = "litert-builtin" if builtin_kernels else "litert"
+        kwargs: dict[str, Any] = {}
+        if builtin_kernels:
+            try:
+                from ai_edge_litert.interpreter import OpResolverType
+            except ImportError as exc:
+                raise ModelLoadError("runtime litert-builtin needs ai-edge-litert: pip install ai-edge-litert") from exc
+            kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+            self.runtime += " (built-in kernels, no XNNPACK)"
         try:
-            self.interpreter = Interpreter(model_path=path, num_threads=int(threads) if threads else None)
+            self.interpreter = Interpreter(model_path=path, num_threads=int(threads) if threads else None, **kwargs)
             self.interpreter.allocate_tensors()
         except Exception as exc:  # the interpreter raises ValueError/RuntimeError for bad files
             raise ModelLoadError(f"{path}: not a loadable TFLite model ({str(exc).splitlines()[0][:160]})") from exc
@@ -212,29 +213,39 @@ class TFLiteBackend(Backend):
         return self.interpreter.get_tensor(self.output_index)
 
 
-def open_backend(path: str, threads: int | None = None, require_contract: bool = False, check_cpu: bool = True) -> Backend:
-    """Open a .onnx or .tflite file; with ``require_contract`` refuse files without one.
+OPENERS: dict[str, Any] = {
+    "onnxruntime": lambda path, threads: OnnxBackend(path, threads),
+    "litert": lambda path, threads: TFLiteBackend(path, threads),
+    "litert-builtin": lambda path, threads: TFLiteBackend(path, threads, builtin_kernels=True),
+}
 
-    ``check_cpu`` refuses a file whose contract names CPUs it is exact on when this
-    CPU is not one of them (a full-range INT8 file on an x86 CPU without VNNI): a
-    silently wrong answer is worse than none. Only verification turns it off, to
-    measure how wrong such a file is.
+
+def open_backend(path: str, threads: int | None = None, require_contract: bool = False, check_cpu: bool = True,
+                 runtime: str | None = None) -> Backend:
+    """Open a model file with ``runtime`` (default: its format's first runtime).
+
+    ``require_contract`` refuses files without a contract. ``check_cpu`` refuses a
+    file whose contract names CPUs it is exact on when this CPU is not one of them (a
+    full-range INT8 file on an x86 CPU without VNNI): a silently wrong answer is
+    worse than none. Only verification turns it off, to measure how wrong such a
+    file is.
     """
     if not os.path.exists(path):
         raise ModelLoadError(f"{path}: model file not found")
-    ext = os.path.splitext(path)[1].lower()
+    fmt = device_format_of(path)
+    if fmt is None:
+        ext = os.path.splitext(path)[1].lower()
+        known = ", ".join(f.suffix for f in DEVICE_FORMATS.values())
+        raise ModelLoadError(f"{path}: unknown model type {ext or '(no extension)'}; expected one of {known}")
+    name = runtime or fmt.runtimes[0]
+    if name not in fmt.runtimes:
+        raise ModelLoadError(f"{path}: runtime {name!r} does not open {fmt.name} files; choose one of {', '.join(fmt.runtimes)}")
     try:
-        if ext == ".onnx":
-            backend: Backend = OnnxBackend(path, threads)
-        elif ext == ".tflite":
-            backend = TFLiteBackend(path, threads)
-        else:
-            raise ModelLoadError(f"{path}: unknown model type {ext or '(no extension)'}; expected .onnx or .tflite")
+        backend: Backend = OPENERS[name](path, threads)
     except ContractError as exc:
         raise ModelLoadError(f"{path}: {exc}") from exc
     if check_cpu and backend.contract is not None and backend.contract.target:
-        from_here = cpu_description()
-        why = unmet_requirement(backend.contract.target, from_here, backend.runtime)
+        why = unmet_requirement(backend.contract.target, cpu_description(), backend.runtime)
         if why:
             raise WrongCpuError(f"{path}: {why}: its results would be wrong here; use the portable file (edgecxr convert --int8 --target portable)")
     if require_contract and backend.contract is None:

@@ -12,14 +12,9 @@ import signal
 import time
 from typing import Any
 
-try:
-    from edgecxr.device.classify import Classifier
-    from edgecxr.device.image_io import ImageError
-    from edgecxr.device.runner_io import emit, record, text_line, warn
-except ImportError:  # bare device/ folder
-    from classify import Classifier  # type: ignore[no-redef]
-    from image_io import ImageError  # type: ignore[no-redef]
-    from runner_io import emit, record, text_line, warn  # type: ignore[no-redef]
+from .classify import Classifier
+from .image_io import ImageError
+from .runner_io import emit, record, text_line, warn
 
 
 class CameraError(RuntimeError):

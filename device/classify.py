@@ -14,16 +14,10 @@ from typing import Any
 
 import numpy as np
 
-try:
-    from edgecxr.device import _npimage
-    from edgecxr.device.backends import Backend, softmax
-    from edgecxr.device.image_io import ImageError, load_gray, to_uint8
-    from edgecxr.device.preprocess import preprocess
-except ImportError:  # bare device/ folder
-    import _npimage  # type: ignore[no-redef]
-    from backends import Backend, softmax  # type: ignore[no-redef]
-    from image_io import ImageError, load_gray, to_uint8  # type: ignore[no-redef]
-    from preprocess import preprocess  # type: ignore[no-redef]
+from . import _npimage
+from .backends import Backend, softmax
+from .image_io import ImageError, load_gray, to_uint8
+from .preprocess import preprocess
 
 
 @dataclass

@@ -15,10 +15,7 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-try:
-    from edgecxr.device.preprocess import PreprocessSpec
-except ImportError:  # bare device/ folder
-    from preprocess import PreprocessSpec  # type: ignore[no-redef]
+from .preprocess import PreprocessSpec
 
 SCHEMA = "edgecxr.contract/1"
 CONTRACT_KEY = "edgecxr_contract"
@@ -79,6 +76,11 @@ class Contract:
     @property
     def input_size(self) -> int:
         return self.preprocess.size
+
+    def model_input_shape(self, batch: int = 1, layout: str = "NCHW") -> tuple[int, ...]:
+        """The float input tensor the preprocessing produces, in ``layout``: the one place it is derived."""
+        c, s = self.preprocess.channels, self.preprocess.size
+        return (batch, c, s, s) if layout == "NCHW" else (batch, s, s, c)
 
     def with_io(self, *, format: str, precision: str, input: TensorSpec, output: TensorSpec, **extra: Any) -> Contract:
         """The same model in another file format: only IO and provenance change."""

@@ -34,6 +34,40 @@ def machine_arch(machine: str | None = None) -> str:
     return {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}.get(m, m)
 
 
+def read_proc_text(path: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read().replace(b"\x00", b"").decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def cpuinfo_field(text: str, *keys: str) -> str:
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip().lower() in keys and value.strip():
+            return value.strip()
+    return ""
+
+
+_ARM_PARTS = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
+              "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76",
+              "0xd0c": "Neoverse-N1", "0xd0d": "Cortex-A77", "0xd40": "Neoverse-V1", "0xd41": "Cortex-A78",
+              "0xd49": "Neoverse-N2", "0xd4f": "Neoverse-V2"}
+
+
+def cpu_model() -> str:
+    """A readable CPU name; ARM cores report only a part number, which is looked up."""
+    text = read_proc_text("/proc/cpuinfo")
+    name = cpuinfo_field(text, "model name", "hardware", "processor name")
+    if name and not name.isdigit():
+        return name
+    part = cpuinfo_field(text, "cpu part").lower()
+    if part:
+        return _ARM_PARTS.get(part, f"ARM part {part}")
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def _numpy_features() -> set[str] | None:
     try:
         from numpy._core._multiarray_umath import __cpu_features__ as feats  # numpy >= 2
@@ -98,10 +132,6 @@ def cpu_description(model: str | None = None) -> dict[str, Any]:
     arch = machine_arch()
     feats, source = int8_features(arch)
     if model is None:
-        try:
-            from edgecxr.device.sysinfo import cpu_model
-        except ImportError:  # bare device/ folder
-            from sysinfo import cpu_model  # type: ignore[no-redef]
         model = cpu_model()
     return {"model": model, "arch": arch, "int8_features": feats, "target": cpu_target(arch, feats), "features_from": source}
 

@@ -25,27 +25,26 @@ from typing import Any, Sequence
 
 import numpy as np
 
-try:
-    from edgecxr.device.backends import ModelLoadError, open_backend
-    from edgecxr.device.camera import CameraError, open_capture, run_camera
-    from edgecxr.device.classify import Classifier
-    from edgecxr.device.contract import ContractError
-    from edgecxr.device.image_io import ImageError, is_image_file, load_gray
-    from edgecxr.device.latency import latency_record, summarize, time_invocations
-    from edgecxr.device.runner_io import emit, record, text_line, warn, write_csv
-    from edgecxr.device.selftest import run_selftest, selftest_line
-    from edgecxr.device.sysinfo import device_info, device_string
-except ImportError:  # a bare copy of device/, no edgecxr installed
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from backends import ModelLoadError, open_backend  # type: ignore[no-redef]
-    from camera import CameraError, open_capture, run_camera  # type: ignore[no-redef]
-    from classify import Classifier  # type: ignore[no-redef]
-    from contract import ContractError  # type: ignore[no-redef]
-    from image_io import ImageError, is_image_file, load_gray  # type: ignore[no-redef]
-    from latency import latency_record, summarize, time_invocations  # type: ignore[no-redef]
-    from runner_io import emit, record, text_line, warn, write_csv  # type: ignore[no-redef]
-    from selftest import run_selftest, selftest_line  # type: ignore[no-redef]
-    from sysinfo import device_info, device_string  # type: ignore[no-redef]
+if __package__ in (None, ""):  # run as a script, e.g. from a bare copy of device/ on a Pi: import this folder as a package
+    import importlib.util
+
+    _here = os.path.dirname(os.path.abspath(__file__))
+    _spec = importlib.util.spec_from_file_location("edgecxr_device", os.path.join(_here, "__init__.py"), submodule_search_locations=[_here])
+    _package = importlib.util.module_from_spec(_spec)
+    sys.modules["edgecxr_device"] = _package
+    _spec.loader.exec_module(_package)
+    __package__ = "edgecxr_device"
+
+from .backends import ModelLoadError, open_backend  # noqa: E402 (after the bootstrap above)
+from .camera import CameraError, open_capture, run_camera  # noqa: E402
+from .classify import Classifier  # noqa: E402
+from .contract import ContractError  # noqa: E402
+from .formats import RUNTIMES  # noqa: E402
+from .image_io import ImageError, is_image_file, load_gray  # noqa: E402
+from .latency import latency_record, summarize, time_invocations  # noqa: E402
+from .runner_io import emit, record, text_line, warn, write_csv  # noqa: E402
+from .selftest import run_selftest, selftest_line  # noqa: E402
+from .sysinfo import device_info, device_string  # noqa: E402
 
 EXIT_USAGE = 2
 EXIT_SELFTEST_FAILED = 3
@@ -76,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--camera", metavar="INDEX", help="classify camera frames (OpenCV index, or a video file)")
     p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
     p.add_argument("--threads", type=int, help="interpreter threads (default: the runtime's choice)")
+    p.add_argument("--runtime", choices=sorted(RUNTIMES),
+                   help="which runtime opens the model (default: the first for its format: onnxruntime for .onnx, litert "
+                        "for .tflite; litert-builtin runs TFLite without the XNNPACK delegate)")
     p.add_argument("--json", action="store_true", help="one JSON object per image on stdout (file, label, probabilities, latency_ms)")
     p.add_argument("--csv", help="with --dir: where to write the CSV (default ./predictions_<dir>.csv)")
     p.add_argument("--bench", action="store_true", help="time invoke() and print latency statistics as JSON (after the self-test)")
@@ -208,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _check_args(args)
         t0 = time.perf_counter()
-        backend = open_backend(args.model, args.threads, require_contract=True, check_cpu=not args.ignore_cpu_check)
+        backend = open_backend(args.model, args.threads, require_contract=True, check_cpu=not args.ignore_cpu_check, runtime=args.runtime)
         load_ms = (time.perf_counter() - t0) * 1000
         clf = Classifier(backend)
         header = describe(clf)

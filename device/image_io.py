@@ -15,10 +15,7 @@ try:
     import cv2
 except ImportError:  # pragma: no cover - bare device install
     cv2 = None
-try:
-    from edgecxr.device import _npimage
-except ImportError:  # bare device/ folder
-    import _npimage  # type: ignore[no-redef]
+from . import _npimage
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".dcm", ".dicom")
 MAX_PIXELS = 50_000_000  # refuse decompression bombs before they eat a Pi's memory

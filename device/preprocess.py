@@ -21,10 +21,7 @@ try:  # OpenCV is optional on the device; the numpy fallbacks below cover the ga
     import cv2
 except ImportError:  # pragma: no cover - exercised on bare Pi installs
     cv2 = None
-try:
-    from edgecxr.device import _npimage
-except ImportError:  # bare device/ folder
-    import _npimage  # type: ignore[no-redef]
+from . import _npimage
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -149,8 +146,6 @@ def preprocess(img: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 def preprocess_file(path: str, spec: PreprocessSpec) -> np.ndarray:
     """Decode and preprocess one file; raises ``ImageError`` with a one-line reason."""
-    try:
-        from edgecxr.device.image_io import load_gray
-    except ImportError:  # running from a bare device/ folder
-        from image_io import load_gray  # type: ignore[no-redef]
+    from .image_io import load_gray
+
     return preprocess(load_gray(path), spec)

@@ -12,10 +12,7 @@ import sys
 import tempfile
 from typing import IO, Any, Iterable
 
-try:
-    from edgecxr.device.classify import Prediction
-except ImportError:  # bare device/ folder
-    from classify import Prediction  # type: ignore[no-redef]
+from .classify import Prediction
 
 
 def record(pred: Prediction, top_k: int) -> dict[str, Any]:

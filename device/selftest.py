@@ -19,12 +19,8 @@ from typing import Any
 
 import numpy as np
 
-try:
-    from edgecxr.device.backends import Backend, softmax
-    from edgecxr.device.preprocess import preprocess
-except ImportError:  # bare device/ folder
-    from backends import Backend, softmax  # type: ignore[no-redef]
-    from preprocess import preprocess  # type: ignore[no-redef]
+from .backends import Backend, softmax
+from .preprocess import preprocess
 
 SCHEMA = "edgecxr.selftest/1"
 # Default tolerance against the host's outputs of the same file. Measured: FP32 files

@@ -11,48 +11,16 @@ import os
 import platform
 from typing import Any
 
-
-def _read(path: str) -> str:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read().replace(b"\x00", b"").decode("utf-8", "replace").strip()
-    except OSError:
-        return ""
-
-
-def _cpuinfo_field(text: str, *keys: str) -> str:
-    for line in text.splitlines():
-        name, _, value = line.partition(":")
-        if name.strip().lower() in keys and value.strip():
-            return value.strip()
-    return ""
-
-
-_ARM_PARTS = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
-              "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76",
-              "0xd0c": "Neoverse-N1", "0xd0d": "Cortex-A77", "0xd40": "Neoverse-V1", "0xd41": "Cortex-A78",
-              "0xd49": "Neoverse-N2", "0xd4f": "Neoverse-V2"}
-
-
-def cpu_model() -> str:
-    """A readable CPU name; ARM cores report only a part number, which is looked up."""
-    text = _read("/proc/cpuinfo")
-    name = _cpuinfo_field(text, "model name", "hardware", "processor name")
-    if name and not name.isdigit():
-        return name
-    part = _cpuinfo_field(text, "cpu part").lower()
-    if part:
-        return _ARM_PARTS.get(part, f"ARM part {part}")
-    return platform.processor() or platform.machine() or "unknown CPU"
+from .cpufeatures import cpu_description, cpu_model, cpuinfo_field, read_proc_text
 
 
 def board_model() -> str:
     """The board, e.g. 'Raspberry Pi 4 Model B Rev 1.5' (device tree), or '' on a PC."""
-    return _read("/proc/device-tree/model") or _read("/sys/firmware/devicetree/base/model")
+    return read_proc_text("/proc/device-tree/model") or read_proc_text("/sys/firmware/devicetree/base/model")
 
 
 def os_name() -> str:
-    text = _read("/etc/os-release")
+    text = read_proc_text("/etc/os-release")
     for line in text.splitlines():
         if line.startswith("PRETTY_NAME="):
             return line.split("=", 1)[1].strip().strip('"')
@@ -67,10 +35,10 @@ def is_emulated() -> bool:
     """
     if os.environ.get("EDGECXR_EMULATED"):
         return True
-    text = _read("/proc/cpuinfo")
-    if "qemu" in _cpuinfo_field(text, "hardware").lower():  # the cpuinfo aarch64_check.sh gives qemu
+    text = read_proc_text("/proc/cpuinfo")
+    if "qemu" in cpuinfo_field(text, "hardware").lower():  # the cpuinfo aarch64_check.sh gives qemu
         return True
-    vendor = _cpuinfo_field(text, "vendor_id")
+    vendor = cpuinfo_field(text, "vendor_id")
     return platform.machine().lower() in ("aarch64", "arm64", "armv7l") and vendor in ("GenuineIntel", "AuthenticAMD")
 
 
@@ -82,10 +50,6 @@ def device_info(runtime: str | None = None) -> dict[str, Any]:
         numpy_version = numpy.__version__
     except ImportError:  # pragma: no cover - numpy is a hard requirement elsewhere
         numpy_version = "missing"
-    try:
-        from edgecxr.device.cpufeatures import cpu_description
-    except ImportError:  # bare device/ folder
-        from cpufeatures import cpu_description  # type: ignore[no-redef]
     cpu = cpu_description(cpu_model())
     return {
         "board": board_model(),

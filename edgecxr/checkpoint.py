@@ -37,7 +37,7 @@ def make_contract(arch: str, classes: list[str], spec: PreprocessSpec, method: s
         arch=arch,
         classes=tuple(classes),
         preprocess=spec,
-        input=TensorSpec("input", (1, spec.channels, spec.size, spec.size), "float32", "NCHW"),
+        input=TensorSpec("input", (1, spec.channels, spec.size, spec.size), "float32", "NCHW"),  # = Contract.model_input_shape()
         output=TensorSpec("logits", (1, len(classes)), "float32"),
         format="pytorch",
         precision="fp32",
@@ -73,7 +73,7 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     return read_payload(path, FORMAT, "checkpoint", " (no contract); use --weights to load plain state dicts")
 
 
-def read_contract(payload: dict[str, Any], path: str = "checkpoint") -> Contract:
+def contract_from_payload(payload: dict[str, Any], path: str = "checkpoint") -> Contract:
     try:
         return Contract.from_dict(payload["contract"])
     except (ContractError, KeyError) as exc:

@@ -20,7 +20,6 @@ from edgecxr.atomic import write_text
 from edgecxr.device.image_io import ImageError, is_image_file, load_gray
 from edgecxr.errors import EdgecxrError
 
-SPLITS = ("train", "val", "test")
 SPLIT_COLUMNS = ["file", "label", "split", "pixel_sha256"]
 
 
@@ -43,9 +42,6 @@ class DatasetIndex:
         if split == "all":
             return list(self.samples)
         return [s for s in self.samples if s.split == split]
-
-    def label_index(self, sample: Sample) -> int:
-        return self.classes.index(sample.label)
 
 
 def find_classes(root: str) -> list[str]:

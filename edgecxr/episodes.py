@@ -183,14 +183,15 @@ def episode_report(protonet_path: str, split: str = "test", data: str | None = N
     The episodes are those training reports for its test split: the same spec, seed offset and images.
     """
     from edgecxr.device.contract import Contract
-    from edgecxr.evaluate import load_batch, resolve_samples
+    from edgecxr.evaluate import resolve_samples
+    from edgecxr.imageset import load_images
 
     encoder, _protos, payload = load_protonet(protonet_path)
     contract = Contract.from_dict(payload["contract"])
     pc = dict(payload.get("proto_config") or {})
     ep_spec = EpisodeSpec(pc.get("n_way", 3), pc.get("k_shot", 5), pc.get("q_query", 5), episodes or pc.get("episodes", 20))
     index = resolve_samples(contract, data, split, split_csv)
-    batch = load_batch(index, index.of_split(split), contract.preprocess, progress=progress)
+    batch = load_images(index, index.of_split(split), contract.preprocess, f"the {split} split", progress=progress)
     images = _Images(batch.x, batch.y)
     eps = EpisodeDataset(images, images.labels, ep_spec, seed + TEST_SEED_OFFSET, f"{split} split")
     res = run_episodes(encoder, eps, contract.num_classes, progress=progress, desc=f"{split} episodes")

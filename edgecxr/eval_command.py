@@ -30,7 +30,8 @@ def eval_command(model: str, data: str | None, split: str, split_csv: str | None
     """
     from edgecxr.atomic import write_json
     from edgecxr.device.cpufeatures import cpu_description
-    from edgecxr.evaluate import format_report, load_batch, predict_probs, resolve_samples
+    from edgecxr.evaluate import format_report, predict_probs, resolve_samples
+    from edgecxr.imageset import load_images
     from edgecxr.metrics import classification_report
     from edgecxr.plots import save_confusion_matrix, save_roc_curves
     from edgecxr.runtime import open_model
@@ -43,7 +44,7 @@ def eval_command(model: str, data: str | None, split: str, split_csv: str | None
     if selftest is not None:
         click.echo(selftest_line(selftest), err=True)
     index = resolve_samples(contract, data, split, split_csv, progress=not quiet)
-    batch = load_batch(index, index.of_split(split), contract.preprocess, progress=not quiet)
+    batch = load_images(index, index.of_split(split), contract.preprocess, f"the {split} split", progress=not quiet)
     t0 = time.perf_counter()
     probs = predict_probs(backend, batch.x, progress=not quiet)
     seconds = time.perf_counter() - t0

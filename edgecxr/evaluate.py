@@ -8,27 +8,13 @@ every image of a folder that was never split (a foreign test set).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import numpy as np
 
-from edgecxr.data import DatasetIndex, Sample, index_unsplit, read_split_csv
+from edgecxr.data import DatasetIndex, index_unsplit, read_split_csv
 from edgecxr.device.backends import Backend, softmax
 from edgecxr.device.contract import Contract
-from edgecxr.device.image_io import ImageError, load_gray
-from edgecxr.device.preprocess import PreprocessSpec, preprocess
 from edgecxr.errors import EdgecxrError
-
-
-@dataclass
-class Batch:
-    """Preprocessed images of one split, ready for any backend with the same spec."""
-
-    x: np.ndarray  # N x C x H x W float32
-    y: np.ndarray  # N label indices into ``classes``
-    files: list[str]
-    classes: list[str]
-    skipped: list[tuple[str, str]]
 
 
 def resolve_samples(contract: Contract, data: str | None, split: str, split_csv: str | None = None, progress: bool = True) -> DatasetIndex:
@@ -54,23 +40,6 @@ def resolve_samples(contract: Contract, data: str | None, split: str, split_csv:
             "pass --split-csv RUN_DIR/split.csv, or --split all for a folder that was never split"
         )
     return read_split_csv(csv_path, root, list(contract.classes))
-
-
-def load_batch(index: DatasetIndex, samples: list[Sample], spec: PreprocessSpec, progress: bool = True) -> Batch:
-    from tqdm import tqdm
-
-    xs, ys, files, skipped = [], [], [], list(index.skipped)
-    for s in tqdm(samples, desc="preprocessing", unit="img", disable=not progress, leave=False):
-        try:
-            xs.append(preprocess(load_gray(os.path.join(index.root, s.file)), spec))
-        except ImageError as exc:
-            skipped.append((s.file, str(exc)))
-            continue
-        ys.append(index.classes.index(s.label))
-        files.append(s.file)
-    if not xs:
-        raise EdgecxrError(f"{index.root}: no readable images in this split")
-    return Batch(np.stack(xs), np.asarray(ys, dtype=int), files, list(index.classes), skipped)
 
 
 def predict_probs(backend: Backend, x: np.ndarray, batch_size: int = 32, progress: bool = False) -> np.ndarray:

@@ -180,3 +180,10 @@ def paired_delta_ci(y: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, k: 
     boot = (f1(y[idx], pb[idx]) - f1(y[idx], pa[idx])) * 100
     return {"delta_pp": delta, "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
             "top1_agreement": float((pa == pb).mean())}
+
+
+def compare_to_reference(y: np.ndarray, probs_ref: np.ndarray, probs: np.ndarray, k: int, n_boot: int = 1000) -> dict[str, Any]:
+    """How a model differs from its reference on the same images, in the one vocabulary every
+    report uses (convert's verification, bench): top-1 agreement and the paired macro-F1 change."""
+    d = paired_delta_ci(y, probs_ref, probs, k, n_boot=n_boot)
+    return {"top1_agreement": d["top1_agreement"], "delta_macro_f1_pp": d["delta_pp"], "delta_macro_f1_ci95": d["ci95"]}

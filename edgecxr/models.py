@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from edgecxr.checkpoint import read_contract, load_checkpoint
+from edgecxr.checkpoint import contract_from_payload, load_checkpoint
 from edgecxr.device.contract import Contract
 from edgecxr.errors import EdgecxrError
 from edgecxr.registry import CXRClassifier, create_model, get_config
@@ -33,7 +33,7 @@ def build_model(name: str, num_classes: int, pretrained: bool = False, weights: 
 def load_model(path: str) -> tuple[nn.Module, Contract]:
     """Rebuild the classifier from a checkpoint, in eval mode."""
     payload = load_checkpoint(path)
-    contract = read_contract(payload, path)
+    contract = contract_from_payload(payload, path)
     model = create_model(contract.arch, contract.num_classes)
     try:
         model.load_state_dict(payload["state_dict"])

@@ -50,7 +50,7 @@ def _dequantize(tensor: np.ndarray, q: dict, axis: int) -> np.ndarray:
 
 def read_tflite_convolutions(path: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """Every convolution in execution order as ``(op, weight OIHW, bias)``, in float."""
-    from edgecxr.device.backends import graph_interpreter
+    from edgecxr.tflite_graph import graph_interpreter
 
     if not os.path.exists(path):
         raise EdgecxrError(f"{path}: TFLite file not found")

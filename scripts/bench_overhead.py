@@ -56,8 +56,7 @@ def measure(path: str, threads: int, rounds: int, calls: int, warmup: int) -> di
 
     backend = open_model(path, threads, require_contract=False)
     if backend.contract is not None:
-        spec = backend.contract.preprocess
-        x = backend.prepare(np.random.default_rng(0).standard_normal((1, spec.channels, spec.size, spec.size)).astype(np.float32))
+        x = backend.prepare(np.random.default_rng(0).standard_normal(backend.contract.model_input_shape()).astype(np.float32))
     else:
         x = synthetic_input(backend)
     for _ in range(warmup):

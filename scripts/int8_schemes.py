@@ -89,6 +89,7 @@ def main() -> int:
     ap.add_argument("--haswell-images", type=int, default=300, help="test images run under emulation (0: skip)")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--keep-float", default="", help="ONNX nodes kept float in every scheme (as convert --keep-float)")
     a = ap.parse_args()
 
     from edgecxr.models import load_model
@@ -110,11 +111,15 @@ def main() -> int:
     for i, (name, act, w, rr) in enumerate(SCHEMES):
         dest = os.path.join(a.out, f"scheme_{i}.onnx")
         if not os.path.exists(dest):
-            quantize_int8(fp32_onnx, dest, calib, "minmax", (), INPUT_NAME, reduce_range=rr, activations=act, weights=w)
+            keep = [k for k in a.keep_float.split(",") if k]
+            quantize_int8(fp32_onnx, dest, calib, "minmax", keep, INPUT_NAME, reduce_range=rr, activations=act, weights=w)
         names.append("ONNX INT8 " + name)
         paths.append(dest)
-    names.append("TFLite INT8 (s8 x s8, XNNPACK)")
-    paths.append(os.path.join(a.export, f"{arch}_int8.tflite"))
+    tfl32, tfl8 = (os.path.join(a.export, f"{arch}_{p}.tflite") for p in ("fp32", "int8"))
+    has_tflite = os.path.exists(tfl32) and os.path.exists(tfl8)
+    if has_tflite:
+        names.append("TFLite INT8 (s8 x s8, XNNPACK)")
+        paths.append(tfl8)
 
     def judge(logits: np.ndarray, n: int) -> dict:
         p_ref, p = softmax(ref[:n].astype(np.float64)), softmax(logits.astype(np.float64))
@@ -129,12 +134,14 @@ def main() -> int:
         emulated, emu_cpu = run_child(paths, vset.x[:n], os.path.join(a.out, "haswell"), emulate=True)
         for r, lg in zip(rows, emulated):
             r["haswell"] = judge(lg, n)
-    lat = latency([fp32_onnx, *paths[:-1], os.path.join(a.export, f"{arch}_fp32.tflite"), paths[-1]], vset.x[:1], a.rounds, a.runs)
-    for i, r in enumerate(rows[:-1]):
+    onnx_paths = paths[:len(SCHEMES)]
+    lat = latency([fp32_onnx, *onnx_paths, *([tfl32, tfl8] if has_tflite else [])], vset.x[:1], a.rounds, a.runs)
+    for i, r in enumerate(rows[:len(SCHEMES)]):
         r["median_ms"], r["vs_fp32"] = lat[1 + i], lat[1 + i] / lat[0]
-    rows[-1]["median_ms"], rows[-1]["vs_fp32"] = lat[-1], lat[-1] / lat[-2]
-    doc = {"checkpoint": os.path.abspath(a.ckpt), "cpu": cpu, "emulated_cpu": emu_cpu, "fp32_ms": {"onnx": lat[0], "tflite": lat[-2]},
-           "rows": rows}
+    if has_tflite:
+        rows[-1]["median_ms"], rows[-1]["vs_fp32"] = lat[-1], lat[-1] / lat[-2]
+    doc = {"checkpoint": os.path.abspath(a.ckpt), "cpu": cpu, "emulated_cpu": emu_cpu,
+           "fp32_ms": {"onnx": lat[0], **({"tflite": lat[-2]} if has_tflite else {})}, "rows": rows}
     with open(os.path.join(a.out, "int8_schemes.json"), "w", encoding="utf-8") as fh:
         json.dump(doc, fh, indent=2)
 
@@ -143,7 +150,7 @@ def main() -> int:
 
     print(f"Native CPU: {cpu['model']}, {features_string(cpu)}"
           + (f"; emulated: qemu -cpu Haswell, seen as {features_string(emu_cpu)}" if emu_cpu else ""))
-    print(f"FP32 median, 1 thread: ONNX Runtime {lat[0]:.2f} ms, TFLite {lat[-2]:.2f} ms\n")
+    print(f"FP32 median, 1 thread: ONNX Runtime {lat[0]:.2f} ms" + (f", TFLite {lat[-2]:.2f} ms" if has_tflite else "") + "\n")
     print("| INT8 scheme | native: top-1 agree / dF1 pp [95% CI] | qemu Haswell (AVX2): top-1 agree / dF1 pp [95% CI] | native median ms (x FP32) |")
     print("|---|---|---|---|")
     for r in rows:

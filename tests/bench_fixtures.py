@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 from sshd import sshd_server  # noqa: F401  (re-exported fixture)
 
 

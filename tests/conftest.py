@@ -2,26 +2,12 @@
 and one small trained checkpoint per session for the stages downstream of training."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-COVID = SHARED_DATA / "covid-radiography"
-
-
-def run_cli(*args: str, check: bool = True, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``edgecxr ARGS`` in a subprocess, exactly as a user would."""
-    proc = subprocess.run([sys.executable, "-m", "edgecxr", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"edgecxr {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+from helpers import COVID, run_cli
 
 
 @pytest.fixture(scope="session")
@@ -64,14 +50,15 @@ def probe_models(trained_run: Path, synthetic_data: Path, tmp_path_factory) -> t
 
     from edgecxr.checkpoint import save_checkpoint
     from edgecxr.models import load_model
-    from edgecxr.evaluate import load_batch, resolve_samples
+    from edgecxr.evaluate import resolve_samples
+    from edgecxr.imageset import load_images
     from edgecxr.registry import create_model
 
     _, contract = load_model(str(trained_run / "best.pt"))
     torch.manual_seed(0)
     model = create_model("mobilenet_v2", contract.num_classes)
     index = resolve_samples(contract, str(synthetic_data), "all")
-    batch = load_batch(index, index.of_split("all"), contract.preprocess, progress=False)
+    batch = load_images(index, index.of_split("all"), contract.preprocess, progress=False)
     x = torch.from_numpy(batch.x)
     for mod in model.modules():
         if isinstance(mod, torch.nn.BatchNorm2d):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 
 REFERENCE_MODELS = Path(__file__).resolve().parents[2] / "shared" / "reference-models"
 pytest_plugins = ["bench_fixtures"]  # export_dir, shared with test_bench_remote.py

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 pytest_plugins = ["bench_fixtures"]  # export_dir and sshd_server, built once per session
 pytestmark = pytest.mark.ssh
 

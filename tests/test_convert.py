@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import run_cli
+from helpers import run_cli
 from edgecxr.errors import EdgecxrError
 
 SIX = [("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8")]
@@ -72,7 +72,7 @@ def test_convert_writes_all_six_artifacts_verified_with_report(full_export):
         assert art["bytes"] == os.path.getsize(out / art["file"])
         v = art["verify"]
         assert v["images"] == report["verification"]["images"] > 0
-        for key in ("max_abs_logit_diff", "top1_agreement", "accuracy", "macro_f1", "macro_f1_delta_pp"):
+        for key in ("max_abs_logit_diff", "top1_agreement", "accuracy", "macro_f1", "delta_macro_f1_pp"):
             assert key in v
         if art["precision"] == "fp32":
             assert v["max_abs_logit_diff"] < 1e-3 and v["top1_agreement"] == 1.0
@@ -233,11 +233,11 @@ def test_a_degraded_artifact_is_never_ok_and_fails_convert_unless_kept(probe_mod
 def test_degradation_needs_two_flips_and_names_what_is_out_of_tolerance():
     from edgecxr.convert.verify import degradation
 
-    v = {"images": 20, "top1_agreement": 0.95, "macro_f1_delta_pp": -5.0}  # one flip in 20: never condemns a file
+    v = {"images": 20, "top1_agreement": 0.95, "delta_macro_f1_pp": -5.0}  # one flip in 20: never condemns a file
     assert degradation(v) is None
-    v = {"images": 300, "top1_agreement": 0.757, "macro_f1_delta_pp": -20.6}  # the AVX2 saturation measured on real CXRs
+    v = {"images": 300, "top1_agreement": 0.757, "delta_macro_f1_pp": -20.6}  # the AVX2 saturation measured on real CXRs
     assert "top-1 agreement 75.7% < 95%" in degradation(v) and "-20.60 pp" in degradation(v)
-    assert degradation({"images": 300, "top1_agreement": 0.997, "macro_f1_delta_pp": -0.33}) is None
+    assert degradation({"images": 300, "top1_agreement": 0.997, "delta_macro_f1_pp": -0.33}) is None
 
 
 # --- keep-float and debug-quant ---------------------------------------------------------------

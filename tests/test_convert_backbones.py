@@ -5,7 +5,7 @@ suite covers TFLite with MobileNetV2 in test_convert.py).
 
 Random-init weights: enough to prove the graph converts and computes the same
 function in FP32; INT8 accuracy is judged on trained models only (see
-scripts/check_conversion_targets.py).
+scripts/experiments/check_conversion_targets.py).
 """
 from __future__ import annotations
 

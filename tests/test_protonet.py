@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from helpers import run_cli
 from edgecxr.data import Sample
 from edgecxr.errors import EdgecxrError
 from edgecxr.episodes import EpisodeDataset, EpisodeSpec, check_episode_fit, mean_ci95, per_class_subset

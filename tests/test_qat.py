@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from helpers import run_cli
 
 
 def test_per_channel_fake_quant_lands_on_the_folded_int8_grid():

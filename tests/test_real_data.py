@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
+from helpers import ROOT, run_cli
 
 REFERENCE = ROOT.parent / "shared" / "reference-models" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"
 needs_reference = pytest.mark.skipif(not REFERENCE.exists(), reason="official MobileNetV2 TFLite not present (../shared/reference-models)")

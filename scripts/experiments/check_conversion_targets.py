@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Measure the conversion targets of issue #3 side by side in one run, and print them.
 
-    .venv/bin/python scripts/check_conversion_targets.py [--ckpt runs/mobilenet_v2_qat/best.pt]
+    .venv/bin/python scripts/experiments/check_conversion_targets.py [--ckpt runs/mobilenet_v2_qat/best.pt]
         [--out runs/mobilenet_v2_qat/export] [--skip-convert] [--threads 1] [--rounds 60] [--runs 5]
         [-- EXTRA CONVERT FLAGS]
 
@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/experiments/ -> repo
 REFERENCE = os.path.join(os.path.dirname(ROOT), "shared", "reference-models", "tf2_mobilenet_v2_1.0_224_ptq.tflite")
 
 
@@ -54,14 +54,15 @@ def sample_input(report: dict, size: int) -> np.ndarray:
     from edgecxr.device.contract import Contract
 
     try:
-        from edgecxr.evaluate import load_batch, resolve_samples
+        from edgecxr.evaluate import resolve_samples
+        from edgecxr.imageset import load_images
 
         art = next(a for a in report["artifacts"] if a["format"] == "onnx" and a["precision"] == "fp32")
         from edgecxr.device.contract import read_onnx_contract
 
         contract: Contract = read_onnx_contract(os.path.join(report["out_dir"], art["file"]))
         index = resolve_samples(contract, None, "test")
-        return load_batch(index, index.of_split("test")[:1], contract.preprocess, progress=False).x
+        return load_images(index, index.of_split("test")[:1], contract.preprocess, progress=False).x
     except Exception as exc:  # data missing: latency does not depend on pixel values much
         print(f"(no test image available: {exc}; timing on a fixed pattern)")
         g = np.linspace(-2, 2, 3 * size * size, dtype=np.float32)
@@ -144,7 +145,7 @@ def main() -> int:
         return a["verify"][key] if a and a.get("verify") else None
 
     def within(f: str, p: str) -> float | None:  # "within N points": a gain counts as a change too
-        d = ver(f, p, "macro_f1_delta_pp")
+        d = ver(f, p, "delta_macro_f1_pp")
         return None if d is None else abs(d)
 
     checks = [

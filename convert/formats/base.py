@@ -1,0 +1,84 @@
+"""What an export format is: one row of the table, carrying behaviour, not just names.
+
+A format module (``onnx_format.py``, ``tflite_format.py``) builds one
+:class:`ExportFormat` from the device's row (``device/formats.py``: suffix, runtimes,
+companion files) plus what only the workstation does: how to produce each
+precision, read and write the contract, count parameters and MACs, and how it is
+drawn. ``convert``, ``bench``, ``eval``, ``explain`` and ``debug-quant`` ask the table
+(``edgecxr.convert.formats``), never the file suffix.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgecxr.device.contract import Contract
+from edgecxr.device.formats import DeviceFormat, artifact_files
+
+PRECISIONS = ("fp32", "fp16", "int8")
+Stats = dict[str, Any]
+
+
+@dataclass
+class Production:
+    """Everything a format's ``produce`` needs from one conversion (see ``convert/pipeline.py``)."""
+
+    run: Any  # convert.steps.Run: do/skip/path/echo
+    torch_model: Any
+    contract: Contract
+    versions: dict[str, str]
+    source: dict[str, Any]
+    int8_source: dict[str, Any]
+    plain_target: dict[str, Any]  # contract "target" of files exact everywhere
+    int8_target: Any  # convert.int8_target.Int8Target (ONNX Runtime's scheme)
+    calib: Any = None  # convert.calibration set, or None without --int8
+    calib_method: str = "minmax"
+    keep_float: list[str] = field(default_factory=list)
+    fp32_onnx: str | None = None  # the source artifact every other format is made from, once written
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    device: DeviceFormat
+    precisions: tuple[str, ...]
+    layout: str  # input layout of the files convert writes
+    description: str
+    options: dict[str, str]  # how each precision is produced; copied into the convert report
+    marker: str  # bench plot marker
+    produce: Callable[[Production, dict[str, Any]], None]  # fills the Steps it is given, one per precision
+    read_contract: Callable[[str], Contract | None]  # without starting a runtime
+    write_contract: Callable[[str, Contract], None]  # atomically, where the format keeps it
+    graph_stats: Callable[[str], Stats]  # {"params", "macs", "stats_from", "weight_precision"}
+
+    @property
+    def name(self) -> str:
+        return self.device.name
+
+    @property
+    def suffix(self) -> str:
+        return self.device.suffix
+
+    @property
+    def runtimes(self) -> tuple[str, ...]:
+        return self.device.runtimes
+
+    def artifact_name(self, arch: str, precision: str) -> str:
+        return f"{arch}_{precision}{self.suffix}"
+
+    def files(self, path: str) -> list[str]:
+        """The artifact's files: primary first, then its companions that exist."""
+        return artifact_files(path)
+
+
+def prod(shape: Any) -> int:
+    return int(np.prod([max(int(d), 1) for d in shape])) if len(shape) else 1
+
+
+def weight_precision(dtypes: list[str]) -> str:
+    """The precision most weights are stored in: how a foreign file's precision is named."""
+    names = {"int8": "int8", "uint8": "int8", "float16": "fp16", "float32": "fp32"}
+    kinds = [names.get(d, "?") for d in dtypes]
+    return max(set(kinds), key=kinds.count) if kinds else "?"

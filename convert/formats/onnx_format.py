@@ -1,0 +1,158 @@
+"""ONNX: the source format (every other artifact is made from the FP32 ONNX export).
+
+FP32 by ``torch.onnx.export`` + onnxsim, FP16 by onnxconverter-common, INT8 by
+ONNX Runtime static QDQ quantization on the INT8 target's weight grid
+(``int8_target.py``). The contract lives inside the file (``metadata_props``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from edgecxr.convert.formats.base import PRECISIONS, ExportFormat, Production, Stats, prod, weight_precision
+from edgecxr.device.contract import CONTRACT_KEY, Contract, ContractError, read_sidecar
+from edgecxr.device.formats import DEVICE_FORMATS
+
+
+def produce(p: Production, steps: dict[str, Any]) -> None:
+    """FP32 first (the source of everything else), then FP16 and INT8 from it."""
+    from edgecxr.convert import onnx_export, quantize
+    from edgecxr.convert.variants import onnx_variant
+
+    run, c = p.run, p.contract
+    fp32 = steps["fp32"]
+    ok = run.do(fp32, lambda: onnx_export.export_fp32(
+        p.torch_model, onnx_export.onnx_contract(c, "fp32", p.source, p.versions, p.plain_target), run.path(fp32)))
+    p.fp32_onnx = run.path(fp32) if ok else None
+    for precision in ("fp16", "int8"):
+        step = steps.get(precision)
+        if step is None:
+            continue
+        if not ok:
+            run.skip(step, "FP32 ONNX export failed")
+            continue
+        if precision == "fp16":
+            make = lambda tmp: quantize.convert_fp16(p.fp32_onnx, tmp)  # noqa: E731
+            stamp = onnx_export.onnx_contract(c, "fp16", p.source, p.versions, p.plain_target)
+        else:
+            x_cal = p.calib.nchw(c.preprocess)
+            make = lambda tmp, x=x_cal: quantize.quantize_int8(  # noqa: E731
+                p.fp32_onnx, tmp, x, p.calib_method, p.keep_float, onnx_export.INPUT_NAME, reduce_range=p.int8_target.reduce_range)
+            stamp = onnx_export.onnx_contract(c, "int8", p.int8_source, p.versions, p.int8_target.contract_block(p.plain_target["converted_on"]))
+        run.do(step, lambda s=step, m=make, k=stamp: onnx_variant(run.path(s), m, k))
+
+
+def read_contract(path: str) -> Contract | None:
+    """From ``metadata_props`` with the onnx package (no runtime session), else a sidecar."""
+    import onnx
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # protobuf errors for a truncated or foreign file
+        raise ContractError(f"not a readable ONNX file ({type(exc).__name__})") from exc
+    meta = {m.key: m.value for m in model.metadata_props}
+    if CONTRACT_KEY in meta:
+        return Contract.from_json(meta[CONTRACT_KEY])
+    return read_sidecar(path)
+
+
+def write_contract(path: str, contract: Contract) -> None:
+    from edgecxr.convert.quantize import restamp
+
+    restamp(path, contract, path)
+
+
+_PASS_THROUGH = {"DequantizeLinear", "Cast", "Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
+# op -> (input index of the data, input index of the weight, input index of the bias or None)
+_ONNX_WEIGHTED = {
+    "Conv": (0, 1, 2), "ConvInteger": (0, 1, None), "QLinearConv": (0, 3, 8),
+    "Gemm": (0, 1, 2), "MatMul": (0, 1, None), "MatMulInteger": (0, 1, None), "QLinearMatMul": (0, 3, None),
+}
+
+
+def graph_stats(path: str) -> Stats:
+    """Weights and MACs of Conv/Gemm/MatMul, seen through QuantizeLinear/DequantizeLinear."""
+    import onnx
+
+    model = onnx.load(path)
+    try:
+        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # shape inference is best effort: unknown shapes are skipped below
+        pass
+    g = model.graph
+    shapes: dict[str, list[int]] = {}
+
+    def dims(t: Any) -> list[int] | None:
+        if not t.type.HasField("tensor_type") or not t.type.tensor_type.HasField("shape"):
+            return None
+        out = []
+        for d in t.type.tensor_type.shape.dim:
+            out.append(d.dim_value if d.HasField("dim_value") else 1)  # dynamic batch -> 1
+        return out
+
+    for t in [*g.input, *g.value_info, *g.output]:
+        d = dims(t)
+        if d is not None:
+            shapes[t.name] = d
+    constant: set[str] = set()
+    init_dtype: dict[str, str] = {}
+    for init in g.initializer:
+        shapes[init.name] = list(init.dims)
+        constant.add(init.name)
+        init_dtype[init.name] = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).name
+    for node in g.node:  # the weight's storage type, seen through DequantizeLinear/Cast
+        if node.op_type in _PASS_THROUGH and node.input and node.input[0] in init_dtype:
+            for o in node.output:
+                init_dtype.setdefault(o, init_dtype[node.input[0]])
+    weight_dtypes: list[str] = []
+    for node in g.node:  # graph order is topological
+        if node.op_type == "Constant":
+            constant.update(node.output)
+        elif node.op_type in _PASS_THROUGH and node.input and node.input[0] in constant:
+            constant.update(node.output)
+    params = macs = 0
+    counted = 0
+    for node in g.node:
+        spec = _ONNX_WEIGHTED.get(node.op_type)
+        if spec is None:
+            continue
+        _x, wi, bi = spec
+        w = node.input[wi] if len(node.input) > wi else ""
+        y = node.output[0]
+        if w not in constant or w not in shapes or y not in shapes:
+            continue
+        wshape, yshape = shapes[w], shapes[y]
+        counted += 1
+        weight_dtypes.append(init_dtype.get(w, "?"))
+        params += prod(wshape)
+        if bi is not None and len(node.input) > bi and node.input[bi] in shapes:
+            params += prod(shapes[node.input[bi]])
+        if "Conv" in node.op_type:
+            macs += prod(yshape) * prod(wshape[1:])  # out elements * (in/groups) * kernel
+        elif node.op_type == "Gemm":
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            k = wshape[1] if trans_b else wshape[0]
+            macs += prod(yshape) * int(k)
+        else:  # MatMul: weight is K x N
+            macs += prod(yshape) * int(wshape[-2] if len(wshape) >= 2 else wshape[0])
+    if counted == 0:
+        return {"params": None, "macs": None, "stats_from": "n/a (no weighted layers with known shapes)"}
+    return {"params": int(params), "macs": int(macs), "stats_from": "onnx graph (Conv/Gemm/MatMul)",
+            "weight_precision": weight_precision(weight_dtypes)}
+
+
+FORMAT = ExportFormat(
+    device=DEVICE_FORMATS["onnx"],
+    precisions=PRECISIONS,
+    layout="NCHW",
+    description="ONNX opset 17, dynamic batch, simplified with onnxsim; contract in metadata_props",
+    options={
+        "fp32": "torch.onnx.export(dynamo=False, opset 17) + onnxsim",
+        "fp16": "onnxconverter-common float16, float32 inputs/outputs kept",
+        "int8": "onnxruntime static QDQ, per-channel s8 weights on the --target grid (portable: 7-bit), u8 activations, real calibration images",
+    },
+    marker="o",
+    produce=produce,
+    read_contract=read_contract,
+    write_contract=write_contract,
+    graph_stats=graph_stats,
+)

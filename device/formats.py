@@ -1,0 +1,80 @@
+"""The device's own table: which file suffix is which format, and which runtimes open it.
+
+The Pi cannot import ``convert/`` (no torch, no TensorFlow), so this minimal table
+lives here and the workstation's export-format table (``edgecxr.convert.formats``)
+refers to its rows instead of repeating them. A runtime is a first-class choice:
+one file can be opened by several (``litert`` with XNNPACK, ``litert-builtin``
+without it), and every bench row and runner call names the one it used.
+
+Companion files are part of the model (OpenVINO's ``.bin`` beside its ``.xml``):
+they count in its size and travel with it. ``{path}`` is the primary path, ``{stem}``
+the path without its suffix. A contract sidecar (``<file>.json``) travels too but
+is metadata, not model, so it is not counted in the size.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """One way to run a format: the backend that implements it and how to install it."""
+
+    name: str
+    module: str  # what must be importable, e.g. "onnxruntime"
+    install: str  # the pip command a user types when it is missing
+    description: str
+
+
+@dataclass(frozen=True)
+class DeviceFormat:
+    name: str
+    suffix: str
+    runtimes: tuple[str, ...]  # the first is the default
+    companions: tuple[str, ...] = ()  # patterns of the model's other files
+    contract_in_file: bool = True  # False: the contract is a sidecar, <file>.json
+
+    def companion_paths(self, path: str) -> list[str]:
+        """The model's other files, then the contract sidecar if the format uses one."""
+        stem = path[: -len(self.suffix)] if path.lower().endswith(self.suffix) else path
+        out = [c.format(path=path, stem=stem) for c in self.companions]
+        return out + ([path + ".json"] if not self.contract_in_file else [])
+
+
+RUNTIMES: dict[str, Runtime] = {
+    "onnxruntime": Runtime("onnxruntime", "onnxruntime", "pip install onnxruntime", "ONNX Runtime, CPU execution provider"),
+    "litert": Runtime("litert", "ai_edge_litert", "pip install ai-edge-litert",
+                      "TFLite interpreter (ai-edge-litert, else tflite-runtime) with its default XNNPACK delegate"),
+    "litert-builtin": Runtime("litert-builtin", "ai_edge_litert", "pip install ai-edge-litert",
+                              "TFLite interpreter with its built-in kernels only (no XNNPACK): what a delegate-less build runs"),
+}
+
+DEVICE_FORMATS: dict[str, DeviceFormat] = {
+    "onnx": DeviceFormat("onnx", ".onnx", ("onnxruntime",)),
+    "tflite": DeviceFormat("tflite", ".tflite", ("litert", "litert-builtin"), contract_in_file=False),
+}
+
+
+def device_format_of(path: str) -> DeviceFormat | None:
+    """The format of a model file, from its suffix; ``None`` when no runtime here opens it."""
+    ext = os.path.splitext(path)[1].lower()
+    return next((f for f in DEVICE_FORMATS.values() if f.suffix == ext), None)
+
+
+def artifact_files(path: str) -> list[str]:
+    """The primary file and those of its companions that exist: what travels with it."""
+    fmt = device_format_of(path)
+    extra = [p for p in fmt.companion_paths(path) if os.path.exists(p)] if fmt else []
+    return [path, *extra]
+
+
+def model_bytes(path: str) -> int:
+    """The model's size: the primary file and its companions, not the contract sidecar."""
+    fmt = device_format_of(path)
+    extra = fmt.companion_paths(path)[: len(fmt.companions)] if fmt else []
+    return sum(os.path.getsize(p) for p in [path, *extra] if os.path.exists(p))
+
+
+def model_suffixes() -> tuple[str, ...]:
+    return tuple(f.suffix for f in DEVICE_FORMATS.values())
