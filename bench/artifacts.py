@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgecxr.convert.formats import PRECISIONS, export_formats, find_artifacts, format_of, parse_artifact_name
-from edgecxr.device.formats import model_bytes
 from edgecxr.device.contract import Contract, ContractError
+from edgecxr.device.formats import model_bytes
 from edgecxr.errors import EdgecxrError
 from edgecxr.runtime import is_checkpoint, known_suffixes
 

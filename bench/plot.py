@@ -12,6 +12,7 @@ from typing import Any
 from edgecxr.atomic import atomic_path
 from edgecxr.bench.tables import latency_stats
 
+
 def markers() -> dict[str, str]:
     """Each format's marker from the formats table; checkpoints are triangles."""
     from edgecxr.convert.formats import export_formats

@@ -13,6 +13,7 @@ input tensors (TFLite in its NHWC layout), never a re-derived normalisation.
 from __future__ import annotations
 
 import os
+
 import numpy as np
 
 from edgecxr.data import DatasetIndex, Sample, list_images, read_split_csv, stratified_subset

@@ -41,8 +41,8 @@ def _fp32_onnx_and_contract(model_path: str, tmp: str) -> tuple[str, Contract]:
         raise EdgecxrError(f"{model_path}: model file not found")
     fmt = format_of(model_path)
     if is_checkpoint(model_path):
-        from edgecxr.models import load_model
         from edgecxr.convert.onnx_export import export_fp32, onnx_contract
+        from edgecxr.models import load_model
 
         model, contract = load_model(model_path)
         path = os.path.join(tmp, "fp32.onnx")

@@ -52,7 +52,8 @@ def plan(arch: str, formats: Iterable[str], precisions: tuple[str, ...]) -> dict
 def _load_inputs(contract: Any, int8: bool, calib_data: str | None, calib_n: int, verify: bool, verify_data: str | None,
                  max_drop: float | None, progress: bool, echo: Echo) -> tuple[Any, Any]:
     """Calibration and verification images, or the one-line refusal, before any file is written."""
-    from edgecxr.convert import calibration, verify as verify_mod
+    from edgecxr.convert import calibration
+    from edgecxr.convert import verify as verify_mod
 
     calib = None
     if int8:
@@ -169,7 +170,9 @@ def _verify_steps(run: Run, vset: Any, torch_model: Any, contract: Any, host_cpu
     """
     from tqdm import tqdm
 
-    from edgecxr.convert import golden as golden_mod, report as report_mod, verify as verify_mod
+    from edgecxr.convert import golden as golden_mod
+    from edgecxr.convert import report as report_mod
+    from edgecxr.convert import verify as verify_mod
 
     t0 = time.perf_counter()
     ref_logits = verify_mod.torch_logits(torch_model, vset.x)
@@ -197,10 +200,11 @@ def _verify_steps(run: Run, vset: Any, torch_model: Any, contract: Any, host_cpu
 
 def _verify_one(run: Run, step: Step, vset: Any, ref_logits: Any, gold: Any, host_cpu: dict[str, Any], threads: int | None) -> str | None:
     """Stamp, then verify one artifact; returns why this CPU computes it wrong, if it does."""
-    from edgecxr.convert import golden as golden_mod, verify as verify_mod
-    from edgecxr.device.formats import model_bytes
+    from edgecxr.convert import golden as golden_mod
+    from edgecxr.convert import verify as verify_mod
     from edgecxr.device.backends import open_backend
     from edgecxr.device.cpufeatures import unmet_requirement
+    from edgecxr.device.formats import model_bytes
 
     path = run.path(step)
     backend = open_backend(path, check_cpu=False)

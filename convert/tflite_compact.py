@@ -44,7 +44,7 @@ def _sharing_builder() -> Any:
             self.seen: dict[tuple[str, bytes], int] = {}
             self.shared_bytes = 0
 
-        def CreateNumpyVector(self, x: np.ndarray) -> int:  # noqa: N802 (flatbuffers' name)
+        def CreateNumpyVector(self, x: np.ndarray) -> int:
             if x.dtype in SHARED_DTYPES:
                 key = (x.dtype.str, x.tobytes())
                 if key in self.seen:

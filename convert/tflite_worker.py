@@ -22,6 +22,7 @@ import time
 import traceback
 from typing import Any
 
+
 def _onnx2tf(job: dict[str, Any]) -> dict[str, str]:
     import onnx2tf
 

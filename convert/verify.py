@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from edgecxr.device.backends import softmax
-from edgecxr.imageset import LabelledImages
 from edgecxr.device.contract import Contract
 from edgecxr.errors import EdgecxrError
+from edgecxr.imageset import LabelledImages
 
 DELTA_BOOTSTRAP = 1000
 BATCH = 32

@@ -35,16 +35,16 @@ if __package__ in (None, ""):  # run as a script, e.g. from a bare copy of devic
     _spec.loader.exec_module(_package)
     __package__ = "edgecxr_device"
 
-from .backends import ModelLoadError, open_backend  # noqa: E402 (after the bootstrap above)
-from .camera import CameraError, open_capture, run_camera  # noqa: E402
-from .classify import Classifier  # noqa: E402
-from .contract import ContractError  # noqa: E402
-from .formats import RUNTIMES  # noqa: E402
-from .image_io import ImageError, is_image_file, load_gray  # noqa: E402
-from .latency import latency_record, summarize, time_invocations  # noqa: E402
-from .runner_io import emit, record, text_line, warn, write_csv  # noqa: E402
-from .selftest import run_selftest, selftest_line  # noqa: E402
-from .sysinfo import device_info, device_string  # noqa: E402
+from .backends import ModelLoadError, open_backend
+from .camera import CameraError, open_capture, run_camera
+from .classify import Classifier
+from .contract import ContractError
+from .formats import RUNTIMES
+from .image_io import ImageError, is_image_file, load_gray
+from .latency import latency_record, summarize, time_invocations
+from .runner_io import emit, record, text_line, warn, write_csv
+from .selftest import run_selftest, selftest_line
+from .sysinfo import device_info, device_string
 
 EXIT_USAGE = 2
 EXIT_SELFTEST_FAILED = 3

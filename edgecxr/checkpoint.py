@@ -18,18 +18,10 @@ from edgecxr.atomic import atomic_path
 from edgecxr.device.contract import Contract, ContractError, TensorSpec
 from edgecxr.device.preprocess import PreprocessSpec
 from edgecxr.errors import EdgecxrError
+from edgecxr.versions import TRAINING, tool_versions
 
 FORMAT = "edgecxr-checkpoint"
 FORMAT_VERSION = 1
-
-
-def versions() -> dict[str, str]:
-    import numpy
-    import torch as _t
-
-    from edgecxr import __version__
-
-    return {"edgecxr": str(__version__), "torch": str(_t.__version__), "numpy": str(numpy.__version__)}
 
 
 def make_contract(arch: str, classes: list[str], spec: PreprocessSpec, method: str = "supervised", source: dict | None = None) -> Contract:
@@ -43,7 +35,7 @@ def make_contract(arch: str, classes: list[str], spec: PreprocessSpec, method: s
         precision="fp32",
         method=method,
         source=dict(source or {}),
-        versions=versions(),
+        versions=tool_versions(TRAINING),
     )
 
 

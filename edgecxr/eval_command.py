@@ -30,13 +30,12 @@ def eval_command(model: str, data: str | None, split: str, split_csv: str | None
     """
     from edgecxr.atomic import write_json
     from edgecxr.device.cpufeatures import cpu_description
+    from edgecxr.device.selftest import run_selftest, selftest_line
     from edgecxr.evaluate import format_report, predict_probs, resolve_samples
     from edgecxr.imageset import load_images
     from edgecxr.metrics import classification_report
     from edgecxr.plots import save_confusion_matrix, save_roc_curves
     from edgecxr.runtime import open_model
-
-    from edgecxr.device.selftest import run_selftest, selftest_line
 
     backend = open_model(model, threads)
     contract = backend.contract

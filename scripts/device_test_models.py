@@ -98,8 +98,8 @@ def write_onnx(out: str, checkpoint: str) -> str:
     import onnx
     import torch
 
-    from edgecxr.models import load_model
     from edgecxr.device.contract import CONTRACT_KEY
+    from edgecxr.models import load_model
 
     model, contract = load_model(checkpoint)
     size, ch = contract.preprocess.size, contract.preprocess.channels

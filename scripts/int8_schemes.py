@@ -92,13 +92,13 @@ def main() -> int:
     ap.add_argument("--keep-float", default="", help="ONNX nodes kept float in every scheme (as convert --keep-float)")
     a = ap.parse_args()
 
-    from edgecxr.models import load_model
     from edgecxr.convert import calibration, verify
     from edgecxr.convert.onnx_export import INPUT_NAME
     from edgecxr.convert.quantize import quantize_int8
     from edgecxr.device.backends import softmax
     from edgecxr.device.cpufeatures import features_string
     from edgecxr.metrics import paired_delta_ci
+    from edgecxr.models import load_model
 
     os.makedirs(a.out, exist_ok=True)
     model, contract = load_model(a.ckpt)

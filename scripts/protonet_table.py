@@ -24,7 +24,7 @@ import sys
 from datetime import date
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from training_table import stages  # noqa: E402  (sibling script)
+from training_table import stages
 
 ARCHS = ("mobilenet_v2", "squeezenet1_1", "efficientnet_lite0")
 

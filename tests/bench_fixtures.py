@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from helpers import run_cli
 from sshd import sshd_server  # noqa: F401  (re-exported fixture)
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import COVID, run_cli
 
 
@@ -49,9 +48,9 @@ def probe_models(trained_run: Path, synthetic_data: Path, tmp_path_factory) -> t
     from sklearn.linear_model import LogisticRegression
 
     from edgecxr.checkpoint import save_checkpoint
-    from edgecxr.models import load_model
     from edgecxr.evaluate import resolve_samples
     from edgecxr.imageset import load_images
+    from edgecxr.models import load_model
     from edgecxr.registry import create_model
 
     _, contract = load_model(str(trained_run / "best.pt"))

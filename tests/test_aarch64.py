@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]

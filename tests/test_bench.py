@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import run_cli
 
 REFERENCE_MODELS = Path(__file__).resolve().parents[2] / "shared" / "reference-models"

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import run_cli
+
 pytest_plugins = ["bench_fixtures"]  # export_dir and sshd_server, built once per session
 pytestmark = pytest.mark.ssh
 

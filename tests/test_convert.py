@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from helpers import run_cli
+
 from edgecxr.errors import EdgecxrError
 
 SIX = [("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8")]
@@ -86,9 +86,9 @@ def test_convert_writes_all_six_artifacts_verified_with_report(full_export):
 
 def test_every_artifact_carries_its_contract(full_export, trained_run):
     from edgecxr.checkpoint import file_sha256
-    from edgecxr.models import load_model
     from edgecxr.device.backends import import_interpreter
     from edgecxr.device.contract import read_onnx_contract, read_sidecar
+    from edgecxr.models import load_model
 
     out, _report, _ = full_export
     _, ckpt_contract = load_model(str(trained_run / "best.pt"))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import run_cli
+
 from edgecxr.registry import list_models
 
 
@@ -17,8 +17,8 @@ def _export_onnx(checkpoint: Path, dest: Path) -> Path:
     import onnx
     import torch
 
-    from edgecxr.models import load_model
     from edgecxr.device.contract import CONTRACT_KEY, TensorSpec
+    from edgecxr.models import load_model
 
     model, contract = load_model(str(checkpoint))
     size = contract.preprocess.size

@@ -4,6 +4,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+
 from edgecxr.device.image_io import ImageError, load_gray, to_uint8
 
 

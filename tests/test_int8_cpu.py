@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from emulation import run_on_haswell
 
 ROOT = Path(__file__).resolve().parents[1]

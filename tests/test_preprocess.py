@@ -4,10 +4,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from edgecxr.device.preprocess import PreprocessSpec, normalize, prepare_gray, preprocess, preprocess_file
-from edgecxr.train.dataset import CXRDataset
 
 from edgecxr.data import Sample
+from edgecxr.device.preprocess import PreprocessSpec, normalize, prepare_gray, preprocess, preprocess_file
+from edgecxr.train.dataset import CXRDataset
 
 
 def test_training_tensor_and_runner_array_are_identical(tmp_path):

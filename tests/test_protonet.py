@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from helpers import run_cli
+
 from edgecxr.data import Sample
-from edgecxr.errors import EdgecxrError
 from edgecxr.episodes import EpisodeDataset, EpisodeSpec, check_episode_fit, mean_ci95, per_class_subset
+from edgecxr.errors import EdgecxrError
 from edgecxr.proto_encoder import ProtoEncoder, squared_distances
 from edgecxr.train.proto_model import fold_into_classifier
 
@@ -115,8 +115,8 @@ def test_protonet_encoder_has_a_128_dimensional_head_on_any_backbone():
 
 
 def test_protonet_lr_schedule_defaults_to_half_every_10_epochs_unless_flags_given():
-    from edgecxr.train.protonet import ProtoConfig, schedule_config
     from edgecxr.train.config import TrainConfig
+    from edgecxr.train.protonet import ProtoConfig, schedule_config
 
     cfg = schedule_config(TrainConfig(data="d", arch="mobilenet_v2", out="o"), ProtoConfig())
     assert (cfg.step_size, cfg.gamma) == (10, 0.5)

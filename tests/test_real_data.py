@@ -6,7 +6,6 @@ import json
 from collections import Counter
 
 import pytest
-
 from helpers import run_cli
 
 pytestmark = pytest.mark.slow

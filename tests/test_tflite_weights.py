@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from helpers import ROOT, run_cli
 
 REFERENCE = ROOT.parent / "shared" / "reference-models" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from edgecxr.device.image_io import ImageError, load_gray
-from edgecxr.device.preprocess import PreprocessSpec, normalize, prepare_gray
 from torch.utils.data import Dataset
 
 from edgecxr.data import Sample
+from edgecxr.device.image_io import ImageError, load_gray
+from edgecxr.device.preprocess import PreprocessSpec, normalize, prepare_gray
 
 
 @dataclass(frozen=True)

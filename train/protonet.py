@@ -25,20 +25,6 @@ from itertools import islice
 
 import numpy as np
 import torch
-from edgecxr.train.config import TrainConfig
-from edgecxr.train.dataset import CXRDataset
-from edgecxr.train.proto_model import build_encoder, class_prototypes, embed_dataset, fold_into_classifier, precise_bn
-from edgecxr.train.run import (
-    EpochStats,
-    EpochSteps,
-    Run,
-    Validation,
-    begin_run,
-    finish_run,
-    prepare_model,
-    run_epochs,
-    run_summary,
-)
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -55,6 +41,20 @@ from edgecxr.episodes import (
 )
 from edgecxr.errors import EdgecxrError
 from edgecxr.proto_encoder import PROTONET_FORMAT, load_protonet, save_protonet, squared_distances, support_prototypes
+from edgecxr.train.config import TrainConfig
+from edgecxr.train.dataset import CXRDataset
+from edgecxr.train.proto_model import build_encoder, class_prototypes, embed_dataset, fold_into_classifier, precise_bn
+from edgecxr.train.run import (
+    EpochStats,
+    EpochSteps,
+    Run,
+    Validation,
+    begin_run,
+    finish_run,
+    prepare_model,
+    run_epochs,
+    run_summary,
+)
 
 BN_EPISODES = 10  # training episodes whose batch statistics become BatchNorm's running statistics (precise_bn)
 

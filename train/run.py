@@ -27,19 +27,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from edgecxr.device.contract import Contract
-from edgecxr.device.preprocess import PreprocessSpec
-from edgecxr.train.config import TrainConfig
-from edgecxr.train.dataset import AugmentSpec, CXRDataset
-from edgecxr.train.distributed import Dist
 from torch import nn
 
 from edgecxr.atomic import write_json, write_text
 from edgecxr.checkpoint import make_contract
 from edgecxr.data import DatasetIndex, Sample, build_index, class_counts, parse_ratios, read_split_csv, write_split_csv
+from edgecxr.device.contract import Contract
+from edgecxr.device.preprocess import PreprocessSpec
 from edgecxr.errors import EdgecxrError
 from edgecxr.metrics import macro_f1
 from edgecxr.registry import get_config
+from edgecxr.train.config import TrainConfig
+from edgecxr.train.dataset import AugmentSpec, CXRDataset
+from edgecxr.train.distributed import Dist
 
 SUPERVISED_STEP_SIZE = 7  # StepLR defaults when --step-size/--gamma are not given; protonet
 SUPERVISED_GAMMA = 0.1  # fills in its own (x0.5 every 10 epochs) before it gets here

@@ -14,6 +14,12 @@ from functools import partial
 
 import numpy as np
 import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from edgecxr.checkpoint import load_checkpoint, save_checkpoint
+from edgecxr.errors import EdgecxrError
+from edgecxr.models import build_model
 from edgecxr.train.config import TrainConfig
 from edgecxr.train.dataset import CXRDataset
 from edgecxr.train.run import (
@@ -27,12 +33,6 @@ from edgecxr.train.run import (
     run_epochs,
     run_summary,
 )
-from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
-
-from edgecxr.checkpoint import load_checkpoint, save_checkpoint
-from edgecxr.errors import EdgecxrError
-from edgecxr.models import build_model
 
 
 @torch.no_grad()

@@ -76,7 +76,7 @@ def graph_stats(path: str) -> Stats:
     weight_dtypes: list[str] = []
     params = macs = 0
     counted = 0
-    ops = interp._get_ops_details()  # noqa: SLF001 - the only API listing ops and their tensors
+    ops = interp._get_ops_details()
     for op in ops:  # FP16 files store weights as float16 behind a DEQUANTIZE op
         if op["op_name"] == "DEQUANTIZE" and len(op["inputs"]) and len(op["outputs"]):
             dtypes[int(op["outputs"][0])] = dtypes.get(int(op["inputs"][0]), "?")
