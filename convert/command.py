@@ -29,9 +29,10 @@ def _split_list(text: str | None) -> list[str]:
 @click.option("--max-drop", type=float, help="Exit with code 3 when an INT8 artifact loses more than this many macro-F1 points.")
 @click.option("--keep-float", default="", help="Comma-separated ONNX node names to keep in float in INT8 ONNX (see `edgecxr debug-quant`).")
 @click.option("--target", default="portable", show_default=True, type=click.Choice(["portable", "host", "x86-vnni", "arm64"]),
-              help="CPUs the INT8 ONNX file must be exact on. portable: 7-bit weights, exact on every CPU. x86-vnni/arm64: full "
-                   "8-bit weights, exact only on x86 with AVX-512 VNNI or AVX-VNNI and on ARM (refused elsewhere by the runner). "
-                   "host: the fastest exact choice for this CPU. TFLite INT8 is exact everywhere and ignores it.")
+              help="CPUs the INT8 ONNX file must be exact on. portable: u8 x u8, exact on every CPU (no faster than FP32 on x86). "
+                   "x86-vnni/arm64: full-range u8 x s8, fast but exact only on x86 with AVX-512 VNNI or AVX-VNNI and on ARM "
+                   "(refused elsewhere by the runner). host: the fastest exact choice for this CPU. TFLite INT8 is exact "
+                   "everywhere and ignores it.")
 @click.option("--keep-degraded", is_flag=True, help="Exit 0 even when an artifact is outside the default tolerance (it is still marked DEGRADED).")
 @click.option("--threads", type=click.IntRange(1), help="Threads for torch and the runtimes during verification.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -78,6 +79,13 @@ def convert_command(ckpt: str, out_dir: str, int8: bool, fp16: bool, formats: st
     click.echo("")
     click.echo(terminal_table(report))
     click.echo(f"\nwrote {os.path.join(out_dir, REPORT_JSON)} and {REPORT_MD} ({report['seconds']:.0f} s in all)")
+    status = _exit_status(report, keep_degraded)
+    if status:
+        sys.exit(status)
+
+
+def _exit_status(report: dict, keep_degraded: bool) -> int:
+    """Print what went wrong, loudly, and the exit code: 3 for a failed gate or a degraded artifact."""
     failed = [a for a in report["artifacts"] if a["status"] in ("failed", "skipped")]
     if failed:
         click.echo(f"{len(failed)} artifact(s) not produced: " + "; ".join(f"{a['file']} ({a['reason']})" for a in failed), err=True)
@@ -96,8 +104,7 @@ def convert_command(ckpt: str, out_dir: str, int8: bool, fp16: bool, formats: st
         stop = True
     elif gate["max_drop_pp"] is not None:
         click.echo(f"--max-drop {gate['max_drop_pp']:g}: passed")
-    if stop:
-        sys.exit(EXIT_GATE_FAILED)
+    return EXIT_GATE_FAILED if stop else 0
 
 
 @click.command("debug-quant")

@@ -49,6 +49,22 @@ def plan(arch: str, formats: Iterable[str], precisions: tuple[str, ...]) -> dict
     return out
 
 
+def _load_checkpoint(ckpt: str, split_csv: str | None, threads: int | None) -> tuple[Any, Any]:
+    """The model and its contract; ``split_csv`` replaces the recorded split (the run folder moved)."""
+    from edgecxr.models import load_model
+
+    torch_model, contract = load_model(ckpt)
+    if split_csv:
+        if not os.path.exists(split_csv):
+            raise EdgecxrError(f"--split-csv {split_csv}: file not found")
+        contract = replace(contract, source={**contract.source, "split_csv": os.path.abspath(split_csv)})
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    return torch_model, contract
+
+
 def _load_inputs(contract: Any, int8: bool, calib_data: str | None, calib_n: int, verify: bool, verify_data: str | None,
                  max_drop: float | None, progress: bool, echo: Echo) -> tuple[Any, Any]:
     """Calibration and verification images, or the one-line refusal, before any file is written."""
@@ -111,7 +127,6 @@ def convert_checkpoint(
     from edgecxr.convert import report as report_mod
     from edgecxr.convert.int8_target import plain_block, resolve_target
     from edgecxr.device.cpufeatures import cpu_description
-    from edgecxr.models import load_model
     from edgecxr.versions import tool_versions
 
     t_start = time.perf_counter()
@@ -122,15 +137,7 @@ def convert_checkpoint(
     fmts = [get_format(f).name for f in formats]  # an unknown name is refused before any work
     precisions = ("fp32",) + (("fp16",) if fp16 else ()) + (("int8",) if int8 else ())
 
-    torch_model, contract = load_model(ckpt)
-    if split_csv:  # the run folder moved, or another split: used for calibration and verification
-        if not os.path.exists(split_csv):
-            raise EdgecxrError(f"--split-csv {split_csv}: file not found")
-        contract = replace(contract, source={**contract.source, "split_csv": os.path.abspath(split_csv)})
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
+    torch_model, contract = _load_checkpoint(ckpt, split_csv, threads)
     echo(f"convert {ckpt}: {contract.arch}, {contract.num_classes} classes {list(contract.classes)}, {contract.input_size} px")
     calib, vset = _load_inputs(contract, int8, calib_data, calib_n, verify, verify_data, max_drop, progress, echo)
 

@@ -1,10 +1,9 @@
 """ONNX FP16 and INT8 variants of the FP32 export.
 
-INT8 is ONNX Runtime static quantization in QDQ format with per-channel signed
-weights and *unsigned* 8-bit activations: on x86 only the u8 x s8 kernels use VNNI,
-so signed activations (ORT's default) run no faster than FP32. Whether the weights
-use all 8 bits or 7 (``reduce_range``) is the INT8 target's choice
-(``int8_target.py``): full range saturates on x86 CPUs without VNNI.
+INT8 is ONNX Runtime static quantization in QDQ format with per-channel weights and
+*unsigned* 8-bit activations (on x86 only u8 activations reach the fast kernels).
+The weight type is the INT8 target's choice (``int8_target.py``): u8 (portable,
+exact on every CPU) or full-range s8 (fast with VNNI, saturating without it).
 Calibration is fed in batches through ``CalibStridedMinMax`` so that histogram
 methods (entropy, percentile) never hold every activation of every image at once.
 """
@@ -106,13 +105,13 @@ def preprocess_for_quant(src: str, dest: str) -> str:
 
 def quantize_int8(fp32_path: str, dest_tmp: str, calib_nchw: np.ndarray, method: str = "minmax",
                   keep_float: Iterable[str] = (), input_name: str = "input", pre_process: bool = True,
-                  reduce_range: bool = True, activations: str = "uint8", weights: str = "int8") -> dict[str, Any]:
+                  reduce_range: bool = False, activations: str = "uint8", weights: str = "uint8") -> dict[str, Any]:
     """Write the INT8 QDQ model to ``dest_tmp`` (a temp path the caller renames).
 
     ``pre_process=False`` keeps tensor names identical to ``fp32_path``, which
     ``debug-quant`` needs to match activations between the two models.
-    ``activations``/``weights`` (``uint8``/``int8``) exist to measure the other
-    schemes (``scripts/int8_schemes.py``); convert always uses u8 x s8.
+    ``activations``/``weights`` (``uint8``/``int8``) and ``reduce_range`` (7-bit s8
+    weights) select the scheme; the defaults are ``--target portable``'s (u8 x u8).
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 

@@ -30,8 +30,8 @@ import numpy as np
 SCHEMES = [  # name, activations, weights, reduce_range
     ("u8s8 full range (--target x86-vnni/arm64)", "uint8", "int8", False),
     ("s8s8 full range", "int8", "int8", False),
-    ("u8s8 7-bit weights (--target portable, default)", "uint8", "int8", True),
-    ("u8u8", "uint8", "uint8", False),
+    ("u8s8 7-bit weights (reduce_range)", "uint8", "int8", True),
+    ("u8u8 (--target portable, default)", "uint8", "uint8", False),
 ]
 
 
@@ -97,7 +97,7 @@ def main() -> int:
     from edgecxr.convert.quantize import quantize_int8
     from edgecxr.device.backends import softmax
     from edgecxr.device.cpufeatures import features_string
-    from edgecxr.metrics import paired_delta_ci
+    from edgecxr.metrics import compare_to_reference
     from edgecxr.models import load_model
 
     os.makedirs(a.out, exist_ok=True)
@@ -123,8 +123,7 @@ def main() -> int:
 
     def judge(logits: np.ndarray, n: int) -> dict:
         p_ref, p = softmax(ref[:n].astype(np.float64)), softmax(logits.astype(np.float64))
-        d = paired_delta_ci(vset.y[:n], p_ref, p, len(vset.classes), n_boot=1000)
-        return {"images": n, "top1_agreement": float((p.argmax(1) == p_ref.argmax(1)).mean()), "delta_pp": d["delta_pp"], "ci95": d["ci95"]}
+        return {"images": n, **compare_to_reference(vset.y[:n], p_ref, p, len(vset.classes), n_boot=1000)}
 
     native, cpu = run_child(paths, vset.x, os.path.join(a.out, "native"), emulate=False)
     rows = [{"scheme": n, "native": judge(lg, len(vset.y))} for n, lg in zip(names, native)]
@@ -146,7 +145,10 @@ def main() -> int:
         json.dump(doc, fh, indent=2)
 
     def cell(j: dict | None) -> str:
-        return "n/a" if not j else f"{100 * j['top1_agreement']:.1f}% / {j['delta_pp']:+.2f} [{j['ci95'][0]:+.2f}, {j['ci95'][1]:+.2f}]"
+        if not j:
+            return "n/a"
+        lo, hi = j["delta_macro_f1_ci95"]
+        return f"{100 * j['top1_agreement']:.1f}% / {j['delta_macro_f1_pp']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
     print(f"Native CPU: {cpu['model']}, {features_string(cpu)}"
           + (f"; emulated: qemu -cpu Haswell, seen as {features_string(emu_cpu)}" if emu_cpu else ""))

@@ -44,10 +44,10 @@ def test_host_target_picks_full_range_only_where_it_is_exact():
     avx512 = {"arch": "x86_64", "int8_features": ["avx2", "avx512f", "avx512bw"]}  # Skylake-X: saturates too
     pi4 = {"arch": "aarch64", "int8_features": ["asimd"]}
     assert resolve_target("host", vnni).name == "x86-vnni" and not resolve_target("host", vnni).reduce_range
-    assert resolve_target("host", avx2).name == "portable" and resolve_target("host", avx2).reduce_range
+    assert resolve_target("host", avx2).name == "portable" and resolve_target("host", avx2).weights == "uint8"
     assert resolve_target("host", avx512).name == "portable"
     assert resolve_target("host", pi4).name == "arm64"
-    assert resolve_target("portable").weight_qmax == 64 and resolve_target("x86-vnni").weight_qmax == 127
+    assert resolve_target("portable").weight_grid == (False, 255) and resolve_target("x86-vnni").weight_grid == (False, 127)
 
 
 def test_a_full_range_file_is_refused_only_on_x86_without_vnni():
@@ -83,7 +83,8 @@ print(json.dumps({"cpu": cpu_description(), "outputs": out}))
 def saturating_models(tmp_path_factory) -> tuple[Path, list[str]]:
     """A Relu -> 1x1 Conv whose activations sit near the top of their u8 range and whose
     weights all share a sign: every pair of u8*s8 products overflows vpmaddubsw's 16 bits
-    at full range (2 x 255 x 127 = 64770 > 32767) and fits at 7 bits (2 x 255 x 64 = 32640)."""
+    at full range (2 x 255 x 127 = 64770 > 32767) and fits at 7 bits (2 x 255 x 64 = 32640);
+    u8 x u8 (the portable default) is widened to 16 bits first and cannot overflow."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -103,11 +104,12 @@ def saturating_models(tmp_path_factory) -> tuple[Path, list[str]]:
     onnx.save(model, str(folder / "fp32.onnx"))
     calib = rng.uniform(0.6, 1.0, (32, c, 4, 4)).astype(np.float32)
     calib[0] = 0.0
-    quantize_int8(str(folder / "fp32.onnx"), str(folder / "full.onnx"), calib, reduce_range=False, pre_process=False)
-    quantize_int8(str(folder / "fp32.onnx"), str(folder / "portable.onnx"), calib, reduce_range=True, pre_process=False)
+    quantize_int8(str(folder / "fp32.onnx"), str(folder / "full.onnx"), calib, weights="int8", pre_process=False)
+    quantize_int8(str(folder / "fp32.onnx"), str(folder / "portable.onnx"), calib, pre_process=False)  # the defaults: portable
+    quantize_int8(str(folder / "fp32.onnx"), str(folder / "w7.onnx"), calib, weights="int8", reduce_range=True, pre_process=False)
     np.save(folder / "x.npy", rng.uniform(0.6, 1.0, (4, c, 4, 4)).astype(np.float32))
     (folder / "probe.py").write_text(SATURATION_PROBE)
-    return folder, [str(folder / n) for n in ("fp32.onnx", "full.onnx", "portable.onnx")]
+    return folder, [str(folder / n) for n in ("fp32.onnx", "full.onnx", "portable.onnx", "w7.onnx")]
 
 
 def _relative_errors(stdout: str) -> tuple[dict, dict[str, float]]:
@@ -124,7 +126,7 @@ def test_full_range_int8_saturates_on_emulated_avx2_while_portable_stays_exact(s
     assert proc.returncode == 0, proc.stderr[-2000:]
     cpu, errs = _relative_errors(proc.stdout)
     assert cpu["int8_features"] == ["avx2"] and cpu["target"] == "x86-avx2"  # the emulated CPU is seen as such
-    assert errs["portable"] < 0.02, errs
+    assert errs["portable"] < 0.02 and errs["w7"] < 0.02, errs  # u8 x u8 and 7-bit s8 weights cannot saturate
     assert errs["full"] > 0.15, errs  # the silent wrong answer this project must never ship as "portable"
 
 
@@ -165,7 +167,7 @@ def test_contract_states_the_target_and_the_conversion_cpu(targeted_exports):
     portable = open_backend(str(targeted_exports["portable"])).contract
     vnni = open_backend(str(targeted_exports["x86-vnni"]), check_cpu=False).contract
     assert portable.target["name"] == "portable" and portable.target["valid_on"] == []
-    assert "7-bit" in portable.target["int8_scheme"]
+    assert "u8 weights" in portable.target["int8_scheme"]
     assert vnni.target["name"] == "x86-vnni" and {"arch": "aarch64"} in vnni.target["valid_on"]
     for c in (portable, vnni):
         assert c.target["converted_on"]["int8_features"] and c.target["converted_on"]["model"]

@@ -59,14 +59,14 @@ def test_enable_then_remove_leaves_the_float_model_and_its_keys_untouched():
 
 
 def test_simulated_int8_is_closer_to_onnx_runtime_int8_than_float_is(tmp_path):
-    """QAT simulates the scheme convert deploys by default (portable: 7-bit weights), which
+    """QAT simulates the scheme convert deploys by default (portable: u8 x u8), which
     ONNX Runtime computes exactly on every CPU; simulating the other weight grid is worse."""
     from edgecxr.checkpoint import make_contract
     from edgecxr.convert.int8_target import resolve_target
     from edgecxr.convert.onnx_export import INPUT_NAME, export_fp32
     from edgecxr.convert.quantize import quantize_int8
     from edgecxr.device.preprocess import PreprocessSpec
-    from edgecxr.train.qat import WEIGHT_QMAX, enable_qat
+    from edgecxr.train.qat import enable_qat
 
     ort = pytest.importorskip("onnxruntime")
     portable = resolve_target("portable")
@@ -77,14 +77,15 @@ def test_simulated_int8_is_closer_to_onnx_runtime_int8_than_float_is(tmp_path):
     fp32 = tmp_path / "fp32.onnx"
     export_fp32(model, make_contract("mobilenet_v2", ["a", "b", "c"], PreprocessSpec(size=32)), str(fp32))
     int8 = tmp_path / "int8.onnx"
-    quantize_int8(str(fp32), str(int8), calib.numpy(), "minmax", (), INPUT_NAME, reduce_range=portable.reduce_range)
+    quantize_int8(str(fp32), str(int8), calib.numpy(), "minmax", (), INPUT_NAME, reduce_range=portable.reduce_range,
+                  activations=portable.activations, weights=portable.weights)
     sess = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
     deployed = sess.run(None, {INPUT_NAME: test.numpy()})[0]
 
-    def simulated(qmax: int) -> np.ndarray:
+    def simulated(grid: tuple[bool, int]) -> np.ndarray:
         m = _probe_model()
         with torch.no_grad():
-            handle = enable_qat(m, "mobilenet_v2", weight_qmax=qmax)
+            handle = enable_qat(m, "mobilenet_v2", weight_grid=grid)
             m.train()
             handle.freeze_batch_norm()
             m.head[0].eval()  # dropout off: only the quantizers see training mode (ranges from the calibration batch)
@@ -94,8 +95,8 @@ def test_simulated_int8_is_closer_to_onnx_runtime_int8_than_float_is(tmp_path):
 
     with torch.no_grad():
         float_err = np.abs(model(test).numpy() - deployed).mean()
-    sim_err = np.abs(simulated(portable.weight_qmax) - deployed).mean()
-    other_grid_err = np.abs(simulated(WEIGHT_QMAX) - deployed).mean()
+    sim_err = np.abs(simulated(portable.weight_grid) - deployed).mean()
+    other_grid_err = np.abs(simulated((False, 64)) - deployed).mean()  # 7-bit symmetric: another scheme
     assert sim_err < 0.75 * float_err, (sim_err, float_err)
     assert sim_err < 0.75 * other_grid_err, (sim_err, other_grid_err)
 

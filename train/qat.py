@@ -6,10 +6,10 @@ in the forward pass lets the weights settle where rounding does not hurt. The
 simulation copies what ``edgecxr convert --int8`` deploys (ONNX Runtime QDQ and
 TFLite full-integer):
 
-* weights: per output channel, symmetric, taken *after* folding the following
-  batch norm into the convolution, as both runtimes quantize the folded weight, on
-  the grid of the INT8 target that will be deployed: [-64, 64] for ``portable``
-  (ONNX Runtime ``reduce_range``: 7-bit weights, exact on every CPU), [-127, 127]
+* weights: per output channel, taken *after* folding the following batch norm into
+  the convolution, as both runtimes quantize the folded weight, on the grid of the
+  INT8 target that will be deployed: u8 asymmetric (256 levels with a zero point)
+  for ``portable`` (ONNX Runtime u8 x u8, exact on every CPU), symmetric [-127, 127]
   for the full-range ``x86-vnni``/``arm64`` files and TFLite. Batch-norm statistics
   are frozen so the fold is fixed;
 * activations: per tensor, asymmetric 8-bit, with ranges tracked as a moving
@@ -34,19 +34,36 @@ from edgecxr.nn_utils import conv_batch_norms
 from edgecxr.registry import get_config
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.GELU)
-WEIGHT_QMAX = 127  # the full 8-bit grid (TFLite, ONNX --target x86-vnni/arm64)
-PORTABLE_WEIGHT_QMAX = 64  # ONNX Runtime reduce_range, the default --target portable
+WEIGHT_QMAX = 127  # the symmetric 8-bit grid (TFLite, ONNX --target x86-vnni/arm64)
+Grid = tuple[bool, int]  # (asymmetric, levels - 1): Int8Target.weight_grid
+PORTABLE_GRID: Grid = (False, 255)  # u8 weights (symmetric around 128, as ORT makes them), the default --target portable
 ACT_LEVELS = 255
 EMA_MOMENTUM = 0.01
 
 
-def fake_quant_per_channel(w: torch.Tensor, fold: torch.Tensor | None = None, qmax: int = WEIGHT_QMAX) -> torch.Tensor:
-    """``w`` rounded on the symmetric grid [-qmax, qmax] of ``w * fold`` (per output channel), straight-through."""
+def fake_quant_per_channel(w: torch.Tensor, fold: torch.Tensor | None = None, qmax: int = WEIGHT_QMAX,
+                           asymmetric: bool = False) -> torch.Tensor:
+    """``w`` rounded on the per-output-channel grid of ``w * fold``, straight-through.
+
+    ``qmax`` 127: the s8 grid [-127, 127], scale max|w| / 127. ``qmax`` 255 (u8 weights):
+    ONNX Runtime quantizes per-channel u8 weights symmetrically too, around zero point
+    128: scale 2 max|w| / 255, levels [-128, 127]. ``asymmetric`` spans [min, max] instead.
+    """
     shape = (-1,) + (1,) * (w.dim() - 1)
     k = fold.reshape(shape) if fold is not None else torch.ones(1, dtype=w.dtype, device=w.device)
     folded = w * k
-    scale = folded.detach().abs().amax(dim=tuple(range(1, w.dim())), keepdim=True).clamp_min(1e-12) / qmax
-    q = torch.clamp(torch.round(folded / scale), -qmax, qmax) * scale / k
+    dims = tuple(range(1, w.dim()))
+    if asymmetric:
+        lo = folded.detach().amin(dim=dims, keepdim=True).clamp_max(0.0)
+        hi = folded.detach().amax(dim=dims, keepdim=True).clamp_min(0.0)
+        scale = ((hi - lo) / qmax).clamp_min(1e-12)
+        zero = torch.round(-lo / scale)
+        q = (torch.clamp(torch.round(folded / scale) + zero, 0, qmax) - zero) * scale / k
+    else:
+        half = qmax / 2 if qmax > 127 else qmax  # 255 levels around zero point 128, or [-qmax, qmax]
+        lo, hi = (-(qmax // 2) - 1, qmax // 2) if qmax > 127 else (-qmax, qmax)
+        scale = folded.detach().abs().amax(dim=dims, keepdim=True).clamp_min(1e-12) / half
+        q = torch.clamp(torch.round(folded / scale), lo, hi) * scale / k
     return w + (q - w).detach()
 
 
@@ -88,7 +105,7 @@ class QATHandle:
         self.patched: list[nn.Module] = []
         self.activation_points = 0
         self.weight_layers = 0
-        self.weight_qmax = WEIGHT_QMAX
+        self.weight_grid: Grid = (False, WEIGHT_QMAX)
 
     def freeze_batch_norm(self) -> None:
         """Call after ``model.train()``: statistics stay fixed so the folded weights do too."""
@@ -104,13 +121,14 @@ class QATHandle:
         self.hooks, self.patched = [], []
 
 
-def _patch_weights(module: nn.Module, fold: Callable[[], torch.Tensor] | None, qmax: int) -> None:
+def _patch_weights(module: nn.Module, fold: Callable[[], torch.Tensor] | None, grid: Grid) -> None:
+    asym, qmax = grid
     if isinstance(module, nn.Conv2d):
         def forward(x: torch.Tensor, m: nn.Conv2d = module) -> torch.Tensor:
-            return m._conv_forward(x, fake_quant_per_channel(m.weight, fold() if fold else None, qmax), m.bias)
+            return m._conv_forward(x, fake_quant_per_channel(m.weight, fold() if fold else None, qmax, asym), m.bias)
     else:
         def forward(x: torch.Tensor, m: nn.Linear = module) -> torch.Tensor:  # type: ignore[misc]
-            return nn.functional.linear(x, fake_quant_per_channel(m.weight, None, qmax), m.bias)
+            return nn.functional.linear(x, fake_quant_per_channel(m.weight, None, qmax, asym), m.bias)
     module.forward = forward  # instance attribute: state dict and class untouched
 
 
@@ -120,18 +138,19 @@ def _output_hook(q: ActivationQuant):
     return hook
 
 
-def enable_qat(model: nn.Module, arch: str, weight_qmax: int = PORTABLE_WEIGHT_QMAX) -> QATHandle:
+def enable_qat(model: nn.Module, arch: str, weight_grid: Grid = PORTABLE_GRID) -> QATHandle:
     """Install weight and activation fake quantization on an edgecxr classifier of architecture ``arch``.
 
-    ``weight_qmax``: 64 simulates the portable ONNX scheme (``Int8Target.weight_qmax``).
+    ``weight_grid`` is the deployed scheme's (``Int8Target.weight_grid``): the default
+    simulates the portable ONNX file (u8 asymmetric weights).
     """
     handle = QATHandle(model)
-    handle.weight_qmax = weight_qmax
+    handle.weight_grid = weight_grid
     # weights: each conv folded with the batch norm that directly follows it; linear layers as they are
     weighted = [(conv, bn) for _name, conv, _bn_name, bn in conv_batch_norms(model)]
     weighted += [(m, None) for m in model.modules() if isinstance(m, nn.Linear)]
     for m, bn in weighted:
-        _patch_weights(m, (lambda bn=bn: _bn_fold(bn)) if bn is not None else None, weight_qmax)
+        _patch_weights(m, (lambda bn=bn: _bn_fold(bn)) if bn is not None else None, weight_grid)
         handle.patched.append(m)
     handle.weight_layers = len(weighted)
     # activations: the points where the deployed graph requantizes

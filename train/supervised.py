@@ -64,7 +64,7 @@ def train(cfg: TrainConfig) -> dict:
         from edgecxr.convert.int8_target import resolve_target
         from edgecxr.train.qat import enable_qat
 
-        qat = enable_qat(model, cfg.arch, weight_qmax=resolve_target(cfg.qat_target).weight_qmax)
+        qat = enable_qat(model, cfg.arch, weight_grid=resolve_target(cfg.qat_target).weight_grid)
     ddp_model = run.dist.wrap(model)
 
     weights = None

@@ -36,7 +36,8 @@ def produce(p: Production, steps: dict[str, Any]) -> None:
         else:
             x_cal = p.calib.nchw(c.preprocess)
             make = lambda tmp, x=x_cal: quantize.quantize_int8(  # noqa: E731
-                p.fp32_onnx, tmp, x, p.calib_method, p.keep_float, onnx_export.INPUT_NAME, reduce_range=p.int8_target.reduce_range)
+                p.fp32_onnx, tmp, x, p.calib_method, p.keep_float, onnx_export.INPUT_NAME, reduce_range=p.int8_target.reduce_range,
+                activations=p.int8_target.activations, weights=p.int8_target.weights)
             stamp = onnx_export.onnx_contract(c, "int8", p.int8_source, p.versions, p.int8_target.contract_block(p.plain_target["converted_on"]))
         run.do(step, lambda s=step, m=make, k=stamp: onnx_variant(run.path(s), m, k))
 
@@ -148,7 +149,7 @@ FORMAT = ExportFormat(
     options={
         "fp32": "torch.onnx.export(dynamo=False, opset 17) + onnxsim",
         "fp16": "onnxconverter-common float16, float32 inputs/outputs kept",
-        "int8": "onnxruntime static QDQ, per-channel s8 weights on the --target grid (portable: 7-bit), u8 activations, real calibration images",
+        "int8": "onnxruntime static QDQ, per-channel weights (--target portable: u8 asymmetric; x86-vnni/arm64: s8 full range), u8 activations, real calibration images",
     },
     marker="o",
     produce=produce,
