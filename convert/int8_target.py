@@ -33,7 +33,7 @@ class Int8Target:
     """One INT8 scheme for ONNX Runtime and the CPUs it is exact on."""
 
     name: str
-    weights: str  # "uint8": asymmetric per-channel; "int8": symmetric per-channel
+    weights: str  # "uint8": per-channel around zero point 128; "int8": symmetric per-channel
     reduce_range: bool  # int8 weights on ORT's 7-bit grid [-64, 64]
     valid_on: tuple[dict[str, Any], ...]  # empty: every CPU the runtime supports
     description: str

@@ -33,7 +33,7 @@ from edgecxr.registry import BACKBONES
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
 @click.option("--qat", is_flag=True, help="Quantization-aware fine-tuning: simulate convert --int8's rounding (per-channel int8 weights after batch-norm folding, 8-bit activations) so the INT8 model loses less. Start from a trained model with --weights; 2-3 epochs at --lr 1e-4 suffice. The checkpoint stays float.")
 @click.option("--qat-target", default="portable", show_default=True, type=click.Choice(["portable", "host", "x86-vnni", "arm64"]),
-              help="The convert --int8 --target to simulate: portable rounds weights to u8 asymmetric per-channel (ONNX Runtime u8 x u8), the others to symmetric s8.")
+              help="The convert --int8 --target to simulate: portable rounds weights to ONNX Runtime's u8 grid (u8 x u8), the others to symmetric s8.")
 @click.option("--threads", type=click.IntRange(1), help="Torch CPU threads (default: all cores).")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(0), help="DataLoader worker processes.")
 @click.option("--n-way", default=3, show_default=True, type=click.IntRange(2), help="protonet: classes per episode.")

@@ -8,7 +8,7 @@ TFLite full-integer):
 
 * weights: per output channel, taken *after* folding the following batch norm into
   the convolution, as both runtimes quantize the folded weight, on the grid of the
-  INT8 target that will be deployed: u8 asymmetric (256 levels with a zero point)
+  INT8 target that will be deployed: u8 (255 levels around zero point 128, as ONNX Runtime makes them)
   for ``portable`` (ONNX Runtime u8 x u8, exact on every CPU), symmetric [-127, 127]
   for the full-range ``x86-vnni``/``arm64`` files and TFLite. Batch-norm statistics
   are frozen so the fold is fixed;
@@ -142,7 +142,7 @@ def enable_qat(model: nn.Module, arch: str, weight_grid: Grid = PORTABLE_GRID) -
     """Install weight and activation fake quantization on an edgecxr classifier of architecture ``arch``.
 
     ``weight_grid`` is the deployed scheme's (``Int8Target.weight_grid``): the default
-    simulates the portable ONNX file (u8 asymmetric weights).
+    simulates the portable ONNX file (u8 weights, zero point 128).
     """
     handle = QATHandle(model)
     handle.weight_grid = weight_grid
