@@ -130,11 +130,11 @@ def readme_markdown(doc: dict[str, Any]) -> str:
     head = ["model", "format", "precision", "runtime", "size MB", "params M", "MACs M", "macro-F1 [95% CI]", "ΔF1 pp vs FP32 [95% CI]",
             "top-1 agree", *[f"median ms {t}t (p90)" for t in threads], "load ms", "peak RSS MB", "self-test"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in doc["rows"]:
-        groups.setdefault((r["path"], r.get("device", "host")), []).append(r)
-    multi_device = len({d for _p, d in groups}) > 1
-    for (_path, device), rows in groups.items():
+        groups.setdefault((r["path"], r.get("runtime_name") or r.get("runtime") or "", r.get("device", "host")), []).append(r)
+    multi_device = len({d for _p, _r, d in groups}) > 1
+    for (_path, _runtime, device), rows in groups.items():
         r0 = rows[0]
         by_t = {r["threads"]: latency_stats(r) for r in rows}
         lat = [f"{by_t[t]['median_ms']:.2f} ({by_t[t]['p90_ms']:.2f})" if by_t.get(t) else "n/a" for t in threads]

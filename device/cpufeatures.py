@@ -163,5 +163,5 @@ def unmet_requirement(requires: dict[str, Any] | None, cpu: dict[str, Any], runt
         if not need or have & set(need):
             return None
     need_text = " or ".join(sorted({f for r in rules for f in (r.get("any_of") or [])}))
-    return (f"built for INT8 target {requires.get('target', '?')} ({requires.get('why', 'CPU-specific kernels')}); "
+    return (f"built for INT8 target {requires.get('name', '?')} ({requires.get('why', 'CPU-specific kernels')}); "
             f"this CPU ({cpu.get('model', '?')}, {features_string(cpu)}) lacks {need_text}")

@@ -47,8 +47,13 @@ def child(paths: list[str], x_path: str, out_dir: str) -> None:
     print(json.dumps(cpu_description()))
 
 
-def run_child(paths: list[str], x: np.ndarray, work: str, emulate: bool) -> tuple[list[np.ndarray], dict]:
+def run_child(paths: list[str], x: np.ndarray, work: str, emulate: bool, reuse: bool = False) -> tuple[list[np.ndarray], dict]:
     os.makedirs(work, exist_ok=True)
+    saved = [os.path.join(work, f"logits_{i}.npy") for i in range(len(paths))]
+    cpu_file = os.path.join(work, "cpu.json")
+    if reuse and all(os.path.exists(p) for p in saved + [cpu_file]):
+        with open(cpu_file, encoding="utf-8") as fh:
+            return [np.load(p) for p in saved], json.load(fh)
     np.save(os.path.join(work, "x.npy"), x)
     cmd = [sys.executable, os.path.abspath(__file__), "--child", os.path.join(work, "x.npy"), work, *paths]
     if emulate:
@@ -56,7 +61,10 @@ def run_child(paths: list[str], x: np.ndarray, work: str, emulate: bool) -> tupl
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"child failed: {proc.stderr[-800:]}")
-    return [np.load(os.path.join(work, f"logits_{i}.npy")) for i in range(len(paths))], json.loads(proc.stdout.strip().splitlines()[-1])
+    cpu = json.loads(proc.stdout.strip().splitlines()[-1])
+    with open(cpu_file, "w", encoding="utf-8") as fh:
+        json.dump(cpu, fh)
+    return [np.load(p) for p in saved], cpu
 
 
 def latency(paths: list[str], x1: np.ndarray, rounds: int, runs: int) -> list[float]:
@@ -89,6 +97,7 @@ def main() -> int:
     ap.add_argument("--haswell-images", type=int, default=300, help="test images run under emulation (0: skip)")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--reuse", action="store_true", help="reuse the logits saved in OUT by an earlier run of the same files")
     ap.add_argument("--keep-float", default="", help="ONNX nodes kept float in every scheme (as convert --keep-float)")
     a = ap.parse_args()
 
@@ -125,14 +134,16 @@ def main() -> int:
         p_ref, p = softmax(ref[:n].astype(np.float64)), softmax(logits.astype(np.float64))
         return {"images": n, **compare_to_reference(vset.y[:n], p_ref, p, len(vset.classes), n_boot=1000)}
 
-    native, cpu = run_child(paths, vset.x, os.path.join(a.out, "native"), emulate=False)
+    native, cpu = run_child(paths, vset.x, os.path.join(a.out, "native"), emulate=False, reuse=a.reuse)
     rows = [{"scheme": n, "native": judge(lg, len(vset.y))} for n, lg in zip(names, native)]
     emu_cpu = None
     if a.haswell_images and shutil.which("qemu-x86_64-static"):
         n = min(a.haswell_images, len(vset.y))
-        emulated, emu_cpu = run_child(paths, vset.x[:n], os.path.join(a.out, "haswell"), emulate=True)
-        for r, lg in zip(rows, emulated):
-            r["haswell"] = judge(lg, n)
+        emulated, emu_cpu = run_child(paths, vset.x[:n], os.path.join(a.out, "haswell"), emulate=True, reuse=a.reuse)
+        for r, lg, nat in zip(rows, emulated, native):
+            # the same images natively, and how far the emulated AVX2 CPU's logits are from this CPU's
+            r["native_subset"], r["haswell"] = judge(nat[:n], n), judge(lg, n)
+            r["haswell_vs_native_max_abs_logit_diff"] = float(np.abs(lg - nat[:n]).max())
     onnx_paths = paths[:len(SCHEMES)]
     lat = latency([fp32_onnx, *onnx_paths, *([tfl32, tfl8] if has_tflite else [])], vset.x[:1], a.rounds, a.runs)
     for i, r in enumerate(rows[:len(SCHEMES)]):
@@ -153,10 +164,14 @@ def main() -> int:
     print(f"Native CPU: {cpu['model']}, {features_string(cpu)}"
           + (f"; emulated: qemu -cpu Haswell, seen as {features_string(emu_cpu)}" if emu_cpu else ""))
     print(f"FP32 median, 1 thread: ONNX Runtime {lat[0]:.2f} ms" + (f", TFLite {lat[-2]:.2f} ms" if has_tflite else "") + "\n")
-    print("| INT8 scheme | native: top-1 agree / dF1 pp [95% CI] | qemu Haswell (AVX2): top-1 agree / dF1 pp [95% CI] | native median ms (x FP32) |")
-    print("|---|---|---|---|")
+    n_emu = rows[0].get("haswell", {}).get("images", 0)
+    print(f"| INT8 scheme | native, {len(vset.y)} test images: top-1 agree / dF1 pp [95% CI] | native, first {n_emu} | "
+          f"qemu Haswell (AVX2), same {n_emu}: top-1 agree / dF1 pp | max abs logit diff Haswell vs native | native median ms (x FP32) |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['scheme']} | {cell(r['native'])} | {cell(r.get('haswell'))} | {r['median_ms']:.2f} ({r['vs_fp32']:.2f}x) |")
+        diff = r.get("haswell_vs_native_max_abs_logit_diff")
+        print(f"| {r['scheme']} | {cell(r['native'])} | {cell(r.get('native_subset'))} | {cell(r.get('haswell'))} | "
+              f"{'n/a' if diff is None else f'{diff:.4f}'} | {r['median_ms']:.2f} ({r['vs_fp32']:.2f}x) |")
     return 0
 
 
