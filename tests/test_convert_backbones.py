@@ -46,7 +46,9 @@ def _check(report: dict, arch: str, formats: tuple[str, ...]) -> None:
     arts = {(a["format"], a["precision"]): a for a in report["artifacts"]}
     assert set(arts) == {(f, p) for f in formats for p in ("fp32", "int8")} | {("onnx", "fp32")}
     for (fmt, prec), a in arts.items():
-        assert a["status"] == "ok", a
+        # random weights say nothing about INT8 accuracy (see above): an INT8 file may be judged
+        # degraded, but it must have been produced and verified
+        assert a["status"] in (("ok", "degraded") if prec == "int8" else ("ok",)), a
         assert a["file"] == f"{arch}_{prec}.{fmt}"
         assert a["verify"]["images"] == report["verification"]["images"] > 0
         if prec == "fp32":
