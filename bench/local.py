@@ -33,6 +33,11 @@ Key = tuple[str, str]  # (artifact path, runtime): what accuracy belongs to
 RecordKey = tuple[str, str, int]  # (artifact path, runtime, threads): one latency measurement
 
 
+def default_runtime(path: str) -> str:
+    """The runtime a file opens with when none is asked for (``?`` for foreign suffixes)."""
+    return (selected_runtimes(path, ()) or ["?"])[0]
+
+
 def selected_runtimes(path: str, wanted: tuple[str, ...]) -> list[str]:
     """The runtimes a benchmark runs a file with: ``--runtimes`` intersected with those that open it."""
     from edgecxr.runtime import runtimes_for

@@ -14,7 +14,17 @@ from typing import Any
 from edgecxr.bench.artifacts import Artifact, assign_references, collect, describe, sort_key
 from edgecxr.bench.evaldata import EvalCache
 from edgecxr.bench.graphstats import graph_stats
-from edgecxr.bench.local import Evaluated, Key, RecordKey, Settings, accuracy_columns, measure_all, predict_only, selected_runtimes
+from edgecxr.bench.local import (
+    Evaluated,
+    Key,
+    RecordKey,
+    Settings,
+    accuracy_columns,
+    default_runtime,
+    measure_all,
+    predict_only,
+    selected_runtimes,
+)
 
 SCHEMA = "edgecxr.bench/1"
 
@@ -84,7 +94,7 @@ def _accuracy(artifacts: list[Artifact], ref_art: Artifact | None, evaluated: di
               s: Settings) -> dict[Key, dict[str, Any]]:
     """Accuracy columns per (artifact, runtime), each against its FP32 reference on its default runtime."""
     def default_key(a: Artifact) -> Key:
-        return (a.path, selected_runtimes(a.path, ())[0] if selected_runtimes(a.path, ()) else "?")
+        return (a.path, default_runtime(a.path))
 
     keys = {k for k in evaluated} | {default_key(a) for a in artifacts}
     for a in [*artifacts, *([ref_art] if ref_art else []), *[a.reference for a in artifacts if a.reference is not None]]:
@@ -128,7 +138,7 @@ def _remote_rows(artifacts: list[Artifact], stats: dict[str, Any], acc: dict[Key
     rows = []
     for (path, runtime, t), rec in remote_doc["records"].items():
         a = next(x for x in artifacts if x.path == path)
-        columns = acc.get((path, runtime)) or acc.get((path, (selected_runtimes(path, ()) or ["?"])[0])) or {}
+        columns = acc.get((path, runtime)) or acc.get((path, default_runtime(path))) or {}
         row = {**base_row(a, stats[path]), "device": "rpi (EMULATED)" if info.get("emulated") else "rpi", "runtime_name": runtime,
                **columns, **latency_fields(rec), "threads": t}
         row["device_string"] = device_string(info={**info, "runtime": rec.get("runtime") or ""})

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr.device.selftest import golden_block, probabilities
+from edgecxr.device.selftest import golden_block
 
 GOLDEN_IMAGES = 8
 GOLDEN_MAX_SIDE = 320  # bounds the contract for large-input backbones
@@ -81,33 +81,17 @@ def build(vset: Any, torch_model: Any, spec: Any, n: int = GOLDEN_IMAGES) -> Gol
                   [vset.files[keep[i]] for i in chosen], probs[chosen])
 
 
-def _torch_probs(torch_model: Any, grays: list[np.ndarray], spec: Any, batch: int = 32) -> np.ndarray:
-    import torch
-
+def _torch_probs(torch_model: Any, grays: list[np.ndarray], spec: Any) -> np.ndarray:
+    from edgecxr.convert.verify import torch_logits
     from edgecxr.device.backends import softmax
     from edgecxr.device.preprocess import preprocess
 
-    torch_model.eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(grays), batch):
-            x = torch.from_numpy(np.stack([preprocess(g, spec) for g in grays[i:i + batch]]))
-            out.append(softmax(torch_model(x).numpy().astype(np.float64)))
-    return np.concatenate(out)
+    return softmax(torch_logits(torch_model, np.stack([preprocess(g, spec) for g in grays])).astype(np.float64))
 
 
-def host_probabilities(path: str, golden: Golden, threads: int | None) -> np.ndarray:
-    """The artifact's own outputs on the golden images, on this machine, through the device path."""
-    from edgecxr.runtime import open_model
-
-    return probabilities(open_model(path, threads, check_cpu=False), golden.grays)
-
-
-def stamp(path: str, golden: Golden, host_probs: np.ndarray | None, host_cpu: dict[str, Any]) -> int:
-    """Rewrite the artifact's contract with its golden vectors; returns the bytes they add."""
-    from edgecxr.device.backends import open_backend
-
-    contract = open_backend(path, check_cpu=False).contract
+def stamp(path: str, contract: Any, golden: Golden, host_probs: np.ndarray | None, host_cpu: dict[str, Any]) -> int:
+    """Rewrite the artifact's contract (``contract``, as read from it) with its golden vectors;
+    returns the bytes they add."""
     block = golden_block(golden.grays, golden.labels, golden.fp32_probs, host_probs, host_cpu)
     block["files"] = golden.files
     updated = replace(contract, selftest=block)

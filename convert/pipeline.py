@@ -209,17 +209,18 @@ def _verify_one(run: Run, step: Step, vset: Any, ref_logits: Any, gold: Any, hos
     """Stamp, then verify one artifact; returns why this CPU computes it wrong, if it does."""
     from edgecxr.convert import golden as golden_mod
     from edgecxr.convert import verify as verify_mod
-    from edgecxr.device.backends import open_backend
     from edgecxr.device.cpufeatures import unmet_requirement
     from edgecxr.device.formats import model_bytes
+    from edgecxr.device.selftest import probabilities
+    from edgecxr.runtime import open_model
 
     path = run.path(step)
-    backend = open_backend(path, check_cpu=False)
+    backend = open_model(path, threads, check_cpu=False)  # one session: target, host outputs, contract to stamp
     wrong_here = unmet_requirement(backend.contract.target, host_cpu, backend.runtime)
-    del backend
     if gold is not None:
-        host_probs = None if wrong_here else golden_mod.host_probabilities(path, gold, threads)
-        step.details["golden_bytes"] = golden_mod.stamp(path, gold, host_probs, host_cpu)
+        host_probs = None if wrong_here else probabilities(backend, gold.grays)  # the device path, on this host
+        step.details["golden_bytes"] = golden_mod.stamp(path, backend.contract, gold, host_probs, host_cpu)
         step.bytes = model_bytes(path)
-    step.verify = verify_mod.verify_artifact(path, vset, ref_logits, threads)
+    del backend
+    step.verify = verify_mod.verify_artifact(path, vset, ref_logits, threads)  # reopens: proves the stamped file loads
     return wrong_here

@@ -88,14 +88,6 @@ def _cpuinfo_flags(text: str) -> set[str]:
     return flags
 
 
-def _read_cpuinfo() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-    except OSError:
-        return ""
-
-
 def int8_features(arch: str | None = None, cpuinfo: str | None = None, cpuid: set[str] | None = None) -> tuple[list[str], str]:
     """(the integer-kernel features this CPU has, where they were read from).
 
@@ -104,7 +96,7 @@ def int8_features(arch: str | None = None, cpuinfo: str | None = None, cpuid: se
     arch = machine_arch(arch)
     wanted = X86_INT8 if arch == "x86_64" else ARM_INT8 if arch == "aarch64" else ()
     from_cpuid = _numpy_features() if cpuid is None else set(cpuid)
-    flags = _cpuinfo_flags(_read_cpuinfo() if cpuinfo is None else cpuinfo) & set(wanted)
+    flags = _cpuinfo_flags(read_proc_text("/proc/cpuinfo") if cpuinfo is None else cpuinfo) & set(wanted)
     if from_cpuid is None:
         return [f for f in wanted if f in flags], "/proc/cpuinfo"
     shared = {"avx2", "avx512f", "avx512bw", "avx512_vnni"} if arch == "x86_64" else {"asimd", "asimddp"}
@@ -145,8 +137,8 @@ def features_string(cpu: dict[str, Any]) -> str:
 def unmet_requirement(requires: dict[str, Any] | None, cpu: dict[str, Any], runtime: str) -> str | None:
     """Why an artifact is known to compute wrong results here, or ``None`` when it is fine.
 
-    ``requires`` is a contract's ``requires`` block: the runtime it applies to and a
-    list of CPUs (``{"arch": ..., "any_of": [features]}``) where the file is exact.
+    ``requires`` is a contract's ``target`` block: the runtime it applies to and a
+    list of CPUs (``valid_on``: ``{"arch": ..., "any_of": [features]}``) where the file is exact.
     A CPU of an architecture the list does not name is accepted (nothing is known).
     """
     if not requires or not requires.get("valid_on"):

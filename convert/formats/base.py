@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgecxr.device.contract import Contract
-from edgecxr.device.formats import DeviceFormat, artifact_files
+from edgecxr.device.formats import DeviceFormat
 
 PRECISIONS = ("fp32", "fp16", "int8")
 Stats = dict[str, Any]
@@ -67,10 +67,6 @@ class ExportFormat:
 
     def artifact_name(self, arch: str, precision: str) -> str:
         return f"{arch}_{precision}{self.suffix}"
-
-    def files(self, path: str) -> list[str]:
-        """The artifact's files: primary first, then its companions that exist."""
-        return artifact_files(path)
 
 
 def prod(shape: Any) -> int:
