@@ -5,6 +5,9 @@ TFLite) carries its class names, input tensor description, integer quantization
 parameters and preprocessing spec. The device runner reads only this, so a model
 can be copied to a Pi alone (plus its sidecar for TFLite) and still be run right.
 
+An optional ``decision`` block (temperature, conformal threshold, refusals; see
+``decision.py``) travels the same way; contracts without it read as before.
+
 Storage: checkpoints hold ``contract`` as a dict; ONNX files hold the JSON in
 ``metadata_props[CONTRACT_KEY]``; TFLite files get a sidecar ``<file>.json``.
 """
@@ -68,6 +71,9 @@ class Contract:
     target: dict[str, Any] = field(default_factory=dict)
     # Golden vectors: a few real images and the outputs expected on them (selftest.py).
     selftest: dict[str, Any] | None = None
+    # When not to answer: temperature, conformal threshold, OOD and image-quality refusals
+    # (schema in decision.py). Kept across formats by with_io: it describes the model, not the file.
+    decision: dict[str, Any] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -127,6 +133,7 @@ class Contract:
                 versions={str(k): str(v) for k, v in d.get("versions", {}).items()},
                 target=dict(d.get("target") or {}),
                 selftest=d.get("selftest") or None,
+                decision=d.get("decision") or None,
             )
         except (KeyError, TypeError) as exc:
             raise ContractError(f"contract is incomplete: missing or bad field {exc}") from exc

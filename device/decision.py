@@ -1,0 +1,211 @@
+"""When not to answer: the contract's ``decision`` block applied with numpy alone.
+
+A softmax says COVID with 0.99 for anything it is shown. The workstation fits a few
+numbers (``edgecxr calibrate``) that the device applies in a fixed order, so the Pi
+gives the answer the evaluation measured:
+
+1. image-quality refusal (blank, saturated, tiny, near-constant): needs no model;
+2. out-of-distribution refusal ("not a chest X-ray"): from the model's logits
+   and/or features;
+3. calibrated probabilities, ``softmax(logits / T)``;
+4. the conformal prediction set; one class is an answer, any other size (none, or
+   several) is "refer to a radiologist".
+
+Schema (``contract["decision"]``, every key optional; absent means "not fitted"):
+
+    {
+      "schema": "edgecxr.decision/1",
+      "temperature": 1.37,                 # T > 0; probabilities = softmax(logits / T)
+      "calibration": {...},                # provenance: split, n, NLL before/after (reports only)
+      "conformal": {
+        "method": "lac" | "aps",           # score: LAC 1 - p_y; APS cumulative mass down to y
+        "coverage": 0.95,                  # 1 - alpha the threshold was fitted for
+        "qhat": 0.71,                      # set = {k : score(x, k) <= qhat}, on calibrated probs
+        "n": 1200, "split": "val", ...     # provenance (reports only)
+      },
+      "ood": {...},                        # owned by device/ood.py (see ood_refusal)
+      "quality": {...}                     # owned by device/ood.py (see quality_refusal)
+    }
+
+``ood`` and ``quality`` are defined by ``device/ood.py``, which must provide::
+
+    quality_refusal(gray: np.ndarray, spec: dict) -> Refusal | None   # uint8 HxW, before the model
+    ood_refusal(logits: np.ndarray, features: np.ndarray | None, spec: dict) -> Refusal | None
+
+Only the runner's numbers live here; fitting them is the workstation's job
+(``edgecxr/decision_fit.py``). numpy + stdlib only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+SCHEMA = "edgecxr.decision/1"
+CONFORMAL_METHODS = ("lac", "aps")
+# Floating-point slack when comparing a score with qhat: APS sums probabilities, and a
+# class whose score equals qhat on the workstation must stay in the set on the Pi.
+SCORE_SLACK = 1e-9
+
+ANSWER, REFER, REFUSE = "answer", "refer", "refuse"
+
+
+class DecisionError(ValueError):
+    """A decision block that cannot be applied (bad temperature, unknown method)."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why no prediction is given: ``kind`` is "quality" or "ood"; ``reason`` is the
+    one line the runner prints, e.g. "not a chest X-ray (score 41.2 > 17.0): no prediction"."""
+
+    kind: str
+    reason: str
+    score: float | None = None
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the runner says about one image."""
+
+    action: str  # ANSWER, REFER or REFUSE
+    classes: tuple[str, ...]
+    probabilities: np.ndarray | None = None  # calibrated; None when refused before the model
+    prediction_set: tuple[str, ...] = ()
+    refusal: Refusal | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str | None:
+        """The top class when one is answered; ``None`` for refer and refuse."""
+        return self.prediction_set[0] if self.action == ANSWER else None
+
+    def line(self) -> str:
+        """The plain-language decision, one line."""
+        if self.action == REFUSE and self.refusal is not None:
+            return self.refusal.reason
+        shown = "{" + ", ".join(self.prediction_set) + "}"
+        if self.action == REFER:
+            return f"refer to a radiologist: set {shown}"
+        return f"{self.prediction_set[0]} (set {shown})"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"action": self.action, "decision": self.line(), "prediction_set": list(self.prediction_set)}
+        if self.refusal is not None:
+            out["refusal"] = {"kind": self.refusal.kind, "score": self.refusal.score, "threshold": self.refusal.threshold}
+        return out
+
+
+def temperature(block: dict[str, Any] | None) -> float:
+    """T from the block; 1.0 (plain softmax) where none was fitted."""
+    t = float((block or {}).get("temperature", 1.0))
+    if not np.isfinite(t) or t <= 0:
+        raise DecisionError(f"decision temperature must be a positive number, got {t}")
+    return t
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """float64 softmax; here rather than from backends so backends can import this module."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def calibrated_probabilities(logits: np.ndarray, block: dict[str, Any] | None) -> np.ndarray:
+    """``softmax(logits / T)`` in float64; the plain softmax without a fitted T."""
+    return softmax(np.asarray(logits, dtype=np.float64) / temperature(block))
+
+
+def conformal_scores(probs: np.ndarray, method: str) -> np.ndarray:
+    """Nonconformity of every class for every row (N x K): larger = less plausible.
+
+    LAC: ``1 - p_k``. APS: the probability mass of the classes ranked at or above k
+    (deterministic, without the randomised tie term, so the Pi and the workstation
+    build the same set).
+    """
+    p = np.atleast_2d(np.asarray(probs, dtype=np.float64))
+    if method == "lac":
+        return 1.0 - p
+    if method == "aps":
+        order = np.argsort(-p, axis=1, kind="stable")
+        ranked = np.take_along_axis(p, order, axis=1)
+        cum = np.cumsum(ranked, axis=1)
+        scores = np.empty_like(p)
+        np.put_along_axis(scores, order, cum, axis=1)
+        return scores
+    raise DecisionError(f"conformal method {method!r} is not one of {CONFORMAL_METHODS}")
+
+
+def set_mask(probs: np.ndarray, conformal: dict[str, Any]) -> np.ndarray:
+    """N x K booleans: which classes are in each row's prediction set."""
+    scores = conformal_scores(probs, str(conformal.get("method", "lac")))
+    return scores <= float(conformal["qhat"]) + SCORE_SLACK
+
+
+def prediction_set(probs: np.ndarray, classes: tuple[str, ...] | list[str], conformal: dict[str, Any] | None) -> tuple[str, ...]:
+    """Classes in the set, most probable first. Without a conformal block: the top class."""
+    p = np.asarray(probs, dtype=np.float64).reshape(-1)
+    order = np.argsort(-p, kind="stable")
+    if not conformal:
+        return (classes[int(order[0])],)
+    mask = set_mask(p[None], conformal)[0]
+    return tuple(classes[int(i)] for i in order if mask[i])
+
+
+def quality_refusal(gray: np.ndarray, block: dict[str, Any] | None) -> Refusal | None:
+    """Hook, filled by ``device/ood.py``: refuse an unusable image before the model runs."""
+    spec = (block or {}).get("quality")
+    if not spec:
+        return None
+    from . import ood  # owned by the OOD work; absent module with a quality block is a broken install
+
+    return ood.quality_refusal(gray, spec)
+
+
+def ood_refusal(logits: np.ndarray, features: np.ndarray | None, block: dict[str, Any] | None) -> Refusal | None:
+    """Hook, filled by ``device/ood.py``: refuse an input that is not a chest X-ray."""
+    spec = (block or {}).get("ood")
+    if not spec:
+        return None
+    from . import ood
+
+    return ood.ood_refusal(logits, features, spec)
+
+
+def refused(refusal: Refusal, classes: tuple[str, ...], probabilities: np.ndarray | None = None) -> Verdict:
+    return Verdict(REFUSE, tuple(classes), probabilities, (), refusal)
+
+
+def decide(logits: np.ndarray, classes: tuple[str, ...] | list[str], block: dict[str, Any] | None,
+           features: np.ndarray | None = None) -> Verdict:
+    """One image's logits (and features, if the model exports them) -> its verdict.
+
+    The image-quality check runs earlier, on pixels (:func:`quality_refusal`);
+    this covers everything after the model.
+    """
+    classes = tuple(classes)
+    z = np.asarray(logits, dtype=np.float64).reshape(-1)
+    probs = calibrated_probabilities(z, block)
+    refusal = ood_refusal(z, features, block)
+    if refusal is not None:
+        return refused(refusal, classes, probs)
+    conformal = (block or {}).get("conformal")
+    members = prediction_set(probs, classes, conformal)
+    action = ANSWER if len(members) == 1 else REFER
+    return Verdict(action, classes, probs, members)
+
+
+def summary(block: dict[str, Any] | None) -> str:
+    """One line for the runner's header: what this model will refuse and how it is calibrated."""
+    if not block:
+        return "decision: none fitted (plain softmax, top-1 label, no refusals)"
+    parts = [f"temperature {temperature(block):.4g}"]
+    c = block.get("conformal")
+    if c:
+        parts.append(f"conformal {c.get('method', 'lac')} sets at coverage {float(c.get('coverage', float('nan'))):.3g} (qhat {float(c['qhat']):.4g})")
+    for key in ("ood", "quality"):
+        if block.get(key):
+            parts.append(f"{key} refusal on")
+    return "decision: " + ", ".join(parts)
