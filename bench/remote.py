@@ -212,9 +212,8 @@ def run_remote(artifacts: list[Artifact], evaluated: dict[str, Any], settings: A
                known_hosts: str | None, accept_new: bool, python: str, n_images: int, workdir: str,
                progress: bool = True) -> dict[str, Any]:
     """Records keyed by (artifact path, runtime, threads) measured on the Pi, and the Pi's device info."""
-    from tqdm import tqdm
-
     import edgecxr.device as device_pkg
+    from edgecxr.progress import progress as progress_bar
 
     target = parse_target(host)
     from edgecxr.bench.local import selected_runtimes
@@ -240,7 +239,7 @@ def run_remote(artifacts: list[Artifact], evaluated: dict[str, Any], settings: A
                             records[(a.path, runtime, t)] = {"skip": skip, "error": skip.split(":")[0]}
                         continue
                     runnable.append((i, a, runtime))
-            bar = tqdm(total=len(runnable) * (len(settings.threads) + 1), desc="bench on Pi", unit="run", disable=not progress, leave=False)
+            bar = progress_bar(total=len(runnable) * (len(settings.threads) + 1), desc="bench on Pi", unit="run", enabled=progress)
             for i, a, runtime in runnable:
                 remote_model = _send_artifact(s, a.path, f"{tmp}/models/{i:02d}_{os.path.basename(a.path)}")
                 ev = evaluated.get((a.path, runtime))

@@ -30,9 +30,9 @@ SCHEMA = "edgecxr.bench/1"
 
 
 def _progress_bar(total: int, enabled: bool):
-    from tqdm import tqdm
+    from edgecxr.progress import progress
 
-    return tqdm(total=total, desc="bench", unit="run", disable=not enabled, leave=False)
+    return progress(total=total, desc="bench", unit="run", enabled=enabled)
 
 
 def base_row(a: Artifact, stats: dict[str, Any]) -> dict[str, Any]:

@@ -82,10 +82,10 @@ def pixel_hash(img: np.ndarray) -> str:
 
 def hash_images(root: str, samples: list[Sample], progress: bool = True) -> tuple[list[Sample], list[tuple[str, str]]]:
     """Decode every image once: yields pixel hashes and finds the unreadable files."""
-    from tqdm import tqdm
+    from edgecxr.progress import progress as progress_bar
 
     good, skipped = [], []
-    for s in tqdm(samples, desc="indexing images", unit="img", disable=not progress, leave=False):
+    for s in progress_bar(samples, desc="indexing images", unit="img", enabled=progress):
         try:
             img = load_gray(os.path.join(root, s.file))
         except ImageError as exc:

@@ -138,12 +138,12 @@ def mean_ci95(values: list[float] | np.ndarray) -> tuple[float, float, float]:
 def run_episodes(encoder: nn.Module, episodes: EpisodeDataset, num_classes: int, progress: bool = False,
                  desc: str = "episodes") -> dict[str, Any]:
     """Loss and accuracy per episode, plus the pooled query labels/predictions in dataset class ids."""
-    from tqdm import tqdm
+    from edgecxr.progress import progress as progress_bar
 
     encoder.eval()
     spec = episodes.spec
     losses, accs, ys, preds = [], [], [], []
-    for sx, qx, qy, cls in tqdm(DataLoader(episodes, batch_size=None), desc=desc, unit="episode", disable=not progress, leave=False):
+    for sx, qx, qy, cls in progress_bar(DataLoader(episodes, batch_size=None), desc=desc, unit="episode", enabled=progress):
         emb = encoder(torch.cat([sx, qx]).contiguous(memory_format=torch.channels_last))
         protos = support_prototypes(emb[: len(sx)], spec.n_way, spec.k_shot)
         logits = -squared_distances(emb[len(sx):], protos)

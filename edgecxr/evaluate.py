@@ -43,10 +43,10 @@ def resolve_samples(contract: Contract, data: str | None, split: str, split_csv:
 
 
 def predict_probs(backend: Backend, x: np.ndarray, batch_size: int = 32, progress: bool = False) -> np.ndarray:
-    from tqdm import tqdm
+    from edgecxr.progress import progress as progress_bar
 
     out = []
-    for i in tqdm(range(0, len(x), batch_size), desc="inference", unit="batch", disable=not progress, leave=False):
+    for i in progress_bar(range(0, len(x), batch_size), desc="inference", unit="batch", enabled=progress):
         out.append(softmax(backend.predict(x[i : i + batch_size]).astype(np.float64)))
     return np.concatenate(out)
 

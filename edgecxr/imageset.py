@@ -67,10 +67,10 @@ class LabelledImages:
 def load_images(index: DatasetIndex, samples: list[Sample], spec: PreprocessSpec, origin: str = "", progress: bool = True,
                 desc: str = "preprocessing") -> LabelledImages:
     """Decode and preprocess ``samples``; unreadable files are skipped with their reason."""
-    from tqdm import tqdm
+    from edgecxr.progress import progress as progress_bar
 
     grays, ys, files, skipped = [], [], [], list(index.skipped)
-    for s in tqdm(samples, desc=desc, unit="img", disable=not progress, leave=False):
+    for s in progress_bar(samples, desc=desc, unit="img", enabled=progress):
         try:
             grays.append(prepare_gray(load_gray(os.path.join(index.root, s.file)), spec))
         except ImageError as exc:

@@ -53,7 +53,7 @@ class CXRDataset(Dataset):
 
     def __init__(self, root: str, samples: list[Sample], classes: list[str], spec: PreprocessSpec,
                  augment_spec: AugmentSpec | None = None, seed: int = 0, progress: bool = True, desc: str = "loading") -> None:
-        from tqdm import tqdm
+        from edgecxr.progress import progress as progress_bar
 
         self.spec = spec
         self.augment_spec = augment_spec
@@ -63,7 +63,7 @@ class CXRDataset(Dataset):
         self.labels: list[int] = []
         self.files: list[str] = []
         self.skipped: list[tuple[str, str]] = []
-        for s in tqdm(samples, desc=desc, unit="img", disable=not progress, leave=False):
+        for s in progress_bar(samples, desc=desc, unit="img", enabled=progress):
             try:
                 img = prepare_gray(load_gray(os.path.join(root, s.file)), spec)
             except ImageError as exc:

@@ -63,12 +63,12 @@ def precise_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
 
 @torch.no_grad()
 def embed_dataset(encoder: nn.Module, dataset: Dataset, batch_size: int = 64, progress: bool = False, desc: str = "embedding") -> tuple[torch.Tensor, np.ndarray]:
-    from tqdm import tqdm
+    from edgecxr.progress import progress as progress_bar
 
     encoder.eval()
     embs, ys = [], []
     loader = DataLoader(dataset, batch_size, shuffle=False)
-    for x, y in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+    for x, y in progress_bar(loader, desc=desc, unit="batch", enabled=progress):
         embs.append(encoder(x.contiguous(memory_format=torch.channels_last)))
         ys.append(np.asarray(y))
     return torch.cat(embs), np.concatenate(ys)

@@ -218,7 +218,7 @@ def _test_episodes(run: Run, encoder: nn.Module, ep_spec: EpisodeSpec) -> dict:
     run.log_lines.append(f"test episodes: mean accuracy {te['mean_accuracy']:.4f} "
                          f"[{te['accuracy_ci95'][0]:.4f}, {te['accuracy_ci95'][1]:.4f}] over {te['episodes']} episodes")
     if run.show:
-        from tqdm import tqdm
+        from edgecxr.progress import write as progress_write
 
-        tqdm.write(run.log_lines[-1])
+        progress_write(run.log_lines[-1])
     return {"test_episodes": te}

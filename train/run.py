@@ -91,9 +91,9 @@ class Run:
         self.log_lines += [f"skipped {f}: {why}" for f, why in self.skipped(train_ds, val_ds)]
 
     def epoch_bar(self, items: Iterable, epoch: int, unit: str) -> Any:
-        from tqdm import tqdm
+        from edgecxr.progress import progress
 
-        return tqdm(items, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit=unit, disable=not self.show, leave=False)
+        return progress(items, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit=unit, enabled=self.show)
 
 
 @dataclass
@@ -237,7 +237,7 @@ def restore_progress(payload: dict | None, opt: torch.optim.Optimizer, sched) ->
 
 def run_epochs(run: Run, opt: torch.optim.Optimizer, sched, progress: Progress, steps: EpochSteps) -> Progress:
     """The epoch loop of every method: train, step the schedule, validate, log, save best/last, stop early."""
-    from tqdm import tqdm
+    from edgecxr.progress import write as progress_write
 
     cfg, dist = run.cfg, run.dist
     t_start = time.perf_counter()
@@ -255,7 +255,7 @@ def run_epochs(run: Run, opt: torch.optim.Optimizer, sched, progress: Progress, 
         improved, progress.best_loss, progress.bad_epochs, line = close_epoch(row, progress.best_loss, progress.bad_epochs, steps.val_name)
         run.log_lines.append(line)
         if dist.is_main:
-            tqdm.write(line)
+            progress_write(line)
             save_epoch(run, steps, epoch, improved, progress, opt, sched)
         if cfg.early_stop and progress.bad_epochs >= cfg.early_stop:
             run.log_lines.append(f"early stop: {steps.stop_what} did not improve for {cfg.early_stop} epochs")

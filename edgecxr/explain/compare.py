@@ -86,10 +86,9 @@ def images_from_split(contract, split: str, split_csv: str | None = None) -> lis
 def compare_models(fp32_path: str, int8_path: str, images: list[tuple[str, str]], method: str, lime: LimeOptions,
                    frac: float = 0.2, threads: int | None = None, progress: bool = True) -> dict:
     """Per-image agreement rows and their means; see module docstring."""
-    from tqdm import tqdm
-
     from edgecxr.explain.api import default_method
     from edgecxr.explain.lime_explain import segment_image, working_image
+    from edgecxr.progress import progress as progress_bar
     from edgecxr.runtime import open_model
 
     a, b = open_model(fp32_path, threads), open_model(int8_path, threads)
@@ -100,7 +99,7 @@ def compare_models(fp32_path: str, int8_path: str, images: list[tuple[str, str]]
         method = "gradcam" if default_method(a) == default_method(b) == "gradcam" else "lime"
     classes = list(a.contract.classes)
     rows, skipped = [], []
-    for path, label in tqdm(images, desc=f"comparing ({method})", unit="img", disable=not progress):
+    for path, label in progress_bar(images, desc=f"comparing ({method})", unit="img", enabled=progress, leave=True):
         try:
             gray = load_gray(path)
         except ImageError as exc:

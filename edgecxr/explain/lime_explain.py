@@ -73,7 +73,8 @@ def lime_map(backend: Backend, gray: np.ndarray, target: int | None = None, num_
     """Explain ``target`` (default: the predicted class) on a raw uint8 grey image; returns the result and the class."""
     import sklearn.metrics
     from lime.lime_image import LimeImageExplainer
-    from tqdm import tqdm
+
+    from edgecxr.progress import progress as progress_bar
 
     spec = backend.contract.preprocess
     segs = segment_image(gray, n_segments) if segments is None else segments
@@ -84,7 +85,7 @@ def lime_map(backend: Backend, gray: np.ndarray, target: int | None = None, num_
 
     t0 = time.perf_counter()
     probs = []
-    bar = tqdm(total=num_samples, desc=f"LIME ({backend.runtime})", unit="sample", disable=not progress, leave=False)
+    bar = progress_bar(total=num_samples, desc=f"LIME ({backend.runtime})", unit="sample", enabled=progress)
     for start in range(0, num_samples, batch_size):
         rows = data[start : start + batch_size]
         batch = np.stack([preprocess(np.where(row[segs].astype(bool), gray, fill), spec) for row in rows])
