@@ -175,11 +175,10 @@ def _verify_steps(run: Run, vset: Any, torch_model: Any, contract: Any, host_cpu
     says this CPU computes it wrong is measured anyway but ``unverified``: its numbers
     here say nothing about the CPUs it was made for (its self-test will, there).
     """
-    from tqdm import tqdm
-
     from edgecxr.convert import golden as golden_mod
     from edgecxr.convert import report as report_mod
     from edgecxr.convert import verify as verify_mod
+    from edgecxr.progress import progress as progress_bar
 
     t0 = time.perf_counter()
     ref_logits = verify_mod.torch_logits(torch_model, vset.x)
@@ -187,7 +186,7 @@ def _verify_steps(run: Run, vset: Any, torch_model: Any, contract: Any, host_cpu
     ref["seconds"] = time.perf_counter() - t0
     echo(f"verify: PyTorch reference on {len(vset.y)} images: accuracy {ref['accuracy']:.4f}, macro-F1 {ref['macro_f1']:.4f}")
     gold = golden_mod.build(vset, torch_model, contract.preprocess)
-    for step in tqdm([s for s in run.steps if s.status == "ok"], desc="verifying", unit="model", disable=not progress, leave=False):
+    for step in progress_bar([s for s in run.steps if s.status == "ok"], desc="verifying", unit="model", enabled=progress):
         try:
             wrong_here = _verify_one(run, step, vset, ref_logits, gold, host_cpu, threads)
         except Exception as exc:  # an artifact that cannot be run is a failed artifact
