@@ -51,6 +51,7 @@ class LogProgress:
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
         self.total, self.n = total, 0
+        self.postfix = ""
         self.start = self.last = time.monotonic()
 
     def __iter__(self) -> Iterator:
@@ -70,8 +71,13 @@ class LogProgress:
         if self.enabled and now - self.last >= self.every_s:
             self.last = now
             of = f"/{self.total}" if self.total else ""
-            self.stream.write(f"{self.desc}: {self.n}{of} {self.unit} ({now - self.start:.0f} s)\n")
+            tail = f" {self.postfix}" if self.postfix else ""
+            self.stream.write(f"{self.desc}: {self.n}{of} {self.unit} ({now - self.start:.0f} s){tail}\n")
             self.stream.flush()
+
+    def set_postfix(self, **values: Any) -> None:
+        """tqdm's running figures (training loss, accuracy): shown at the end of the next line."""
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
 
     def close(self) -> None:
         """Nothing to clear: every line already ended."""
