@@ -33,6 +33,10 @@ class TrainConfig:
     resume: bool = False
     qat: bool = False
     qat_target: str = "portable"  # the convert --int8 --target whose weight grid QAT simulates
+    teacher: str | None = None  # checkpoint to distil from (edgecxr.train.teacher)
+    distill_temperature: float = 4.0
+    distill_alpha: float = 0.7
+    teacher_logits: str = "cache"  # cache | live
     split: str = "80/10/10"
     split_csv: str | None = None
     equalize: str = "clahe"

@@ -7,8 +7,10 @@ the run around it (resume, epoch loop, best/last files, logs) is ``edgecxr.train
 """
 from __future__ import annotations
 
+import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
 
@@ -72,28 +74,41 @@ def train(cfg: TrainConfig) -> dict:
         counts = np.bincount(train_ds.labels, minlength=len(run.classes)).astype(np.float32)
         weights = torch.tensor(counts.sum() / (len(run.classes) * np.maximum(counts, 1)), dtype=torch.float32)
     loss_fn = nn.CrossEntropyLoss(weight=weights)
-    sampler = run.dist.sampler(train_ds, cfg.seed)
-    train_loader = DataLoader(train_ds, cfg.batch_size, shuffle=sampler is None, sampler=sampler, num_workers=cfg.workers,
+    distiller, notes, extra = None, [], {"train_config": asdict(cfg)}
+    if cfg.teacher:
+        from edgecxr.train.teacher import Distiller
+
+        distiller = Distiller.start(cfg, train_ds, run.index.of_split("train"), run.index.root, run.classes, run.dist, weights, run.show)
+        extra["distillation"] = distiller.record()
+        notes.append("distillation: " + json.dumps(extra["distillation"]))
+    batches = train_ds if distiller is None else distiller.dataset
+    sampler = run.dist.sampler(batches, cfg.seed)
+    train_loader = DataLoader(batches, cfg.batch_size, shuffle=sampler is None, sampler=sampler, num_workers=cfg.workers,
                               drop_last=len(train_ds) > cfg.batch_size, generator=torch.Generator().manual_seed(cfg.seed))
     val_loader = DataLoader(val_ds, max(cfg.batch_size, 64), shuffle=False, num_workers=cfg.workers)
 
     contract = run.contract("supervised")
-    config_dict = asdict(cfg)
-    run.start_log(train_ds, val_ds)
+    run.start_log(train_ds, val_ds, *notes)
     steps = EpochSteps(
-        train_epoch=partial(train_epoch, run, ddp_model, train_ds, train_loader, sampler, opt, loss_fn, qat),
+        train_epoch=partial(train_epoch, run, ddp_model, batches, train_loader, sampler, opt, loss_fn if distiller is None else distiller.loss, qat),
         validate=partial(validate, model, val_loader, loss_fn),
-        save=lambda path, **extra: save_checkpoint(path, model, contract, **extra),
-        best_file="best.pt", last_file="last.pt", extra={"train_config": config_dict},
+        save=lambda path, **plain: save_checkpoint(path, model, contract, **plain),
+        best_file="best.pt", last_file="last.pt", extra=extra,
     )
     progress = run_epochs(run, opt, sched, progress, steps)
-    summary = run_summary("supervised", run, progress, train_ds, val_ds, config_dict)
+    summary = run_summary("supervised", run, progress, train_ds, val_ds, extra["train_config"])
+    if distiller is not None:
+        summary["distillation"] = extra["distillation"]
     return finish_run(run, summary, progress.history, f"{cfg.arch} on {os.path.basename(run.index.root.rstrip('/'))}")
 
 
 def train_epoch(run: Run, model: nn.Module, train_ds: CXRDataset, loader: DataLoader, sampler: DistributedSampler | None,
-                opt: torch.optim.Optimizer, loss_fn: nn.Module, qat, epoch: int) -> EpochStats:
-    """One pass over the training images (this process's shard under DDP); ``qat`` is the QAT handle or None."""
+                opt: torch.optim.Optimizer, loss_fn: Callable[..., torch.Tensor], qat, epoch: int) -> EpochStats:
+    """One pass over the training images (this process's shard under DDP); ``qat`` is the QAT handle or None.
+
+    Batches are ``(x, labels)``, or ``(x, labels, t)`` when distilling: ``loss_fn(logits, labels, *rest)``
+    is then the distillation loss and ``t`` what the teacher needs (edgecxr.train.teacher).
+    """
     train_ds.set_epoch(epoch)
     if sampler is not None:
         sampler.set_epoch(epoch)
@@ -103,12 +118,12 @@ def train_epoch(run: Run, model: nn.Module, train_ds: CXRDataset, loader: DataLo
     t0 = time.perf_counter()
     run_loss, run_correct, run_n = 0.0, 0, 0
     bar = run.epoch_bar(loader, epoch, "batch")
-    for x, y in bar:
+    for x, y, *rest in bar:
         x = x.to(run.dist.device).contiguous(memory_format=torch.channels_last)
         y = y.to(run.dist.device)
         opt.zero_grad(set_to_none=True)
         logits = model(x)
-        loss = loss_fn(logits, y)
+        loss = loss_fn(logits, y, *rest)
         loss.backward()
         opt.step()
         run_loss += float(loss.detach()) * len(y)
