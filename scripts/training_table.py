@@ -6,7 +6,9 @@
 Each run folder needs ``metrics.json`` (from ``edgecxr train``) and
 ``eval_test/eval.json`` (from ``edgecxr eval RUN/best.pt --out RUN/eval_test``).
 Training time (the epochs' own time, validation excluded) adds up every stage of a run: a run started with ``--weights`` from
-another run folder (progressive resizing) includes that run's time too.
+another run folder (progressive resizing) includes that run's time too, and a distilled run (``--teacher``) its
+one pass to cache the teacher's logits (the teacher's own training is not counted). When any run was distilled, a
+``teacher`` column names the teacher's run folder, the temperature and alpha of each distilled run.
 """
 from __future__ import annotations
 
@@ -55,10 +57,17 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def row(run: str) -> str:
+def teacher(st: list[dict]) -> str:
+    """The teacher of a run's distilled stages: its run folder, T and alpha ("-" when no stage was distilled)."""
+    taught = sorted({(os.path.basename(os.path.dirname(s["distillation"]["teacher"]["path"])), s["distillation"]["temperature"],
+                      s["distillation"]["alpha"], s["distillation"]["teacher_logits"]) for s in st if s.get("distillation")})
+    return "; ".join(f"{name} (T {t:g}, alpha {a:g}, {how})" for name, t, a, how in taught) or "-"
+
+
+def row(run: str, with_teacher: bool = False) -> str:
     ev = _load(os.path.join(run, "eval_test", "eval.json"))
     st = stages(run)
-    seconds = sum(s["_epoch_seconds"] for s in st)
+    seconds = sum(s["_epoch_seconds"] + (s.get("distillation") or {}).get("cache_seconds", 0.0) for s in st)
     recipe = " + ".join(f"{s['epochs_run']} ep @ {s['config']['img_size']} px{' QAT' if s['config'].get('qat') else ''}" for s in st)
     first = st[0]["config"]
     if first.get("pretrained"):
@@ -72,6 +81,7 @@ def row(run: str) -> str:
         lo, hi = ev[f"{key}_ci95"]
         return f"{ev[key]:.3f} [{lo:.3f}, {hi:.3f}]"
 
+    start += f" | {teacher(st)}" if with_teacher else ""
     return (f"| {os.path.basename(os.path.normpath(run))} | {start} | {recipe} | {seconds / 60:.1f} min | {ev['n_images']} | "
             f"{ci('accuracy')} | {ci('macro_f1')} | {ci('auc_macro')} |")
 
@@ -86,10 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"Test split of the run, 95% bootstrap CIs (1000 resamples). Measured {date.today().isoformat()} on "
           f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}.\n")
-    print("| run | start | training | train time | test images | accuracy [95% CI] | macro-F1 [95% CI] | AUC macro [95% CI] |")
-    print("|---|---|---|---|---|---|---|---|")
+    with_teacher = any(s.get("distillation") for r in args.runs for s in stages(r))
+    print(f"| run | start |{' teacher |' if with_teacher else ''} training | train time | test images | accuracy [95% CI] | "
+          "macro-F1 [95% CI] | AUC macro [95% CI] |")
+    print("|---|---|" + ("---|" if with_teacher else "") + "---|---|---|---|---|---|")
     for r in args.runs:
-        print(row(r))
+        print(row(r, with_teacher))
     return 0
 
 
