@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from edgecxr.convert.formats import Production, export_formats, get_format
+from edgecxr.convert.formats.availability import producible
 from edgecxr.convert.steps import Echo, Run, Step, fail_reason
 from edgecxr.errors import EdgecxrError
 
@@ -151,8 +152,9 @@ def convert_checkpoint(
                       calib_method=calib_method, keep_float=keep_float)
     steps = plan(contract.arch, fmts, precisions)
     for fmt in export_formats():
-        if fmt.name in steps:
-            fmt.produce(prod, steps[fmt.name])
+        ready = producible(run, fmt, steps.get(fmt.name, {}))  # a missing package: skipped, with its pip command
+        if ready:
+            fmt.produce(prod, ready)
 
     ref = _verify_steps(run, vset, torch_model, contract, host_cpu, threads, progress, echo) if vset is not None else None
     rep = report_mod.build_report(

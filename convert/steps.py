@@ -75,7 +75,7 @@ class Run:
 
     def announce(self, step: Step) -> None:
         size = f"{step.bytes / 1e6:.2f} MB" if step.status == "ok" else ""
-        line = f"  {step.format:<7}{step.precision:<6}{step.status:<8}{step.seconds:>7.1f} s {size:>10}  {step.file}"
+        line = f"  {step.format:<11}{step.precision:<6}{step.status:<8}{step.seconds:>7.1f} s {size:>10}  {step.file}"
         if step.reason:
             line += f"  ({step.reason})"
         self.echo(line)

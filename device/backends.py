@@ -217,7 +217,14 @@ OPENERS: dict[str, Any] = {
     "onnxruntime": lambda path, threads: OnnxBackend(path, threads),
     "litert": lambda path, threads: TFLiteBackend(path, threads),
     "litert-builtin": lambda path, threads: TFLiteBackend(path, threads, builtin_kernels=True),
+    "openvino": lambda path, threads: _openvino_backend(path, threads),
 }
+
+
+def _openvino_backend(path: str, threads: int | None) -> Backend:
+    from .backend_openvino import OpenVINOBackend  # its own module: it imports this one
+
+    return OpenVINOBackend(path, threads)
 
 
 def open_backend(path: str, threads: int | None = None, require_contract: bool = False, check_cpu: bool = True,

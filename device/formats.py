@@ -48,11 +48,14 @@ RUNTIMES: dict[str, Runtime] = {
                       "TFLite interpreter (ai-edge-litert, else tflite-runtime) with its default XNNPACK delegate"),
     "litert-builtin": Runtime("litert-builtin", "ai_edge_litert", "pip install ai-edge-litert",
                               "TFLite interpreter with its built-in kernels only (no XNNPACK): what a delegate-less build runs"),
+    "openvino": Runtime("openvino", "openvino", "pip install openvino",
+                        "OpenVINO CPU plugin: f32 inference precision, latency hint, one stream (device/backend_openvino.py)"),
 }
 
 DEVICE_FORMATS: dict[str, DeviceFormat] = {
-    "onnx": DeviceFormat("onnx", ".onnx", ("onnxruntime",)),
+    "onnx": DeviceFormat("onnx", ".onnx", ("onnxruntime", "openvino")),
     "tflite": DeviceFormat("tflite", ".tflite", ("litert", "litert-builtin"), contract_in_file=False),
+    "openvino": DeviceFormat("openvino", ".xml", ("openvino",), companions=("{stem}.bin",)),
 }
 
 

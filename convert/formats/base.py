@@ -41,6 +41,15 @@ class Production:
 
 
 @dataclass(frozen=True)
+class Requirement:
+    """A package a format needs to be produced: its import name, how to install it, for which precisions."""
+
+    module: str
+    install: str
+    precisions: tuple[str, ...] = PRECISIONS
+
+
+@dataclass(frozen=True)
 class ExportFormat:
     device: DeviceFormat
     precisions: tuple[str, ...]
@@ -52,6 +61,9 @@ class ExportFormat:
     read_contract: Callable[[str], Contract | None]  # without starting a runtime
     write_contract: Callable[[str, Contract], None]  # atomically, where the format keeps it
     graph_stats: Callable[[str], Stats]  # {"params", "macs", "stats_from", "weight_precision"}
+    # Packages producing it needs beyond its runtime (which is always needed); a missing one
+    # makes convert skip those precisions with the pip command (formats/availability.py).
+    requires: tuple[Requirement, ...] = ()
 
     @property
     def name(self) -> str:

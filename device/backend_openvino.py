@@ -1,0 +1,82 @@
+"""The OpenVINO runtime: OpenVINO IR (``.xml`` + ``.bin``) and, as a second runtime for
+the same files, ONNX.
+
+Every setting that changes what is computed or how many cores compute it is set
+explicitly, because OpenVINO's defaults depend on the CPU: on CPUs with AVX512_BF16
+or AMX (the Zen 4 EPYC here reports ``INFERENCE_PRECISION_HINT`` bfloat16 by
+default) and on ARM (float16) an FP32 file would silently run at lower precision.
+f32 inference precision makes a file compute what its name says everywhere (an FP16
+IR stores its weights in float16 and computes in f32). ``INFERENCE_NUM_THREADS``,
+one stream and the latency hint make 1 and 2 threads mean one and two cores working
+on one image, as for ONNX Runtime and LiteRT.
+
+The contract is read from the model's own ``rt_info``: an IR written by ``edgecxr
+convert`` keeps it under ``edgecxr_contract``; an ONNX file's ``metadata_props``
+appear under ``framework``. numpy and openvino only: the Pi runner imports it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .backends import Backend, ModelLoadError
+from .contract import CONTRACT_KEY, Contract, read_sidecar
+from .formats import RUNTIMES
+
+COMPILE_CONFIG = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": "f32"}
+
+
+def import_openvino() -> Any:
+    try:
+        import openvino
+    except ImportError as exc:
+        raise ModelLoadError(f"the openvino runtime is not installed: {RUNTIMES['openvino'].install}") from exc
+    return openvino
+
+
+def rt_info_contract(model: Any) -> Contract | None:
+    """The contract in an OpenVINO model's ``rt_info`` (IR: top level; ONNX: under ``framework``)."""
+    for key in ([CONTRACT_KEY], ["framework", CONTRACT_KEY]):
+        if model.has_rt_info(key):
+            return Contract.from_json(model.get_rt_info(key).astype(str))
+    return None
+
+
+def _dims(partial_shape: Any) -> tuple[int, ...]:
+    return tuple(d.get_length() if d.is_static else -1 for d in partial_shape)
+
+
+class OpenVINOBackend(Backend):
+    runtime_name = "openvino"
+
+    def __init__(self, path: str, threads: int | None = None, contract: Contract | None = None, read_contract: bool = True) -> None:
+        ov = import_openvino()
+        core = ov.Core()
+        try:
+            model = core.read_model(path)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses for bad or half-copied files
+            raise ModelLoadError(f"{path}: not a model OpenVINO can read ({str(exc).splitlines()[0][:160]})") from exc
+        if contract is None and read_contract:
+            contract = rt_info_contract(model) or read_sidecar(path)
+        super().__init__(path, contract)
+        self.format = "onnx" if path.lower().endswith(".onnx") else "openvino"
+        config: dict[str, Any] = dict(COMPILE_CONFIG)
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            self.compiled = core.compile_model(model, "CPU", config)
+        except Exception as exc:  # an op the CPU plugin lacks, an unsupported precision
+            raise ModelLoadError(f"{path}: OpenVINO could not compile it for the CPU ({str(exc).splitlines()[0][:160]})") from exc
+        self.request = self.compiled.create_infer_request()
+        self.runtime = f"openvino {ov.__version__.split('-')[0]}"
+        inp, out = self.compiled.input(0), self.compiled.output(0)
+        self.input_shape = _dims(inp.get_partial_shape())
+        self.output_shape = _dims(out.get_partial_shape())
+        self.input_dtype = np.dtype(inp.get_element_type().to_dtype()).name
+        self.layout = (contract.input.layout if contract is not None else None) or "NCHW"
+        self.check_contract()
+
+    def invoke(self, prepared: np.ndarray) -> np.ndarray:
+        self.request.infer({0: prepared})
+        return self.request.get_output_tensor(0).data.copy()
