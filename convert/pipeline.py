@@ -141,6 +141,9 @@ def convert_checkpoint(
     torch_model, contract = _load_checkpoint(ckpt, split_csv, threads)
     echo(f"convert {ckpt}: {contract.arch}, {contract.num_classes} classes {list(contract.classes)}, {contract.input_size} px")
     calib, vset = _load_inputs(contract, int8, calib_data, calib_n, verify, verify_data, max_drop, progress, echo)
+    from edgecxr.calibrate import ensure_decision
+
+    contract = ensure_decision(ckpt, contract, threads, progress, echo)  # temperature + conformal sets for every export
 
     os.makedirs(out_dir, exist_ok=True)
     sha = file_sha256(ckpt)

@@ -125,10 +125,28 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows(report)]
     lines += ["", "dF1 pp: macro-F1 change against the PyTorch checkpoint on the same images, in percentage points.",
               ""]
+    lines += calibration_lines(report)
     for fmt, how in (report.get("how_produced") or {}).items():
         lines += [f"- {fmt} {p}: {text}" for p, text in how.items()]
     lines += ["", "Tool versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), ""]
     return "\n".join(lines)
+
+
+def calibration_lines(report: dict[str, Any]) -> list[str]:
+    """ECE of each artifact against the FP32 checkpoint on the verification images (15 bins;
+    with the contract's temperature where it has one, as the device applies it)."""
+    out = []
+    for s in report["artifacts"]:
+        cal = (s.get("verify") or {}).get("calibration") or {}
+        for key, what in (("scaled", f"softmax(logits / T), T={cal.get('temperature', 0):.4f}"), ("raw", "plain softmax")):
+            if key in cal:
+                c = cal[key]
+                out.append(f"| {s['file']} | {what} | {c['ece']:.4f} | {c['ece_reference']:.4f} | {c['delta']:+.4f} |")
+    if not out:
+        return []
+    head = ["## Calibration against FP32 (verification images, 15-bin ECE)", "",
+            "| artifact | probabilities | ECE | FP32 ECE | change |", "|---|---|---|---|---|"]
+    return head + out + [""]
 
 
 def host_lines(report: dict[str, Any]) -> list[str]:
@@ -157,6 +175,10 @@ def verify_line(step: dict[str, Any]) -> str:
         return f"  verify  {step['file']}: {step['reason'] or 'not verified'}"
     line = (f"  verify  {step['file']:<28} max|dlogit| {v['max_abs_logit_diff']:.4f}  top-1 agree {100 * v['top1_agreement']:.1f}%  "
             f"macro-F1 {v['macro_f1']:.4f} ({v['delta_macro_f1_pp']:+.2f} pp)  [{v['runtime']}]")
+    cal = v.get("calibration") or {}
+    e = cal.get("scaled") or cal.get("raw")
+    if e:
+        line += f"  ECE {e['ece']:.4f} ({e['delta']:+.4f} vs FP32{', T applied' if 'scaled' in cal else ''})"
     if step["status"] != "ok":
         line += f"  !! {step['status'].upper()}: {step['reason']}"
     return line

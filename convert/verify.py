@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from edgecxr.decision_report import ece_change
+from edgecxr.decision_store import read_contract
 from edgecxr.device.backends import softmax
 from edgecxr.device.contract import Contract
 from edgecxr.errors import EdgecxrError
@@ -119,6 +121,7 @@ def verify_artifact(path: str, vset: LabelledImages, ref_logits: np.ndarray, thr
     t0 = time.perf_counter()
     logits, runtime = backend_logits(path, vset.x, threads)
     out = compare(ref_logits, logits, vset.y, vset.classes)
+    out["calibration"] = ece_change(ref_logits, logits, vset.y, read_contract(path).decision)  # INT8/FP16 ECE vs FP32
     out["runtime"] = runtime
     out["seconds"] = time.perf_counter() - t0
     return out

@@ -18,6 +18,7 @@ import numpy as np
 
 from .contract import Contract, ContractError, check_matches, read_onnx_contract, read_sidecar
 from .cpufeatures import cpu_description, unmet_requirement
+from .decision import calibrated_probabilities
 from .formats import DEVICE_FORMATS, device_format_of
 
 
@@ -114,6 +115,11 @@ class Backend:
         if self.fixed_batch == 1 and x.shape[0] != 1:
             return np.concatenate([self.predict(x[i : i + 1]) for i in range(x.shape[0])], axis=0)
         return self.decode(self.invoke(self.prepare(x))).reshape(x.shape[0], -1)
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities: ``softmax(logits / T)`` with the contract's temperature
+        (plain softmax where none was fitted); float64."""
+        return calibrated_probabilities(self.predict(x), self.contract.decision if self.contract else None)
 
     def check_contract(self) -> None:
         if self.contract is not None:

@@ -15,23 +15,37 @@ from typing import Any
 import numpy as np
 
 from . import _npimage
-from .backends import Backend, softmax
+from .backends import Backend
+from .decision import REFUSE, Verdict, decide, quality_refusal, refused
 from .image_io import ImageError, load_gray, to_uint8
 from .preprocess import preprocess
 
 
 @dataclass
 class Prediction:
+    """``probabilities`` are calibrated (the contract's temperature applied); all NaN when
+    the image was refused before the model ran. ``verdict`` is answer / refer / refuse."""
+
     source: str
     classes: tuple[str, ...]
     probabilities: np.ndarray
     timings_ms: dict[str, float] = field(default_factory=dict)
+    verdict: Verdict | None = None
 
     @property
-    def label(self) -> str:
+    def ran_model(self) -> bool:
+        return bool(np.isfinite(self.probabilities).all())
+
+    @property
+    def label(self) -> str | None:
+        """The most probable class; ``None`` for a refused image (no prediction is given)."""
+        if self.verdict is not None and self.verdict.action == REFUSE:
+            return None
         return self.classes[int(np.argmax(self.probabilities))]
 
     def top_k(self, k: int) -> list[tuple[str, float]]:
+        if not self.ran_model:
+            return []
         order = np.argsort(-self.probabilities, kind="stable")[:k]
         return [(self.classes[i], float(self.probabilities[i])) for i in order]
 
@@ -49,13 +63,19 @@ class Classifier:
         self.backend = backend
         self.spec = backend.contract.preprocess
         self.classes = tuple(backend.contract.classes)
+        self.decision = backend.contract.decision  # temperature, conformal sets, refusals (decision.py)
 
     def tensor(self, gray: np.ndarray) -> np.ndarray:
         """uint8 HxW -> the 1xCxHxW float32 batch every backend accepts."""
         return preprocess(gray, self.spec)[None]
 
     def classify_gray(self, gray: np.ndarray, source: str) -> Prediction:
+        """Image-quality refusal first (no model run), then the model, then the decision."""
         t = time.perf_counter_ns()
+        refusal = quality_refusal(gray, self.decision)
+        if refusal is not None:
+            nan = np.full(len(self.classes), np.nan)
+            return Prediction(source, self.classes, nan, {"quality_ms": _ms(t)}, refused(refusal, self.classes))
         x = self.tensor(gray)
         pre = _ms(t)
         t = time.perf_counter_ns()
@@ -65,10 +85,10 @@ class Classifier:
         raw = self.backend.invoke(prepared)
         infer = _ms(t)
         t = time.perf_counter_ns()
-        probs = softmax(self.backend.decode(raw).reshape(1, -1).astype(np.float64))[0]
+        verdict = decide(self.backend.decode(raw).reshape(-1), self.classes, self.decision)
         post = _ms(t)
-        return Prediction(source, self.classes, probs,
-                          {"preprocess_ms": pre, "quantize_ms": prep, "inference_ms": infer, "postprocess_ms": post})
+        return Prediction(source, self.classes, verdict.probabilities,
+                          {"preprocess_ms": pre, "quantize_ms": prep, "inference_ms": infer, "postprocess_ms": post}, verdict)
 
     def classify_file(self, path: str) -> Prediction:
         """Raises :class:`ImageError` (one line) for anything that is not a usable image."""

@@ -39,6 +39,8 @@ from .backends import ModelLoadError, open_backend
 from .camera import CameraError, open_capture, run_camera
 from .classify import Classifier
 from .contract import ContractError
+from .decision import DecisionError
+from .decision import summary as decision_summary
 from .formats import RUNTIMES
 from .image_io import ImageError, is_image_file, load_gray
 from .latency import latency_record, summarize, time_invocations
@@ -116,8 +118,9 @@ def _check_args(a: argparse.Namespace) -> None:
 def describe(clf: Classifier) -> str:
     b, c = clf.backend, clf.backend.contract
     shape = "x".join(str(v) for v in b.input_shape)
-    return (f"model {os.path.basename(b.path)}: {c.arch} {b.format} {c.precision}, {len(clf.classes)} classes, "
+    line = (f"model {os.path.basename(b.path)}: {c.arch} {b.format} {c.precision}, {len(clf.classes)} classes, "
             f"input {shape} {b.input_dtype} {b.layout}, runtime {b.runtime}")
+    return f"{line}; {decision_summary(c.decision)}" if c.decision else line
 
 
 def _list_images(folder: str) -> tuple[list[str], int]:
@@ -246,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warn(f"{why}: {counts['read']} frames read, {counts['classified']} classified ({rate:.1f}/s), "
              f"{counts['dropped']} dropped, {counts['bad']} bad")
         return 0
-    except (RunnerError, ImageError, ModelLoadError, ContractError, CameraError) as exc:
+    except (RunnerError, ImageError, ModelLoadError, ContractError, CameraError, DecisionError) as exc:
         print(f"edgecxr-runner: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # `... | head`: the reader left; stop quietly like other Unix tools

@@ -18,21 +18,33 @@ from .classify import Prediction
 def record(pred: Prediction, top_k: int) -> dict[str, Any]:
     """The ``--json`` object: ``latency_ms`` is the model's invoke() alone; the rest of
     the runner's work is itemised in ``timings_ms``."""
-    return {
+    out = {
         "file": pred.source,
         "label": pred.label,
-        "probabilities": {c: round(float(p), 7) for c, p in zip(pred.classes, pred.probabilities)},
+        "probabilities": {c: round(float(p), 7) for c, p in zip(pred.classes, pred.probabilities)} if pred.ran_model else None,
         "top_k": [{"label": c, "probability": round(p, 7)} for c, p in pred.top_k(top_k)],
         "latency_ms": round(pred.timings_ms.get("inference_ms", float("nan")), 4),
         "timings_ms": {k: round(v, 4) for k, v in pred.timings_ms.items()},
     }
+    if pred.verdict is not None:
+        out.update(pred.verdict.to_dict())
+    return out
 
 
 def text_line(pred: Prediction, top_k: int) -> str:
+    """``file: LABEL  [top-k]  set {..}  timings``; a refer or refusal replaces ``set`` by its
+    plain-language decision, and a refusal prints no label."""
     t = pred.timings_ms
     overhead = sum(v for k, v in t.items() if k != "inference_ms")
+    times = f"inference {t.get('inference_ms', 0):.2f} ms, runner {overhead:.2f} ms"
+    v = pred.verdict
+    if v is not None and pred.label is None:
+        return f"{pred.source}: {v.line()}  {times}"
     top = ", ".join(f"{c} {p:.4f}" for c, p in pred.top_k(top_k))
-    return f"{pred.source}: {pred.label}  [{top}]  inference {t.get('inference_ms', 0):.2f} ms, runner {overhead:.2f} ms"
+    decision = ""
+    if v is not None:
+        decision = f"  set {{{', '.join(v.prediction_set)}}}" if v.label is not None else f"  {v.line()}"
+    return f"{pred.source}: {pred.label}  [{top}]{decision}  {times}"
 
 
 def emit(obj: dict[str, Any] | str, stream: IO[str] | None = None) -> None:
@@ -50,7 +62,7 @@ def write_csv(path: str, classes: Iterable[str], rows: list[dict[str, Any]]) -> 
     """One row per file (read or skipped), written to a temp file and renamed so a
     half-written CSV never appears. Skipped files keep their reason in ``error``."""
     classes = list(classes)
-    fields = ["file", "label", *[f"p_{c}" for c in classes], "latency_ms", "decode_ms", "preprocess_ms", "error"]
+    fields = ["file", "label", *[f"p_{c}" for c in classes], "action", "prediction_set", "latency_ms", "decode_ms", "preprocess_ms", "error"]
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=folder)
@@ -63,8 +75,10 @@ def write_csv(path: str, classes: Iterable[str], rows: list[dict[str, Any]]) -> 
                     writer.writerow({"file": r["file"], "error": r["error"]})
                     continue
                 t = r["timings_ms"]
-                writer.writerow({"file": r["file"], "label": r["label"],
-                                 **{f"p_{c}": f"{r['probabilities'][c]:.7f}" for c in classes},
+                probs = r["probabilities"] or {}
+                writer.writerow({"file": r["file"], "label": r["label"] or "",
+                                 **{f"p_{c}": f"{probs[c]:.7f}" if c in probs else "" for c in classes},
+                                 "action": r.get("action", ""), "prediction_set": " ".join(r.get("prediction_set", [])),
                                  "latency_ms": f"{r['latency_ms']:.4f}", "decode_ms": f"{t.get('decode_ms', 0):.4f}",
                                  "preprocess_ms": f"{t.get('preprocess_ms', 0) + t.get('quantize_ms', 0):.4f}", "error": ""})
         os.replace(tmp, path)

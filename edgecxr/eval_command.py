@@ -26,15 +26,18 @@ def eval_command(model: str, data: str | None, split: str, split_csv: str | None
       edgecxr eval runs/mnv2/best.pt --data ../shared/data/tbcxr --split all
 
     Writes eval.json (accuracy, macro_f1, auc_macro, per_class, confusion_matrix,
-    n_images), confusion_matrix.png and roc.png.
+    n_images; calibration before/after the model's temperature; conformal coverage
+    and set sizes per class), confusion_matrix.png, roc.png and reliability.png.
     """
     from edgecxr.atomic import write_json
+    from edgecxr.decision_report import decision_sections, format_sections, model_logits
     from edgecxr.device.cpufeatures import cpu_description
+    from edgecxr.device.decision import calibrated_probabilities, set_mask
     from edgecxr.device.selftest import run_selftest, selftest_line
-    from edgecxr.evaluate import format_report, predict_probs, resolve_samples
+    from edgecxr.evaluate import format_report, resolve_samples
     from edgecxr.imageset import load_images
     from edgecxr.metrics import classification_report
-    from edgecxr.plots import save_confusion_matrix, save_roc_curves
+    from edgecxr.plots import save_confusion_matrix, save_reliability_diagram, save_roc_curves
     from edgecxr.runtime import open_model
 
     backend = open_model(model, threads)
@@ -45,15 +48,21 @@ def eval_command(model: str, data: str | None, split: str, split_csv: str | None
     index = resolve_samples(contract, data, split, split_csv, progress=not quiet)
     batch = load_images(index, index.of_split(split), contract.preprocess, f"the {split} split", progress=not quiet)
     t0 = time.perf_counter()
-    probs = predict_probs(backend, batch.x, progress=not quiet)
+    logits = model_logits(backend, batch.x)
     seconds = time.perf_counter() - t0
+    probs = calibrated_probabilities(logits, None)  # plain softmax: the headline metrics do not depend on T
     report = classification_report(batch.y, probs, batch.classes, n_boot=bootstrap)
+    report.update(decision_sections(logits, batch.y, batch.classes, contract.decision, n_boot=bootstrap))
+    conformal = (contract.decision or {}).get("conformal")
+    sets = set_mask(calibrated_probabilities(logits, contract.decision), conformal) if conformal else None
     report.update({"model": os.path.abspath(model), "format": contract.format, "precision": contract.precision,
                    "runtime": backend.runtime, "split": split, "data_root": index.root, "inference_seconds": seconds,
                    "selftest": selftest, "cpu": cpu_description(),
                    "skipped_files": [{"file": f, "reason": r} for f, r in batch.skipped],
                    "predictions": [{"file": f, "label": batch.classes[int(t)], "pred": batch.classes[int(p.argmax())],
-                                    "probabilities": [round(float(v), 6) for v in p]} for f, t, p in zip(batch.files, batch.y, probs)]})
+                                    "probabilities": [round(float(v), 6) for v in p],
+                                    **({"prediction_set": [c for c, m in zip(batch.classes, sets[i]) if m]} if sets is not None else {})}
+                                   for i, (f, t, p) in enumerate(zip(batch.files, batch.y, probs))]})
     episodes = os.path.join(os.path.dirname(os.path.abspath(model)), "protonet.pt")
     if contract.method == "protonet" and os.path.exists(episodes) and split != "all":
         from edgecxr.episodes import episode_report
@@ -66,7 +75,10 @@ def eval_command(model: str, data: str | None, split: str, split_csv: str | None
     title = f"{contract.arch} {contract.format} {contract.precision} ({split})"
     save_confusion_matrix(report["confusion_matrix"], batch.classes, os.path.join(out, "confusion_matrix.png"), title)
     save_roc_curves(batch.y, probs, batch.classes, os.path.join(out, "roc.png"), title)
+    save_reliability_diagram(report["calibration"]["reliability"], os.path.join(out, "reliability.png"), title,
+                             report["calibration"]["temperature"])
     click.echo(format_report(report, f"{model} [{backend.runtime}] on {split} split of {index.root}"))
+    click.echo(format_sections(report))
     if "episodes" in report:
         e = report["episodes"]
         lo, hi = e["accuracy_ci95"]
@@ -74,7 +86,7 @@ def eval_command(model: str, data: str | None, split: str, split_csv: str | None
                    f"{e['mean_accuracy']:.4f} [{lo:.4f}, {hi:.4f}]")
     if batch.skipped:
         click.echo(f"skipped {len(batch.skipped)} unreadable files (listed in eval.json)")
-    click.echo(f"wrote {out}/eval.json, confusion_matrix.png, roc.png")
+    click.echo(f"wrote {out}/eval.json, confusion_matrix.png, roc.png, reliability.png")
 
 
 @click.command("models")

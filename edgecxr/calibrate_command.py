@@ -1,0 +1,57 @@
+"""``edgecxr calibrate``: fit temperature and conformal threshold, store them in the model.
+
+The numbers go into the contract of the file given (a run's checkpoint by default),
+so ``convert`` carries them into every export and the runner applies them on the
+device. ``--stamp`` copies the same block into existing exports without
+re-converting them (their own OOD/quality numbers are kept).
+"""
+from __future__ import annotations
+
+import click
+
+from edgecxr.calibrate import describe_block, fit_decision
+from edgecxr.decision_fit import DEFAULT_COVERAGE, DEFAULT_METHOD
+
+
+@click.command("calibrate")
+@click.argument("model", type=click.Path())
+@click.option("--coverage", default=DEFAULT_COVERAGE, show_default=True, type=float, help="Conformal coverage 1 - alpha of the prediction sets.")
+@click.option("--method", default=DEFAULT_METHOD, show_default=True, type=click.Choice(["lac", "aps"]),
+              help="Conformal score: lac (1 - p_y, smallest sets) or aps (cumulative mass).")
+@click.option("--data", type=click.Path(file_okay=False), help="Dataset folder (default: the one the model was trained on).")
+@click.option("--split-csv", type=click.Path(dir_okay=False), help="split.csv to use instead of the one recorded in the model.")
+@click.option("--stamp", "stamps", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="Also write the fitted block into this export (repeatable), e.g. runs/X/export/m_int8.tflite.")
+@click.option("--disjoint", is_flag=True,
+              help="Fit T and the conformal threshold on disjoint halves of the validation split (exact conformal "
+                   "guarantee; needs a validation split large enough that each half holds misclassified images).")
+@click.option("--dry-run", is_flag=True, help="Fit and print, write nothing.")
+@click.option("--threads", type=click.IntRange(1), help="Runtime threads.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def calibrate_command(model: str, coverage: float, method: str, data: str | None, split_csv: str | None,
+                      stamps: tuple[str, ...], disjoint: bool, dry_run: bool, threads: int | None, quiet: bool) -> None:
+    """Fit temperature scaling and a split-conformal threshold on MODEL's validation split
+    and store them in its contract (MODEL: a run folder, checkpoint, .onnx or .tflite).
+
+    \b
+    Examples:
+      edgecxr calibrate runs/mnv2                         # into runs/mnv2/best.pt; later converts carry it
+      edgecxr calibrate runs/mnv2 --stamp runs/mnv2/export/mobilenet_v2_int8.tflite
+      edgecxr calibrate runs/mnv2/export/mobilenet_v2_int8.tflite   # fitted on the INT8 file's own outputs
+    """
+    from edgecxr.decision_store import read_contract, resolve_model, write_decision
+    from edgecxr.runtime import open_model
+
+    path = resolve_model(model)
+    backend = open_model(path, threads)
+    block = fit_decision(backend, data, split_csv, coverage, method, progress=not quiet, disjoint=disjoint)
+    click.echo(describe_block(block))
+    if dry_run:
+        click.echo("dry run: nothing written")
+        return
+    write_decision(path, block)
+    click.echo(f"wrote the decision block into {path}")
+    for other in stamps:
+        own = read_contract(other).decision or {}
+        write_decision(other, {**own, **{k: block[k] for k in ("schema", "temperature", "calibration", "conformal")}})
+        click.echo(f"wrote the decision block into {other}")

@@ -1,0 +1,96 @@
+"""What ``eval`` and ``bench`` say about a model's probabilities and prediction sets.
+
+One function turns logits on labelled images plus the model's decision block into
+the ``calibration`` and ``conformal`` sections of a report (calibration before and
+after temperature scaling, with bootstrap CIs, and the reliability-diagram bins;
+empirical coverage and set sizes, overall and per class), and one formats them for
+a terminal, so every command reports them the same way.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edgecxr.decision_fit import coverage_report
+from edgecxr.device.decision import calibrated_probabilities, temperature
+from edgecxr.reliability import METRICS, calibration_metrics, reliability_bins
+
+LABELS = {"ece": "ECE (15 bins)", "adaptive_ece": "adaptive ECE", "brier": "Brier", "nll": "NLL"}
+
+
+def model_logits(backend: Any, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """float64 logits of a preprocessed batch, in slices (any backend)."""
+    return np.concatenate([backend.predict(x[i : i + batch_size]).astype(np.float64) for i in range(0, len(x), batch_size)])
+
+
+def calibration_section(logits: np.ndarray, y: np.ndarray, block: dict[str, Any] | None, n_boot: int = 1000) -> dict[str, Any]:
+    """Calibration of softmax(logits) and, where the model carries a temperature, of softmax(logits / T)."""
+    raw = calibrated_probabilities(logits, None)
+    out: dict[str, Any] = {"temperature": None, "before": calibration_metrics(raw, y, n_boot),
+                           "reliability": {"before": reliability_bins(raw, y)}}
+    if block and "temperature" in block:
+        scaled = calibrated_probabilities(logits, block)
+        out["temperature"] = temperature(block)
+        out["after"] = calibration_metrics(scaled, y, n_boot)
+        out["reliability"]["after"] = reliability_bins(scaled, y)
+    return out
+
+
+def conformal_section(logits: np.ndarray, y: np.ndarray, classes: list[str], block: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Coverage and set sizes of the contract's conformal sets; ``None`` where none was fitted."""
+    if not block or not block.get("conformal"):
+        return None
+    return coverage_report(calibrated_probabilities(logits, block), y, classes, block["conformal"])
+
+
+def decision_sections(logits: np.ndarray, y: np.ndarray, classes: list[str], block: dict[str, Any] | None,
+                      n_boot: int = 1000) -> dict[str, Any]:
+    return {"calibration": calibration_section(logits, y, block, n_boot), "conformal": conformal_section(logits, y, classes, block)}
+
+
+def _metric(m: dict[str, Any]) -> str:
+    lo, hi = m["ci95"]
+    return f"{m['value']:.4f} [{lo:.4f}, {hi:.4f}]"
+
+
+def format_sections(sections: dict[str, Any]) -> str:
+    """Terminal lines: one row per calibration metric, then coverage per class."""
+    cal = sections["calibration"]
+    t = cal["temperature"]
+    after_head = f"after T={t:.4f}" if t is not None else "after (no T fitted: run `edgecxr calibrate`)"
+    lines = ["", f"calibration (95% bootstrap CI)   {'before':<26}{after_head}"]
+    for key in METRICS:
+        after = _metric(cal["after"][key]) if "after" in cal else "-"
+        lines.append(f"  {LABELS[key]:<30}{_metric(cal['before'][key]):<26}{after}")
+    conf = sections.get("conformal")
+    if conf is None:
+        lines.append("conformal sets: none fitted (run `edgecxr calibrate`)")
+        return "\n".join(lines)
+    lo, hi = conf["coverage_ci95"]
+    lines += ["", f"conformal {conf['method']} sets at target coverage {conf['target_coverage']} (qhat {conf['qhat']:.6f}): "
+              f"coverage {conf['coverage']:.4f} [{lo:.4f}, {hi:.4f}], mean set size {conf['mean_set_size']:.3f}, "
+              f"refer {conf['refer'] * 100:.1f}% (empty {conf['empty'] * 100:.1f}%), accuracy when answered {conf['answered_accuracy']:.4f}"]
+    head = f"  {'class':<18}{'n':>5}{'coverage':>10}{'95% CI':>18}{'set size':>10}{'refer':>8}"
+    lines += [head]
+    for name, s in conf["per_class"].items():
+        lo, hi = s["coverage_ci95"]
+        lines.append(f"  {name:<18}{s['n']:>5}{s['coverage']:>10.4f}{f'[{lo:.3f}, {hi:.3f}]':>18}{s['mean_set_size']:>10.3f}{s['refer'] * 100:>7.1f}%")
+    return "\n".join(lines)
+
+
+def ece_change(ref_logits: np.ndarray, logits: np.ndarray, y: np.ndarray, block: dict[str, Any] | None) -> dict[str, Any]:
+    """How an artifact's 15-bin ECE differs from its FP32 reference's on the same images:
+    with the contract's temperature where it has one (what the device shows), and raw."""
+    from edgecxr.reliability import ece
+
+    y = np.asarray(y, dtype=int)
+    out: dict[str, Any] = {}
+    for key, b in (("raw", None), ("scaled", block if block and "temperature" in block else None)):
+        if key == "scaled" and b is None:
+            continue
+        e, e_ref = ece(calibrated_probabilities(logits, b), y), ece(calibrated_probabilities(ref_logits, b), y)
+        out[key] = {"ece": e, "ece_reference": e_ref, "delta": e - e_ref}
+    if "scaled" in out:
+        out["temperature"] = temperature(block)
+    return out

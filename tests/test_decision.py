@@ -1,0 +1,158 @@
+"""The decision layer: temperature scaling fixes a miscalibrated model, split-conformal
+sets cover what they promise, the block survives every format's contract, and the
+device runner states its set or its "refer" decision on a real ONNX model."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from decision_fixtures import BLOCK, CLASSES, png, toy_contract, toy_onnx
+from scipy.stats import binom
+
+from edgecxr.decision_fit import coverage_report, fit_conformal, fit_temperature, split_halves
+from edgecxr.device.contract import Contract
+from edgecxr.device.decision import CONFORMAL_METHODS, calibrated_probabilities, decide, prediction_set
+from edgecxr.errors import EdgecxrError
+from edgecxr.reliability import adaptive_ece, brier, calibration_metrics, ece, nll
+
+
+def _calibrated_toy(n: int, seed: int, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Logits whose softmax is the true label distribution: labels are drawn from it."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1.5, (n, k))
+    p = calibrated_probabilities(z, None)
+    y = (rng.random((n, 1)) > np.cumsum(p, axis=1)).sum(axis=1)
+    return z, np.minimum(y, k - 1)
+
+
+def test_temperature_scaling_lowers_ece_of_an_overconfident_toy_model():
+    scale = 3.0  # the toy model's logits are 3x too large: overconfident
+    z_fit, y_fit = _calibrated_toy(4000, seed=1)
+    z_test, y_test = _calibrated_toy(4000, seed=2)
+    fit = fit_temperature(scale * z_fit, y_fit)
+    before = calibrated_probabilities(scale * z_test, None)
+    after = calibrated_probabilities(scale * z_test, fit)
+    assert ece(after, y_test) < ece(before, y_test) / 2
+    assert adaptive_ece(after, y_test) < adaptive_ece(before, y_test) and nll(after, y_test) < nll(before, y_test)
+    assert brier(after, y_test) < brier(before, y_test)
+    assert abs(fit["temperature"] - scale) / scale < 0.15  # it recovers the factor that miscalibrated it
+    assert fit["nll_after"] < fit["nll_before"] and not fit["at_bound"]
+
+
+def test_temperature_stays_1_when_the_fit_images_hold_no_error():
+    z, y = _calibrated_toy(200, seed=6)
+    right = z.argmax(1) == y  # only the images the toy model gets right: nothing says how far to soften
+    fit = fit_temperature(z[right], y[right])
+    assert fit["temperature"] == 1.0 and fit["not_identifiable"] and fit["errors"] == 0
+
+
+def test_ece_matches_a_hand_computation_and_its_ci_contains_it():
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    y = np.array([0, 1, 1, 1])
+    # bins of width 1/15: 0.9 -> bin 13, 0.8 -> 11, 0.7 -> 10, 0.6 -> 8; each bin one image
+    want = (abs(0.9 - 1) + abs(0.8 - 0) + abs(0.7 - 1) + abs(0.6 - 0)) / 4
+    assert ece(probs, y) == pytest.approx(want)
+    assert adaptive_ece(probs, y) == pytest.approx(want)  # 4 images, 4 equal-mass bins of one
+    m = calibration_metrics(probs, y, n_boot=200)
+    assert all(v["ci95"][0] <= v["ci95"][1] for v in m.values())
+    for key in ("brier", "nll"):  # means: their percentile CI holds the point estimate
+        assert m[key]["ci95"][0] <= m[key]["value"] <= m[key]["ci95"][1]
+
+
+@pytest.mark.parametrize("method", CONFORMAL_METHODS)
+def test_conformal_coverage_on_synthetic_data_is_within_its_binomial_bounds(method):
+    coverage, n_cal, n_test = 0.9, 1000, 5000
+    z_cal, y_cal = _calibrated_toy(n_cal, seed=3)
+    z_test, y_test = _calibrated_toy(n_test, seed=4)
+    block = fit_conformal(calibrated_probabilities(z_cal, None), y_cal, coverage, method)
+    got = coverage_report(calibrated_probabilities(z_test, None), y_test, list(CLASSES), block)["coverage"]
+    # Split conformal: E[coverage] lies in [1-a, 1-a + 1/(n+1)]; the realised value varies with
+    # the calibration draw (Beta, sd sqrt(c(1-c)/(n+2))) and the test draw (binomial).
+    hi_mean = coverage + 1 / (n_cal + 1)
+    sd_cal = math.sqrt(coverage * (1 - coverage) / (n_cal + 2))
+    lo = binom.ppf(0.0005, n_test, coverage - 3.3 * sd_cal) / n_test
+    hi = binom.ppf(0.9995, n_test, hi_mean + 3.3 * sd_cal) / n_test
+    assert lo <= got <= hi, (got, lo, hi)
+
+
+def test_conformal_refuses_a_coverage_too_few_images_can_certify():
+    z, y = _calibrated_toy(10, seed=5)
+    with pytest.raises(EdgecxrError, match="cannot certify"):
+        fit_conformal(calibrated_probabilities(z, None), y, 0.95)
+
+
+def test_validation_halves_are_disjoint_stratified_and_reproducible():
+    from edgecxr.data import Sample
+
+    samples = [Sample(f"{c}/{i}.png", c, "val") for c in CLASSES for i in range(11)]
+    a, b = split_halves(samples)
+    assert not {s.file for s in a} & {s.file for s in b} and len(a) + len(b) == len(samples)
+    assert all(abs(sum(s.label == c for s in a) - sum(s.label == c for s in b)) <= 1 for c in CLASSES)
+    assert split_halves(list(reversed(samples))) == (a, b)
+
+
+def test_a_set_of_two_classes_is_a_refer_decision_and_one_class_an_answer():
+    block = {"temperature": 1.0, "conformal": {"method": "lac", "coverage": 0.9, "qhat": 0.6}}  # keep p >= 0.4
+    sure = decide(np.array([6.0, 0.0, -6.0]), CLASSES, block)
+    torn = decide(np.array([1.0, 1.0, -6.0]), CLASSES, block)
+    assert sure.action == "answer" and sure.label == "A" and sure.line() == "A (set {A})"
+    assert torn.action == "refer" and torn.label is None and torn.line() == "refer to a radiologist: set {A, B}"
+    assert prediction_set(torn.probabilities, CLASSES, None) == ("A",)  # no block: the plain top-1
+
+
+# ---------------------------------------------------------------- contracts and the runner
+def test_decision_block_round_trips_through_onnx_and_tflite_contracts(tmp_path):
+    from edgecxr.convert.formats import get_format
+    from edgecxr.decision_store import read_contract, write_decision
+    from edgecxr.device.backends import open_backend
+
+    onnx_path = toy_onnx(str(tmp_path / "toy_fp32.onnx"), None)
+    write_decision(onnx_path, BLOCK)
+    assert read_contract(onnx_path).decision == BLOCK
+    assert open_backend(onnx_path).contract.decision == BLOCK  # what the device reads, through onnxruntime
+    tfl = get_format("tflite")
+    tfl_path = str(tmp_path / "toy_int8.tflite")
+    tfl.write_contract(tfl_path, toy_contract(None).with_io(format="tflite", precision="int8", input=toy_contract(None).input,
+                                                           output=toy_contract(None).output))
+    write_decision(tfl_path, BLOCK)
+    assert tfl.read_contract(tfl_path).decision == BLOCK
+    assert json.loads(open(tfl_path + ".json").read())["decision"]["conformal"]["qhat"] == BLOCK["conformal"]["qhat"]
+    moved = Contract.from_json(read_contract(onnx_path).to_json()).with_io(format="tflite", precision="fp16",
+                                                                            input=toy_contract(None).input, output=toy_contract(None).output)
+    assert moved.decision == BLOCK  # a format change keeps it: it describes the model, not the file
+
+
+def test_decision_block_is_kept_in_the_checkpoint_and_carried_by_its_contract(tmp_path):
+    import torch
+
+    from edgecxr.checkpoint import save_checkpoint
+    from edgecxr.decision_store import read_contract, write_decision
+
+    path = str(tmp_path / "m.pt")
+    save_checkpoint(path, torch.nn.Linear(2, 3), toy_contract(None))
+    write_decision(path, {**BLOCK, "ood": {"kept": True}})
+    assert read_contract(path).decision["ood"] == {"kept": True} and read_contract(path).decision["temperature"] == 2.0
+    assert torch.load(path, weights_only=True)["state_dict"]["weight"].shape == (3, 2)
+
+
+def test_runner_prints_the_set_for_a_clear_image_and_refers_a_torn_one(tmp_path, capsys):
+    from edgecxr.device.edgecxr_runner import main as runner_main
+
+    model = toy_onnx(str(tmp_path / "toy_fp32.onnx"), BLOCK)
+    bright, grey = png(tmp_path / "bright.png", 250), png(tmp_path / "grey.png", 128)
+    assert runner_main(["--model", model, "--image", bright]) == 0
+    header, line = capsys.readouterr().out.strip().splitlines()
+    assert "temperature 2" in header and "conformal lac" in header
+    assert line.startswith(f"{bright}: A  [A ") and "set {A}" in line and "refer" not in line
+    assert runner_main(["--model", model, "--image", grey]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "refer to a radiologist: set {A, B}" in line and line.startswith(f"{grey}: A  [")
+    assert runner_main(["--model", model, "--image", grey, "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rec["action"] == "refer" and rec["prediction_set"] == ["A", "B"]
+    # the probabilities printed are the calibrated ones: softmax(logits / T)
+    z = np.array([8 * ((128 / 255 - 0.5) / 0.25), 0.0, -10.0])
+    want = calibrated_probabilities(z, BLOCK)
+    assert np.allclose([rec["probabilities"][c] for c in CLASSES], want, atol=1e-5)
