@@ -107,6 +107,7 @@ def predict_only(a: Artifact, cache: EvalCache, workdir: str, threads: int) -> E
 
 def accuracy_columns(a: Artifact, ev: Evaluated, ref: Evaluated | None, n_boot: int) -> dict[str, Any]:
     """Accuracy, macro-F1, AUC with 95% CIs, and the paired change against the reference."""
+    from edgecxr.decision_report import from_probabilities
     from edgecxr.metrics import classification_report, compare_to_reference
 
     out: dict[str, Any] = {"accuracy": None, "macro_f1": None, "auc_macro": None, "n_images": None,
@@ -119,6 +120,8 @@ def accuracy_columns(a: Artifact, ev: Evaluated, ref: Evaluated | None, n_boot: 
     out.update({k: rep[k] for k in ("accuracy", "accuracy_ci95", "macro_f1", "macro_f1_ci95", "auc_macro", "auc_macro_ci95", "n_images")})
     out["per_class"] = rep["per_class"]
     out["data_root"], out["split"] = es.root, es.split
+    # ECE / Brier / NLL before and after the contract's temperature, coverage of its conformal sets
+    out["decision"] = from_probabilities(ev.probs, es.y, es.classes, a.contract.decision if a.contract else None, n_boot)
     if a.reference is None:
         out["accuracy_note"] = "no FP32 reference found (pass --reference FP32_MODEL)"
         return out

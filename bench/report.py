@@ -161,11 +161,12 @@ def write_outputs(doc: dict[str, Any], out: str) -> list[str]:
     from edgecxr.atomic import write_json, write_text
     from edgecxr.bench.plot import save_plot
     from edgecxr.bench.tables import csv_text, markdown
+    from edgecxr.decision_report import bench_markdown
 
     os.makedirs(out, exist_ok=True)
     paths = [os.path.join(out, n) for n in ("bench.json", "bench.csv", "bench.md", "bench.png")]
     write_json(paths[0], doc)
     write_text(paths[1], csv_text(doc))
-    write_text(paths[2], markdown(doc) + "\n")
+    write_text(paths[2], markdown(doc) + "\n" + bench_markdown(doc["rows"]))
     save_plot(doc, paths[3])
     return paths

@@ -88,7 +88,8 @@ class Verdict:
             return self.refusal.reason
         shown = "{" + ", ".join(self.prediction_set) + "}"
         if self.action == REFER:
-            return f"refer to a radiologist: set {shown}"
+            why = " (no class is probable enough for the set)" if not self.prediction_set else ""
+            return f"refer to a radiologist: set {shown}{why}"
         return f"{self.prediction_set[0]} (set {shown})"
 
     def to_dict(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ a terminal, so every command reports them the same way.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -94,3 +95,37 @@ def ece_change(ref_logits: np.ndarray, logits: np.ndarray, y: np.ndarray, block:
     if "scaled" in out:
         out["temperature"] = temperature(block)
     return out
+
+
+def from_probabilities(probs: np.ndarray, y: np.ndarray, classes: list[str], block: dict[str, Any] | None,
+                       n_boot: int = 1000) -> dict[str, Any]:
+    """The sections for a tool that kept only softmax outputs (bench): log(softmax(z)) = z - c,
+    and softmax is blind to the constant, so T and the sets apply exactly (zeros clipped)."""
+    logits = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-300, 1.0))
+    cal = calibration_section(logits, y, block, n_boot)
+    cal.pop("reliability")
+    return {"calibration": cal, "conformal": conformal_section(logits, y, classes, block)}
+
+
+def bench_markdown(rows: list[dict[str, Any]]) -> str:
+    """bench.md's calibration table: one row per model file with accuracy measured."""
+    lines = []
+    for r in rows:
+        sec = r.get("decision")
+        if not sec or r.get("path") in {x[0] for x in lines}:
+            continue
+        cal, conf = sec["calibration"], sec.get("conformal")
+        after = cal.get("after")
+        t = f"{cal['temperature']:.3f}" if cal.get("temperature") else "-"
+        cells = [os.path.basename(r["path"]), t, _metric(cal["before"]["ece"]), _metric(after["ece"]) if after else "-",
+                 _metric(after["adaptive_ece"]) if after else "-", f"{(after or cal['before'])['brier']['value']:.4f}",
+                 f"{(after or cal['before'])['nll']['value']:.4f}",
+                 f"{conf['coverage']:.3f}" if conf else "-", f"{conf['mean_set_size']:.3f}" if conf else "-"]
+        lines.append((r["path"], "| " + " | ".join(cells) + " |"))
+    if not lines:
+        return ""
+    head = ["", "Calibration (test images; 15-bin ECE with 95% bootstrap CI; after = softmax(logits / T) with the model's T; "
+            "coverage of its conformal sets):", "",
+            "| model file | T | ECE before | ECE after | adaptive ECE after | Brier | NLL | coverage | mean set size |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    return "\n".join(head + [line for _p, line in lines]) + "\n"

@@ -99,6 +99,8 @@ def test_a_set_of_two_classes_is_a_refer_decision_and_one_class_an_answer():
     torn = decide(np.array([1.0, 1.0, -6.0]), CLASSES, block)
     assert sure.action == "answer" and sure.label == "A" and sure.line() == "A (set {A})"
     assert torn.action == "refer" and torn.label is None and torn.line() == "refer to a radiologist: set {A, B}"
+    unsure = decide(np.zeros(3), CLASSES, block)  # 1/3 each: no class reaches p >= 0.4
+    assert unsure.action == "refer" and unsure.prediction_set == () and unsure.line().startswith("refer to a radiologist: set {}")
     assert prediction_set(torn.probabilities, CLASSES, None) == ("A",)  # no block: the plain top-1
 
 
@@ -156,3 +158,18 @@ def test_runner_prints_the_set_for_a_clear_image_and_refers_a_torn_one(tmp_path,
     z = np.array([8 * ((128 / 255 - 0.5) / 0.25), 0.0, -10.0])
     want = calibrated_probabilities(z, BLOCK)
     assert np.allclose([rec["probabilities"][c] for c in CLASSES], want, atol=1e-5)
+
+
+def test_bench_calibration_from_saved_softmax_equals_evals_from_logits():
+    from edgecxr.decision_report import bench_markdown, decision_sections, from_probabilities
+
+    z, y = _calibrated_toy(300, seed=7)
+    block = {"temperature": 1.7, "conformal": {"method": "lac", "coverage": 0.9, "qhat": 0.5}}
+    from_logits = decision_sections(z, y, list(CLASSES), block, n_boot=100)
+    from_probs = from_probabilities(calibrated_probabilities(z, None), y, list(CLASSES), block, n_boot=100)
+    for when in ("before", "after"):
+        for key, v in from_probs["calibration"][when].items():
+            assert abs(v["value"] - from_logits["calibration"][when][key]["value"]) < 1e-9
+    assert from_probs["conformal"]["coverage"] == from_logits["conformal"]["coverage"]
+    table = bench_markdown([{"path": "/x/m_int8.tflite", "decision": from_probs}])
+    assert "| m_int8.tflite | 1.700 |" in table and f"{from_probs['conformal']['coverage']:.3f}" in table
