@@ -21,6 +21,7 @@ Schema (``contract["decision"]``, every key optional; absent means "not fitted")
         "method": "lac" | "aps",           # score: LAC 1 - p_y; APS cumulative mass down to y
         "coverage": 0.95,                  # 1 - alpha the threshold was fitted for
         "qhat": 0.71,                      # set = {k : score(x, k) <= qhat}, on calibrated probs
+        "qhat_per_class": [0.6, 0.8, 0.7], # optional (class-conditional, "Mondrian"): score(x, k) <= qhat_per_class[k]
         "n": 1200, "split": "val", ...     # provenance (reports only)
       },
       "ood": {...},                        # owned by device/ood.py (see ood_refusal)
@@ -142,7 +143,9 @@ def conformal_scores(probs: np.ndarray, method: str) -> np.ndarray:
 def set_mask(probs: np.ndarray, conformal: dict[str, Any]) -> np.ndarray:
     """N x K booleans: which classes are in each row's prediction set."""
     scores = conformal_scores(probs, str(conformal.get("method", "lac")))
-    return scores <= float(conformal["qhat"]) + SCORE_SLACK
+    per_class = conformal.get("qhat_per_class")
+    qhat = np.asarray(per_class, dtype=np.float64) if per_class else float(conformal["qhat"])
+    return scores <= qhat + SCORE_SLACK
 
 
 def prediction_set(probs: np.ndarray, classes: tuple[str, ...] | list[str], conformal: dict[str, Any] | None) -> tuple[str, ...]:
@@ -205,7 +208,8 @@ def summary(block: dict[str, Any] | None) -> str:
     parts = [f"temperature {temperature(block):.4g}"]
     c = block.get("conformal")
     if c:
-        parts.append(f"conformal {c.get('method', 'lac')} sets at coverage {float(c.get('coverage', float('nan'))):.3g} (qhat {float(c['qhat']):.4g})")
+        per = " per class" if c.get("qhat_per_class") else ""
+        parts.append(f"conformal {c.get('method', 'lac')} sets at coverage {float(c.get('coverage', float('nan'))):.3g}{per} (qhat {float(c['qhat']):.4g})")
     for key in ("ood", "quality"):
         if block.get(key):
             parts.append(f"{key} refusal on")

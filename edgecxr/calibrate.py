@@ -12,7 +12,7 @@ from edgecxr.errors import EdgecxrError
 
 
 def fit_decision(backend: Any, data: str | None, split_csv: str | None, coverage: float, method: str,
-                 progress: bool = False, disjoint: bool = False) -> dict[str, Any]:
+                 progress: bool = False, disjoint: bool = False, per_class: bool = False) -> dict[str, Any]:
     """The decision block for ``backend``'s model, fitted on its run's validation split
     (whole, or disjoint halves for T and the conformal threshold; see decision_fit)."""
     from edgecxr.decision_fit import decision_block, fit_conformal, fit_images, fit_temperature
@@ -31,7 +31,7 @@ def fit_decision(backend: Any, data: str | None, split_csv: str | None, coverage
         imgs_c = load_images(index, for_c, contract.preprocess, "validation images for conformal", progress=progress)
         z_c = model_logits(backend, imgs_c.x)
     t_fit = fit_temperature(z_t, imgs_t.y)
-    conformal = fit_conformal(calibrated_probabilities(z_c, t_fit), imgs_c.y, coverage, method)
+    conformal = fit_conformal(calibrated_probabilities(z_c, t_fit), imgs_c.y, coverage, method, per_class)
     provenance = {"split": "val", "split_csv": split_csv or contract.source.get("split_csv"),
                   "data_root": index.root, "fitted_with": f"{contract.format} {contract.precision}"}
     return decision_block(t_fit, conformal, provenance, disjoint, contract.decision)
@@ -45,7 +45,7 @@ def describe_block(block: dict[str, Any]) -> str:
     return (f"temperature {block['temperature']:.4f}{bound} on {cal['n']} validation images ({cal['errors']} misclassified): "
             f"NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f}, ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}\n"
             f"conformal {conf['method']} at coverage {conf['coverage']}: qhat {conf['qhat']:.6f} from {conf['n']} validation images "
-            f"({conf['images']})")
+            f"({conf['images']})" + (f"; per class {[round(q, 6) for q in conf['qhat_per_class']]}" if conf.get("qhat_per_class") else ""))
 
 
 def ensure_decision(ckpt: str, contract: Any, threads: int | None, progress: bool, echo: Any) -> Any:

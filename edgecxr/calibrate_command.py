@@ -22,6 +22,9 @@ from edgecxr.decision_fit import DEFAULT_COVERAGE, DEFAULT_METHOD
 @click.option("--split-csv", type=click.Path(dir_okay=False), help="split.csv to use instead of the one recorded in the model.")
 @click.option("--stamp", "stamps", multiple=True, type=click.Path(dir_okay=False, exists=True),
               help="Also write the fitted block into this export (repeatable), e.g. runs/X/export/m_int8.tflite.")
+@click.option("--per-class", is_flag=True,
+              help="One conformal threshold per class (class-conditional coverage: each class, not only their mix, "
+                   "keeps --coverage); needs at least 19 validation images per class at 0.95.")
 @click.option("--disjoint", is_flag=True,
               help="Fit T and the conformal threshold on disjoint halves of the validation split (exact conformal "
                    "guarantee; needs a validation split large enough that each half holds misclassified images).")
@@ -29,7 +32,7 @@ from edgecxr.decision_fit import DEFAULT_COVERAGE, DEFAULT_METHOD
 @click.option("--threads", type=click.IntRange(1), help="Runtime threads.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def calibrate_command(model: str, coverage: float, method: str, data: str | None, split_csv: str | None,
-                      stamps: tuple[str, ...], disjoint: bool, dry_run: bool, threads: int | None, quiet: bool) -> None:
+                      stamps: tuple[str, ...], per_class: bool, disjoint: bool, dry_run: bool, threads: int | None, quiet: bool) -> None:
     """Fit temperature scaling and a split-conformal threshold on MODEL's validation split
     and store them in its contract (MODEL: a run folder, checkpoint, .onnx or .tflite).
 
@@ -44,7 +47,7 @@ def calibrate_command(model: str, coverage: float, method: str, data: str | None
 
     path = resolve_model(model)
     backend = open_model(path, threads)
-    block = fit_decision(backend, data, split_csv, coverage, method, progress=not quiet, disjoint=disjoint)
+    block = fit_decision(backend, data, split_csv, coverage, method, progress=not quiet, disjoint=disjoint, per_class=per_class)
     click.echo(describe_block(block))
     if dry_run:
         click.echo("dry run: nothing written")

@@ -91,19 +91,35 @@ def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
     return 1.0 if rank > n else float(s[rank - 1])
 
 
-def fit_conformal(probs: np.ndarray, y: np.ndarray, coverage: float = DEFAULT_COVERAGE, method: str = DEFAULT_METHOD) -> dict[str, Any]:
-    """The threshold on the true class's score that ``coverage`` of calibration images stay under."""
+def _check_n(n: int, coverage: float, what: str) -> None:
+    if math.ceil((n + 1) * coverage) > n:
+        raise EdgecxrError(f"{n} calibration images{what} cannot certify coverage {coverage}: need at least "
+                           f"{math.ceil(coverage / (1 - coverage))}; lower --coverage or use more validation images")
+
+
+def fit_conformal(probs: np.ndarray, y: np.ndarray, coverage: float = DEFAULT_COVERAGE, method: str = DEFAULT_METHOD,
+                  per_class: bool = False) -> dict[str, Any]:
+    """The threshold on the true class's score that ``coverage`` of calibration images stay under.
+
+    ``per_class``: one threshold per true class from that class's images only
+    (class-conditional, "Mondrian" conformal), so each class keeps the coverage,
+    not just their mix; needs enough calibration images of every class.
+    """
     if not 0.0 < coverage < 1.0:
         raise EdgecxrError(f"--coverage must be between 0 and 1 (e.g. 0.95), got {coverage}")
     if method not in CONFORMAL_METHODS:
         raise EdgecxrError(f"--method {method!r}: choose one of {', '.join(CONFORMAL_METHODS)}")
     y = np.asarray(y, dtype=int)
     scores = conformal_scores(probs, method)[np.arange(len(y)), y]
-    n = len(y)
-    if math.ceil((n + 1) * coverage) > n:
-        raise EdgecxrError(f"{n} calibration images cannot certify coverage {coverage}: need at least "
-                           f"{math.ceil(coverage / (1 - coverage))}; lower --coverage or use more validation images")
-    return {"method": method, "coverage": float(coverage), "qhat": conformal_quantile(scores, coverage), "n": n}
+    _check_n(len(y), coverage, "")
+    out = {"method": method, "coverage": float(coverage), "qhat": conformal_quantile(scores, coverage), "n": len(y)}
+    if per_class:
+        k = np.asarray(probs).shape[1]
+        for c in range(k):
+            _check_n(int((y == c).sum()), coverage, f" of class {c}")
+        out["qhat_per_class"] = [conformal_quantile(scores[y == c], coverage) for c in range(k)]
+        out["n_per_class"] = [int((y == c).sum()) for c in range(k)]
+    return out
 
 
 def _binomial_ci(k: int, n: int) -> list[float]:

@@ -173,3 +173,20 @@ def test_bench_calibration_from_saved_softmax_equals_evals_from_logits():
     assert from_probs["conformal"]["coverage"] == from_logits["conformal"]["coverage"]
     table = bench_markdown([{"path": "/x/m_int8.tflite", "decision": from_probs}])
     assert "| m_int8.tflite | 1.700 |" in table and f"{from_probs['conformal']['coverage']:.3f}" in table
+
+
+def test_per_class_conformal_covers_every_class_within_its_binomial_bounds():
+    coverage, n_cal, n_test = 0.9, 3000, 6000
+    z_cal, y_cal = _calibrated_toy(n_cal, seed=8)
+    z_test, y_test = _calibrated_toy(n_test, seed=9)
+    z_cal[:, 2] -= 1.0  # class C rarer and harder: marginal coverage would short-change it
+    z_test[:, 2] -= 1.0
+    block = fit_conformal(calibrated_probabilities(z_cal, None), y_cal, coverage, "lac", per_class=True)
+    rep = coverage_report(calibrated_probabilities(z_test, None), y_test, list(CLASSES), block)
+    for c, name in enumerate(CLASSES):
+        n_c, m_c = int((y_cal == c).sum()), rep["per_class"][name]["n"]
+        sd_cal = math.sqrt(coverage * (1 - coverage) / (n_c + 2))
+        lo = binom.ppf(0.0005, m_c, coverage - 3.3 * sd_cal) / m_c
+        hi = binom.ppf(0.9995, m_c, coverage + 1 / (n_c + 1) + 3.3 * sd_cal) / m_c
+        assert lo <= rep["per_class"][name]["coverage"] <= hi, (name, rep["per_class"][name], lo, hi)
+    assert len(block["qhat_per_class"]) == 3 and block["n_per_class"] == [int((y_cal == c).sum()) for c in range(3)]
