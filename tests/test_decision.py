@@ -190,3 +190,26 @@ def test_per_class_conformal_covers_every_class_within_its_binomial_bounds():
         hi = binom.ppf(0.9995, m_c, coverage + 1 / (n_c + 1) + 3.3 * sd_cal) / m_c
         assert lo <= rep["per_class"][name]["coverage"] <= hi, (name, rep["per_class"][name], lo, hi)
     assert len(block["qhat_per_class"]) == 3 and block["n_per_class"] == [int((y_cal == c).sum()) for c in range(3)]
+
+
+def test_convert_carries_the_checkpoints_decision_block_and_reports_ece_change(trained_run, tmp_path):
+    import shutil
+
+    from edgecxr.convert.pipeline import convert_checkpoint
+    from edgecxr.decision_store import read_contract, write_decision
+
+    ckpt = tmp_path / "best.pt"
+    shutil.copy(trained_run / "best.pt", ckpt)
+    block = {"schema": "edgecxr.decision/1", "temperature": 1.3, "conformal": {"method": "lac", "coverage": 0.9, "qhat": 0.5, "n": 50}}
+    write_decision(str(ckpt), block)
+    lines: list[str] = []
+    rep = convert_checkpoint(str(ckpt), str(tmp_path / "export"), formats=("onnx",), fp16=True, progress=False, echo=lines.append)
+    assert any("from the checkpoint" in line for line in lines)
+    onnx_files = [a for a in rep["artifacts"] if a["file"].endswith(".onnx")]
+    assert len(onnx_files) == 2
+    for a in onnx_files:
+        assert read_contract(str(tmp_path / "export" / a["file"])).decision == block
+        cal = a["verify"]["calibration"]
+        assert cal["temperature"] == 1.3 and set(cal) == {"raw", "scaled", "temperature"}
+        assert abs(cal["scaled"]["delta"] - (cal["scaled"]["ece"] - cal["scaled"]["ece_reference"])) < 1e-12
+    assert "Calibration against FP32" in (tmp_path / "export" / "convert_report.md").read_text()
