@@ -125,7 +125,7 @@ def calibration_section(inp: CardInputs) -> list[str]:
                      f"({cal.get('fitted_with', '?')}): probabilities are softmax(logits / T) on every runtime and the runner")
         if conf:
             lines.append(f"- conformal `{conf.get('method')}` sets at coverage {conf.get('coverage')}: threshold {conf.get('qhat', 0):.6f} "
-                         f"from {conf.get('n', '?')} other validation images; a set of not exactly one class is a "
+                         f"from {conf.get('n', '?')} validation images ({conf.get('images', 'validation split')}); a set of not exactly one class is a "
                          "\"refer to a radiologist\" decision")
         lines += ["", f"Reproduce: `edgecxr calibrate {_rel(inp.run_dir or inp.model)} --coverage {conf.get('coverage', 0.95)}`", ""]
     else:
