@@ -52,7 +52,7 @@ def save_roc_curves(y: np.ndarray, probs: np.ndarray, classes: list[str], path: 
 
 def save_reliability_diagram(reliability: dict[str, list[dict]], path: str, title: str = "", temperature: float | None = None) -> None:
     """Accuracy against mean confidence per 15 equal-width bins, before and (if fitted) after
-    temperature scaling; bar widths are the bins, marker sizes their image counts."""
+    temperature scaling; a marker's area grows with its bin's image count (near-empty bins are noise)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 5))
     styles = {"before": ("tab:red", "softmax"), "after": ("tab:blue", f"softmax / T (T={temperature:.3f})" if temperature else "after")}
