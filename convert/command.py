@@ -19,7 +19,8 @@ def _split_list(text: str | None) -> list[str]:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the artifacts and convert_report.json/.md.")
 @click.option("--int8", is_flag=True, help="Also write INT8 models (needs real calibration images).")
 @click.option("--fp16", is_flag=True, help="Also write FP16 models.")
-@click.option("--formats", default="onnx,tflite", show_default=True, help="Comma-separated formats: onnx, tflite. FP32 ONNX is always written.")
+@click.option("--formats", default="onnx,tflite", show_default=True, help="Comma-separated formats of the table (onnx, tflite, openvino, ...). FP32 ONNX is always written. "
+                   "A format whose package is not installed is skipped, with the pip command that installs it.")
 @click.option("--calib-data", type=click.Path(file_okay=False), help="Folder of calibration images (one subfolder per class). Default: the train split recorded in the checkpoint.")
 @click.option("--calib-n", default=300, show_default=True, type=click.IntRange(1), help="Calibration images, drawn stratified by class.")
 @click.option("--calib-method", default="minmax", show_default=True, type=click.Choice(["minmax", "entropy", "percentile", "minmax-avg"]), help="ONNX Runtime calibration method for INT8 ONNX (minmax-avg: mean of per-batch ranges).")
@@ -33,12 +34,29 @@ def _split_list(text: str | None) -> list[str]:
                    "x86-vnni/arm64: full-range u8 x s8, fast but exact only on x86 with AVX-512 VNNI or AVX-VNNI and on ARM "
                    "(refused elsewhere by the runner). host: the fastest exact choice for this CPU. TFLite INT8 is exact "
                    "everywhere and ignores it.")
+@click.option("--accuracy-control", is_flag=True,
+              help="With --int8 --max-drop PP: judge each INT8 file on held-out training images (train rows of split.csv not used "
+                   "for calibration, never test images) and return layers to float, the most harmful first (measured: each "
+                   "layer alone in float, held-out KL divergence from the checkpoint), until the macro-F1 drop is <= PP and "
+                   "top-1 agreement >= --min-agreement, or --max-float-layers are spent (then exit 3). ONNX: ORT nodes_to_exclude; "
+                   "TFLite: the MLIR quantizer's denylisted_nodes. The report lists the layers, each one's latency cost and the "
+                   "final drop on the test split.")
+@click.option("--min-agreement", default=0.99, show_default=True, type=click.FloatRange(0, 1),
+              help="--accuracy-control: lowest top-1 agreement with the checkpoint on the held-out images.")
+@click.option("--max-float-layers", default=8, show_default=True, type=click.IntRange(0),
+              help="--accuracy-control: at most this many layers back to float per INT8 file.")
+@click.option("--control-n", default=300, show_default=True, type=click.IntRange(16),
+              help="--accuracy-control: held-out training images (stratified, seed 1).")
+@click.option("--control-latency-runs", default=50, show_default=True, type=click.IntRange(0),
+              help="--accuracy-control: timed runs per step when benchmarking each added float layer (bench's protocol, "
+                   "--threads or 1 thread; 0: skip).")
 @click.option("--keep-degraded", is_flag=True, help="Exit 0 even when an artifact is outside the default tolerance (it is still marked DEGRADED).")
 @click.option("--threads", type=click.IntRange(1), help="Threads for torch and the runtimes during verification.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def convert_command(ckpt: str, out_dir: str, int8: bool, fp16: bool, formats: str, calib_data: str | None, calib_n: int,
                     calib_method: str, verify_data: str | None, split_csv: str | None, no_verify: bool, max_drop: float | None, keep_float: str,
-                    target: str, keep_degraded: bool, threads: int | None, quiet: bool) -> None:
+                    target: str, accuracy_control: bool, min_agreement: float, max_float_layers: int, control_n: int,
+                    control_latency_runs: int, keep_degraded: bool, threads: int | None, quiet: bool) -> None:
     """Convert checkpoint CKPT to ONNX and TFLite (FP32, and FP16/INT8 on request), run every
     artifact on verification images against the PyTorch model, and write a report.
 
@@ -53,6 +71,7 @@ def convert_command(ckpt: str, out_dir: str, int8: bool, fp16: bool, formats: st
       edgecxr convert runs/mnv2/best.pt --out exp --int8 --formats onnx --calib-method entropy
       edgecxr convert best.pt --out exp --int8 --calib-data data/covid-radiography --verify-data data/tbcxr
       edgecxr convert best.pt --out exp --int8 --max-drop 0.5      # CI gate: exit 3 if INT8 loses > 0.5 pt
+      edgecxr convert best.pt --out exp --int8 --max-drop 0.3 --accuracy-control   # layers back to float until it holds
       edgecxr debug-quant best.pt --data data/covid-radiography     # then --keep-float NODE,...
 
     INT8 needs real calibration images and is refused without them.
@@ -71,13 +90,26 @@ def convert_command(ckpt: str, out_dir: str, int8: bool, fp16: bool, formats: st
     from edgecxr.convert.report import REPORT_JSON, REPORT_MD, terminal_table
 
     fmts = [f.name for f in parse_formats(formats)]
+    control = None
+    if accuracy_control:
+        from edgecxr.convert.accuracy_control import ControlSettings
+        from edgecxr.errors import EdgecxrError
+
+        if max_drop is None:
+            raise EdgecxrError("--accuracy-control needs the limit it controls: add --max-drop PP")
+        control = ControlSettings(max_drop, min_agreement, max_float_layers, control_n, control_latency_runs, threads or 1)
     report = convert_checkpoint(
         ckpt, out_dir, int8=int8, fp16=fp16, formats=fmts, calib_data=calib_data, calib_n=calib_n, calib_method=calib_method,
         verify_data=verify_data, split_csv=split_csv, verify=not no_verify, max_drop=max_drop, keep_float=_split_list(keep_float), target=target, threads=threads,
+        accuracy_control=control,
         progress=not quiet, echo=click.echo,
     )
     click.echo("")
     click.echo(terminal_table(report))
+    from edgecxr.convert.accuracy_control import report_lines
+
+    for line in report_lines(report):  # --accuracy-control: what was kept in float and what it cost
+        click.echo(line)
     click.echo(f"\nwrote {os.path.join(out_dir, REPORT_JSON)} and {REPORT_MD} ({report['seconds']:.0f} s in all)")
     status = _exit_status(report, keep_degraded)
     if status:
@@ -93,6 +125,11 @@ def _exit_status(report: dict, keep_degraded: bool) -> int:
         if a["status"] == "unverified":
             click.echo(f"UNVERIFIED {a['file']}: {a['reason']}", err=True)
     stop = False
+    from edgecxr.convert.accuracy_control import failures
+
+    for line in failures(report):  # the limit could not be met on the held-out images: one line each
+        click.echo(f"ACCURACY CONTROL FAILED {line}", err=True)
+        stop = True
     if report["degraded"]:
         click.echo("DEGRADED (outside the default tolerance): " + "; ".join(report["degraded"]), err=True)
         if not keep_degraded:

@@ -105,6 +105,7 @@ def convert_checkpoint(
     verify: bool = True,
     max_drop: float | None = None,
     keep_float: Iterable[str] = (),
+    accuracy_control: Any = None,
     target: str = "portable",
     threads: int | None = None,
     progress: bool = True,
@@ -114,7 +115,10 @@ def convert_checkpoint(
 
     ``split_csv`` replaces the split recorded in the checkpoint (calibration uses its
     train images, verification its test images). ``target`` picks the ONNX INT8
-    scheme (``int8_target.py``).
+    scheme (``int8_target.py``). ``accuracy_control``
+    (``accuracy_control.ControlSettings``) returns INT8 layers to float until each INT8
+    file holds its limit on held-out training images; an artifact whose search fails
+    is listed by ``accuracy_control.failures(report)`` and the CLI exits non-zero.
 
     Raises :class:`EdgecxrError` for what the user must fix first (missing
     checkpoint, INT8 without real calibration images, ``max_drop`` without
@@ -135,12 +139,19 @@ def convert_checkpoint(
     int8_target = resolve_target(target, host_cpu)
     keep_float = [k for k in keep_float if k]
     _check_options(calib_method, max_drop, verify, keep_float, int8)
+    if accuracy_control is not None and not int8:
+        raise EdgecxrError("--accuracy-control only applies to INT8; add --int8")
     fmts = [get_format(f).name for f in formats]  # an unknown name is refused before any work
     precisions = ("fp32",) + (("fp16",) if fp16 else ()) + (("int8",) if int8 else ())
 
     torch_model, contract = _load_checkpoint(ckpt, split_csv, threads)
     echo(f"convert {ckpt}: {contract.arch}, {contract.num_classes} classes {list(contract.classes)}, {contract.input_size} px")
     calib, vset = _load_inputs(contract, int8, calib_data, calib_n, verify, verify_data, max_drop, progress, echo)
+    control = None
+    if accuracy_control is not None:  # ``accuracy_control.ControlSettings``: held-out images judged before any file is written
+        from edgecxr.convert.accuracy_control import prepare
+
+        control = prepare(torch_model, contract, calib, vset, accuracy_control, progress, echo)
     from edgecxr.calibrate import ensure_decision
 
     contract = ensure_decision(ckpt, contract, threads, progress, echo)  # temperature + conformal sets for every export
@@ -152,7 +163,7 @@ def convert_checkpoint(
     run = Run(out_dir, echo, threads)
     prod = Production(run=run, torch_model=torch_model, contract=contract, versions=tool_versions(), source=source,
                       int8_source=int8_source, plain_target=plain_block(host_cpu), int8_target=int8_target, calib=calib,
-                      calib_method=calib_method, keep_float=keep_float)
+                      calib_method=calib_method, keep_float=keep_float, accuracy_control=control)
     steps = plan(contract.arch, fmts, precisions)
     for fmt in export_formats():
         ready = producible(run, fmt, steps.get(fmt.name, {}))  # a missing package: skipped, with its pip command

@@ -105,13 +105,17 @@ def preprocess_for_quant(src: str, dest: str) -> str:
 
 def quantize_int8(fp32_path: str, dest_tmp: str, calib_nchw: np.ndarray, method: str = "minmax",
                   keep_float: Iterable[str] = (), input_name: str = "input", pre_process: bool = True,
-                  reduce_range: bool = False, activations: str = "uint8", weights: str = "uint8") -> dict[str, Any]:
+                  reduce_range: bool = False, activations: str = "uint8", weights: str = "uint8",
+                  calibration_cache: str | None = None) -> dict[str, Any]:
     """Write the INT8 QDQ model to ``dest_tmp`` (a temp path the caller renames).
 
     ``pre_process=False`` keeps tensor names identical to ``fp32_path``, which
     ``debug-quant`` needs to match activations between the two models.
     ``activations``/``weights`` (``uint8``/``int8``) and ``reduce_range`` (7-bit s8
     weights) select the scheme; the defaults are ``--target portable``'s (u8 x u8).
+    ``calibration_cache``: a JSON file of tensor ranges (ORT writes it on the first
+    call, later calls reuse it), so accuracy control can requantize with other
+    ``keep_float`` sets without recalibrating; it must come from the same source model.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -136,8 +140,12 @@ def quantize_int8(fp32_path: str, dest_tmp: str, calib_nchw: np.ndarray, method:
             quantize_static(
                 src, dest_tmp, reader, quant_format=QuantFormat.QDQ, activation_type=qtypes[activations],
                 weight_type=qtypes[weights], per_channel=True, reduce_range=reduce_range, calibrate_method=cal,
-                nodes_to_exclude=excluded, extra_options=extra,
+                nodes_to_exclude=excluded, extra_options=extra, calibration_cache_path=calibration_cache,
             )
+    if excluded:  # else ONNX Runtime requantizes them per-tensor when it opens the file (float_guard.py)
+        from edgecxr.convert.float_guard import guard_float_nodes
+
+        guard_float_nodes(dest_tmp, excluded)
     grid = f"{weights} per-channel" + (", 7-bit range (reduce_range)" if reduce_range else ", full range")
     return {"calib_method": method, "calib_images": int(len(calib_nchw)), "activations": activations, "weights": grid,
             "quant_format": "QDQ", "keep_float": excluded}

@@ -126,6 +126,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "dF1 pp: macro-F1 change against the PyTorch checkpoint on the same images, in percentage points.",
               ""]
     lines += calibration_lines(report)
+    from edgecxr.convert.accuracy_control import report_lines
+
+    lines += report_lines(report)  # --accuracy-control: layers kept in float, their latency cost, the final drop
     for fmt, how in (report.get("how_produced") or {}).items():
         lines += [f"- {fmt} {p}: {text}" for p, text in how.items()]
     lines += ["", "Tool versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), ""]

@@ -37,6 +37,7 @@ class TFLiteResult:
     errors: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     log_tail: str = ""
+    accuracy_control: dict[str, Any] | None = None  # the search record, step files still in the work folder
 
 
 def _sample_images(gray: np.ndarray | None) -> np.ndarray:
@@ -74,12 +75,13 @@ def worker_env() -> dict[str, str]:
 
 
 def run_onnx2tf(fp32_onnx: str, precisions: tuple[str, ...], work_dir: str, spec: PreprocessSpec,
-                calib: Any = None, timeout: int = WORKER_TIMEOUT_S) -> TFLiteResult:
+                calib: Any = None, timeout: int = WORKER_TIMEOUT_S, control: Any = None) -> TFLiteResult:
     """Run the worker; returns what it produced. Never raises for a conversion failure.
 
     ``calib`` (``imageset.LabelledImages``) gives INT8 its representative inputs
     exactly as the model sees them (``device/preprocess.py`` via ``nchw``, made NHWC);
-    the worker applies no preprocessing of its own.
+    the worker applies no preprocessing of its own. ``control``
+    (``accuracy_control.ControlJob``) makes the worker search which layers to keep in float.
     """
     if "int8" in precisions and (calib is None or not len(calib)):
         raise EdgecxrError("INT8 TFLite needs real calibration images (internal error: none were passed)")
@@ -94,6 +96,8 @@ def run_onnx2tf(fp32_onnx: str, precisions: tuple[str, ...], work_dir: str, spec
     if calib is not None and "int8" in precisions:
         job["calib_npy"] = os.path.join(job["work_dir"], "calib_nhwc.npy")
         np.save(job["calib_npy"], np.ascontiguousarray(calib.nchw(spec).transpose(0, 2, 3, 1)))
+        if control is not None:
+            job["accuracy_control"] = control_job(control, job["work_dir"], spec)
     job_path = os.path.join(work_dir, "job.json")
     with open(job_path, "w", encoding="utf-8") as fh:
         json.dump(job, fh)
@@ -113,9 +117,19 @@ def run_onnx2tf(fp32_onnx: str, precisions: tuple[str, ...], work_dir: str, spec
     with open(result_path, encoding="utf-8") as fh:
         out = json.load(fh)
     res.paths, res.errors, res.seconds = out["paths"], out["errors"], out["seconds"]
+    res.accuracy_control = out.get("accuracy_control")
     if out.get("traceback"):
         res.log_tail = out["traceback"]
     return res
+
+
+def control_job(control: Any, work_dir: str, spec: PreprocessSpec) -> dict[str, Any]:
+    """The held-out images (NHWC, the model's own inputs) and the checkpoint's logits, as files for the worker."""
+    paths = {"holdout_npy": os.path.join(work_dir, "holdout_nhwc.npy"), "ref_logits_npy": os.path.join(work_dir, "holdout_ref_logits.npy")}
+    np.save(paths["holdout_npy"], np.ascontiguousarray(control.holdout.nchw(spec).transpose(0, 2, 3, 1)))
+    np.save(paths["ref_logits_npy"], control.ref_logits)
+    return {**paths, "settings": control.settings.to_dict(), "y": [int(v) for v in control.holdout.y],
+            "classes": list(control.holdout.classes), "threads": control.settings.latency_threads}
 
 
 def read_io(path: str) -> tuple[TensorSpec, TensorSpec]:

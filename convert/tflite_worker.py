@@ -36,7 +36,7 @@ def _onnx2tf(job: dict[str, Any]) -> dict[str, str]:
     return {p: os.path.join(out, "saved_model", name) for p, name in produced.items()}
 
 
-def _int8(job: dict[str, Any]) -> str:
+def _int8(job: dict[str, Any], result: dict[str, Any]) -> str:
     import numpy as np
     import tensorflow as tf
 
@@ -53,7 +53,12 @@ def _int8(job: dict[str, Any]) -> str:
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
     converter._experimental_disable_per_channel = False
-    data = converter.convert()
+    if job.get("accuracy_control"):  # calibrate once, then layers back to float until the limit holds
+        from edgecxr.convert.accuracy_control_tflite import controlled_int8
+
+        data, result["accuracy_control"] = controlled_int8(job, converter)
+    else:
+        data = converter.convert()
     path = os.path.join(job["work_dir"], "int8.tflite")
     with open(path, "wb") as fh:
         fh.write(data)
@@ -82,7 +87,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     if "int8" in job["precisions"]:
         t1 = time.perf_counter()
         try:
-            result["paths"]["int8"] = _int8(job)
+            result["paths"]["int8"] = _int8(job, result)
         except Exception as exc:  # TF converter errors are RuntimeError/ConverterError/ValueError
             result["errors"]["int8"] = f"INT8 TFLite conversion failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
             result["traceback"] = traceback.format_exc()[-4000:]

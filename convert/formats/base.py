@@ -38,6 +38,7 @@ class Production:
     calib_method: str = "minmax"
     keep_float: list[str] = field(default_factory=list)
     fp32_onnx: str | None = None  # the source artifact every other format is made from, once written
+    accuracy_control: Any = None  # convert.accuracy_control.ControlJob with --accuracy-control, else None
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,11 @@ def produce(p: Production, steps: dict[str, Any]) -> None:
         if precision == "fp16":
             make = lambda tmp: quantize.convert_fp16(p.fp32_onnx, tmp)  # noqa: E731
             stamp = onnx_export.onnx_contract(c, "fp16", p.source, p.versions, p.plain_target)
+        elif p.accuracy_control is not None:  # search the layers to keep in float first (accuracy_control_onnx.py)
+            from edgecxr.convert import accuracy_control_onnx
+
+            run.do(step, lambda s=step: accuracy_control_onnx.produce(p, run.path(s)))
+            continue
         else:
             x_cal = p.calib.nchw(c.preprocess)
             make = lambda tmp, x=x_cal: quantize.quantize_int8(  # noqa: E731

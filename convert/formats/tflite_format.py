@@ -32,8 +32,16 @@ def produce(p: Production, steps: dict[str, Any]) -> None:
     try:
         run.echo(f"  tflite  ...   onnx2tf + TFLiteConverter ({', '.join(steps)}), in a child process")
         t0 = time.perf_counter()
-        res = tflite.run_onnx2tf(p.fp32_onnx, tuple(steps), work, p.contract.preprocess, p.calib if "int8" in steps else None)
+        res = tflite.run_onnx2tf(p.fp32_onnx, tuple(steps), work, p.contract.preprocess, p.calib if "int8" in steps else None,
+                                 control=p.accuracy_control if "int8" in steps else None)
         elapsed = time.perf_counter() - t0
+        if res.accuracy_control:  # the search ran in the child; its step files are benchmarked here, before the folder goes
+            from edgecxr.convert.accuracy_control import bench_steps
+
+            for line in res.accuracy_control.pop("log", []):
+                run.echo(line)
+            res.accuracy_control["holdout"] = p.accuracy_control.holdout.to_dict()
+            bench_steps(res.accuracy_control, work, run.echo)
         for precision, step in steps.items():
             spent = res.seconds.get("int8", 0.0) if precision == "int8" else res.seconds.get("onnx2tf", elapsed)
             run.do(step, lambda pr=precision, s=step: _install(p, res, pr, run.path(s)), extra_seconds=spent)
@@ -50,9 +58,15 @@ def _install(p: Production, res: Any, precision: str, dest: str) -> dict[str, An
     if not produced:
         raise EdgecxrError(res.errors.get(precision, "onnx2tf produced no file"))
     source = p.int8_source if precision == "int8" else p.source
+    control = res.accuracy_control if precision == "int8" else None
+    if control:  # the contract names the layers kept in float (TFLite output tensor names)
+        source = dict(source, keep_float=list(control["keep_float"]), accuracy_control={"added": control["added"], "passed": control["passed"]})
     c = tflite.tflite_contract(p.contract, produced, precision, source, p.versions, p.plain_target)
     saved = tflite.install(produced, dest, c)
-    return {"input": asdict(c.input), "output": asdict(c.output), "shared_quant_bytes": saved}
+    out = {"input": asdict(c.input), "output": asdict(c.output), "shared_quant_bytes": saved}
+    if control:
+        out["accuracy_control"] = control
+    return out
 
 
 def read_contract(path: str) -> Contract | None:
