@@ -14,11 +14,13 @@ import time
 
 import click
 
+from edgecxr.bench.tables import COLUMN_SETS, TABLE_FORMATS
 from edgecxr.errors import EdgecxrError
 
 EPILOG = """\b
 Examples:
   edgecxr bench runs/mnv2/export --threads 1,2
+  edgecxr bench runs/mnv2/export --runtimes all --columns all     # every runtime, every column
   edgecxr bench runs/mnv2/export ../shared/reference-models --format csv
   edgecxr bench model_int8.tflite --reference runs/mnv2/export/mobilenet_v2_fp32.onnx
   edgecxr bench runs/mnv2/export --device rpi --host pi@raspberrypi.local --identity ~/.ssh/id_ed25519
@@ -46,6 +48,13 @@ def parse_runtimes(text: str) -> list[str]:
     return names
 
 
+def runtime_choices() -> str:
+    """The runtimes per format, from the device's table (a runtime registered there appears here)."""
+    from edgecxr.device.formats import DEVICE_FORMATS
+
+    return "; ".join(f"{f.name}: {', '.join(f.runtimes)}" for f in DEVICE_FORMATS.values())
+
+
 def is_pi_like() -> bool:
     return platform.machine().lower() in ("aarch64", "arm64")
 
@@ -59,7 +68,7 @@ def is_pi_like() -> bool:
               help="split.csv to use instead of the one each model records (e.g. after moving a run folder).")
 @click.option("--threads", default="1,2", show_default=True, help="Comma-separated thread counts, each set explicitly on the runtime.")
 @click.option("--runtimes", default="", help="Comma-separated runtimes to open each file with, among those that open its format "
-              "(onnxruntime; litert, litert-builtin), or 'all'. Default: each format's first runtime. One row per runtime.")
+              f"({runtime_choices()}), or 'all'. Default: each format's first runtime. One row per runtime.")
 @click.option("--warmup", default=10, show_default=True, type=click.IntRange(0), help="Untimed runs before timing.")
 @click.option("--runs", default=100, show_default=True, type=click.IntRange(1), help="Timed runs (at least).")
 @click.option("--min-seconds", default=0.0, show_default=True, type=click.FloatRange(0), help="Keep timing until this long has passed.")
@@ -73,13 +82,18 @@ def is_pi_like() -> bool:
 @click.option("--remote-python", default="python3", show_default=True, help="Python interpreter on the Pi.")
 @click.option("--remote-images", default=10, show_default=True, type=click.IntRange(1), help="Test images copied to the Pi (timed input + agreement check).")
 @click.option("--out", default="bench_out", show_default=True, type=click.Path(file_okay=False), help="Folder for bench.json, bench.csv, bench.md, bench.png.")
-@click.option("--format", "fmt", default="md", show_default=True, type=click.Choice(["md", "csv", "json", "readme"]), help="Table printed on stdout (readme: one row per artifact, threads side by side).")
+@click.option("--format", "fmt", default="text", show_default=True, type=click.Choice(TABLE_FORMATS),
+              help="What stdout gets: text (aligned, for a terminal), md (Markdown), csv, json, or readme (one row per artifact, threads side by side).")
+@click.option("--columns", default="compact", show_default=True, type=click.Choice(COLUMN_SETS),
+              help="Columns of the text/md table and bench.md. compact: model, format, precision, runtime, threads, MB, macro-F1, "
+              "its change against FP32 with 95% CI, top-1 agreement, median and p90 ms, self-test (~120 characters). all: adds device, "
+              "params, MACs, accuracy and AUC with CIs, mean ± std, p99, min, load time, peak RSS. bench.csv and bench.json always hold every column.")
 @click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(0), help="Bootstrap resamples for the 95% CIs.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def bench_command(artifacts: tuple[str, ...], data: str | None, split: str, split_csv: str | None, threads: str, runtimes: str, warmup: int, runs: int,
                   min_seconds: float, reference: str | None, devices: tuple[str, ...], ssh_host: str | None,
                   identity: str | None, known_hosts: str | None, accept_new_host_key: bool, remote_python: str,
-                  remote_images: int, out: str, fmt: str, bootstrap: int, quiet: bool) -> None:
+                  remote_images: int, out: str, fmt: str, columns: str, bootstrap: int, quiet: bool) -> None:
     """Benchmark checkpoints, ONNX and TFLite files, or folders written by `edgecxr convert`.
 
     Per artifact and thread count: format, precision, runtime, file size, parameters,
@@ -119,8 +133,8 @@ def bench_command(artifacts: tuple[str, ...], data: str | None, split: str, spli
             workdir=workdir, progress=not quiet)
     doc["command"] = ["edgecxr", "bench", *sys.argv[2:]] if len(sys.argv) > 1 and sys.argv[1] == "bench" else None
     doc["seconds"] = round(time.time() - started, 1)
-    paths = write_outputs(doc, out)
+    paths = write_outputs(doc, out, columns)
     from edgecxr.bench.tables import render
 
-    click.echo(render(doc, fmt))
+    click.echo(render(doc, fmt, columns))
     click.echo(f"wrote {', '.join(paths)}", err=True)

@@ -25,6 +25,7 @@ from edgecxr.bench.local import (
     predict_only,
     selected_runtimes,
 )
+from edgecxr.runtime import is_checkpoint
 
 SCHEMA = "edgecxr.bench/1"
 
@@ -40,8 +41,9 @@ def base_row(a: Artifact, stats: dict[str, Any]) -> dict[str, Any]:
     note = None
     if a.contract is None:
         note = "no contract: foreign model, latency and size only" + (f" ({a.contract_error})" if a.contract_error else "")
+    source = a.path if is_checkpoint(a.path) else (a.contract.source.get("checkpoint") if a.contract is not None else None)
     return {"artifact": a.name, "path": a.path, "arch": a.arch, "format": a.format, "precision": precision,
-            "has_contract": a.has_contract, "size_bytes": a.size_bytes, "params": stats.get("params"),
+            "source_checkpoint": source, "has_contract": a.has_contract, "size_bytes": a.size_bytes, "params": stats.get("params"),
             "macs": stats.get("macs"), "stats_from": stats.get("stats_from"), "note": note}
 
 
@@ -120,7 +122,8 @@ def _local_rows(artifacts: list[Artifact], stats: dict[str, Any], acc: dict[Key,
         for runtime in selected_runtimes(a.path, s.runtimes):
             for t in s.threads:
                 rec = records[(a.path, runtime, t)]
-                row = {**base_row(a, stats[a.path]), "device": label, "runtime_name": runtime, **acc[(a.path, runtime)], **latency_fields(rec)}
+                row = {**base_row(a, stats[a.path]), "device": label, "runtime_name": runtime, **acc[(a.path, runtime)], **latency_fields(rec),
+                       "threads": t}  # also on an error row, whose record has no timing
                 row["device_string"] = device_string(info={**info, "runtime": rec.get("runtime") or ""})
                 row["cpu_int8_features"], row["cpu_int8_target"] = info.get("int8_features"), info.get("int8_target")
                 rows.append(row)
@@ -157,7 +160,8 @@ def _remote_rows(artifacts: list[Artifact], stats: dict[str, Any], acc: dict[Key
     return rows
 
 
-def write_outputs(doc: dict[str, Any], out: str) -> list[str]:
+def write_outputs(doc: dict[str, Any], out: str, columns: str = "compact") -> list[str]:
+    """bench.json and bench.csv with everything; bench.md with the ``columns`` asked for; the plot."""
     from edgecxr.atomic import write_json, write_text
     from edgecxr.bench.plot import save_plot
     from edgecxr.bench.tables import csv_text, markdown
@@ -167,6 +171,6 @@ def write_outputs(doc: dict[str, Any], out: str) -> list[str]:
     paths = [os.path.join(out, n) for n in ("bench.json", "bench.csv", "bench.md", "bench.png")]
     write_json(paths[0], doc)
     write_text(paths[1], csv_text(doc))
-    write_text(paths[2], markdown(doc) + "\n" + bench_markdown(doc["rows"]))
+    write_text(paths[2], markdown(doc, columns) + "\n" + bench_markdown(doc["rows"]))
     save_plot(doc, paths[3])
     return paths

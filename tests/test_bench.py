@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -51,14 +52,83 @@ def _rows(doc: dict, artifact: str) -> list[dict]:
     return [r for r in doc["rows"] if r["artifact"] == artifact]
 
 
+def _text_table(stdout: str) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the aligned text table (columns are two or more spaces apart)."""
+    lines = stdout.split("\n\n")[0].splitlines()
+    split = [re.split(r"\s{2,}", line.strip()) for line in lines]
+    return split[0], split[2:]
+
+
+def _cells_of(bench_run: dict, artifact: str) -> list[dict[str, str]]:
+    header, body = _text_table(bench_run["stdout"])
+    return [dict(zip(header, cells)) for r, cells in zip(bench_run["doc"]["rows"], body) if r["artifact"] == artifact]
+
+
 def test_bench_writes_table_json_csv_and_plot(bench_run):
     out = bench_run["out"]
     for name in ("bench.json", "bench.csv", "bench.md", "bench.png"):
         assert (out / name).stat().st_size > 0
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert bench_run["stdout"].startswith("| model | format | precision |")
     csv_lines = (out / "bench.csv").read_text().strip().splitlines()
     assert len(csv_lines) == 1 + len(bench_run["doc"]["rows"])
+
+
+def test_default_table_is_compact_one_line_per_measurement_within_120_characters(bench_run):
+    from edgecxr.bench.tables import COMPACT_HEADER
+
+    header, body = _text_table(bench_run["stdout"])
+    assert header == COMPACT_HEADER and len(body) == len(bench_run["doc"]["rows"])
+    assert all(len(cells) == len(header) for cells in body)
+    table = bench_run["stdout"].split("\n\n")[0].splitlines()
+    assert max(len(line) for line in table) <= 120
+    assert "--columns all" in bench_run["stdout"]  # the legend says where the other columns are
+
+
+def test_every_column_stays_in_csv_json_and_the_full_table(bench_run):
+    import csv
+
+    from edgecxr.bench.tables import CSV_COLUMNS, MD_HEADER
+
+    doc = bench_run["doc"]
+    with open(bench_run["out"] / "bench.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == CSV_COLUMNS
+    for row, r in zip(rows, doc["rows"]):
+        measured = ("p99_ms", "std_ms", "load_ms", "peak_rss_mb", "runtime", "device_string", "macs")
+        assert all(row[k] != "" for k in (measured if r.get("runs_ms") else ("error",))), r["artifact"]
+    full = run_cli_module("edgecxr.bench.tables", str(bench_run["out"] / "bench.json"), "--format", "md", "--columns", "all")
+    lines = full.split("\n\n")[0].splitlines()
+    assert [c.strip() for c in lines[0].strip("|").split("|")] == MD_HEADER and len(lines) == 2 + len(doc["rows"])
+
+
+def test_a_checkpoint_and_the_files_converted_from_it_are_one_model(bench_run):
+    labels = {cells["model"] for r in bench_run["doc"]["rows"] if r["arch"] == "mobilenet_v2"
+              for cells in _cells_of(bench_run, r["artifact"])}
+    assert labels == {"mobilenet_v2"}
+
+
+def test_two_trainings_of_one_architecture_are_told_apart_by_their_folder():
+    from edgecxr.bench.tables import model_labels
+
+    rows = [{"arch": "mobilenet_v2", "artifact": "m.onnx", "path": f"/r/{run}/export/m.onnx", "source_checkpoint": f"/r/{run}/best.pt"}
+            for run in ("qat", "imagenet")]
+    rows.append({"arch": "mobilenet_v2", "artifact": "best.pt", "path": "/r/qat/best.pt", "source_checkpoint": "/r/qat/best.pt"})
+    rows.append({"arch": "efficientnet_lite0", "artifact": "e.onnx", "path": "/r/lite0/export/e.onnx", "source_checkpoint": "/r/lite0/best.pt"})
+    assert model_labels(rows) == {"/r/qat/export/m.onnx": "mobilenet_v2 (qat)", "/r/imagenet/export/m.onnx": "mobilenet_v2 (imagenet)",
+                                  "/r/qat/best.pt": "mobilenet_v2 (qat)", "/r/lite0/export/e.onnx": "efficientnet_lite0"}
+
+
+def test_columns_all_and_progress_lines_from_the_command_line(export_dir, tmp_path):
+    """``--columns all`` reaches stdout and bench.md; progress off a terminal is whole lines, no redraws."""
+    from edgecxr.bench.tables import MD_HEADER
+
+    proc = run_cli("bench", str(export_dir / "mobilenet_v2_int8.tflite"), "--threads", "1", "--runs", "2", "--warmup", "0",
+                   "--bootstrap", "0", "--format", "md", "--columns", "all", "--out", str(tmp_path / "o"),
+                   env={"EDGECXR_PROGRESS": "auto", "EDGECXR_PROGRESS_INTERVAL": "0"})
+    head = proc.stdout.splitlines()[0]
+    assert [c.strip() for c in head.strip("|").split("|")] == MD_HEADER
+    assert (tmp_path / "o" / "bench.md").read_text().splitlines()[0] == head
+    assert "\r" not in proc.stderr and "bench: 1/1 run" in proc.stderr
 
 
 def test_every_artifact_of_the_export_folder_gets_a_row_per_thread_count(bench_run):
@@ -91,9 +161,8 @@ def test_every_converted_file_runs_its_selftest_before_timing_and_shows_it(bench
             assert r["selftest"]["passed"] is True and r["selftest"]["images"] == 8, (name, r["selftest"])
             assert r["cpu_int8_features"] and r["cpu_int8_target"]
     assert _rows(doc, "best.pt")[0]["selftest"]["passed"] is None  # a checkpoint carries no golden vectors
-    header = bench_run["stdout"].splitlines()[0]
-    assert header.rstrip(" |").endswith("self-test")
-    assert "| PASS " in bench_run["stdout"]
+    for name in ("mobilenet_v2_fp32.onnx", "mobilenet_v2_int8.tflite"):
+        assert [c["self-test"] for c in _cells_of(bench_run, name)] == ["PASS", "PASS"]
 
 
 def test_bench_ends_with_what_to_ship_on_each_device(bench_run):
@@ -125,19 +194,22 @@ def test_foreign_model_gets_latency_and_size_with_accuracy_na(bench_run):
     rows = _rows(bench_run["doc"], name)
     assert rows and all(r["macro_f1"] is None and r["median_ms"] > 0 for r in rows)
     assert rows[0]["macs"] == 16 * 16 * 8 * 27 and rows[0]["params"] == 8 * 27
-    line = next(line for line in bench_run["stdout"].splitlines() if line.startswith(f"| {name} "))
-    assert "| n/a | n/a | n/a |" in line
+    for cells in _cells_of(bench_run, name):
+        assert cells["model"] == "foreign conv" and cells["macro-F1"] == cells["ΔF1 pp [95% CI]"] == cells["agree"] == "n/a"
 
 
 def test_unloadable_file_becomes_an_error_row_not_a_crash(bench_run):
     rows = _rows(bench_run["doc"], bench_run["broken"].name)
     assert rows and all("not a loadable TFLite model" in r["error"] for r in rows)
+    assert [c["self-test"] for c in _cells_of(bench_run, bench_run["broken"].name)] == ["error", "error"]
+    legend = f"- Error `{rows[0]['artifact']}` ({rows[0]['runtime_name']}): {rows[0]['error']}"
+    assert bench_run["stdout"].count(legend) == 1  # once, not once per thread count
 
 
 def test_table_is_rebuilt_from_bench_json_alone(bench_run):
     from edgecxr.bench.tables import markdown
 
-    assert markdown(bench_run["doc"]).strip() == (bench_run["out"] / "bench.md").read_text().strip()
+    assert (bench_run["out"] / "bench.md").read_text().startswith(markdown(bench_run["doc"]).strip() + "\n")
     proc = run_cli_module("edgecxr.bench.tables", str(bench_run["out"] / "bench.json"), "--format", "csv")
     assert proc.strip() == (bench_run["out"] / "bench.csv").read_text().strip()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -57,7 +58,7 @@ def test_bench_over_ssh_merges_pi_rows_and_cleans_up(sshd_server, known_hosts, e
         assert r["device_string"] == doc["devices"]["rpi"]["summary"] + " | " + r["runtime"]
         assert r["pi_host_top1_agreement"] == 1.0  # same runtime on the same CPU: identical predictions
         assert r["macro_f1"] is not None and r["accuracy_from"].startswith("host")
-    assert "| rpi |" in proc.stdout
+    assert re.search(r"^\S.*\s{2}rpi\s{2}", proc.stdout, re.M)  # a table row whose device cell is rpi
     assert _remote_tmp_dirs() == before, "the temporary folder on the Pi was not removed"
     for home in (Path.home(), Path("/"), Path.cwd(), tmp_path):
         assert not (home / "PWNED").exists() and not (home / "PWNED2").exists()
