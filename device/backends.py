@@ -224,7 +224,14 @@ OPENERS: dict[str, Any] = {
     "litert": lambda path, threads: TFLiteBackend(path, threads),
     "litert-builtin": lambda path, threads: TFLiteBackend(path, threads, builtin_kernels=True),
     "openvino": lambda path, threads: _openvino_backend(path, threads),
+    "ncnn": lambda path, threads: _ncnn_backend(path, threads),
 }
+
+
+def _ncnn_backend(path: str, threads: int | None) -> Backend:
+    from .backend_ncnn import NcnnBackend  # its own module: it imports this one
+
+    return NcnnBackend(path, threads)
 
 
 def _openvino_backend(path: str, threads: int | None) -> Backend:

@@ -50,19 +50,24 @@ RUNTIMES: dict[str, Runtime] = {
                               "TFLite interpreter with its built-in kernels only (no XNNPACK): what a delegate-less build runs"),
     "openvino": Runtime("openvino", "openvino", "pip install openvino",
                         "OpenVINO CPU plugin: f32 inference precision, latency hint, one stream (device/backend_openvino.py)"),
+    "ncnn": Runtime("ncnn", "ncnn", "pip install ncnn",
+                    "Tencent ncnn on the CPU: light mode, no Vulkan, fp16 storage only for FP16 files (device/backend_ncnn.py)"),
 }
 
 DEVICE_FORMATS: dict[str, DeviceFormat] = {
     "onnx": DeviceFormat("onnx", ".onnx", ("onnxruntime", "openvino")),
     "tflite": DeviceFormat("tflite", ".tflite", ("litert", "litert-builtin"), contract_in_file=False),
     "openvino": DeviceFormat("openvino", ".xml", ("openvino",), companions=("{stem}.bin",)),
+    # two-part suffix: a bare .param/.bin pair would collide with OpenVINO's <stem>.bin
+    "ncnn": DeviceFormat("ncnn", ".ncnn.param", ("ncnn",), companions=("{stem}.ncnn.bin",), contract_in_file=False),
 }
 
 
 def device_format_of(path: str) -> DeviceFormat | None:
-    """The format of a model file, from its suffix; ``None`` when no runtime here opens it."""
-    ext = os.path.splitext(path)[1].lower()
-    return next((f for f in DEVICE_FORMATS.values() if f.suffix == ext), None)
+    """The format of a model file, from its suffix (the longest that matches: ``.ncnn.param``);
+    ``None`` when no runtime here opens it."""
+    name = path.lower()
+    return next((f for f in sorted(DEVICE_FORMATS.values(), key=lambda f: -len(f.suffix)) if name.endswith(f.suffix)), None)
 
 
 def artifact_files(path: str) -> list[str]:

@@ -71,7 +71,7 @@ def open_model(path: str, threads: int | None = None, require_contract: bool = T
     wrong results (convert's verification, which must measure exactly that).
     """
     ext = os.path.splitext(path)[1].lower()
-    if ext not in known_suffixes():
+    if not path.lower().endswith(known_suffixes()):  # endswith: two-part suffixes such as .ncnn.param
         raise EdgecxrError(f"{path}: unknown model type {ext or '(none)'}; expected one of {', '.join(known_suffixes())}")
     if is_checkpoint(path):
         if runtime not in (None, "torch"):

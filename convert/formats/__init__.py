@@ -14,11 +14,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from edgecxr.convert.formats import onnx_format, openvino_format, tflite_format
+from edgecxr.convert.formats import ncnn_format, onnx_format, openvino_format, tflite_format
 from edgecxr.convert.formats.base import PRECISIONS, ExportFormat, Production
 from edgecxr.errors import EdgecxrError
 
-FORMATS: list[ExportFormat] = [onnx_format.FORMAT, tflite_format.FORMAT, openvino_format.FORMAT]
+FORMATS: list[ExportFormat] = [onnx_format.FORMAT, tflite_format.FORMAT, openvino_format.FORMAT, ncnn_format.FORMAT]
 
 __all__ = ["FORMATS", "PRECISIONS", "ArtifactName", "ExportFormat", "Production", "artifact_name", "check_precision",
            "export_formats", "find_artifacts", "format_of", "get_format", "parse_artifact_name", "parse_formats", "register"]
@@ -48,9 +48,10 @@ def get_format(name: str) -> ExportFormat:
 
 
 def format_of(path: str) -> ExportFormat | None:
-    """The format a file belongs to (``None`` for checkpoints and foreign files)."""
-    ext = os.path.splitext(path)[1].lower()
-    return next((f for f in FORMATS if f.suffix == ext), None)
+    """The format a file belongs to (``None`` for checkpoints and foreign files); the longest
+    matching suffix wins, so two-part suffixes (``.ncnn.param``) work."""
+    name = path.lower()
+    return next((f for f in sorted(FORMATS, key=lambda f: -len(f.suffix)) if name.endswith(f.suffix)), None)
 
 
 def parse_formats(text: str) -> tuple[ExportFormat, ...]:
