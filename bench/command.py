@@ -94,14 +94,17 @@ def bench_command(artifacts: tuple[str, ...], data: str | None, split: str, spli
                   min_seconds: float, reference: str | None, devices: tuple[str, ...], ssh_host: str | None,
                   identity: str | None, known_hosts: str | None, accept_new_host_key: bool, remote_python: str,
                   remote_images: int, out: str, fmt: str, columns: str, bootstrap: int, quiet: bool) -> None:
-    """Benchmark checkpoints, ONNX and TFLite files, or folders written by `edgecxr convert`.
+    """Benchmark checkpoints, exported model files (every format in convert's table), or
+    folders written by `edgecxr convert`.
 
-    Per artifact and thread count: format, precision, runtime, file size, parameters,
+    Per artifact, runtime and thread count: format, precision, runtime, file size, parameters,
     MACs, accuracy / macro-F1 / AUC with 95% bootstrap CIs, the macro-F1 change
     against the FP32 reference (paired CI) and top-1 agreement, latency
     (median, mean, std, p90, p99, min) after warm-up, load time and peak memory,
-    each artifact in its own process. Files without a contract (foreign models)
-    get latency and size; their accuracy columns say n/a.
+    each in its own process with its threads set on the runtime. Stdout shows the
+    compact columns (--columns all for the rest); bench.csv and bench.json keep them
+    all. Files without a contract (foreign models) get latency and size; their
+    accuracy columns say n/a.
     """
     from edgecxr.bench.report import build_document, write_outputs
 
