@@ -78,5 +78,9 @@ class OpenVINOBackend(Backend):
         self.check_contract()
 
     def invoke(self, prepared: np.ndarray) -> np.ndarray:
-        self.request.infer({0: prepared})
+        try:
+            self.request.infer({0: prepared})
+        except RuntimeError as exc:  # the CPU plugin builds kernels lazily: a CPU it cannot serve fails here, not at load
+            last = [line for line in str(exc).splitlines() if line.strip()][-1:] or [type(exc).__name__]
+            raise ModelLoadError(f"{self.path}: OpenVINO cannot run it on this CPU ({last[0][:200]})") from exc
         return self.request.get_output_tensor(0).data.copy()

@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  %(prog)s --model m.onnx --selftest      # golden images: does this CPU compute the model? exit 3 if not\n"
         ),
     )
-    p.add_argument("--model", required=True, help="MODEL.tflite (contract in MODEL.tflite.json) or MODEL.onnx (needs onnxruntime)")
+    p.add_argument("--model", required=True, help="MODEL.tflite (contract in MODEL.tflite.json), MODEL.onnx (needs onnxruntime, or openvino "
+                                                      "with --runtime openvino) or MODEL.xml (OpenVINO IR with MODEL.bin; needs openvino)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--image", help="classify one image file (PNG, JPEG, BMP, DICOM)")
     src.add_argument("--dir", help="classify every image under a folder (recursively) and write a CSV")

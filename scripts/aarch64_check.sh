@@ -5,10 +5,10 @@
 # (ONNX Runtime's ARM and x86 kernels requantize differently). Each model's own
 # golden-vector self-test (--selftest) must pass on both sides first.
 #
-# usage: scripts/aarch64_check.sh --images DIR MODEL.tflite|MODEL.onnx [MODEL ...]
+# usage: scripts/aarch64_check.sh --images DIR MODEL.tflite|MODEL.onnx|MODEL.xml [MODEL ...]
 #
 # Both sides run a bare copy of device/ with numpy + ai-edge-litert (+ onnxruntime for
-# .onnx files) only (no OpenCV, no edgecxr), i.e. exactly what a minimal Pi install has. The arm64 Python comes
+# .onnx files, openvino for OpenVINO .xml files) only (no OpenCV, no edgecxr), i.e. exactly what a minimal Pi install has. The arm64 Python comes
 # from Debian bookworm arm64 packages (the same Python 3.11 as Raspberry Pi OS
 # bookworm), the wheels from PyPI's manylinux aarch64 builds; both are cached in
 # $EDGECXR_AARCH64_CACHE (default ~/.cache/edgecxr-aarch64), so only the first run
@@ -38,9 +38,11 @@ done
 [ -n "$IMAGES" ] && [ -d "$IMAGES" ] || die "--images DIR is required (a folder of PNG files)"
 [ ${#MODELS[@]} -gt 0 ] || die "give at least one MODEL.tflite"
 NEED_ORT=0
+NEED_OV=0
 for m in "${MODELS[@]}"; do
   case "$m" in
     *.onnx) [ -f "$m" ] || die "$m: model not found"; NEED_ORT=1 ;;
+    *.xml) [ -f "$m" ] && [ -f "${m%.xml}.bin" ] || die "$m: OpenVINO IR or its weights ${m%.xml}.bin is missing"; NEED_OV=1 ;;
     *) [ -f "$m" ] && [ -f "$m.json" ] || die "$m: model or its contract sidecar $m.json is missing" ;;
   esac
 done
@@ -127,6 +129,24 @@ if [ "$NEED_ORT" = 1 ] && [ ! -f "$ORT_SITE/.complete" ]; then
 fi
 ARM_PATH="$SITE"
 [ "$NEED_ORT" = 1 ] && ARM_PATH="$SITE:$ORT_SITE"
+
+# --- 2c. openvino for .xml models: the host's version; its aarch64 wheel is manylinux_2_35 (bookworm: glibc 2.36) ---
+if [ "$NEED_OV" = 1 ]; then
+  OV_V="$("$PY" -c "from importlib.metadata import version as v; print(v('openvino'))" 2>/dev/null)" || skip "host Python lacks openvino"
+  OV_SITE="$CACHE/site-openvino$OV_V"
+  if [ ! -f "$OV_SITE/.complete" ]; then
+    echo "installing aarch64 wheel openvino==$OV_V into $OV_SITE"
+    rm -rf "$OV_SITE.tmp"
+    PLATS=""
+    for n in 17 24 26 27 28 29 30 31 32 33 34 35 36; do PLATS="$PLATS --platform manylinux_2_${n}_aarch64"; done
+    "$PY" -m pip install -q --disable-pip-version-check --target "$OV_SITE.tmp" --only-binary=:all: --no-deps \
+        --python-version 3.11 --implementation cp --abi cp311 $PLATS --platform manylinux2014_aarch64 \
+        "openvino==$OV_V" openvino-telemetry packaging >/dev/null 2>&1 || skip "pip could not fetch the aarch64 openvino wheel"
+    touch "$OV_SITE.tmp/.complete"
+    rm -rf "$OV_SITE" && mv "$OV_SITE.tmp" "$OV_SITE"
+  fi
+  ARM_PATH="$ARM_PATH:$OV_SITE"
+fi
 
 # --- 3. a bare copy of device/, run on both architectures -----------------------------
 WORK="$(mktemp -d)"
