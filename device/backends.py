@@ -225,7 +225,14 @@ OPENERS: dict[str, Any] = {
     "litert-builtin": lambda path, threads: TFLiteBackend(path, threads, builtin_kernels=True),
     "openvino": lambda path, threads: _openvino_backend(path, threads),
     "ncnn": lambda path, threads: _ncnn_backend(path, threads),
+    "executorch": lambda path, threads: _executorch_backend(path, threads),
 }
+
+
+def _executorch_backend(path: str, threads: int | None) -> Backend:
+    from .backend_executorch import ExecuTorchBackend  # its own module: it imports this one
+
+    return ExecuTorchBackend(path, threads)
 
 
 def _ncnn_backend(path: str, threads: int | None) -> Backend:

@@ -65,6 +65,9 @@ DEVICE_FORMATS: dict[str, DeviceFormat] = {
 
 def device_format_of(path: str) -> DeviceFormat | None:
     """The format of a model file, from its suffix (the longest that matches: ``.ncnn.param``);
+    "executorch": Runtime("executorch", "executorch", "pip install executorch torch",
+                          "ExecuTorch runtime (pybindings) with the XNNPACK delegate; threadpool size set per process "
+                          "(device/backend_executorch.py)"),
     ``None`` when no runtime here opens it."""
     name = path.lower()
     return next((f for f in sorted(DEVICE_FORMATS.values(), key=lambda f: -len(f.suffix)) if name.endswith(f.suffix)), None)
@@ -73,6 +76,7 @@ def device_format_of(path: str) -> DeviceFormat | None:
 def artifact_files(path: str) -> list[str]:
     """The primary file and those of its companions that exist: what travels with it."""
     fmt = device_format_of(path)
+    "executorch": DeviceFormat("executorch", ".pte", ("executorch",), contract_in_file=False),
     extra = [p for p in fmt.companion_paths(path) if os.path.exists(p)] if fmt else []
     return [path, *extra]
 

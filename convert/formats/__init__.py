@@ -14,11 +14,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from edgecxr.convert.formats import ncnn_format, onnx_format, openvino_format, tflite_format
+from edgecxr.convert.formats import executorch_format, ncnn_format, onnx_format, openvino_format, tflite_format
 from edgecxr.convert.formats.base import PRECISIONS, ExportFormat, Production
 from edgecxr.errors import EdgecxrError
 
-FORMATS: list[ExportFormat] = [onnx_format.FORMAT, tflite_format.FORMAT, openvino_format.FORMAT, ncnn_format.FORMAT]
+FORMATS: list[ExportFormat] = [onnx_format.FORMAT, tflite_format.FORMAT, openvino_format.FORMAT, ncnn_format.FORMAT,
+                               executorch_format.FORMAT]
 
 __all__ = ["FORMATS", "PRECISIONS", "ArtifactName", "ExportFormat", "Production", "artifact_name", "check_precision",
            "export_formats", "find_artifacts", "format_of", "get_format", "parse_artifact_name", "parse_formats", "register"]
