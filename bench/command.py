@@ -125,7 +125,7 @@ def bench_command(artifacts: tuple[str, ...], data: str | None, split: str, spli
     if remote is not None:
         from edgecxr.bench.remote import preflight
 
-        preflight(**remote)
+        preflight(**remote, paths=list(artifacts), runtimes=tuple(runtime_list or ()))
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="edgecxr-bench-") as workdir:
         doc = build_document(

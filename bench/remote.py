@@ -1,10 +1,12 @@
 """Benchmark on a Raspberry Pi over SSH, with the same runner a user would run there.
 
 Steps: connect (host key checked against known_hosts; an unknown key is accepted
-only with ``--accept-new-host-key``, a changed key never), check the remote Python
-and packages (and print the exact install command when something is missing),
-make a private temporary folder, copy ``device/``, the artifacts (with TFLite
-sidecars) and N test images over SFTP, run ``edgecxr_runner.py --bench`` once per
+only with ``--accept-new-host-key``, a changed key never), check the remote Python, numpy
+and which runtimes of ``device/formats.py`` it can import (print the exact install
+command when nothing could run; a row whose runtime alone is missing is skipped with
+that runtime's install line), make a private temporary folder, copy ``device/``, each
+artifact with its companions (``artifact_files``: OpenVINO's ``.bin``, ncnn's
+``.ncnn.bin``, contract sidecars) and N test images over SFTP, run ``edgecxr_runner.py --bench`` once per
 (artifact, thread count) and once in ``--dir`` mode for the agreement check, fetch
 the JSON it wrote, and remove the folder again, also on errors.
 
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgecxr.bench.artifacts import Artifact
+from edgecxr.device.formats import artifact_files
 from edgecxr.errors import EdgecxrError
 
 PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "remote_probe.py")
@@ -148,11 +151,16 @@ def install_hint(python: str, missing: list[str]) -> str:
     return f"{python} -m pip install {' '.join(missing)}"
 
 
-def check_remote(s: RemoteSession, python: str, workdir: str) -> dict[str, Any]:
-    """The remote Python's versions; raises with the exact install command when the runtime is missing."""
+def check_remote(s: RemoteSession, python: str, workdir: str, needs: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The remote Python's versions and, under ``runtimes``, which runtime of the table it
+    can import. Raises with the exact install command when numpy is missing or when none
+    of ``needs`` (the runtimes the rows ask for) is there: then nothing could run."""
+    from edgecxr.device.formats import RUNTIMES
+
     remote_probe = f"{workdir}/remote_probe.py"
     s.put(PROBE, remote_probe)
-    rc, out, err = s.run([python, remote_probe, "check"])
+    table = {name: list(rt.modules) for name, rt in RUNTIMES.items()}
+    rc, out, err = s.run([python, remote_probe, "check", json.dumps(table)])
     if rc != 0:
         last = (err.strip().splitlines() or ["no output"])[-1]
         raise EdgecxrError(f"{s.target}: cannot run {python!r} there ({last[:160]}); install Python 3 or pass --remote-python PATH")
@@ -160,26 +168,39 @@ def check_remote(s: RemoteSession, python: str, workdir: str) -> dict[str, Any]:
         info = json.loads(out.strip().splitlines()[-1])
     except (ValueError, IndexError) as exc:
         raise EdgecxrError(f"{s.target}: unexpected reply from {python} ({out[:120]!r})") from exc
-    missing = []
-    if not info.get("numpy"):
-        missing.append("numpy")
-    if not info.get("ai-edge-litert") and not info.get("tflite-runtime"):
-        missing.append("ai-edge-litert")
+    missing = [] if info.get("numpy") else ["numpy"]
+    have = info.get("runtimes") or {}
+    if needs and not any(have.get(r) for r in needs):
+        missing += [p for r in needs if r in RUNTIMES for p in RUNTIMES[r].packages]
+    missing = list(dict.fromkeys(missing))
     if missing:
         raise EdgecxrError(f"{s.target}: Python {info.get('python')} there lacks {', '.join(missing)}; "
                            f"install with: {install_hint(python, missing)}")
     return info
 
 
-def preflight(*, host: str, identity: str | None, known_hosts: str | None, accept_new: bool, python: str, **_: Any) -> dict[str, Any]:
+def preflight(*, host: str, identity: str | None, known_hosts: str | None, accept_new: bool, python: str,
+              paths: list[str] | None = None, runtimes: tuple[str, ...] = (), **_: Any) -> dict[str, Any]:
     """Connect and check the remote Python before any slow local work, so a wrong
-    address, key or missing package is reported in seconds."""
+    address, key or missing package is reported in seconds. ``paths`` and
+    ``runtimes`` (bench's arguments) say which runtimes the rows will need."""
+    from edgecxr.bench.artifacts import collect
+
+    needs = needed_runtimes(collect(paths), runtimes) if paths else []
     with RemoteSession(parse_target(host), identity, known_hosts, accept_new) as s:
         tmp = s.mkdtemp()
         try:
-            return check_remote(s, python, tmp)
+            return check_remote(s, python, tmp, needs)
         finally:
             s.rmtree(tmp)
+
+
+def needed_runtimes(artifacts: list[Artifact], wanted: tuple[str, ...]) -> list[str]:
+    """The runtimes the Pi rows will run (bench's ``--runtimes`` per artifact), in order."""
+    from edgecxr.bench.local import selected_runtimes
+
+    return list(dict.fromkeys(r for a in artifacts if a.format != "pytorch" and a.contract is not None
+                              for r in selected_runtimes(a.path, wanted)))
 
 
 def pick_images(paths: list[str], n: int) -> list[str]:
@@ -216,14 +237,14 @@ def run_remote(artifacts: list[Artifact], evaluated: dict[str, Any], settings: A
     from edgecxr.progress import progress as progress_bar
 
     target = parse_target(host)
-    from edgecxr.bench.local import selected_runtimes
+    from edgecxr.bench.local import default_runtime, selected_runtimes
 
     records: dict[tuple[str, str, int], dict[str, Any]] = {}
     device: dict[str, Any] = {}
     with RemoteSession(target, identity, known_hosts, accept_new) as s:
         tmp = s.mkdtemp()
         try:
-            info = check_remote(s, python, tmp)
+            info = check_remote(s, python, tmp, needed_runtimes(artifacts, settings.runtimes))
             dev_dir = os.path.dirname(os.path.abspath(device_pkg.__file__))
             s.mkdir(f"{tmp}/device")
             for name in sorted(os.listdir(dev_dir)):
@@ -236,13 +257,14 @@ def run_remote(artifacts: list[Artifact], evaluated: dict[str, Any], settings: A
                     skip = _skip_reason(a, runtime, info, python)
                     if skip:
                         for t in settings.threads:
-                            records[(a.path, runtime, t)] = {"skip": skip, "error": skip.split(":")[0]}
+                            records[(a.path, runtime, t)] = {"skip": skip}  # skipped, not failed: no error on the row
                         continue
                     runnable.append((i, a, runtime))
             bar = progress_bar(total=len(runnable) * (len(settings.threads) + 1), desc="bench on Pi", unit="run", enabled=progress)
             for i, a, runtime in runnable:
-                remote_model = _send_artifact(s, a.path, f"{tmp}/models/{i:02d}_{os.path.basename(a.path)}")
-                ev = evaluated.get((a.path, runtime))
+                remote_model = send_artifact(s, a.path, f"{tmp}/models/{i:02d}_{os.path.basename(a.path)}")
+                # a second runtime of a file (OpenVINO on .onnx) is compared with the host's default-runtime predictions
+                ev = evaluated.get((a.path, runtime)) or evaluated.get((a.path, default_runtime(a.path)))
                 images = pick_images(ev.eval_set.image_paths, n_images) if ev is not None and ev.eval_set is not None else []
                 img_dir = f"{tmp}/images_{i:02d}"
                 if not _exists(s, img_dir):
@@ -277,6 +299,7 @@ def run_remote(artifacts: list[Artifact], evaluated: dict[str, Any], settings: A
     if not device:
         device = {"board": "", "cpu": "?", "cores": 0, "machine": info.get("machine", "?"), "os": "?", "kernel": "?",
                   "python": info.get("python", "?"), "numpy": info.get("numpy") or "?", "runtime": "", "emulated": False}
+    device = {**device, "runtimes_available": info.get("runtimes") or {}}  # what the probe found there, per runtime
     return {"records": records, "device": device, "packages": info}
 
 
@@ -288,16 +311,15 @@ def _exists(s: RemoteSession, path: str) -> bool:
         return False
 
 
-def _send_artifact(s: RemoteSession, path: str, remote: str) -> str:
-    """Copy the artifact's primary file and its companions (sidecar, weights file), keeping their names' relation."""
+def send_artifact(s: RemoteSession, path: str, remote: str) -> str:
+    """Copy the artifact's primary file and its companions (weights file, contract sidecar),
+    each named from ``remote`` as the format names it from ``path``; returns ``remote``."""
     from edgecxr.device.formats import device_format_of
 
-    s.put(path, remote)
     fmt = device_format_of(path)
-    if fmt is not None:
-        for local, there in zip(fmt.companion_paths(path), fmt.companion_paths(remote)):
-            if os.path.exists(local):
-                s.put(local, there)
+    theirs = dict(zip(fmt.companion_paths(path), fmt.companion_paths(remote))) if fmt else {}
+    for local in artifact_files(path):
+        s.put(local, theirs.get(local, remote))
     return remote
 
 
@@ -309,8 +331,8 @@ def _skip_reason(a: Artifact, runtime: str, info: dict[str, Any], python: str) -
     if a.contract is None:
         return "not run on the Pi: the device runner needs a model contract (foreign model)"
     needs = RUNTIMES.get(runtime)
-    if needs is not None and needs.module == "onnxruntime" and not info.get("onnxruntime"):
-        return f"not run on the Pi: onnxruntime missing there ({install_hint(python, ['onnxruntime'])})"
+    if needs is not None and not (info.get("runtimes") or {}).get(runtime):
+        return f"not run on the Pi: {runtime} is not installed there; install with: {install_hint(python, needs.packages)}"
     return None
 
 

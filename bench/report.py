@@ -153,7 +153,7 @@ def _remote_rows(artifacts: list[Artifact], stats: dict[str, Any], acc: dict[Key
         if columns.get("macro_f1") is not None:
             row["accuracy_from"] = "host evaluation of the same file"
         if rec.get("skip"):
-            row["note"] = rec["skip"]
+            row["note"] = row["skipped"] = rec["skip"]
         rows.append(row)
     order = {(a.path): i for i, a in enumerate(artifacts)}
     rows.sort(key=lambda r: (order[r["path"]], r["runtime_name"], r["threads"]))

@@ -127,7 +127,7 @@ def _delta_short(row: dict[str, Any]) -> str:
 
 def compact_cells(row: dict[str, Any], label: str) -> list[str]:
     s = {} if row.get("error") else latency_stats(row)
-    selftest = "error" if row.get("error") else selftest_cell(row.get("selftest")).split(" ")[0]
+    selftest = "error" if row.get("error") else "skipped" if row.get("skipped") else selftest_cell(row.get("selftest")).split(" ")[0]
     return [label, row.get("format", "?"), row.get("precision", "?"), row.get("runtime_name") or row.get("runtime") or "n/a",
             str(row.get("threads", "?")), f"{row.get('size_bytes', 0) / 1e6:.2f}", _f(row.get("macro_f1"), "{:.3f}"),
             _delta_short(row), _f(row.get("top1_agreement"), "{:.3f}"), _f(s.get("median_ms")), _f(s.get("p90_ms")), selftest]

@@ -25,6 +25,18 @@ class Runtime:
     module: str  # what must be importable, e.g. "onnxruntime"
     install: str  # the pip command a user types when it is missing
     description: str
+    fallbacks: tuple[str, ...] = ()  # other modules that serve as well when ``module`` is missing
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        """Any one of these importable means the runtime is there (``module`` first)."""
+        return (self.module, *self.fallbacks)
+
+    @property
+    def packages(self) -> list[str]:
+        """The pip arguments of ``install``, for an install line with another Python's ``-m pip``."""
+        words = self.install.split()
+        return words[2:] if words[:2] == ["pip", "install"] else words
 
 
 @dataclass(frozen=True)
@@ -45,13 +57,17 @@ class DeviceFormat:
 RUNTIMES: dict[str, Runtime] = {
     "onnxruntime": Runtime("onnxruntime", "onnxruntime", "pip install onnxruntime", "ONNX Runtime, CPU execution provider"),
     "litert": Runtime("litert", "ai_edge_litert", "pip install ai-edge-litert",
-                      "TFLite interpreter (ai-edge-litert, else tflite-runtime) with its default XNNPACK delegate"),
+                      "TFLite interpreter (ai-edge-litert, else tflite-runtime) with its default XNNPACK delegate",
+                      fallbacks=("tflite_runtime.interpreter",)),  # the backend's own fallback (device/backends.py)
     "litert-builtin": Runtime("litert-builtin", "ai_edge_litert", "pip install ai-edge-litert",
                               "TFLite interpreter with its built-in kernels only (no XNNPACK): what a delegate-less build runs"),
     "openvino": Runtime("openvino", "openvino", "pip install openvino",
                         "OpenVINO CPU plugin: f32 inference precision, latency hint, one stream (device/backend_openvino.py)"),
     "ncnn": Runtime("ncnn", "ncnn", "pip install ncnn",
                     "Tencent ncnn on the CPU: light mode, no Vulkan, fp16 storage only for FP16 files (device/backend_ncnn.py)"),
+    "executorch": Runtime("executorch", "executorch", "pip install executorch torch",
+                          "ExecuTorch runtime (pybindings) with the XNNPACK delegate; threadpool size set per process "
+                          "(device/backend_executorch.py)"),
 }
 
 DEVICE_FORMATS: dict[str, DeviceFormat] = {
@@ -60,14 +76,12 @@ DEVICE_FORMATS: dict[str, DeviceFormat] = {
     "openvino": DeviceFormat("openvino", ".xml", ("openvino",), companions=("{stem}.bin",)),
     # two-part suffix: a bare .param/.bin pair would collide with OpenVINO's <stem>.bin
     "ncnn": DeviceFormat("ncnn", ".ncnn.param", ("ncnn",), companions=("{stem}.ncnn.bin",), contract_in_file=False),
+    "executorch": DeviceFormat("executorch", ".pte", ("executorch",), contract_in_file=False),
 }
 
 
 def device_format_of(path: str) -> DeviceFormat | None:
     """The format of a model file, from its suffix (the longest that matches: ``.ncnn.param``);
-    "executorch": Runtime("executorch", "executorch", "pip install executorch torch",
-                          "ExecuTorch runtime (pybindings) with the XNNPACK delegate; threadpool size set per process "
-                          "(device/backend_executorch.py)"),
     ``None`` when no runtime here opens it."""
     name = path.lower()
     return next((f for f in sorted(DEVICE_FORMATS.values(), key=lambda f: -len(f.suffix)) if name.endswith(f.suffix)), None)
@@ -76,7 +90,6 @@ def device_format_of(path: str) -> DeviceFormat | None:
 def artifact_files(path: str) -> list[str]:
     """The primary file and those of its companions that exist: what travels with it."""
     fmt = device_format_of(path)
-    "executorch": DeviceFormat("executorch", ".pte", ("executorch",), contract_in_file=False),
     extra = [p for p in fmt.companion_paths(path) if os.path.exists(p)] if fmt else []
     return [path, *extra]
 

@@ -163,3 +163,122 @@ def test_ssh_path_with_an_aarch64_python_under_qemu(sshd_server, known_hosts, ex
     for r in doc["rows"]:
         assert r["device"] == "rpi (EMULATED)" and "EMULATED" in r["device_string"]
         assert r["pi_host_top1_agreement"] == 1.0
+
+
+# --- every runtime of device/formats.py over the same SSH path ------------------------------------------------
+
+# the companions each format must bring along (the primary file's own suffix first)
+TRAVELS_WITH = {
+    "openvino": (".xml", ".bin"),  # contract inside the .xml (rt_info)
+    "ncnn": (".ncnn.param", ".ncnn.bin", ".ncnn.param.json"),
+    "executorch": (".pte", ".pte.json"),
+}
+
+
+@pytest.fixture(scope="module")
+def runtime_exports(trained_run, tmp_path_factory) -> Path:
+    """FP32 files of every format above that convert's table registers (one convert)."""
+    from edgecxr.convert.formats import FORMATS
+
+    names = [f.name for f in FORMATS if f.name in TRAVELS_WITH]
+    if not names:
+        pytest.skip("none of openvino, ncnn, executorch is registered in convert/formats")
+    out = tmp_path_factory.mktemp("runtime_export") / "export"
+    run_cli("convert", str(trained_run / "best.pt"), "--out", str(out), "--formats", ",".join(names), "--threads", "1", "--quiet")
+    return out
+
+
+@pytest.fixture(scope="module")
+def runtime_bench(sshd_server, runtime_exports, tmp_path_factory) -> tuple[dict, set[str], set[str]]:
+    """One ``bench --device rpi --host`` over every file of ``runtime_exports``: (bench.json, Pi temp dirs before, after)."""
+    from edgecxr.device.formats import device_format_of
+
+    folder = tmp_path_factory.mktemp("runtime_bench")
+    kh = folder / "known_hosts"
+    kh.write_text(sshd_server.known_hosts_line())
+    models = sorted(str(p) for p in runtime_exports.iterdir() if (f := device_format_of(str(p))) is not None and f.name in TRAVELS_WITH)
+    before = _remote_tmp_dirs()
+    run_cli("bench", *models, *_ssh_args(sshd_server, kh, "--device", "rpi"), "--threads", "1", "--runs", "3", "--warmup", "1",
+            "--bootstrap", "20", "--remote-images", "3", "--out", str(folder / "out"), "--quiet")
+    return json.loads((folder / "out" / "bench.json").read_text()), before, _remote_tmp_dirs()
+
+
+# ncnn (.ncnn.param + .ncnn.bin + sidecar) and ExecuTorch (.pte + sidecar) are registered: both run here beside OpenVINO
+@pytest.mark.parametrize("fmt", sorted(TRAVELS_WITH))
+def test_every_runtime_format_is_copied_with_its_companions_and_self_tested_on_the_pi(fmt, runtime_bench, runtime_exports,
+                                                                                     sshd_server, known_hosts):
+    from edgecxr.bench.remote import RemoteSession, parse_target, send_artifact
+    from edgecxr.device.formats import artifact_files, device_format_of
+
+    doc, before, after = runtime_bench
+    rows = [r for r in doc["rows"] if r["format"] == fmt]
+    if not rows:
+        pytest.skip(f"{fmt} is not registered in convert/formats, so no {fmt} file was written")
+    (row,) = rows
+    assert row["device"] == "rpi" and not row.get("error") and not row.get("skipped"), row.get("error") or row.get("skipped")
+    assert row["runtime_name"] == device_format_of(row["path"]).runtimes[0]
+    assert row["selftest"]["passed"] is True and row["selftest"]["images"] > 0  # run on the Pi before timing
+    assert len(row["runs_ms"]) == 3 and row["pi_host_top1_agreement"] == 1.0
+    assert after == before, "the temporary folder on the Pi was not removed"
+
+    # what travels: exactly the primary file, its companions and its contract sidecar, named as the format names them
+    model = Path(row["path"])
+    stem = model.name[: -len(TRAVELS_WITH[fmt][0])]
+    assert {Path(p).name for p in artifact_files(str(model))} == {stem + s for s in TRAVELS_WITH[fmt]}
+    with RemoteSession(parse_target(sshd_server.target), str(sshd_server.client_key), str(known_hosts)) as s:
+        tmp = s.mkdtemp()
+        try:
+            send_artifact(s, str(model), f"{tmp}/07_{model.name}")
+            sent = {name: s.sftp.stat(f"{tmp}/{name}").st_size for name in s.sftp.listdir(tmp)}
+        finally:
+            s.rmtree(tmp)
+        assert s.run(["test", "-e", tmp])[0] != 0, "rmtree left the folder behind"
+    assert sent == {"07_" + stem + sfx: (runtime_exports / (stem + sfx)).stat().st_size for sfx in TRAVELS_WITH[fmt]}
+
+
+def _python_without(folder: Path, prefix: str) -> Path:
+    """This venv's interpreter with every site-packages entry except ``prefix*``: a Pi
+    where that runtime is really not installed (an import of it fails there)."""
+    import sysconfig
+
+    site = Path(sysconfig.get_paths()["purelib"])
+    farm = folder / "site"
+    farm.mkdir()
+    for entry in site.iterdir():
+        if not entry.name.lower().startswith(prefix) and not entry.name.endswith(".pth"):
+            (farm / entry.name).symlink_to(entry)
+    wrapper = folder / f"python3-no-{prefix}"
+    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={farm} exec {sys.executable} -S \"$@\"\n")  # -S: no site-packages of its own
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def test_a_runtime_the_pi_lacks_gives_a_skipped_row_with_its_install_line(sshd_server, known_hosts, export_dir, tmp_path):
+    import subprocess
+
+    python = _python_without(tmp_path, "openvino")
+    assert subprocess.run([str(python), "-c", "import openvino"], capture_output=True).returncode != 0
+    assert subprocess.run([str(python), "-c", "import numpy, onnxruntime"], capture_output=True).returncode == 0
+    args = _ssh_args(sshd_server, known_hosts, "--device", "rpi")
+    args[args.index("--remote-python") + 1] = str(python)
+    out = tmp_path / "out"
+    # the same ONNX file on two runtimes: ONNX Runtime runs on the Pi, OpenVINO is not installed there
+    proc = run_cli("bench", str(export_dir / "mobilenet_v2_fp32.onnx"), *args, "--runtimes", "onnxruntime,openvino", "--threads", "1",
+                   "--runs", "3", "--warmup", "1", "--bootstrap", "20", "--remote-images", "3", "--out", str(out), "--quiet")
+    doc = json.loads((out / "bench.json").read_text())
+    rows = {r["runtime_name"]: r for r in doc["rows"]}
+    assert set(rows) == {"onnxruntime", "openvino"}
+    ran, skipped = rows["onnxruntime"], rows["openvino"]
+    assert not ran.get("error") and ran["selftest"]["passed"] is True and len(ran["runs_ms"]) == 3
+    assert "error" not in skipped and "runs_ms" not in skipped
+    assert skipped["skipped"] == f"not run on the Pi: openvino is not installed there; install with: {python} -m pip install openvino"
+    avail = doc["devices"]["rpi"]["runtimes_available"]
+    assert avail["openvino"] is None and avail["onnxruntime"] and avail["litert"]  # the probe's honest view of that Python
+    assert re.search(r"\s+openvino\s+1\s+.*\sskipped$", proc.stdout, re.M)  # the table says skipped, not error
+    assert f"install with: {python} -m pip install openvino" in proc.stdout and "Error" not in proc.stdout
+
+    # nothing the files need is there: refused in seconds with the one install line, before any local work
+    proc = run_cli("bench", str(export_dir / "mobilenet_v2_fp32.onnx"), *args, "--runtimes", "openvino", "--out", str(tmp_path / "o2"),
+                   "--quiet", check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.strip().endswith(f"lacks openvino; install with: {python} -m pip install openvino")
