@@ -50,11 +50,14 @@ def eval_command(model: str, data: str | None, split: str, split_csv: str | None
     t0 = time.perf_counter()
     logits = model_logits(backend, batch.x)
     seconds = time.perf_counter() - t0
-    probs = calibrated_probabilities(logits, None)  # plain softmax: the headline metrics do not depend on T
+    # headline metrics on the plain softmax, comparable with reports made before calibration (accuracy and
+    # F1 do not depend on T); each image's probabilities as the device shows them, calibrated
+    probs = calibrated_probabilities(logits, None)
     report = classification_report(batch.y, probs, batch.classes, n_boot=bootstrap)
     report.update(decision_sections(logits, batch.y, batch.classes, contract.decision, n_boot=bootstrap))
+    shown = calibrated_probabilities(logits, contract.decision)
     conformal = (contract.decision or {}).get("conformal")
-    sets = set_mask(calibrated_probabilities(logits, contract.decision), conformal) if conformal else None
+    sets = set_mask(shown, conformal) if conformal else None
     report.update({"model": os.path.abspath(model), "format": contract.format, "precision": contract.precision,
                    "runtime": backend.runtime, "split": split, "data_root": index.root, "inference_seconds": seconds,
                    "selftest": selftest, "cpu": cpu_description(),
@@ -62,7 +65,7 @@ def eval_command(model: str, data: str | None, split: str, split_csv: str | None
                    "predictions": [{"file": f, "label": batch.classes[int(t)], "pred": batch.classes[int(p.argmax())],
                                     "probabilities": [round(float(v), 6) for v in p],
                                     **({"prediction_set": [c for c, m in zip(batch.classes, sets[i]) if m]} if sets is not None else {})}
-                                   for i, (f, t, p) in enumerate(zip(batch.files, batch.y, probs))]})
+                                   for i, (f, t, p) in enumerate(zip(batch.files, batch.y, shown))]})
     episodes = os.path.join(os.path.dirname(os.path.abspath(model)), "protonet.pt")
     if contract.method == "protonet" and os.path.exists(episodes) and split != "all":
         from edgecxr.episodes import episode_report

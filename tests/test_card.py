@@ -35,6 +35,15 @@ def test_eval_reports_calibration_before_and_after_and_coverage_per_class(synthe
     sizes = [len(p["prediction_set"]) for p in rep["predictions"]]
     assert abs(sum(sizes) / len(sizes) - conf["mean_set_size"]) < 1e-9
     assert (out / "reliability.png").stat().st_size > 1000
+    # each image's probabilities are what the device shows: Backend.probabilities = softmax(logits / T)
+    from edgecxr.device.backends import open_backend
+    from edgecxr.device.image_io import load_gray
+    from edgecxr.device.preprocess import preprocess
+
+    backend = open_backend(model)
+    first = rep["predictions"][0]
+    x = preprocess(load_gray(str(synthetic_data / first["file"])), backend.contract.preprocess)[None]
+    assert abs(backend.probabilities(x)[0] - first["probabilities"]).max() < 2e-6
     assert "ECE (15 bins)" in text and "conformal lac sets" in text and "coverage" in text
 
 
