@@ -15,7 +15,12 @@ hundred images, where flips are too rare to rank by; a per-tensor error
 (``debug-quant``'s SQNR) ranks layers whose error the next layers absorb as highly
 as the ones that change predictions.
 
-The search only needs ``evaluate(keep_float, stem) -> (logits, file)`` from a format, so
+The judgement uses every held-out image (1000 by default: at a 0.3-point limit one
+flip in 300 is already 0.33 points, so 300 images cannot tell a 1% flip rate from
+none); the ranking uses the 300 of them whose probabilities plain INT8 moves most,
+where restoring a layer can show.
+
+The search only needs ``evaluate(keep_float, stem, rows) -> (logits, file)`` from a format, so
 the same code runs for ONNX (``accuracy_control_onnx.py``, ORT ``nodes_to_exclude``)
 and, inside the TensorFlow child process, for TFLite (``accuracy_control_tflite.py``,
 the MLIR quantizer's ``denylisted_nodes``). This module imports neither runtime.
@@ -35,13 +40,15 @@ from edgecxr.errors import EdgecxrError
 
 DEFAULT_MIN_AGREEMENT = 0.99
 DEFAULT_MAX_FLOAT_LAYERS = 8
-DEFAULT_HOLDOUT_N = 300
+DEFAULT_HOLDOUT_N = 1000
+RANK_IMAGES = 300  # layers are ranked on the held-out images plain INT8 moves most (per-image KL)
 DEFAULT_LATENCY_RUNS = 50
 HOLDOUT_SEED = 1  # calibration draws with seed 0; a different seed, and calibration files are excluded anyway
 MIN_HOLDOUT = 16
 
 Echo = Callable[[str], None]
-Evaluate = Callable[[list[str], str | None], tuple[np.ndarray, str]]  # (keep_float, file stem to keep or None)
+# (keep_float, file stem to keep or None, rows of the held-out set or None for all) -> (logits, file)
+Evaluate = Callable[[list[str], str | None, np.ndarray | None], tuple[np.ndarray, str]]
 
 
 @dataclass(frozen=True)
@@ -129,10 +136,14 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def mean_kl(ref_logits: np.ndarray, logits: np.ndarray) -> float:
-    """Mean KL(checkpoint || INT8) over images: how far INT8's probabilities moved, in nats."""
+def per_image_kl(ref_logits: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """KL(checkpoint || INT8) of each image: how far INT8 moved its probabilities, in nats."""
     p, q = _softmax(ref_logits), _softmax(logits)
-    return float(np.mean(np.sum(p * (np.log(np.clip(p, 1e-12, None)) - np.log(np.clip(q, 1e-12, None))), axis=1)))
+    return np.sum(p * (np.log(np.clip(p, 1e-12, None)) - np.log(np.clip(q, 1e-12, None))), axis=1)
+
+
+def mean_kl(ref_logits: np.ndarray, logits: np.ndarray) -> float:
+    return float(np.mean(per_image_kl(ref_logits, logits)))
 
 
 def judge(ref_logits: np.ndarray, logits: np.ndarray, y: np.ndarray, classes: list[str], s: ControlSettings) -> dict[str, Any]:
@@ -156,32 +167,36 @@ def search(evaluate: Evaluate, layers_of: Callable[[str], list[tuple[str, str]]]
 
     ``layers_of(plain_file)``: (layer name, op type) of every quantized layer. ``base_keep``: layers
     the user already keeps in float (``--keep-float``); they stay and do not count
-    against the budget. ``evaluate(keep_float, stem)`` writes the model it judged to a
-    file named after ``stem`` that the step keeps for benchmarking (``None``: a scratch
-    file the next call may overwrite).
+    against the budget. ``evaluate(keep_float, stem, rows)`` writes the model it judged
+    to a file named after ``stem`` that the step keeps for benchmarking (``None``: a
+    scratch file the next call may overwrite) and returns its logits on the held-out
+    ``rows`` (``None``: all of them).
     """
     base = list(base_keep or [])
     t0 = time.perf_counter()
-    logits, path = evaluate(base, "step0")
+    logits, path = evaluate(base, "step0", None)
     plain = judge(ref_logits, logits, y, classes, s)
     echo(f"  control {label}: plain INT8 on {len(y)} held-out images: {describe(plain)}" + (" (holds)" if plain["holds"] else ""))
     steps = [{"added": None, "op_type": None, "keep_float": list(base), "heldout": plain, "file": path}]
     ranking: list[dict[str, Any]] = []
     if not plain["holds"] and s.max_float_layers > 0:
+        rows = np.sort(np.argsort(-per_image_kl(ref_logits, logits))[:RANK_IMAGES])
+        ref_rows = ref_logits[rows]
+        plain_kl = mean_kl(ref_rows, logits[rows])
         for name, op in layers_of(path):
             if name in base:
                 continue
-            lg, _ = evaluate(base + [name], None)
-            kl = mean_kl(ref_logits, lg)
-            flips = int(np.sum(lg.argmax(1) != ref_logits.argmax(1)))
-            ranking.append({"layer": name, "op_type": op, "kl": kl, "gain": plain["kl"] - kl, "flips": flips})
+            lg, _ = evaluate(base + [name], None, rows)
+            kl = mean_kl(ref_rows, lg)
+            flips = int(np.sum(lg.argmax(1) != ref_rows.argmax(1)))
+            ranking.append({"layer": name, "op_type": op, "kl": kl, "gain": plain_kl - kl, "flips": flips})
         ranking.sort(key=lambda r: (-r["gain"], r["flips"]))
-        echo(f"  control {label}: measured {len(ranking)} layers in float one at a time; worst: "
+        echo(f"  control {label}: measured {len(ranking)} layers in float one at a time on the {len(rows)} images INT8 moves most; worst: "
              + ", ".join(f"{r['layer']} ({r['gain']:.1e})" for r in ranking[:3]))
         keep = list(base)
         for r in [r for r in ranking if r["gain"] > 0][: s.max_float_layers]:
             keep.append(r["layer"])
-            logits, path = evaluate(keep, f"step{len(steps)}")
+            logits, path = evaluate(keep, f"step{len(steps)}", None)
             j = judge(ref_logits, logits, y, classes, s)
             steps.append({"added": r["layer"], "op_type": r["op_type"], "keep_float": list(keep), "heldout": j, "file": path})
             echo(f"  control {label}: + {r['layer']} ({r['op_type']}): {describe(j)}" + (" (holds)" if j["holds"] else ""))

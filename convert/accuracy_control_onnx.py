@@ -49,11 +49,11 @@ def control(p: Any, x_cal: np.ndarray, work: str) -> dict[str, Any]:
     cache = os.path.join(work, "calibration_ranges.json")
     x_hold = job.holdout.x
 
-    def evaluate(keep: list[str], stem: str | None) -> tuple[np.ndarray, str]:
+    def evaluate(keep: list[str], stem: str | None, rows: np.ndarray | None) -> tuple[np.ndarray, str]:
         path = os.path.join(work, f"{stem or 'candidate'}.onnx")
         quantize.quantize_int8(pre, path, x_cal, p.calib_method, keep, INPUT_NAME, pre_process=False,
                                reduce_range=t.reduce_range, activations=t.activations, weights=t.weights, calibration_cache=cache)
-        return onnx_logits(path, x_hold, INPUT_NAME, run.threads), path
+        return onnx_logits(path, x_hold if rows is None else x_hold[rows], INPUT_NAME, run.threads), path
 
     base = quantize.resolve_keep_float(pre, p.keep_float)
     record = search(evaluate, quantized_layers, job.ref_logits, job.holdout.y, job.holdout.classes, job.settings,

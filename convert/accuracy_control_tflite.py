@@ -81,13 +81,13 @@ def controlled_int8(job: dict[str, Any], converter: Any) -> tuple[bytes, dict[st
     calibrated = converter.convert()
     models: dict[str, bytes] = {}
 
-    def evaluate(keep: list[str], stem: str | None) -> tuple[np.ndarray, str]:
+    def evaluate(keep: list[str], stem: str | None, rows: np.ndarray | None) -> tuple[np.ndarray, str]:
         data = quantize(calibrated, keep)
         path = os.path.join(work, f"{stem or 'candidate'}.tflite")
         with open(path, "wb") as fh:
             fh.write(data)
         models[path] = data
-        return tflite_logits(data, x, int(ctl.get("threads") or 1)), path
+        return tflite_logits(data, x if rows is None else x[rows], int(ctl.get("threads") or 1)), path
 
     lines: list[str] = []
     record = search(evaluate, lambda _path: float_layers(calibrated), ref, y, ctl["classes"], settings, lines.append, "tflite")
