@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 TRAINING = ("edgecxr", "torch", "torchvision", "timm", "numpy")
 CONVERSION = ("edgecxr", "torch", "onnx", "onnxruntime", "onnxsim", "onnxconverter-common", "onnx2tf", "tensorflow",
-              "ai-edge-litert", "numpy")
+              "ai-edge-litert", "openvino", "nncf", "numpy")
 
 
 def tool_versions(dists: tuple[str, ...] = CONVERSION) -> dict[str, str]:
