@@ -53,7 +53,7 @@ def intro(inp: CardInputs) -> list[str]:
             "should not answer. Input: one frontal chest radiograph (PA/AP), grayscale. Output: one of "
             f"{', '.join(c.classes)}, a calibrated probability per class and a conformal prediction set.", "",
             NOT_CLINICAL, "",
-            "Out of scope: lateral views, CT, children vs adults as a question, any disease not in the class list "
+            "Out of scope: lateral views, CT, children (the only paediatric images are the Viral Pneumonia class), any disease not in the class list "
             "(an image of another disease gets one of these labels or a refer decision), images from other hospitals "
             "without a local evaluation.", ""]
 
