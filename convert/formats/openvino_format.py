@@ -48,7 +48,8 @@ def _make(p: Production, precision: str, dest: str) -> dict[str, Any]:
     from edgecxr.versions import tool_versions
 
     model = ov.convert_model(p.fp32_onnx)
-    del model.get_rt_info()["framework"]  # the ONNX file's metadata: its contract says format onnx
+    if model.has_rt_info("framework"):  # the ONNX file's metadata: its contract says format onnx
+        del model.get_rt_info()["framework"]
     details: dict[str, Any] = {"from": os.path.basename(p.fp32_onnx)}
     if precision == "int8":
         model = _quantize(model, p.calib.nchw(p.contract.preprocess))
