@@ -185,4 +185,4 @@ def install(param: str, weights: str, dest: str, write_sidecar: Any) -> None:
 
 
 def make_work_dir(out_dir: str) -> str:
-    return tempfile.mkdtemp(prefix=".ncnn-work-", dir=out_dir)
+    return tempfile.mkdtemp(prefix=".ncnn-work-", dir=os.path.abspath(out_dir))  # pnnx runs inside it: absolute paths

@@ -1,13 +1,14 @@
 """The ncnn runtime: a ``.ncnn.param`` graph with its ``.ncnn.bin`` weights beside it.
 
-ncnn's defaults depend on the CPU: on ARM it stores activations in float16 (and on
-ARMv8.2 cores such as the Pi 5's Cortex-A76 also computes in float16) unless told
-otherwise, so an FP32 file would silently run at lower precision there. Every option
-that changes what is computed is therefore set from the file's own precision: FP32
-and INT8 files run with float16 and bfloat16 storage off (INT8 layers in int8, the
-rest in float32), FP16 files keep ncnn's float16 storage and arithmetic wherever the
-CPU has them (on x86 ncnn widens the float16 weights to float32 at load and computes
-in float32). Threads are ``opt.num_threads``; light mode frees intermediate blobs as
+ncnn's defaults depend on the CPU: on ARM cores with float16 arithmetic (ARMv8.2,
+e.g. the Pi 5's Cortex-A76) it stores activations in float16 and computes in float16
+unless told otherwise, so an FP32 file would silently run at lower precision there.
+Every option that changes what is computed is therefore set from the file's own
+precision: FP32 and INT8 files run with float16 and bfloat16 storage off (INT8 layers
+in int8, the rest in float32); FP16 files keep ncnn's defaults, i.e. float16 storage
+and arithmetic where the CPU has them. On x86 and on the Pi 4's Cortex-A72 (ARMv8.0)
+ncnn widens FP16 weights to float32 at load and computes in float32 (measured: the
+FP16 file gives the same probabilities on x86 and on an emulated Cortex-A72). Threads are ``opt.num_threads``; light mode frees intermediate blobs as
 soon as they are consumed; Vulkan is never used (a Pi has no Vulkan compute worth it).
 
 The contract is a sidecar, ``<file>.ncnn.param.json``. numpy and ncnn only: the Pi

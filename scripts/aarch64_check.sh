@@ -38,10 +38,12 @@ done
 [ -n "$IMAGES" ] && [ -d "$IMAGES" ] || die "--images DIR is required (a folder of PNG files)"
 [ ${#MODELS[@]} -gt 0 ] || die "give at least one MODEL.tflite"
 NEED_ORT=0
+NEED_NCNN=0
 NEED_OV=0
 for m in "${MODELS[@]}"; do
   case "$m" in
     *.onnx) [ -f "$m" ] || die "$m: model not found"; NEED_ORT=1 ;;
+    *.ncnn.param) [ -f "$m" ] && [ -f "${m%.param}.bin" ] && [ -f "$m.json" ] || die "$m: ncnn graph, its ${m%.param}.bin or $m.json is missing"; NEED_NCNN=1 ;;
     *.xml) [ -f "$m" ] && [ -f "${m%.xml}.bin" ] || die "$m: OpenVINO IR or its weights ${m%.xml}.bin is missing"; NEED_OV=1 ;;
     *) [ -f "$m" ] && [ -f "$m.json" ] || die "$m: model or its contract sidecar $m.json is missing" ;;
   esac
@@ -129,6 +131,24 @@ if [ "$NEED_ORT" = 1 ] && [ ! -f "$ORT_SITE/.complete" ]; then
 fi
 ARM_PATH="$SITE"
 [ "$NEED_ORT" = 1 ] && ARM_PATH="$SITE:$ORT_SITE"
+
+# --- 2d. ncnn for .ncnn.param models: the host's version (manylinux_2_28 aarch64 wheel; the bindings need only numpy) ---
+if [ "$NEED_NCNN" = 1 ]; then
+  NCNN_V="$("$PY" -c "from importlib.metadata import version as v; print(v('ncnn'))" 2>/dev/null)" || skip "host Python lacks ncnn"
+  NCNN_SITE="$CACHE/site-ncnn$NCNN_V"
+  if [ ! -f "$NCNN_SITE/.complete" ]; then
+    echo "installing aarch64 wheel ncnn==$NCNN_V into $NCNN_SITE"
+    rm -rf "$NCNN_SITE.tmp"
+    PLATS=""
+    for n in 17 24 26 27 28; do PLATS="$PLATS --platform manylinux_2_${n}_aarch64"; done
+    "$PY" -m pip install -q --disable-pip-version-check --target "$NCNN_SITE.tmp" --only-binary=:all: --no-deps \
+        --python-version 3.11 --implementation cp --abi cp311 $PLATS --platform manylinux2014_aarch64 \
+        "ncnn==$NCNN_V" >/dev/null 2>&1 || skip "pip could not fetch the aarch64 ncnn wheel"
+    touch "$NCNN_SITE.tmp/.complete"
+    rm -rf "$NCNN_SITE" && mv "$NCNN_SITE.tmp" "$NCNN_SITE"
+  fi
+  ARM_PATH="$ARM_PATH:$NCNN_SITE"
+fi
 
 # --- 2c. openvino for .xml models: the host's version; its aarch64 wheel is manylinux_2_35 (bookworm: glibc 2.36) ---
 if [ "$NEED_OV" = 1 ]; then

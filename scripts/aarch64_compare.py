@@ -17,6 +17,9 @@ import re
 import sys
 
 FLOAT_TOL = 1e-4
+# ncnn INT8: ARM and AVX2 kernels compute exact int8 sums, ncnn's AVX-512 VNNI depthwise kernel
+# does not (up to 9 units of the accumulator off, measured): the x86 side may be the one that moves.
+NCNN_INT8_TOL = 0.1
 
 
 def _rows(path: str) -> dict[str, dict]:
@@ -48,9 +51,10 @@ def main(argv: list[str]) -> int:
         return 1
     diff = max(abs(a[f]["probabilities"][c] - b[f]["probabilities"][c]) for f in a for c in a[f]["probabilities"])
     labels = sum(a[f]["label"] == b[f]["label"] for f in a)
-    exact = precision == "int8" and rt_a == rt_b and not model.endswith(".onnx")
-    ok = labels == len(a) and (diff == 0.0 if exact else diff <= FLOAT_TOL)
-    rule = "identical" if exact else f"<= {FLOAT_TOL:g}"
+    exact = precision == "int8" and rt_a == rt_b and not model.endswith((".onnx", ".ncnn.param"))
+    tol = NCNN_INT8_TOL if precision == "int8" and model.endswith(".ncnn.param") else FLOAT_TOL
+    ok = labels == len(a) and (diff == 0.0 if exact else diff <= tol)
+    rule = "identical" if exact else f"<= {tol:g}"
     print(f"{'PASS' if ok else 'FAIL'} {name} ({precision}): {len(a)} images, max |p_x86 - p_arm| = {diff:.3g} "
           f"(required {rule}), labels agree {labels}/{len(a)}; x86 {rt_a}, aarch64 {rt_b}")
     return 0 if ok else 1

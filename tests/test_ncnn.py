@@ -33,8 +33,9 @@ def ncnn_export(trained_run, tmp_path_factory) -> tuple[Path, dict]:
     from edgecxr.convert.pipeline import convert_checkpoint
 
     out = tmp_path_factory.mktemp("ncnn_export")
-    rep = convert_checkpoint(str(trained_run / "best.pt"), str(out), formats=("ncnn",), int8=True, fp16=True, calib_n=30,
-                             threads=2, progress=False, echo=lambda s: None)
+    # a relative --out: pnnx runs in a work folder of its own, so paths handed to it must be absolute
+    rep = convert_checkpoint(str(trained_run / "best.pt"), os.path.relpath(out), formats=("ncnn",), int8=True, fp16=True,
+                             calib_n=16, threads=2, progress=False, echo=lambda s: None)
     return out, rep
 
 
@@ -155,10 +156,10 @@ def test_missing_weights_file_is_one_clear_error(ncnn_export, tmp_path):
 
 def test_bench_eval_and_lime_open_ncnn_files(ncnn_export, synthetic_data, tmp_path):
     out, _ = ncnn_export
-    run_cli("bench", str(_model(out, "fp32")), str(_model(out, "int8")), "--threads", "1,2", "--runs", "3", "--warmup", "1",
+    run_cli("bench", str(_model(out, "int8")), "--threads", "1,2", "--runs", "3", "--warmup", "1",
             "--bootstrap", "20", "--out", str(tmp_path / "bench"), "--quiet")
     rows = json.loads((tmp_path / "bench" / "bench.json").read_text())["rows"]
-    assert {(r["precision"], r["threads"]) for r in rows} == {(p, t) for p in ("fp32", "int8") for t in (1, 2)}
+    assert {(r["precision"], r["threads"]) for r in rows} == {("int8", 1), ("int8", 2)}
     assert all(r["runtime"].startswith("ncnn") and not r.get("error") and r["selftest"]["passed"] for r in rows), rows
     run_cli("eval", str(_model(out, "fp16")), "--out", str(tmp_path / "eval"), "--bootstrap", "20")
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["n_images"] > 0
@@ -181,6 +182,7 @@ def test_bench_host_copies_the_weights_and_runs_ncnn_on_the_pi(ncnn_export, sshd
     assert row["pi_host_top1_agreement"] == 1.0
 
 
+@pytest.mark.slow  # about 4 minutes under qemu on a shared 2-core machine
 @pytest.mark.aarch64
 def test_runner_on_emulated_cortex_a72_matches_x86_for_ncnn(ncnn_export, synthetic_data, tmp_path):
     if shutil.which("qemu-aarch64-static") is None:

@@ -4,10 +4,10 @@ images as the other formats (``convert/ncnn_int8.py``, ncnn's int8 conventions).
 
 Files: ``<arch>_<precision>.ncnn.param`` (the graph, the primary file) with
 ``<arch>_<precision>.ncnn.bin`` (weights) beside it; the contract is a sidecar,
-``<file>.ncnn.param.json``. What the FP16 file computes depends on the CPU: on x86
-ncnn widens its float16 weights to float32 at load (the same results as FP32 up to
-weight rounding, half the file); on ARM it also stores activations in float16, and
-on ARMv8.2 cores (Pi 5) computes in float16 too.
+``<file>.ncnn.param.json``. What the FP16 file computes depends on the CPU: on x86 and
+ARMv8.0 cores (Pi 4) ncnn widens its float16 weights to float32 at load (FP32 results
+up to weight rounding, half the file); on ARMv8.2 cores with float16 arithmetic (Pi 5)
+it stores activations and computes in float16 too.
 """
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ from edgecxr.device.formats import DEVICE_FORMATS
 from edgecxr.errors import EdgecxrError
 
 INSTALL = "pip install pnnx ncnn"
+# ncnn INT8 is not bit-identical across correct CPUs: its ARM and AVX2 kernels compute the exact int8
+# sums, its AVX-512 VNNI depthwise kernel does not (up to 9 units of the accumulator off on the README
+# MobileNetV2's first depthwise layer), which moved golden-image probabilities by up to 0.057 between
+# this VNNI host and an emulated Cortex-A72 or Haswell. A broken kernel moves them by about 0.5.
+INT8_MAX_PROB_DIFF = 0.1
 
 
 def _missing() -> str | None:
@@ -101,8 +106,16 @@ def read_contract(path: str) -> Contract | None:
 
 
 def write_contract(path: str, contract: Contract) -> None:
+    """The sidecar; INT8 golden vectors get ncnn's cross-CPU tolerance (``INT8_MAX_PROB_DIFF``)."""
+    from dataclasses import replace
+
     from edgecxr.atomic import write_text
 
+    tol = (contract.selftest or {}).get("tolerance")
+    if contract.precision == "int8" and tol is not None and float(tol.get("max_prob_diff", 0)) < INT8_MAX_PROB_DIFF:
+        tol = {**tol, "max_prob_diff": INT8_MAX_PROB_DIFF,
+               "why": "ncnn's AVX-512 VNNI int8 depthwise kernel is not exact; ARM and AVX2 are (measured spread 0.057)"}
+        contract = replace(contract, selftest={**contract.selftest, "tolerance": tol})
     write_text(sidecar_path(path), contract.to_json() + "\n")
 
 
