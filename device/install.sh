@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up the edgecxr device runner on a Raspberry Pi (64-bit Raspberry Pi OS bookworm).
 #
-#   bash install.sh [--venv DIR] [--opencv] [--onnx] [--openvino] [--dicom] [--legacy-tflite]
+#   bash install.sh [--venv DIR] [--opencv] [--onnx] [--openvino] [--ncnn] [--dicom] [--legacy-tflite]
 #
 # Creates a virtual environment (default: ./venv next to this script) with numpy and
 # ai-edge-litert from requirements.txt, adds the optional packages asked for, and
@@ -17,6 +17,7 @@ while [ $# -gt 0 ]; do
     --opencv) EXTRAS+=("opencv-python-headless"); shift ;;
     --onnx) EXTRAS+=("onnxruntime"); shift ;;
     --openvino) EXTRAS+=("openvino"); shift ;;
+    --ncnn) EXTRAS+=("ncnn"); shift ;;
     --dicom) EXTRAS+=("pydicom"); shift ;;
     --legacy-tflite) LEGACY=1; shift ;;
     -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
