@@ -14,6 +14,13 @@ sidecar, or an ``.onnx`` with its embedded contract) to the Pi and run::
 The contract supplies class names, preprocessing and tensor layout/quantization,
 so the Pi computes what ``edgecxr eval`` computes on the workstation. Every
 user-fixable problem is one line on stderr and exit code 2.
+
+Exit codes: 0 when every image was processed, whatever the verdict: an answer, a
+"refer to a radiologist", or a refusal ("image rejected: <reason>" before the model,
+"not a chest X-ray (score S > T): no prediction" after it) are results, stated in the
+text line, the JSON ``action``/``refusal`` fields and the CSV ``action`` column
+(refused rows have no label and no probabilities). 2: a usage error or an unreadable
+file (``--image``), or no readable image in ``--dir``. 3: the self-test failed.
 """
 from __future__ import annotations
 
@@ -140,6 +147,17 @@ def _list_images(folder: str) -> tuple[list[str], int]:
     return images, others
 
 
+def verdict_counts(rows: list[dict[str, Any]]) -> str:
+    """The --dir summary's verdicts, e.g. ``(12 answered, 3 refer, 2 refused: 1 image quality, 1 not a chest X-ray)``.
+    Refusals are results, not errors: the exit code stays 0 (see the module docstring)."""
+    acts = [r.get("action") for r in rows if "error" not in r and r.get("action")]
+    if not acts:
+        return ""
+    kinds = [(r.get("refusal") or {}).get("kind") for r in rows if r.get("action") == "refuse"]
+    why = f": {kinds.count('quality')} image quality, {kinds.count('ood')} not a chest X-ray" if kinds else ""
+    return f" ({acts.count('answer')} answered, {acts.count('refer')} refer, {acts.count('refuse')} refused{why})"
+
+
 def run_dir(clf: Classifier, a: argparse.Namespace) -> int:
     files, others = _list_images(a.dir)
     if not files:
@@ -160,7 +178,7 @@ def run_dir(clf: Classifier, a: argparse.Namespace) -> int:
     write_csv(csv_path, clf.classes, rows)
     ok = sum(1 for r in rows if "error" not in r)
     note = f", ignored {others} non-image file(s)" if others else ""
-    warn(f"{ok} image(s) classified, {len(rows) - ok} skipped{note}; wrote {csv_path}")
+    warn(f"{ok} image(s) classified{verdict_counts(rows)}, {len(rows) - ok} skipped{note}; wrote {csv_path}")
     if ok == 0:
         raise RunnerError(f"--dir {a.dir}: none of the {len(rows)} image files could be read")
     return 0

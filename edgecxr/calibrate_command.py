@@ -49,11 +49,18 @@ def calibrate_command(model: str, coverage: float, method: str, data: str | None
     backend = open_model(path, threads)
     block = fit_decision(backend, data, split_csv, coverage, method, progress=not quiet, disjoint=disjoint, per_class=per_class)
     click.echo(describe_block(block))
+    from edgecxr.ood_fit import describe_refusals, fit_refusals, store_head
+
+    refusals, head = fit_refusals(path, backend, data, split_csv, progress=not quiet, echo=click.echo)  # ood + quality
+    block.update(refusals)
+    click.echo(describe_refusals(refusals))
     if dry_run:
         click.echo("dry run: nothing written")
         return
+    if head is not None:  # the head first: a contract must never name an OOD method its model lacks
+        store_head(path, head)
     write_decision(path, block)
-    click.echo(f"wrote the decision block into {path}")
+    click.echo(f"wrote the decision block into {path}" + (" with its OOD head (convert again to carry it into exports)" if head else ""))
     for other in stamps:
         own = read_contract(other).decision or {}
         write_decision(other, {**own, **{k: block[k] for k in ("schema", "temperature", "calibration", "conformal")}})

@@ -39,5 +39,9 @@ def load_model(path: str) -> tuple[nn.Module, Contract]:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
         raise EdgecxrError(f"{path}: weights do not fit {contract.arch} ({str(exc).splitlines()[0][:160]})") from exc
+    if payload.get("ood_head"):  # fitted by `edgecxr calibrate`: the OOD score rides in the logits (edgecxr/ood_head.py)
+        from edgecxr.ood_head import attach, from_payload
+
+        attach(model, from_payload(payload["ood_head"]))
     model.eval()
     return model, contract

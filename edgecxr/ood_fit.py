@@ -1,0 +1,230 @@
+"""Fitting the contract's ``ood`` and ``quality`` blocks (applied on the device by ``device/ood.py``).
+
+The out-of-distribution score is fitted on training images (per-class means and a
+shared covariance of the model's logits) and thresholded on validation images at a
+chosen true-positive rate (95%: at most about 1 in 20 real chest X-rays is refused).
+The threshold is the ``ceil((n + 1) * tpr)``-th smallest validation score, the
+split-conformal quantile, so a fresh CXR from the same distribution passes with
+probability at least ``tpr``; the test split is never looked at.
+
+The measurements behind the choice of method (logit-space Mahalanobis against
+energy, max-softmax and feature-space scores) are in runs/notes/ood.md.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from edgecxr.device.ood import OOD_METHODS, QUALITY_DEFAULTS, ood_scores, quality_problem
+from edgecxr.errors import EdgecxrError
+
+DEFAULT_METHOD = "logit_mahalanobis"
+DEFAULT_TPR = 0.95
+DEFAULT_FIT_IMAGES = 900  # training images the class means and covariance are fitted on (stratified)
+
+
+def threshold_at_tpr(scores: np.ndarray, tpr: float = DEFAULT_TPR) -> float:
+    """The ``ceil((n + 1) * tpr)``-th smallest score (the largest where n is too small)."""
+    if not 0.0 < tpr < 1.0:
+        raise EdgecxrError(f"--ood-tpr must be between 0 and 1 (e.g. 0.95), got {tpr}")
+    s = np.sort(np.asarray(scores, dtype=np.float64))
+    if len(s) == 0:
+        raise EdgecxrError("the OOD threshold needs at least one validation image")
+    return float(s[min(len(s), math.ceil((len(s) + 1) * tpr)) - 1])
+
+
+def fit_logit_gaussians(logits: np.ndarray, y: np.ndarray, num_classes: int) -> dict[str, Any]:
+    """Per-class means and the inverse of the shared (pooled within-class) covariance."""
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y, dtype=int)
+    missing = [c for c in range(num_classes) if not np.any(y == c)]
+    if missing:
+        raise EdgecxrError(f"the OOD fit needs training images of every class; none of class index {missing}")
+    means = np.stack([z[y == c].mean(axis=0) for c in range(num_classes)])
+    resid = z - means[y]
+    cov = resid.T @ resid / max(1, len(z) - num_classes)
+    cov += np.eye(cov.shape[0]) * 1e-6 * max(float(np.trace(cov)) / cov.shape[0], 1e-12)  # never singular
+    return {"means": means.tolist(), "precision": np.linalg.inv(cov).tolist()}
+
+
+def fit_ood(train_logits: np.ndarray, train_y: np.ndarray, val_logits: np.ndarray, num_classes: int,
+            method: str = DEFAULT_METHOD, tpr: float = DEFAULT_TPR) -> dict[str, Any]:
+    """The ``ood`` block: the method's numbers from training logits, the threshold from validation logits."""
+    if method not in OOD_METHODS:
+        raise EdgecxrError(f"--ood-method {method!r}: choose one of {', '.join(OOD_METHODS)}")
+    spec: dict[str, Any] = {"method": method}
+    if method == "logit_mahalanobis":
+        spec.update(fit_logit_gaussians(train_logits, train_y, num_classes))
+    val_scores = ood_scores(val_logits, {**spec, "threshold": 0.0})
+    spec["threshold"] = threshold_at_tpr(val_scores, tpr)
+    spec.update({"tpr": float(tpr), "n_fit": int(len(train_logits)), "n_threshold": int(len(val_logits)),
+                 "val_refused": float(np.mean(val_scores > spec["threshold"]))})
+    return spec
+
+
+def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
+    """P(score of an OOD image > score of an in-distribution one), ties counted half (Mann-Whitney)."""
+    a = np.asarray(in_scores, dtype=np.float64)
+    b = np.asarray(out_scores, dtype=np.float64)
+    if len(a) == 0 or len(b) == 0:
+        return float("nan")
+    allv = np.concatenate([a, b])
+    order = np.argsort(allv, kind="mergesort")
+    ranks = np.empty(len(allv))
+    sorted_v = allv[order]
+    i = 0
+    while i < len(allv):  # average ranks over ties
+        j = i
+        while j + 1 < len(allv) and sorted_v[j + 1] == sorted_v[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    rb = ranks[len(a):].sum()
+    return float((rb - len(b) * (len(b) + 1) / 2.0) / (len(a) * len(b)))
+
+
+def fpr_at_tpr(in_scores: np.ndarray, out_scores: np.ndarray, tpr: float = DEFAULT_TPR) -> float:
+    """Share of OOD images accepted at the threshold that accepts ``tpr`` of the given in-distribution images."""
+    t = float(np.quantile(np.asarray(in_scores, dtype=np.float64), tpr))
+    return float(np.mean(np.asarray(out_scores) <= t))
+
+
+def quality_block(grays: list[np.ndarray] | None = None) -> dict[str, Any]:
+    """The ``quality`` block: the fixed thresholds, with how many of ``grays`` (real CXRs,
+    as decoded) each would have refused, so a dataset the defaults do not fit is noticed."""
+    problems = []
+    for g in grays or []:
+        p = quality_problem(g, QUALITY_DEFAULTS)
+        problems.append(p[0] if p else "")
+    return quality_block_counts(problems)
+
+
+# --- fitting a model's refusals (``edgecxr calibrate``) ------------------------------------------
+def _batches(index: Any, samples: list[Any], spec: Any, batch: int = 128):
+    """(x, y, raw quality problems) in slices: 2400 preprocessed images at once would not fit a Pi-sized budget."""
+    import os
+
+    from edgecxr.device.image_io import ImageError, load_gray
+    from edgecxr.device.preprocess import normalize, prepare_gray
+
+    for i in range(0, len(samples), batch):
+        xs, ys, problems = [], [], []
+        for s in samples[i : i + batch]:
+            try:
+                gray = load_gray(os.path.join(index.root, s.file))
+            except ImageError:
+                continue
+            p = quality_problem(gray, QUALITY_DEFAULTS)
+            problems.append(p[0] if p else "")
+            xs.append(normalize(prepare_gray(gray, spec), spec))
+            ys.append(index.classes.index(s.label))
+        if xs:
+            yield np.stack(xs).astype(np.float32), np.asarray(ys, dtype=int), problems
+
+
+def fit_refusals(path: str, backend: Any, data: str | None = None, split_csv: str | None = None, tpr: float = DEFAULT_TPR,
+                 fit_images: int | None = None, progress: bool = False, echo: Any = print) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``({"ood": ..., "quality": ...}, head numbers or None)`` for the model at ``path``.
+
+    A checkpoint: the feature-space head is fitted on its training images (all, or
+    ``fit_images`` stratified), attached to ``backend``'s model, and thresholded on the
+    validation images through that model; the caller stores the numbers in the checkpoint.
+    An export converted from such a checkpoint: only the threshold is refitted, on its
+    own outputs (INT8 ones included). Any other export: no OOD block (the logit-only
+    scores are too weak to ship, runs/notes/ood.md); the quality block is always given.
+    """
+    from edgecxr.data import stratified_subset
+    from edgecxr.decision_report import model_logits
+    from edgecxr.evaluate import resolve_samples
+    from edgecxr.progress import progress as progress_bar
+    from edgecxr.runtime import is_checkpoint
+
+    contract = backend.contract
+    index = resolve_samples(contract, data, "val", split_csv, progress=False)
+    own = (contract.decision or {}).get("ood") or {}
+    numbers = None
+    fit_problems: list[str] = []
+    if is_checkpoint(path):
+        from edgecxr import ood_head
+        from edgecxr.models import load_model
+
+        train = index.of_split("train")
+        if fit_images:
+            train = stratified_subset(train, fit_images)
+        model, _ = load_model(path)
+        if isinstance(model.head, ood_head.OodHead):  # refit from the plain head
+            from edgecxr.checkpoint import load_checkpoint
+            from edgecxr.registry import create_model
+
+            model = create_model(contract.arch, contract.num_classes)
+            model.load_state_dict(load_checkpoint(path)["state_dict"])
+            model.eval()
+        feats, ys = [], []
+        for x, y, probs in progress_bar(_batches(index, train, contract.preprocess), desc="OOD fit: training features",
+                                        unit="batch", enabled=progress):
+            feats.append(ood_head.pooled_features(model, x))
+            ys.append(y)
+            fit_problems += probs
+        numbers = ood_head.fit_numbers(np.concatenate(feats), np.concatenate(ys), contract.num_classes)
+        backend.model = ood_head.attach(model, numbers)
+        method = ood_head.METHOD
+        echo(f"OOD head: Mahalanobis on {numbers['dims']} PCA dims of the pooled features, {sum(len(y) for y in ys)} training images")
+    elif own.get("method") == "feature_mahalanobis":
+        method = own["method"]
+    else:
+        echo(f"{path}: no OOD head in this file (it was converted from a checkpoint without one); only the quality checks "
+             "are stored. Run `edgecxr calibrate` on the checkpoint and convert again to refuse non-CXR images")
+        return {"quality": quality_block_counts(fit_problems)}, None
+    zs, val_problems = [], []
+    for x, _y, probs in _batches(index, index.of_split("val"), contract.preprocess):
+        zs.append(model_logits(backend, x))
+        val_problems += probs
+    z_val = np.concatenate(zs)
+    spec = fit_ood(np.zeros((0, contract.num_classes)), np.zeros(0, int), z_val, contract.num_classes, method, tpr)
+    spec.update({"n_fit": sum(len(y) for y in ys) if numbers is not None else int(own.get("n_fit", 0)),
+                 "fitted_with": f"{contract.format} {contract.precision}", "split": "val", "data_root": index.root})
+    if numbers is not None:
+        spec.update({"dims": int(numbers["dims"]), "scale": float(numbers["scale"]), "cap": float(numbers["cap"])})
+    else:
+        spec.update({k: own[k] for k in ("dims", "scale", "cap") if k in own})
+    return {"ood": spec, "quality": quality_block_counts(fit_problems + val_problems)}, numbers
+
+
+def quality_block_counts(problems: list[str]) -> dict[str, Any]:
+    """The quality block with how many of the fit's real CXRs each check refused."""
+    block: dict[str, Any] = dict(QUALITY_DEFAULTS)
+    if problems:
+        refused: dict[str, int] = {}
+        for p in problems:
+            if p:
+                refused[p] = refused.get(p, 0) + 1
+        block["checked_on"] = {"images": len(problems), "refused": refused}
+    return block
+
+
+def describe_refusals(blocks: dict[str, Any]) -> str:
+    q = blocks["quality"].get("checked_on")
+    lines = []
+    if "ood" in blocks:
+        o = blocks["ood"]
+        lines.append(f"OOD refusal {o['method']}: threshold {o['threshold']:.4f} at {o['tpr']:.0%} TPR on {o['n_threshold']} "
+                     f"validation images ({o['val_refused']:.1%} of them refused)")
+    if q:
+        lines.append(f"quality checks: {q['images']} real CXRs checked, refused {q['refused'] or 'none'}")
+    return "\n".join(lines)
+
+
+def store_head(path: str, numbers: dict[str, Any]) -> None:
+    """Put the OOD head's numbers into the checkpoint at ``path`` (atomically); ``load_model`` attaches them."""
+    import torch
+
+    from edgecxr.atomic import atomic_path
+    from edgecxr.checkpoint import load_checkpoint
+    from edgecxr.ood_head import to_payload
+
+    payload = load_checkpoint(path)
+    payload["ood_head"] = to_payload(numbers)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Which out-of-distribution score to ship: candidates measured in PyTorch on one checkpoint.
+
+Runs the checkpoint (without any OOD head) on its run's train/val/test CXRs, a near
+in-distribution folder (``--near``) and the OOD set (``scripts/build_ood_set.py``),
+keeps pooled features and logits, and scores every candidate: max-softmax, max-logit,
+energy, Mahalanobis on the logits, class-conditional Mahalanobis on the pooled
+features (full, PCA-reduced on raw features, PCA-reduced on within-class residuals,
+and class-agnostic), KNN on normalised features, feature norm. Each is fitted on
+the training images and thresholded at 95% TPR on validation CXRs; the table gives
+AUROC (test CXRs vs group) / share of the group accepted at that threshold, and the
+share of test CXRs and near images refused.
+
+    python scripts/ood_candidates.py --ckpt runs/mnv2/best.pt --ood-set runs/ood_set \\
+        --near ../shared/data/tbcxr --cache /tmp/mnv2_feats.npz [--train-images 900]
+
+The measurements behind ``edgecxr/ood_head.py`` (runs/notes/ood.md) were made with it.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+
+import numpy as np
+
+
+def extract(ckpt: str, ood_set: str, near: str | None, train_images: int | None, out: str) -> None:
+    import torch
+
+    from edgecxr.device.image_io import load_gray
+    from edgecxr.device.preprocess import preprocess
+    from edgecxr.evaluate import resolve_samples
+    from edgecxr.models import load_model
+
+    model, contract = load_model(ckpt)
+    if hasattr(model.head, "score"):
+        raise SystemExit(f"{ckpt} carries an OOD head; measure candidates on the plain checkpoint")
+    index = resolve_samples(contract, None, "test", progress=False)
+    items = []
+    for split in ("train", "val", "test"):
+        samples = index.of_split(split)
+        if split == "train" and train_images:
+            from edgecxr.data import stratified_subset
+
+            samples = stratified_subset(samples, train_images)
+        items += [(os.path.join(index.root, s.file), f"cxr_{split}", s.label) for s in samples]
+    if near:
+        for root, dirs, files in os.walk(near):
+            dirs.sort()
+            items += [(os.path.join(root, f), "near", os.path.basename(root)) for f in sorted(files) if f.endswith(".png")]
+    with open(os.path.join(ood_set, "MANIFEST.csv"), encoding="utf-8") as fh:
+        items += [(os.path.join(ood_set, r["file"]), r["group"], r["source"]) for r in csv.DictReader(fh)]
+    feats, logits = [], []
+    with torch.inference_mode():
+        for i in range(0, len(items), 32):
+            x = torch.from_numpy(np.stack([preprocess(load_gray(p), contract.preprocess) for p, _, _ in items[i : i + 32]]))
+            f = model.backbone(x)
+            feats.append(f.numpy())
+            logits.append(model.head(f).numpy())
+    np.savez(out, feats=np.concatenate(feats), logits=np.concatenate(logits), groups=np.array([g for _, g, _ in items]),
+             labels=np.array([lab for _, _, lab in items]), classes=np.array(contract.classes))
+
+
+def _lse(z: np.ndarray) -> np.ndarray:
+    m = z.max(1, keepdims=True)
+    return (m + np.log(np.exp(z - m).sum(1, keepdims=True)))[:, 0]
+
+
+def _gauss(x: np.ndarray, y: np.ndarray, k: int | None, classcond: bool = True, residual_pca: bool = True):
+    from sklearn.covariance import LedoitWolf
+
+    n_cls = int(y.max()) + 1
+    mu = x.mean(0)
+    mus = np.stack([x[y == c].mean(0) for c in range(n_cls)]) if classcond else mu[None]
+    resid = x - (mus[y] if classcond else mu)
+    if k and k < x.shape[1]:
+        _, _, vt = np.linalg.svd(resid if residual_pca else x - mu, full_matrices=False)
+        p = vt[:k].T
+    else:
+        p = np.eye(x.shape[1])
+    cov = LedoitWolf().fit(resid @ p).covariance_ if p.shape[1] > 16 else np.cov((resid @ p).T)
+    w, v = np.linalg.eigh(cov)
+    a = p @ (v / np.sqrt(np.maximum(w, 1e-12)))
+    centers = (mus - mu) @ a
+    return lambda z: (((((z - mu) @ a)[:, None, :] - centers[None]) ** 2).sum(-1)).min(1)
+
+
+def candidates(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    f, z, g, lab = d["feats"].astype(np.float64), d["logits"].astype(np.float64), d["groups"], d["labels"]
+    classes = list(d["classes"])
+    tr = g == "cxr_train"
+    y = np.array([classes.index(v) for v in lab[tr]])
+    fn = f / np.linalg.norm(f, axis=1, keepdims=True)
+    knn = fn[tr]
+    return {
+        "msp": -np.exp(z.max(1) - _lse(z)),
+        "max_logit": -z.max(1),
+        "energy": -_lse(z),
+        "logit_mahalanobis": _gauss(z[tr], y, None)(z),
+        "feature_norm": -np.linalg.norm(f, axis=1),
+        "knn10_cosine": -np.sort(fn @ knn.T, axis=1)[:, -10],
+        "feat_maha_full": _gauss(f[tr], y, None)(f),
+        "feat_maha_pca128_raw": _gauss(f[tr], y, 128, residual_pca=False)(f),
+        "feat_maha_global_256": _gauss(f[tr], y, 256, classcond=False)(f),
+        **{f"feat_maha_resid_pca{k}": _gauss(f[tr], y, k)(f) for k in (64, 128, 256, 512)},
+    }
+
+
+def table(d: dict[str, np.ndarray], scores: dict[str, np.ndarray]) -> str:
+    from edgecxr.ood_fit import auroc, threshold_at_tpr
+
+    g = d["groups"]
+    groups = [x for x in dict.fromkeys(g) if not x.startswith("cxr_") and x != "near"]
+    te, va = g == "cxr_test", g == "cxr_val"
+    lines = ["| method | " + " | ".join(f"{x} AUROC / accepted" for x in groups) + " | test CXRs refused | near refused |",
+             "|" + "---|" * (len(groups) + 3)]
+    for name, s in scores.items():
+        t = threshold_at_tpr(s[va], 0.95)
+        cells = [f"{auroc(s[te], s[g == x]):.4f} / {np.mean(s[g == x] <= t):.3f}" for x in groups]
+        near = f"{np.mean(s[g == 'near'] > t):.3f}" if np.any(g == "near") else "-"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {np.mean(s[te] > t):.3f} | {near} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--ood-set", default="runs/ood_set")
+    p.add_argument("--near", help="near in-distribution folder (e.g. ../shared/data/tbcxr)")
+    p.add_argument("--train-images", type=int, help="stratified subset of the training split to fit on (default all)")
+    p.add_argument("--cache", required=True, help="features/logits .npz (reused when it exists)")
+    a = p.parse_args(argv)
+    if not os.path.exists(a.cache):
+        extract(a.ckpt, a.ood_set, a.near, a.train_images, a.cache)
+    d = dict(np.load(a.cache))
+    print(table(d, candidates(d)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""How well each model file refuses what is not a chest X-ray, as the device does it.
+
+For every ``--model`` (checkpoint, ONNX, TFLite, any format the toolkit opens) the
+images go through the runner's own steps: decode to grey (``load_gray``), the
+contract's quality checks, the model, and its OOD score and threshold
+(``device/ood.py``). Reported per group of the OOD set (built by
+``scripts/build_ood_set.py``), for the model's test CXRs and for a near
+in-distribution folder (``--near``: chest X-rays of another disease, never tuned to):
+
+- ``auroc``: how well the OOD score alone ranks the group above the test CXRs;
+- ``fpr_at_95tpr``: share of the group the score accepts at the threshold that keeps
+  95% of these test CXRs (the usual OOD metric, threshold taken on test);
+- ``refused``: share refused end to end with the contract's own numbers (quality
+  checks, then the OOD threshold fitted on validation images), split by reason.
+
+    python scripts/ood_eval.py --ood-set runs/ood_set --near ../shared/data/tbcxr \\
+        --model runs/mnv2/export/mobilenet_v2_fp32.onnx --model runs/mnv2/export/mobilenet_v2_int8.tflite \\
+        --out runs/mnv2/export/ood_report.json
+
+Writes JSON (read by the model card) and prints a Markdown table. The CPU and its
+integer features are named in both.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from edgecxr.atomic import write_json
+from edgecxr.decision_report import model_logits
+from edgecxr.device.cpufeatures import cpu_description
+from edgecxr.device.image_io import ImageError, load_gray
+from edgecxr.device.ood import ood_scores, ood_threshold, quality_problem
+from edgecxr.device.preprocess import PreprocessSpec, normalize, prepare_gray
+from edgecxr.errors import EdgecxrError
+from edgecxr.ood_fit import auroc, fpr_at_tpr
+
+TPR = 0.95
+
+
+def ood_set_files(root: str) -> list[tuple[str, str]]:
+    """(path, group) from the set's MANIFEST.csv."""
+    manifest = os.path.join(root, "MANIFEST.csv")
+    if not os.path.exists(manifest):
+        raise EdgecxrError(f"{root}: no MANIFEST.csv; build the set with scripts/build_ood_set.py --out {root}")
+    with open(manifest, encoding="utf-8") as fh:
+        return [(os.path.join(root, r["file"]), r["group"]) for r in csv.DictReader(fh)]
+
+
+def folder_files(root: str, group: str) -> list[tuple[str, str]]:
+    from edgecxr.device.image_io import is_image_file
+
+    out = []
+    for dirpath, dirs, files in os.walk(root):
+        dirs.sort()
+        out += [(os.path.join(dirpath, f), group) for f in sorted(files) if is_image_file(f)]
+    return out
+
+
+def test_cxr_files(contract: Any) -> list[tuple[str, str]]:
+    from edgecxr.evaluate import resolve_samples
+
+    index = resolve_samples(contract, None, "test", progress=False)
+    return [(os.path.join(index.root, s.file), "test_cxr") for s in index.of_split("test")]
+
+
+class Images:
+    """Decoded once per preprocessing: the quality verdict on the raw grey image, and the
+    uint8 model-size image (normalised on demand, like ``imageset.LabelledImages``)."""
+
+    def __init__(self, items: list[tuple[str, str]], spec: PreprocessSpec, quality: dict[str, Any] | None) -> None:
+        self.spec, self.files, self.groups, self.quality, grays = spec, [], [], [], []
+        for path, group in items:
+            try:
+                gray = load_gray(path)
+            except ImageError as exc:
+                print(f"skipped {exc}", file=sys.stderr)
+                continue
+            problem = quality_problem(gray, quality) if quality is not None else None
+            self.files.append(path)
+            self.groups.append(group)
+            self.quality.append(problem[0] if problem else "")
+            grays.append(prepare_gray(gray, spec))
+        self.gray = np.stack(grays)
+        self.groups_arr = np.array(self.groups)
+        self.quality_arr = np.array(self.quality)
+
+    def x(self, idx: np.ndarray) -> np.ndarray:
+        return np.stack([normalize(g, self.spec) for g in self.gray[idx]]).astype(np.float32)
+
+
+def logits_of(backend: Any, images: Images, batch: int = 64) -> np.ndarray:
+    out = []
+    for i in range(0, len(images.files), batch):
+        idx = np.arange(i, min(i + batch, len(images.files)))
+        out.append(model_logits(backend, images.x(idx), batch_size=32))
+    return np.concatenate(out)
+
+
+def group_report(scores: np.ndarray, t: float, images: Images, group: str, test_scores: np.ndarray) -> dict[str, Any]:
+    m = images.groups_arr == group
+    s, q = scores[m], images.quality_arr[m]
+    by_quality = q != ""
+    by_ood = ~by_quality & (s > t)
+    reasons: dict[str, int] = {}
+    for r in q[by_quality]:
+        reasons[str(r)] = reasons.get(str(r), 0) + 1
+    out = {"n": int(m.sum()), "refused": float(np.mean(by_quality | by_ood)), "refused_by_quality": float(np.mean(by_quality)),
+           "refused_by_ood": float(np.mean(by_ood)), "ood_score_refused": float(np.mean(s > t)), "quality_reasons": reasons,
+           "score_median": float(np.median(s))}
+    if group != "test_cxr":
+        out["auroc"] = auroc(test_scores, s)
+        out["fpr_at_95tpr"] = fpr_at_tpr(test_scores, s, TPR)
+    return out
+
+
+def evaluate_model(path: str, cache: dict[str, Images], ood_items: list[tuple[str, str]], near: list[tuple[str, str]],
+                   threads: int | None) -> dict[str, Any]:
+    from edgecxr.runtime import open_model
+
+    backend = open_model(path, threads)
+    contract = backend.contract
+    block = contract.decision or {}
+    if not block.get("ood"):
+        raise EdgecxrError(f"{path}: its contract has no decision.ood block; run `edgecxr calibrate` on it (or its checkpoint) first")
+    key = f"{contract.preprocess.to_dict()}|{contract.source.get('split_csv')}|{block.get('quality')}"
+    if key not in cache:
+        cache[key] = Images(test_cxr_files(contract) + near + ood_items, contract.preprocess, block.get("quality"))
+    images = cache[key]
+    t0 = time.perf_counter()
+    z = logits_of(backend, images)
+    seconds = time.perf_counter() - t0
+    scores = ood_scores(z, block["ood"])
+    t = ood_threshold(block["ood"])
+    test_scores = scores[images.groups_arr == "test_cxr"]
+    groups = [g for g in dict.fromkeys(images.groups) if g != "test_cxr"]
+    return {"model": path, "format": contract.format, "precision": contract.precision, "runtime": backend.runtime,
+            "arch": contract.arch, "method": block["ood"].get("method"), "threshold": t, "fitted_tpr": block["ood"].get("tpr"),
+            "fitted_with": block["ood"].get("fitted_with"), "inference_seconds": round(seconds, 1),
+            "test_cxr": group_report(scores, t, images, "test_cxr", test_scores),
+            "groups": {g: group_report(scores, t, images, g, test_scores) for g in groups}}
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    groups = list(dict.fromkeys(g for r in results for g in r["groups"]))
+    head = "| model | test CXRs refused | " + " | ".join(f"{g}: AUROC / FPR@95 / refused" for g in groups) + " |"
+    lines = [head, "|" + "---|" * (2 + len(groups))]
+    for r in results:
+        cells = [f"{os.path.basename(r['model'])} ({r['runtime']})", f"{r['test_cxr']['refused']:.3f}"]
+        for g in groups:
+            x = r["groups"].get(g)
+            cells.append("-" if x is None else f"{x['auroc']:.4f} / {x['fpr_at_95tpr']:.3f} / {x['refused']:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", action="append", required=True, help="a model file with a fitted decision.ood block (repeatable)")
+    p.add_argument("--ood-set", default="runs/ood_set", help="folder built by scripts/build_ood_set.py")
+    p.add_argument("--near", action="append", default=[], metavar="[NAME=]DIR",
+                   help="a folder of near in-distribution images (e.g. tbcxr=../shared/data/tbcxr), reported as its own group")
+    p.add_argument("--out", required=True, help="where to write the JSON (e.g. EXPORT_DIR/ood_report.json)")
+    p.add_argument("--threads", type=int, help="runtime threads")
+    a = p.parse_args(argv)
+    try:
+        near: list[tuple[str, str]] = []
+        for spec in a.near:
+            name, _, folder = spec.rpartition("=")
+            near += folder_files(folder, name or os.path.basename(os.path.normpath(folder)))
+        ood_items = ood_set_files(a.ood_set)
+        cache: dict[str, Images] = {}
+        results = []
+        for path in a.model:
+            results.append(evaluate_model(path, cache, ood_items, near, a.threads))
+            r = results[-1]
+            print(f"{os.path.basename(path)}: test CXRs refused {r['test_cxr']['refused']:.3f}; "
+                  + ", ".join(f"{g} AUROC {x['auroc']:.4f} refused {x['refused']:.3f}" for g, x in r["groups"].items()), file=sys.stderr)
+    except EdgecxrError as exc:
+        print(f"ood_eval: error: {exc}", file=sys.stderr)
+        return 2
+    report = {"cpu": cpu_description(), "tpr": TPR, "ood_set": a.ood_set, "near": a.near, "results": results}
+    write_json(a.out, report)
+    print(markdown(results))
+    print(f"\nCPU: {report['cpu']}; wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""Refusing what is not a chest X-ray: image-quality checks on pixels, an OOD threshold
+that keeps the true-positive rate it was fitted for, and a photo refused by the bare
+device runner (numpy + onnxruntime) on a real exported model."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import site
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import betabinom
+
+from edgecxr.device.decision import decide, quality_refusal
+from edgecxr.device.ood import QUALITY_DEFAULTS, OodSpecError, ood_refusal, ood_scores, quality_problem
+from edgecxr.ood_fit import auroc, fit_logit_gaussians, fit_ood, fpr_at_tpr, quality_block, threshold_at_tpr
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cxr_like(size: int = 256, seed: int = 0) -> np.ndarray:
+    from edgecxr.synthetic import make_image
+
+    return make_image("Normal", seed, size=size)
+
+
+# --- quality -------------------------------------------------------------------------------
+@pytest.mark.parametrize(("image", "check"), [
+    (np.full((256, 256), 0, np.uint8), "blank"),
+    (np.full((300, 200), 255, np.uint8), "blank"),
+    (np.clip(np.random.default_rng(0).normal(128, 1.0, (256, 256)), 0, 255).astype(np.uint8), "near_constant"),
+    (np.where(np.random.default_rng(1).random((256, 256)) < 0.95, 255, 120).astype(np.uint8), "saturated"),
+    (np.where(np.random.default_rng(2).random((256, 256)) < 0.95, 0, 120).astype(np.uint8), "underexposed"),
+    (np.random.default_rng(3).integers(0, 256, (40, 300), dtype=np.uint8), "tiny"),
+])
+def test_quality_checks_refuse_blank_saturated_tiny_and_near_constant_images(image, check):
+    problem = quality_problem(image)
+    assert problem is not None and problem[0] == check
+    refusal = quality_refusal(image, {"quality": dict(QUALITY_DEFAULTS)})
+    assert refusal is not None and refusal.kind == "quality" and refusal.reason.startswith("image rejected: ")
+
+
+def test_quality_checks_pass_xray_like_images_and_apply_only_when_the_contract_has_them():
+    for seed in range(5):
+        assert quality_problem(_cxr_like(seed=seed)) is None
+    blank = np.zeros((256, 256), np.uint8)
+    assert quality_refusal(blank, {"temperature": 1.0}) is None  # no quality block: the model decides
+    assert quality_problem(blank[:, :100], {"min_side": 128})[0] == "tiny"  # the block's own numbers win
+    block = quality_block([_cxr_like(seed=s) for s in range(4)] + [blank])
+    assert block["checked_on"] == {"images": 5, "refused": {"blank": 1}}
+
+
+# --- OOD threshold and scores --------------------------------------------------------------------
+def _logits(n: int, rng: np.random.Generator, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Three Gaussian classes in logit space; ``shift`` moves every point away (an OOD population)."""
+    means = np.array([[4.0, -1, -2], [-1, 4, -2], [-2, -1, 4]])
+    y = rng.integers(0, 3, n)
+    cov = np.array([[1.0, 0.3, 0.1], [0.3, 1.0, 0.2], [0.1, 0.2, 1.0]])
+    return means[y] + rng.multivariate_normal(np.zeros(3), cov, n) + shift, y
+
+
+def test_threshold_fitted_at_95_tpr_keeps_95_tpr_on_held_out_images_within_binomial_bounds():
+    rng = np.random.default_rng(7)
+    z_train, y_train = _logits(900, rng)
+    z_val, _ = _logits(400, rng)
+    z_test, _ = _logits(4000, rng)
+    spec = fit_ood(z_train, y_train, z_val, 3, "logit_mahalanobis", tpr=0.95)
+    accepted = int(np.sum(ood_scores(z_test, spec) <= spec["threshold"]))
+    # exchangeable scores: the accepted count of a split-conformal threshold from n validation images is
+    # beta-binomial(n_test, k, n + 1 - k) with k = ceil((n + 1) * tpr): its 99.9% interval, not a guess
+    k = math.ceil(401 * 0.95)
+    dist = betabinom(len(z_test), k, 401 - k)
+    assert dist.ppf(0.0005) <= accepted <= dist.ppf(0.9995)
+    assert 0.92 <= accepted / len(z_test) <= 0.98
+    assert spec["n_fit"] == 900 and spec["n_threshold"] == 400 and 0.03 <= spec["val_refused"] <= 0.06
+
+
+def test_threshold_at_tpr_is_the_conformal_order_statistic():
+    s = np.arange(1, 21, dtype=float)  # 20 scores: ceil(21 * 0.95) = 20th smallest
+    assert threshold_at_tpr(s, 0.95) == 20.0
+    assert threshold_at_tpr(s, 0.5) == 11.0  # ceil(10.5) = 11th
+    assert threshold_at_tpr(s[:5], 0.95) == 5.0  # too few: the largest
+
+
+def test_mahalanobis_on_logits_refuses_a_far_population_and_recovers_the_class_means():
+    rng = np.random.default_rng(3)
+    z_train, y_train = _logits(3000, rng)
+    g = fit_logit_gaussians(z_train, y_train, 3)
+    assert np.allclose(g["means"], [[4, -1, -2], [-1, 4, -2], [-2, -1, 4]], atol=0.15)
+    z_in, _ = _logits(500, rng)
+    z_out, _ = _logits(500, rng, shift=np.array([6.0, 6.0, 6.0]))
+    spec = {**g, "method": "logit_mahalanobis", "threshold": 10.0}
+    s_in, s_out = ood_scores(z_in, spec), ood_scores(z_out, spec)
+    assert auroc(s_in, s_out) > 0.99 and fpr_at_tpr(s_in, s_out) < 0.01
+    assert auroc(s_out, s_in) < 0.01  # the direction matters: larger = less like training
+    refusal = ood_refusal(z_out[0], None, spec)
+    assert refusal is not None and refusal.kind == "ood" and refusal.reason.startswith("not a chest X-ray (score ")
+    assert refusal.reason.endswith("): no prediction") and refusal.score > refusal.threshold
+
+
+def test_auroc_counts_ties_half():
+    assert auroc(np.array([1.0, 2.0]), np.array([1.0, 2.0])) == pytest.approx(0.5)
+    assert auroc(np.array([0.0, 0.0]), np.array([1.0, 1.0])) == 1.0
+
+
+def test_an_ood_block_that_does_not_fit_the_model_is_refused_with_a_clear_error():
+    with pytest.raises(OodSpecError, match="do not fit 3 logits"):
+        ood_scores(np.zeros((1, 3)), {"method": "logit_mahalanobis", "means": [[0, 0]], "precision": [[1, 0], [0, 1]]})
+    with pytest.raises(OodSpecError, match="not one of"):
+        ood_scores(np.zeros((1, 3)), {"method": "vim"})
+
+
+def test_the_decision_refuses_before_any_label():
+    rng = np.random.default_rng(5)
+    z_train, y_train = _logits(600, rng)
+    z_val, _ = _logits(200, rng)
+    block = {"schema": "edgecxr.decision/1", "temperature": 1.5,
+             "ood": fit_ood(z_train, y_train, z_val, 3), "quality": dict(QUALITY_DEFAULTS)}
+    v = decide(np.array([30.0, 30.0, 30.0]), ("A", "B", "C"), block)
+    assert v.action == "refuse" and v.label is None and v.line().startswith("not a chest X-ray")
+    v = decide(np.array([4.0, -1.0, -2.0]), ("A", "B", "C"), block)
+    assert v.action != "refuse" and v.label == "A"
+    json.dumps(block)  # a contract stores it as JSON
+
+
+# --- the OOD head inside the graph ------------------------------------------------------------------
+def test_the_ood_head_keeps_probabilities_and_carries_the_score_in_the_logits_mean():
+    import torch
+
+    from edgecxr.ood_head import attach, fit_numbers, raw_scores
+    from edgecxr.registry import CXRClassifier
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 3, (3, 40))
+    y = rng.integers(0, 3, 600)
+    feats = centers[y] + rng.normal(0, 1, (600, 40))
+    model = CXRClassifier(torch.nn.Identity(), 40, 3, dropout=0.0).eval()
+    x = torch.from_numpy(np.concatenate([feats[:50], rng.normal(0, 9, (20, 40))])).float()  # 50 in, 20 far out
+    with torch.no_grad():
+        before = model(x).double().numpy()
+    numbers = fit_numbers(feats, y, 3, dims=16)
+    attach(model, numbers)
+    with torch.no_grad():
+        after = model(x).double().numpy()
+    soft = lambda z: np.exp(z - z.max(1, keepdims=True)) / np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)  # noqa: E731
+    assert np.allclose(soft(before), soft(after), atol=1e-5)  # labels, temperature and sets are untouched
+    r = ood_scores(after, {"method": "feature_mahalanobis"})
+    want = np.clip(raw_scores(x.double().numpy(), numbers) / numbers["scale"], 0, numbers["cap"])
+    assert np.allclose(r, want, rtol=1e-4, atol=1e-4)
+    assert np.quantile(r[:50], 0.5) < 1.0 and np.allclose(r[50:], numbers["cap"], atol=1e-5)  # far points saturate at the cap
+    assert numbers["dims"] == 16 and np.quantile(raw_scores(feats, numbers) / numbers["scale"], 0.95) == pytest.approx(1.0)
+
+
+# --- the bare runner ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def calibrated_onnx(probe_models, tmp_path_factory):
+    """The probe MobileNetV2 (synthetic CXRs) calibrated by ``edgecxr calibrate`` (temperature,
+    conformal sets, OOD head and quality block), then exported to ONNX as convert does it."""
+    from helpers import run_cli
+
+    from edgecxr.convert.onnx_export import export_fp32, onnx_contract
+    from edgecxr.models import load_model
+
+    folder = tmp_path_factory.mktemp("ood_onnx")
+    ckpt = folder / "probe.pt"
+    shutil.copy(probe_models[0], ckpt)
+    run_cli("calibrate", str(ckpt), "--coverage", "0.8", "--quiet")  # 9 validation images: 0.95 cannot be certified
+    model, contract = load_model(str(ckpt))
+    path = folder / "probe_fp32.onnx"
+    export_fp32(model, onnx_contract(contract, "fp32"), str(path))
+    return path
+
+
+def _bare_runner(tmp_path, *args: str) -> str:
+    """device/ copied alone and run with ``python -S``: numpy + onnxruntime from site-packages, no edgecxr."""
+    root = tmp_path / "bare"
+    if not root.exists():
+        shutil.copytree(ROOT / "device", root / "device", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}, "PYTHONPATH": site.getsitepackages()[0]}
+    proc = subprocess.run([sys.executable, "-S", str(root / "device" / "edgecxr_runner.py"), *args], capture_output=True,
+                          text=True, timeout=300, cwd=str(root), env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_a_photo_is_refused_by_the_bare_runner(calibrated_onnx, synthetic_data, tmp_path):
+    from PIL import Image
+    from skimage import data as skdata
+
+    from edgecxr.device.contract import read_onnx_contract
+    from edgecxr.device.image_io import load_gray
+    from edgecxr.device.preprocess import preprocess
+    from edgecxr.runtime import open_model
+
+    block = read_onnx_contract(str(calibrated_onnx)).decision
+    assert block["ood"]["method"] == "feature_mahalanobis" and block["quality"]["checked_on"]["refused"] == {}
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(skdata.astronaut()).save(photo)
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.zeros((128, 128), np.uint8)).save(blank)
+    # a synthetic CXR the workstation accepts: the runner must accept it too
+    backend = open_model(str(calibrated_onnx))
+    cxrs = sorted(synthetic_data.glob("*/*.png"))[::10]
+    x = np.stack([preprocess(load_gray(str(f)), backend.contract.preprocess) for f in cxrs])
+    scores = ood_scores(backend.predict(x), block["ood"])
+    cxr = cxrs[int(np.argmin(scores))]
+
+    text = _bare_runner(tmp_path, "--model", str(calibrated_onnx), "--image", str(photo))
+    assert "not a chest X-ray (score " in text and "): no prediction" in text
+    rows = {}
+    for f in (photo, blank, cxr):
+        out = _bare_runner(tmp_path, "--model", str(calibrated_onnx), "--image", str(f), "--json")
+        rows[f.name] = json.loads(out.strip().splitlines()[-1])
+    assert rows["astronaut.png"]["action"] == "refuse" and rows["astronaut.png"]["label"] is None
+    assert rows["astronaut.png"]["refusal"]["kind"] == "ood"
+    assert rows["astronaut.png"]["refusal"]["score"] > rows["astronaut.png"]["refusal"]["threshold"]
+    assert rows["blank.png"]["action"] == "refuse" and rows["blank.png"]["refusal"]["kind"] == "quality"
+    assert rows["blank.png"]["decision"].startswith("image rejected: blank")
+    assert rows[cxr.name]["action"] in ("answer", "refer") and "refusal" not in rows[cxr.name]
+    # a folder: refused rows are marked in the CSV, counted in the summary, and the exit code stays 0
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for f in (photo, blank, cxr):
+        shutil.copy(f, folder / f.name)
+    _bare_runner(tmp_path, "--model", str(calibrated_onnx), "--dir", str(folder), "--csv", str(tmp_path / "out.csv"))
+    import csv
+
+    with open(tmp_path / "out.csv", encoding="utf-8") as fh:
+        table = {r["file"]: r for r in csv.DictReader(fh)}
+    assert table["astronaut.png"]["action"] == "refuse" and table["astronaut.png"]["label"] == ""
+    assert table["blank.png"]["action"] == "refuse" and table[cxr.name]["action"] in ("answer", "refer")
