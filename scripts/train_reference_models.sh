@@ -49,6 +49,19 @@ $EDGECXR eval "$OUT/efficientnet_lite0/best.pt" --out "$OUT/efficientnet_lite0/e
 stage squeezenet1_1 _128 128 12 1e-3 "" --split-csv "$SPLIT"
 stage squeezenet1_1 "" 224 2 2e-4 squeezenet1_1_128
 $EDGECXR eval "$OUT/squeezenet1_1/best.pt" --out "$OUT/squeezenet1_1/eval_test"
+# Knowledge distillation (--teacher) into the two smallest backbones, from random init: the
+# teacher is the ImageNet-start MobileNetV2 above, its logits cached once per run. Every
+# distilled run has a plain twin with the same budget (128 px, Adam 1e-3, cosine):
+# OUT/<arch>_kd<epochs> and OUT/<arch>_plain<epochs>.
+KD=(--teacher "$OUT/mobilenet_v2_imagenet/best.pt" --distill-temperature 4 --distill-alpha 0.7 --teacher-logits cache)
+for arch_epochs in squeezenet1_1:12 squeezenet1_1:4 mobilenet_v3_small:4; do
+  arch=${arch_epochs%:*} ep=${arch_epochs#*:}
+  for kind in kd plain; do
+    if [ "$kind" = kd ]; then extra=("${KD[@]}"); else extra=(); fi
+    stage "$arch" "_$kind$ep" 128 "$ep" 1e-3 "" --split-csv "$SPLIT" "${extra[@]}"
+    $EDGECXR eval "$OUT/${arch}_$kind$ep/best.pt" --out "$OUT/${arch}_$kind$ep/eval_test"
+  done
+done
 stage mobilenet_v2 _128 128 14 1e-3 "" --split-csv "$SPLIT"
 stage mobilenet_v2 "" 224 3 3e-4 mobilenet_v2_128
 $EDGECXR eval "$OUT/mobilenet_v2/best.pt" --out "$OUT/mobilenet_v2/eval_test"
