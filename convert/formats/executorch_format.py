@@ -49,11 +49,11 @@ def _make(p: Production, precision: str, dest: str) -> dict[str, Any]:
     elif precision == "fp16":
         module = ete.fp16_module(p.torch_model)
     else:
-        module = ete.quantize_int8(p.torch_model, shape, p.calib.nchw(c.preprocess))
-        details.update(calibration_images=len(p.calib), scheme=ete.INT8_SCHEME)
+        module = ete.quantize_int8(p.torch_model, shape, p.calib.nchw(c.preprocess), p.calib_method)
+        details.update(calibration_images=len(p.calib), scheme=f"{ete.INT8_SCHEME} ({ete.observer_name(p.calib_method)} observer)")
     details.update(ete.lower(module, shape, dest))
     is_int8 = precision == "int8"
-    target = dict(p.plain_target, runtime="executorch", int8_scheme=ete.INT8_SCHEME) if is_int8 else p.plain_target
+    target = dict(p.plain_target, runtime="executorch", int8_scheme=details["scheme"]) if is_int8 else p.plain_target
     write_contract(dest, pte_contract(c, precision, p.int8_source if is_int8 else p.source, p.versions, target))
     return details
 
@@ -94,7 +94,7 @@ FORMAT = ExportFormat(
         "fp16": "model.half() behind float32 I/O casts, XNNPACK fp16 (weights kept fp32 in the file; float16 compute only on "
                 "CPUs with fp16 arithmetic)",
         "int8": "PT2E XNNPACKQuantizer with the real calibration images: symmetric per-channel s8 weights, per-tensor s8 "
-                "activations, static; --calib-method and --keep-float do not apply",
+                "activations, static (--calib-method minmax: min/max observer, else histogram); --keep-float does not apply",
     },
     marker="X",
     produce=produce,
