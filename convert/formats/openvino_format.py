@@ -89,7 +89,8 @@ def _int8_target(plain: dict[str, Any]) -> dict[str, Any]:
     test images (max |dp| 0.055) but the golden self-test sees |dp| 0.13 > 0.05 and fails;
     emulated Cortex-A76 |dp| 0.10 (fails); emulated Cortex-A72 cannot run it at all (the
     backend reports the CPU plugin's error). The self-test on the target says which."""
-    return {**plain, "runtime": "openvino", "int8_scheme": INT8_SCHEME}
+    return {**plain, "name": "cpu-dependent", "runtime": "openvino", "int8_scheme": INT8_SCHEME,
+            "why": "OpenVINO INT8 kernels differ by CPU: labels agree, probabilities may not; run --selftest on the target"}
 
 
 def ir_contract(base: Contract, precision: str, source: dict[str, Any], versions: dict[str, str], target: dict[str, Any]) -> Contract:
