@@ -40,8 +40,10 @@ done
 NEED_ORT=0
 NEED_NCNN=0
 NEED_OV=0
+NEED_ET=0
 for m in "${MODELS[@]}"; do
   case "$m" in
+    *.pte) [ -f "$m" ] && [ -f "$m.json" ] || die "$m: ExecuTorch program or its contract sidecar $m.json is missing"; NEED_ET=1 ;;
     *.onnx) [ -f "$m" ] || die "$m: model not found"; NEED_ORT=1 ;;
     *.ncnn.param) [ -f "$m" ] && [ -f "${m%.param}.bin" ] && [ -f "$m.json" ] || die "$m: ncnn graph, its ${m%.param}.bin or $m.json is missing"; NEED_NCNN=1 ;;
     *.xml) [ -f "$m" ] && [ -f "${m%.xml}.bin" ] || die "$m: OpenVINO IR or its weights ${m%.xml}.bin is missing"; NEED_OV=1 ;;
@@ -166,6 +168,31 @@ if [ "$NEED_OV" = 1 ]; then
     rm -rf "$OV_SITE" && mv "$OV_SITE.tmp" "$OV_SITE"
   fi
   ARM_PATH="$ARM_PATH:$OV_SITE"
+fi
+
+# --- 2e. executorch + torch for .pte models: the host's versions. PyPI's aarch64 torch is a CUDA build whose
+# nvidia-* dependencies have no aarch64 wheel here; the libraries it links get stubs (scripts/aarch64_cuda_stubs.py,
+# never called on the CPU path; a Pi uses PyTorch's CPU wheel instead). About 1.1 GB, cached. ---
+if [ "$NEED_ET" = 1 ]; then
+  read -r ET_V TORCH_V < <("$PY" -c "from importlib.metadata import version as v; print(v('executorch'), v('torch'))" 2>/dev/null) \
+    || skip "host Python lacks executorch or torch"
+  ET_SITE="$CACHE/site-executorch$ET_V-torch$TORCH_V"
+  if [ ! -f "$ET_SITE/.complete" ]; then
+    echo "installing aarch64 wheels executorch==$ET_V torch==$TORCH_V into $ET_SITE"
+    command -v aarch64-linux-gnu-gcc >/dev/null || apt-get install -y -qq gcc-aarch64-linux-gnu >/dev/null 2>&1 \
+      || skip "aarch64-linux-gnu-gcc (Debian gcc-aarch64-linux-gnu) is needed to build the CUDA stubs for PyPI's aarch64 torch"
+    rm -rf "$ET_SITE.tmp"
+    PLATS=""
+    for n in 17 24 26 27 28; do PLATS="$PLATS --platform manylinux_2_${n}_aarch64"; done
+    "$PY" -m pip install -q --disable-pip-version-check --target "$ET_SITE.tmp" --only-binary=:all: --no-deps \
+        --python-version 3.11 --implementation cp --abi cp311 $PLATS --platform manylinux2014_aarch64 \
+        "executorch==$ET_V" "torch==$TORCH_V" typing-extensions sympy mpmath filelock networkx jinja2 markupsafe fsspec \
+        >/dev/null 2>&1 || skip "pip could not fetch the aarch64 executorch/torch wheels"
+    "$PY" "$HERE/aarch64_cuda_stubs.py" "$ET_SITE.tmp" "$ROOT" || skip "building the CUDA stubs for the aarch64 torch failed"
+    touch "$ET_SITE.tmp/.complete"
+    rm -rf "$ET_SITE" && mv "$ET_SITE.tmp" "$ET_SITE"
+  fi
+  ARM_PATH="$ARM_PATH:$ET_SITE"
 fi
 
 # --- 3. a bare copy of device/, run on both architectures -----------------------------
