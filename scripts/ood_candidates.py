@@ -15,6 +15,12 @@ share of test CXRs and near images refused.
         --near ../shared/data/tbcxr --cache /tmp/mnv2_feats.npz [--train-images 900]
 
 The measurements behind ``edgecxr/ood_head.py`` (runs/notes/ood.md) were made with it.
+
+``--write-head`` then does what ``edgecxr calibrate`` adds to a checkpoint (OOD head from
+the cached training features, threshold at 95% TPR on the cached validation features,
+quality block checked on the train and validation images), without running the model
+again: the same functions on the same features, for a machine too loaded to repeat
+the forward passes. The checkpoint's other decision keys (temperature, conformal) are kept.
 """
 from __future__ import annotations
 
@@ -124,6 +130,39 @@ def table(d: dict[str, np.ndarray], scores: dict[str, np.ndarray]) -> str:
     return "\n".join(lines)
 
 
+def write_head(d: dict[str, np.ndarray], ckpt: str) -> dict:
+    """Fit the head on the cached training features and store it plus ``ood``/``quality`` in ``ckpt``."""
+    from edgecxr import ood_head
+    from edgecxr.decision_store import read_contract, write_decision
+    from edgecxr.device.image_io import load_gray
+    from edgecxr.device.ood import QUALITY_DEFAULTS, quality_problem
+    from edgecxr.evaluate import resolve_samples
+    from edgecxr.ood_fit import fit_ood, quality_block_counts, store_head
+
+    contract = read_contract(ckpt)
+    g, f = d["groups"], d["feats"].astype(np.float64)
+    tr, va = g == "cxr_train", g == "cxr_val"
+    classes = list(d["classes"])
+    numbers = ood_head.fit_numbers(f[tr], np.array([classes.index(v) for v in d["labels"][tr]]), len(classes))
+    r_val = np.clip(ood_head.raw_scores(f[va], numbers) / numbers["scale"], 0.0, numbers["cap"])
+    # fit_ood reads the score as -mean(logits): hand it logits whose mean is -r
+    spec = fit_ood(np.zeros((0, len(classes))), np.zeros(0, int), -np.repeat(r_val[:, None], len(classes), 1), len(classes),
+                   ood_head.METHOD)
+    index = resolve_samples(contract, None, "val", progress=False)
+    problems = []
+    for s in index.of_split("train") + index.of_split("val"):
+        p = quality_problem(load_gray(f"{index.root}/{s.file}"), QUALITY_DEFAULTS)
+        problems.append(p[0] if p else "")
+    spec.update({"n_fit": int(tr.sum()), "fitted_with": "pytorch fp32 (cached features, scripts/ood_candidates.py --write-head)",
+                 "split": "val", "data_root": index.root, "dims": int(numbers["dims"]), "scale": float(numbers["scale"]),
+                 "cap": float(numbers["cap"])})
+    store_head(ckpt, numbers)
+    block = {**(contract.decision or {}), "ood": spec, "quality": quality_block_counts(problems)}
+    write_decision(ckpt, block)
+    read_contract(ckpt)  # reads back
+    return block
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", required=True)
@@ -131,11 +170,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--near", help="near in-distribution folder (e.g. ../shared/data/tbcxr)")
     p.add_argument("--train-images", type=int, help="stratified subset of the training split to fit on (default all)")
     p.add_argument("--cache", required=True, help="features/logits .npz (reused when it exists)")
+    p.add_argument("--write-head", metavar="CKPT", help="store the OOD head fitted on the cached features in CKPT (a copy of --ckpt)")
+    p.add_argument("--no-table", action="store_true", help="skip the candidates table")
     a = p.parse_args(argv)
     if not os.path.exists(a.cache):
         extract(a.ckpt, a.ood_set, a.near, a.train_images, a.cache)
     d = dict(np.load(a.cache))
-    print(table(d, candidates(d)))
+    if not a.no_table:
+        print(table(d, candidates(d)))
+    if a.write_head:
+        block = write_head(d, a.write_head)
+        o = block["ood"]
+        print(f"wrote the OOD head ({o['dims']} dims, scale {o['scale']:.2f}) and threshold {o['threshold']:.4f} "
+              f"({o['val_refused']:.1%} of {o['n_threshold']} validation images refused) into {a.write_head}; "
+              f"quality checks refused {block['quality'].get('checked_on')}")
     return 0
 
 

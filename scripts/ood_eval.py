@@ -25,14 +25,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
+import json
 import os
+import pickle
 import sys
 import time
 from typing import Any
 
 import numpy as np
 
-from edgecxr.atomic import write_json
+from edgecxr.atomic import atomic_path, write_json
 from edgecxr.decision_report import model_logits
 from edgecxr.device.cpufeatures import cpu_description
 from edgecxr.device.image_io import ImageError, load_gray
@@ -63,11 +66,13 @@ def folder_files(root: str, group: str) -> list[tuple[str, str]]:
     return out
 
 
-def test_cxr_files(contract: Any) -> list[tuple[str, str]]:
+def test_cxr_files(contract: Any) -> tuple[list[tuple[str, str]], dict[str, int]]:
+    """The model's test split and each file's class index (for accuracy among the answered)."""
     from edgecxr.evaluate import resolve_samples
 
     index = resolve_samples(contract, None, "test", progress=False)
-    return [(os.path.join(index.root, s.file), "test_cxr") for s in index.of_split("test")]
+    files = [(os.path.join(index.root, s.file), "test_cxr") for s in index.of_split("test")]
+    return files, {os.path.join(index.root, s.file): list(contract.classes).index(s.label) for s in index.of_split("test")}
 
 
 class Images:
@@ -90,6 +95,7 @@ class Images:
         self.gray = np.stack(grays)
         self.groups_arr = np.array(self.groups)
         self.quality_arr = np.array(self.quality)
+        self.labels: dict[str, int] = {}
 
     def x(self, idx: np.ndarray) -> np.ndarray:
         return np.stack([normalize(g, self.spec) for g in self.gray[idx]]).astype(np.float32)
@@ -121,7 +127,9 @@ def group_report(scores: np.ndarray, t: float, images: Images, group: str, test_
 
 
 def evaluate_model(path: str, cache: dict[str, Images], ood_items: list[tuple[str, str]], near: list[tuple[str, str]],
-                   threads: int | None) -> dict[str, Any]:
+                   threads: int | None, cache_dir: str | None = None) -> dict[str, Any]:
+    """One model file through the runner's steps; decoded images are shared by every model with
+    the same preprocessing and quality numbers (and kept in ``cache_dir`` between runs, if given)."""
     from edgecxr.runtime import open_model
 
     backend = open_model(path, threads)
@@ -129,9 +137,20 @@ def evaluate_model(path: str, cache: dict[str, Images], ood_items: list[tuple[st
     block = contract.decision or {}
     if not block.get("ood"):
         raise EdgecxrError(f"{path}: its contract has no decision.ood block; run `edgecxr calibrate` on it (or its checkpoint) first")
-    key = f"{contract.preprocess.to_dict()}|{contract.source.get('split_csv')}|{block.get('quality')}"
+    test_items, labels = test_cxr_files(contract)
+    items = test_items + near + ood_items
+    key = hashlib.sha256(json.dumps([contract.preprocess.to_dict(), block.get("quality"), items]).encode()).hexdigest()[:16]
     if key not in cache:
-        cache[key] = Images(test_cxr_files(contract) + near + ood_items, contract.preprocess, block.get("quality"))
+        disk = os.path.join(cache_dir, f"ood_eval_images_{key}.pkl") if cache_dir else None
+        if disk and os.path.exists(disk):
+            with open(disk, "rb") as fh:
+                cache[key] = pickle.load(fh)
+        else:
+            cache[key] = Images(items, contract.preprocess, block.get("quality"))
+            cache[key].labels = labels
+            if disk:
+                with atomic_path(disk) as tmp, open(tmp, "wb") as fh:
+                    pickle.dump(cache[key], fh)
     images = cache[key]
     t0 = time.perf_counter()
     z = logits_of(backend, images)
@@ -140,19 +159,28 @@ def evaluate_model(path: str, cache: dict[str, Images], ood_items: list[tuple[st
     t = ood_threshold(block["ood"])
     test_scores = scores[images.groups_arr == "test_cxr"]
     groups = [g for g in dict.fromkeys(images.groups) if g != "test_cxr"]
+    test = images.groups_arr == "test_cxr"
+    y = np.array([images.labels[f] for f, is_test in zip(images.files, test) if is_test])
+    kept = scores[test] <= t
+    accuracy = {"all": float(np.mean(z[test].argmax(1) == y)), "not_refused": float(np.mean(z[test][kept].argmax(1) == y[kept])),
+                "refused": float(np.mean(z[test][~kept].argmax(1) == y[~kept])) if (~kept).any() else None}
     return {"model": path, "format": contract.format, "precision": contract.precision, "runtime": backend.runtime,
             "arch": contract.arch, "method": block["ood"].get("method"), "threshold": t, "fitted_tpr": block["ood"].get("tpr"),
             "fitted_with": block["ood"].get("fitted_with"), "inference_seconds": round(seconds, 1),
-            "test_cxr": group_report(scores, t, images, "test_cxr", test_scores),
+            "test_cxr": {**group_report(scores, t, images, "test_cxr", test_scores), "accuracy": accuracy},
             "groups": {g: group_report(scores, t, images, g, test_scores) for g in groups}}
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
     groups = list(dict.fromkeys(g for r in results for g in r["groups"]))
-    head = "| model | test CXRs refused | " + " | ".join(f"{g}: AUROC / FPR@95 / refused" for g in groups) + " |"
+    head = ("| model | test CXRs refused (accuracy kept / refused) | "
+            + " | ".join(f"{g}: AUROC / FPR@95 / refused" for g in groups) + " |")
     lines = [head, "|" + "---|" * (2 + len(groups))]
     for r in results:
-        cells = [f"{os.path.basename(r['model'])} ({r['runtime']})", f"{r['test_cxr']['refused']:.3f}"]
+        tc, acc = r["test_cxr"], r["test_cxr"]["accuracy"]
+        refused_acc = "-" if acc["refused"] is None else f"{acc['refused']:.3f}"
+        cells = [f"{os.path.basename(r['model'])} ({r['runtime']})",
+                 f"{tc['refused']:.3f} ({acc['not_refused']:.3f} / {refused_acc})"]
         for g in groups:
             x = r["groups"].get(g)
             cells.append("-" if x is None else f"{x['auroc']:.4f} / {x['fpr_at_95tpr']:.3f} / {x['refused']:.3f}")
@@ -168,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="a folder of near in-distribution images (e.g. tbcxr=../shared/data/tbcxr), reported as its own group")
     p.add_argument("--out", required=True, help="where to write the JSON (e.g. EXPORT_DIR/ood_report.json)")
     p.add_argument("--threads", type=int, help="runtime threads")
+    p.add_argument("--cache-dir", help="keep the decoded, preprocessed images here between runs (a pickle per preprocessing)")
     a = p.parse_args(argv)
     try:
         near: list[tuple[str, str]] = []
@@ -178,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         cache: dict[str, Images] = {}
         results = []
         for path in a.model:
-            results.append(evaluate_model(path, cache, ood_items, near, a.threads))
+            results.append(evaluate_model(path, cache, ood_items, near, a.threads, a.cache_dir))
             r = results[-1]
             print(f"{os.path.basename(path)}: test CXRs refused {r['test_cxr']['refused']:.3f}; "
                   + ", ".join(f"{g} AUROC {x['auroc']:.4f} refused {x['refused']:.3f}" for g, x in r["groups"].items()), file=sys.stderr)
