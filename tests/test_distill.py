@@ -132,3 +132,15 @@ def test_torchrun_distillation_shares_the_teacher_cache(trained_run, synthetic_d
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["distillation"]["teacher_logits"] == "cache"
     assert torch.load(out / "best.pt", weights_only=True)["contract"]["preprocess"]["size"] == 32
+
+
+def test_training_from_scratch_gives_mobilenet_v3_batch_norm_the_default_momentum():
+    """torchvision's MobileNetV3 BN momentum 0.01 left evaluation at chance after short from-scratch runs."""
+    from edgecxr.models import build_model
+    from edgecxr.train.supervised import scratch_batch_norm
+
+    model = build_model("mobilenet_v3_small", 3)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.momentum < 0.1 for m in norms)
+    scratch_batch_norm(model)
+    assert all(m.momentum == 0.1 for m in norms)
