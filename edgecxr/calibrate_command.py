@@ -28,11 +28,16 @@ from edgecxr.decision_fit import DEFAULT_COVERAGE, DEFAULT_METHOD
 @click.option("--disjoint", is_flag=True,
               help="Fit T and the conformal threshold on disjoint halves of the validation split (exact conformal "
                    "guarantee; needs a validation split large enough that each half holds misclassified images).")
+@click.option("--ood-method", default="feature_mahalanobis", show_default=True,
+              type=click.Choice(["feature_mahalanobis", "energy", "max_logit", "msp"]),
+              help="Out-of-distribution score: a feature-space head carried in the logits, or a logit-only score "
+                   "(measured per model: runs/notes/ood.md).")
 @click.option("--dry-run", is_flag=True, help="Fit and print, write nothing.")
 @click.option("--threads", type=click.IntRange(1), help="Runtime threads.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def calibrate_command(model: str, coverage: float, method: str, data: str | None, split_csv: str | None,
-                      stamps: tuple[str, ...], per_class: bool, disjoint: bool, dry_run: bool, threads: int | None, quiet: bool) -> None:
+                      stamps: tuple[str, ...], per_class: bool, disjoint: bool, ood_method: str, dry_run: bool, threads: int | None,
+                      quiet: bool) -> None:
     """Fit temperature scaling and a split-conformal threshold on MODEL's validation split
     and store them in its contract (MODEL: a run folder, checkpoint, .onnx or .tflite).
 
@@ -51,7 +56,7 @@ def calibrate_command(model: str, coverage: float, method: str, data: str | None
     click.echo(describe_block(block))
     from edgecxr.ood_fit import describe_refusals, fit_refusals, store_head
 
-    refusals, head = fit_refusals(path, backend, data, split_csv, progress=not quiet, echo=click.echo)  # ood + quality
+    refusals, head = fit_refusals(path, backend, data, split_csv, progress=not quiet, echo=click.echo, method=ood_method)
     block.update(refusals)
     click.echo(describe_refusals(refusals))
     if dry_run:

@@ -125,7 +125,8 @@ def _batches(index: Any, samples: list[Any], spec: Any, batch: int = 128):
 
 
 def fit_refusals(path: str, backend: Any, data: str | None = None, split_csv: str | None = None, tpr: float = DEFAULT_TPR,
-                 fit_images: int | None = None, progress: bool = False, echo: Any = print) -> tuple[dict[str, Any], dict[str, Any] | None]:
+                 fit_images: int | None = None, progress: bool = False, echo: Any = print,
+                 method: str = "feature_mahalanobis") -> tuple[dict[str, Any], dict[str, Any] | None]:
     """``({"ood": ..., "quality": ...}, head numbers or None)`` for the model at ``path``.
 
     A checkpoint: the feature-space head is fitted on its training images (all, or
@@ -145,8 +146,17 @@ def fit_refusals(path: str, backend: Any, data: str | None = None, split_csv: st
     index = resolve_samples(contract, data, "val", split_csv, progress=False)
     own = (contract.decision or {}).get("ood") or {}
     numbers = None
+    ys: list[np.ndarray] = []
     fit_problems: list[str] = []
-    if is_checkpoint(path):
+    if method in ("energy", "max_logit", "msp"):  # logit-only: threshold on the validation logits, nothing in the graph
+        from edgecxr import ood_head
+
+        model = getattr(backend, "model", None)
+        if model is not None and isinstance(model.head, ood_head.OodHead):
+            raise EdgecxrError(f"{path} carries an OOD head: its logits are shifted, so --ood-method {method} cannot be read from them")
+    elif method != "feature_mahalanobis":
+        raise EdgecxrError(f"--ood-method {method!r}: choose feature_mahalanobis, energy, max_logit or msp")
+    elif is_checkpoint(path):
         from edgecxr import ood_head
         from edgecxr.models import load_model
 
@@ -173,6 +183,8 @@ def fit_refusals(path: str, backend: Any, data: str | None = None, split_csv: st
         echo(f"OOD head: Mahalanobis on {numbers['dims']} PCA dims of the pooled features, {sum(len(y) for y in ys)} training images")
     elif own.get("method") == "feature_mahalanobis":
         method = own["method"]
+    elif own.get("method") not in (None, "feature_mahalanobis"):
+        method = own["method"]  # an export whose model was fitted with a logit-only score: refit its threshold
     else:
         echo(f"{path}: no OOD head in this file (it was converted from a checkpoint without one); only the quality checks "
              "are stored. Run `edgecxr calibrate` on the checkpoint and convert again to refuse non-CXR images")

@@ -80,6 +80,17 @@ def test_threshold_fitted_at_95_tpr_keeps_95_tpr_on_held_out_images_within_binom
     assert spec["n_fit"] == 900 and spec["n_threshold"] == 400 and 0.03 <= spec["val_refused"] <= 0.06
 
 
+def test_a_logit_only_score_needs_only_a_threshold_and_keeps_its_tpr():
+    rng = np.random.default_rng(11)
+    z_val, _ = _logits(400, rng)
+    z_test, _ = _logits(4000, rng)
+    spec = fit_ood(np.zeros((0, 3)), np.zeros(0, int), z_val, 3, "energy")
+    assert set(spec) >= {"method", "threshold"} and "means" not in spec
+    k = math.ceil(401 * 0.95)
+    dist = betabinom(len(z_test), k, 401 - k)
+    assert dist.ppf(0.0005) <= int(np.sum(ood_scores(z_test, spec) <= spec["threshold"])) <= dist.ppf(0.9995)
+
+
 def test_threshold_at_tpr_is_the_conformal_order_statistic():
     s = np.arange(1, 21, dtype=float)  # 20 scores: ceil(21 * 0.95) = 20th smallest
     assert threshold_at_tpr(s, 0.95) == 20.0
