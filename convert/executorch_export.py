@@ -88,6 +88,33 @@ def int8_config(calib_method: str) -> Any:
     return replace(config, input_activation=act, output_activation=act)
 
 
+def clamp_observed_after_conv(graph: Any) -> int:
+    """Observe a ReLU6 after its convolution, not the convolution before it; returns how many moved.
+
+    XNNPACKQuantizer fuses conv+ReLU but treats ``hardtanh`` (ReLU6) as an op that shares
+    its input's observer, so the int8 grid of every MobileNetV2/EfficientNet-Lite0 block
+    spanned the unclamped convolution output (measured: MobileNetV2 80.7% top-1 agreement,
+    -17.7 macro-F1 points; EfficientNet-Lite0 57.3%, -51.0). Observing the clamped output
+    instead is what TFLite does, and XNNPACK fuses the clamp into the convolution either way.
+    """
+    import torch
+
+    key = "quantization_annotation"
+    moved = 0
+    for node in graph.graph.nodes:
+        if node.op != "call_function" or node.target not in (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default):
+            continue
+        conv = node.args[0]
+        conv_note = getattr(conv, "meta", {}).get(key)
+        if (getattr(conv, "target", None) is not torch.ops.aten.conv2d.default or len(conv.users) != 1
+                or conv_note is None or conv_note.output_qspec is None):
+            continue
+        node.meta[key] = type(conv_note)(input_qspec_map={}, output_qspec=conv_note.output_qspec, _annotated=True)
+        conv_note.output_qspec = None
+        moved += 1
+    return moved
+
+
 def observer_name(calib_method: str) -> str:
     return "min/max" if calib_method == "minmax" else "histogram"
 
@@ -103,7 +130,13 @@ def quantize_int8(model: Any, shape: tuple[int, ...], calib_x: np.ndarray, calib
 
     if len(calib_x) == 0:
         raise EdgecxrError("ExecuTorch INT8 needs calibration images; none were given")
-    quantizer = XNNPACKQuantizer().set_global(int8_config(calib_method))
+    class ClampAwareQuantizer(XNNPACKQuantizer):
+        def annotate(self, model: Any) -> Any:
+            model = super().annotate(model)
+            clamp_observed_after_conv(model)
+            return model
+
+    quantizer = ClampAwareQuantizer().set_global(int8_config(calib_method))
     example = (torch.zeros((2, *shape[1:]), dtype=torch.float32),)  # batch 2: a batch of 1 would be specialised
     graph = torch.export.export(copy.deepcopy(model).eval(), example,
                                 dynamic_shapes=({0: Dim("batch", min=1, max=4096)},)).module()

@@ -165,3 +165,23 @@ def test_threads_set_the_xnnpack_threadpool_one_thread_works_alone_two_share(tmp
     finally:
         set_threads(pybindings, os.cpu_count())
     assert shares[1] < 0.05 and shares[2] > 0.2, shares
+
+
+def test_int8_observes_relu6_after_its_convolution_not_before():
+    """The quantizer's default shares the conv output's int8 grid with ReLU6, so the grid spans the
+    unclamped output; the clamp must sit between the convolution and its quantize node."""
+    import torch
+
+    from edgecxr.convert.executorch_export import quantize_int8
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU6(inplace=True),
+                              torch.nn.Conv2d(8, 4, 1), torch.nn.ReLU6()).eval()
+    yy, xx = np.mgrid[0:16, 0:16] / 16.0
+    calib = np.stack([np.stack([np.sin(xx * k), np.cos(yy * k), xx * yy]) for k in range(1, 9)]).astype(np.float32)
+    graph = quantize_int8(net, (1, 3, 16, 16), calib).graph
+    clamps = [n for n in graph.nodes if n.op == "call_function" and "hardtanh" in str(n.target)]
+    assert len(clamps) == 2
+    for clamp in clamps:
+        assert "conv2d" in str(clamp.args[0].target), clamp.args[0].target  # not a dequantize of the conv output
+        assert any("quantize_per_tensor" in str(u.target) for u in clamp.users)
