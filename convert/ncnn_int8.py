@@ -81,8 +81,13 @@ def _blobs(net: Any, x: np.ndarray, inp: str, names: list[str]) -> list[np.ndarr
     return out
 
 
-def kl_threshold(hist: np.ndarray, bin_width: float, levels: int = KL_LEVELS) -> float:
-    """The clipping threshold whose ``levels``-level quantized histogram is nearest (KL) to the clipped one."""
+def kl_threshold(hist: np.ndarray, bin_width: float, levels: int = KL_LEVELS, eps: float = 1e-4) -> float:
+    """The clipping threshold whose ``levels``-level quantization is nearest (KL) to the clipped histogram.
+
+    P is the histogram cut at the candidate with the outliers added to its last bin; Q
+    quantizes the bins below the cut only, so clipping costs what it loses. Empty Q bins
+    where P has mass get ``eps`` (taken from the others) instead of an infinite divergence.
+    """
     hist = hist.astype(np.float64)
     best, best_i = np.inf, len(hist)
     for i in range(levels, len(hist) + 1):
@@ -90,13 +95,16 @@ def kl_threshold(hist: np.ndarray, bin_width: float, levels: int = KL_LEVELS) ->
         p[-1] += hist[i:].sum()  # outliers clip to the threshold
         if p.sum() == 0:
             continue
-        nonzero = (p > 0).astype(np.float64)
+        nonzero = (hist[:i] > 0).astype(np.float64)
         level = (np.arange(i) * levels) // i  # the quantized level each bin falls into
-        total, used = np.bincount(level, p, levels), np.bincount(level, nonzero, levels)
+        total, used = np.bincount(level, hist[:i], levels), np.bincount(level, nonzero, levels)
         q = nonzero * (total / np.maximum(used, 1))[level]  # each level's mass spread over its non-empty bins
-        ps, qs = p / p.sum(), q / q.sum()
+        ps, qs = p / p.sum(), q / max(q.sum(), 1e-30)
+        zero = (qs == 0) & (ps > 0)
+        if zero.any():
+            qs = qs * (1 - eps * zero.sum() / max((qs > 0).sum(), 1)) + eps * zero
         m = ps > 0
-        kl = float(np.sum(ps[m] * np.log(ps[m] / qs[m])))
+        kl = float(np.sum(ps[m] * np.log(ps[m] / np.maximum(qs[m], 1e-30))))
         if kl < best:
             best, best_i = kl, i
     return (best_i + 0.5) * bin_width

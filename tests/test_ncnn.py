@@ -204,3 +204,15 @@ def test_runner_on_emulated_cortex_a72_matches_x86_for_ncnn(ncnn_export, synthet
     selftests = [line for line in proc.stdout.splitlines() if line.startswith("SELFTEST")]
     assert len(selftests) == 6 and all("self-test PASS" in line for line in selftests), proc.stdout
     assert not re.search(r"\d\s*ms\b", proc.stdout), "emulated timings must never be reported"
+
+
+def test_entropy_threshold_clips_a_lone_outlier_but_not_a_uniform_range():
+    from edgecxr.convert.ncnn_int8 import kl_threshold
+
+    rng = np.random.default_rng(0)
+    spiky = np.abs(np.concatenate([rng.normal(0, 1, 100000), [40.0]]))
+    h, edges = np.histogram(spiky, bins=2048, range=(0, spiky.max()))
+    assert 2.5 < kl_threshold(h, edges[1] - edges[0]) < 10  # far below the outlier, well above most values
+    flat = rng.uniform(0, 6, 100000)
+    h, edges = np.histogram(flat, bins=2048, range=(0, 6))
+    assert kl_threshold(h, edges[1] - edges[0]) > 5.9  # nothing to gain from clipping a uniform range
