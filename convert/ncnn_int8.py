@@ -11,8 +11,8 @@ PyPI, so the same scheme is computed here from the FP32 ncnn pair pnnx wrote:
   threshold``, the threshold measured by running the FP32 graph itself (ncnn's
   Extractor) on the real calibration images ``convert`` loaded. ``--calib-method``
   picks the threshold: ``minmax`` the largest |x| seen, ``minmax-avg`` the mean of the
-  per-image maxima, ``percentile`` the 99.99th percentile of |x|, ``entropy`` the
-  KL-divergence search ncnn2table uses by default (2048-bin histogram, 128 levels);
+  per-image maxima (``percentile``, the 99.99th percentile, and ``entropy``, the KL
+  search ncnn2table uses by default, are written but refused: see ``UNVALIDATED``);
 - the layer gets ``8=2`` (``8=1`` for depthwise) and its ``.bin`` entry becomes: int8
   weights, bias, weight scales, input scale, which is what those layers' ``load_model``
   reads when ``int8_scale_term`` is set.
@@ -32,7 +32,10 @@ from edgecxr.errors import EdgecxrError
 HIST_BINS = 2048
 KL_LEVELS = 128
 PERCENTILE = 99.99
-METHODS = ("minmax", "minmax-avg", "percentile", "entropy")
+METHODS = ("minmax", "minmax-avg")
+# Histogram thresholds are implemented but refused: with them EfficientNet-Lite0 INT8 agreed with
+# FP32 on 34% of test images (minmax: 90.7%); not understood in time, so not offered.
+UNVALIDATED = ("percentile", "entropy")
 
 
 def round_away(v: np.ndarray) -> np.ndarray:
@@ -114,7 +117,8 @@ def thresholds(param: str, weights: str, x_cal: np.ndarray, names: list[str], in
                threads: int | None = None) -> dict[str, float]:
     """|x| clipping threshold per blob in ``names``, from the FP32 graph on ``x_cal`` (N x C x H x W)."""
     if method not in METHODS:
-        raise EdgecxrError(f"--calib-method {method!r} has no ncnn INT8 equivalent; choose one of {', '.join(METHODS)}")
+        why = "is not validated for ncnn INT8" if method in UNVALIDATED else "has no ncnn INT8 equivalent"
+        raise EdgecxrError(f"--calib-method {method!r} {why}; choose one of {', '.join(METHODS)}")
     if x_cal is None or not len(x_cal):
         raise EdgecxrError("ncnn INT8 needs real calibration images (internal error: none were passed)")
     net = _net(param, weights, threads)
