@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import site
 import subprocess
 import sys
 import threading
@@ -20,6 +18,8 @@ import numpy as np
 import pytest
 
 pytest.importorskip("executorch.extension.pybindings._C", reason="ExecuTorch not installed (pip install -r requirements.txt)")
+
+from helpers import run_bare_runner
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = str(ROOT / "device" / "edgecxr_runner.py")
@@ -107,15 +107,7 @@ def test_pte_fp16_is_converted_verified_and_passes_its_selftest(trained_run, tmp
 
 
 def test_runner_names_the_package_when_executorch_is_missing(et_export, tmp_path):
-    hidden = tmp_path / "hidden"
-    hidden.mkdir()
-    (hidden / "executorch.py").write_text("raise ImportError('executorch hidden for this test')\n")
-    device = tmp_path / "device"
-    shutil.copytree(ROOT / "device", device, ignore=shutil.ignore_patterns("__pycache__"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env["PYTHONPATH"] = f"{hidden}{os.pathsep}{site.getsitepackages()[0]}"
-    proc = subprocess.run([sys.executable, "-S", str(device / "edgecxr_runner.py"), "--model", str(et_export[0] / "mobilenet_v2_fp32.pte"),
-                           "--selftest"], capture_output=True, text=True, timeout=120, env=env)
+    proc = run_bare_runner(tmp_path, "--model", str(et_export[0] / "mobilenet_v2_fp32.pte"), "--selftest", hide=("executorch",), timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install executorch torch" in lines[0] and "Traceback" not in proc.stderr

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import site
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_bare_runner
 from scipy.stats import betabinom
 
 from edgecxr.device.decision import decide, quality_refusal
@@ -188,13 +185,7 @@ def calibrated_onnx(probe_models, tmp_path_factory):
 
 
 def _bare_runner(tmp_path, *args: str) -> str:
-    """device/ copied alone and run with ``python -S``: numpy + onnxruntime from site-packages, no edgecxr."""
-    root = tmp_path / "bare"
-    if not root.exists():
-        shutil.copytree(ROOT / "device", root / "device", ignore=shutil.ignore_patterns("__pycache__"))
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}, "PYTHONPATH": site.getsitepackages()[0]}
-    proc = subprocess.run([sys.executable, "-S", str(root / "device" / "edgecxr_runner.py"), *args], capture_output=True,
-                          text=True, timeout=300, cwd=str(root), env=env)
+    proc = run_bare_runner(tmp_path, *args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 

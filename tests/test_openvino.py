@@ -8,9 +8,7 @@ OpenVINO runtime and NNCF; INT8 is calibrated on the run's own (synthetic) image
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import site
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +19,8 @@ import pytest
 
 pytest.importorskip("openvino", reason="OpenVINO not installed (pip install -r requirements.txt)")
 pytest.importorskip("nncf", reason="NNCF not installed (pip install -r requirements.txt)")
+
+from helpers import run_bare_runner
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = str(ROOT / "device" / "edgecxr_runner.py")
@@ -97,15 +97,7 @@ def test_runner_classifies_an_image_with_the_openvino_runtime(ov_export, synthet
 
 
 def test_runner_names_the_package_when_openvino_is_missing(ov_export, tmp_path):
-    hidden = tmp_path / "hidden"
-    hidden.mkdir()
-    (hidden / "openvino.py").write_text("raise ImportError('openvino hidden for this test')\n")
-    device = tmp_path / "device"
-    shutil.copytree(ROOT / "device", device, ignore=shutil.ignore_patterns("__pycache__"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env["PYTHONPATH"] = f"{hidden}{os.pathsep}{site.getsitepackages()[0]}"
-    proc = subprocess.run([sys.executable, "-S", str(device / "edgecxr_runner.py"), "--model", str(ov_export[0] / "mobilenet_v2_fp32.xml"),
-                           "--selftest"], capture_output=True, text=True, timeout=120, env=env)
+    proc = run_bare_runner(tmp_path, "--model", str(ov_export[0] / "mobilenet_v2_fp32.xml"), "--selftest", hide=("openvino",), timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install openvino" in lines[0] and "Traceback" not in proc.stderr
