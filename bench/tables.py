@@ -49,12 +49,14 @@ def _ci(row: dict[str, Any], key: str, scale: float = 1.0, fmt: str = "{:.3f}") 
     return text
 
 
-def _delta(row: dict[str, Any]) -> str:
+def _delta(row: dict[str, Any], ci_digits: int = 2) -> str:
+    """The paired macro-F1 change with its CI; the compact table gives the CI to 0.1 point
+    (``ci_digits=1``): a bootstrap over a few hundred images resolves no more."""
     d = row.get("delta_macro_f1_pp")
     if d is None:
         return "n/a"
     lo, hi = row.get("delta_macro_f1_ci95") or (None, None)
-    return f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]" if lo is not None else f"{d:+.2f}"
+    return f"{d:+.2f} [{lo:+.{ci_digits}f}, {hi:+.{ci_digits}f}]" if lo is not None else f"{d:+.2f}"
 
 
 def _millions(v: Any) -> str:
@@ -116,21 +118,12 @@ def _distinguishing_parts(folders: list[str]) -> dict[str, str]:
     return {f: f for f in folders}
 
 
-def _delta_short(row: dict[str, Any]) -> str:
-    """The paired change with its CI to 0.1 point: a bootstrap over a few hundred images resolves no more."""
-    d = row.get("delta_macro_f1_pp")
-    if d is None:
-        return "n/a"
-    lo, hi = row.get("delta_macro_f1_ci95") or (None, None)
-    return f"{d:+.2f} [{lo:+.1f}, {hi:+.1f}]" if lo is not None else f"{d:+.2f}"
-
-
 def compact_cells(row: dict[str, Any], label: str) -> list[str]:
     s = {} if row.get("error") else latency_stats(row)
     selftest = "error" if row.get("error") else "skipped" if row.get("skipped") else selftest_cell(row.get("selftest")).split(" ")[0]
     return [label, row.get("format", "?"), row.get("precision", "?"), row.get("runtime_name") or row.get("runtime") or "n/a",
             str(row.get("threads", "?")), f"{row.get('size_bytes', 0) / 1e6:.2f}", _f(row.get("macro_f1"), "{:.3f}"),
-            _delta_short(row), _f(row.get("top1_agreement"), "{:.3f}"), _f(s.get("median_ms")), _f(s.get("p90_ms")), selftest]
+            _delta(row, ci_digits=1), _f(row.get("top1_agreement"), "{:.3f}"), _f(s.get("median_ms")), _f(s.get("p90_ms")), selftest]
 
 
 def aligned_table(header: list[str], rows: list[list[str]], right: set[str] = frozenset(), style: str = "md") -> list[str]:
