@@ -53,11 +53,12 @@ def _preimport(runtime: str) -> None:
 
     from edgecxr.device.formats import RUNTIMES
 
-    module = RUNTIMES[runtime].module if runtime in RUNTIMES else "torch"
-    try:
-        importlib.import_module(module)
-    except ImportError:  # opening the model reports the missing runtime in one line
-        pass
+    for module in RUNTIMES[runtime].modules if runtime in RUNTIMES else ("torch",):  # the first the backend would use
+        try:
+            importlib.import_module(module)
+            return
+        except ImportError:  # opening the model reports the missing runtime in one line
+            continue
 
 
 def synthetic_input(backend: Any, seed: int = 0) -> np.ndarray:

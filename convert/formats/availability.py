@@ -26,11 +26,11 @@ def importable(module: str) -> bool:
 def missing_package(fmt: ExportFormat, precision: str) -> str | None:
     """Why ``fmt`` cannot be produced at ``precision`` here (one line with the pip command), or ``None``."""
     runtime = RUNTIMES.get(fmt.runtimes[0]) if fmt.runtimes else None
-    needs = [(runtime.module, runtime.install)] if runtime is not None else []
-    needs += [(r.module, r.install) for r in fmt.requires if precision in r.precisions]
-    for module, install in needs:
-        if not importable(module):
-            return f"{module} is not installed: {install}"
+    if runtime is not None and not any(importable(m) for m in runtime.modules):  # its fallbacks open the file too
+        return f"{runtime.module} is not installed: {runtime.install}"
+    for r in fmt.requires:
+        if precision in r.precisions and not importable(r.module):
+            return f"{r.module} is not installed: {r.install}"
     return None
 
 
