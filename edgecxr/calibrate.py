@@ -75,5 +75,7 @@ def ensure_decision(ckpt: str, contract: Any, threads: int | None, progress: boo
         echo(f"decision: not fitted ({exc}); exports give plain softmax")
         return contract
     echo("decision (fitted for these exports; `edgecxr calibrate` stores it in the checkpoint):\n  "
-         + describe_block(block).replace("\n", "\n  "))
+         + describe_block(block).replace("\n", "\n  ")
+         + "\n  no OOD refusal: the feature head changes the graph and is fitted on the training images, so it is "
+           f"`edgecxr calibrate {ckpt}`'s job; run it, then convert again")
     return replace(contract, decision=block)

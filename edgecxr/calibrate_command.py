@@ -32,11 +32,14 @@ from edgecxr.decision_fit import DEFAULT_COVERAGE, DEFAULT_METHOD
               type=click.Choice(["feature_mahalanobis", "energy", "max_logit", "msp"]),
               help="Out-of-distribution score: a feature-space head carried in the logits, or a logit-only score "
                    "(measured per model: runs/notes/ood.md).")
+@click.option("--ood-features", default="sqrt_l2", show_default=True, type=click.Choice(["none", "sqrt", "l2", "sqrt_l2"]),
+              help="feature_mahalanobis: transform of the pooled features before the distance (sqrt_l2: square root, "
+                   "then unit length; measured best on both README models, README 'Refusing what is not a chest X-ray').")
 @click.option("--dry-run", is_flag=True, help="Fit and print, write nothing.")
 @click.option("--threads", type=click.IntRange(1), help="Runtime threads.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def calibrate_command(model: str, coverage: float, method: str, data: str | None, split_csv: str | None,
-                      stamps: tuple[str, ...], per_class: bool, disjoint: bool, ood_method: str, dry_run: bool, threads: int | None,
+                      stamps: tuple[str, ...], per_class: bool, disjoint: bool, ood_method: str, ood_features: str, dry_run: bool, threads: int | None,
                       quiet: bool) -> None:
     """Fit temperature scaling and a split-conformal threshold on MODEL's validation split
     and store them in its contract (MODEL: a run folder, checkpoint, .onnx or .tflite).
@@ -56,7 +59,8 @@ def calibrate_command(model: str, coverage: float, method: str, data: str | None
     click.echo(describe_block(block))
     from edgecxr.ood_fit import describe_refusals, fit_refusals, store_head
 
-    refusals, head = fit_refusals(path, backend, data, split_csv, progress=not quiet, echo=click.echo, method=ood_method)
+    refusals, head = fit_refusals(path, backend, data, split_csv, progress=not quiet, echo=click.echo, method=ood_method,
+                                  transform=ood_features)
     block.update(refusals)
     click.echo(describe_refusals(refusals))
     if dry_run:

@@ -43,5 +43,9 @@ def load_model(path: str) -> tuple[nn.Module, Contract]:
         from edgecxr.ood_head import attach, from_payload
 
         attach(model, from_payload(payload["ood_head"]))
+    elif ((contract.decision or {}).get("ood") or {}).get("method") == "feature_mahalanobis":
+        # the runner would read -mean(logits) of a plain head (always 0) as the score and refuse nothing
+        raise EdgecxrError(f"{path}: its contract names the feature_mahalanobis OOD score but the checkpoint carries no OOD head; "
+                           f"run `edgecxr calibrate {path}` again to refit both")
     model.eval()
     return model, contract

@@ -126,12 +126,13 @@ def _batches(index: Any, samples: list[Any], spec: Any, batch: int = 128):
 
 def fit_refusals(path: str, backend: Any, data: str | None = None, split_csv: str | None = None, tpr: float = DEFAULT_TPR,
                  fit_images: int | None = None, progress: bool = False, echo: Any = print,
-                 method: str = "feature_mahalanobis") -> tuple[dict[str, Any], dict[str, Any] | None]:
+                 method: str = "feature_mahalanobis", transform: str | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """``({"ood": ..., "quality": ...}, head numbers or None)`` for the model at ``path``.
 
     A checkpoint: the feature-space head is fitted on its training images (all, or
     ``fit_images`` stratified), attached to ``backend``'s model, and thresholded on the
     validation images through that model; the caller stores the numbers in the checkpoint.
+    ``transform``: the head's feature transform (``ood_head.TRANSFORMS``; None: the default).
     An export converted from such a checkpoint: only the threshold is refitted, on its
     own outputs (INT8 ones included). Any other export: no OOD block (the logit-only
     scores are too weak to ship, runs/notes/ood.md); the quality block is always given.
@@ -177,10 +178,14 @@ def fit_refusals(path: str, backend: Any, data: str | None = None, split_csv: st
             feats.append(ood_head.pooled_features(model, x))
             ys.append(y)
             fit_problems += probs
-        numbers = ood_head.fit_numbers(np.concatenate(feats), np.concatenate(ys), contract.num_classes)
+        if transform is not None and transform not in ood_head.TRANSFORMS:
+            raise EdgecxrError(f"--ood-features {transform!r}: choose one of {', '.join(ood_head.TRANSFORMS)}")
+        numbers = ood_head.fit_numbers(np.concatenate(feats), np.concatenate(ys), contract.num_classes,
+                                       transform=transform or ood_head.DEFAULT_TRANSFORM)
         backend.model = ood_head.attach(model, numbers)
         method = ood_head.METHOD
-        echo(f"OOD head: Mahalanobis on {numbers['dims']} PCA dims of the pooled features, {sum(len(y) for y in ys)} training images")
+        echo(f"OOD head: Mahalanobis on {numbers['dims']} PCA dims of the {numbers['transform']} pooled features, "
+             f"{sum(len(y) for y in ys)} training images")
     elif own.get("method") == "feature_mahalanobis":
         method = own["method"]
     elif own.get("method") not in (None, "feature_mahalanobis"):
@@ -198,9 +203,10 @@ def fit_refusals(path: str, backend: Any, data: str | None = None, split_csv: st
     spec.update({"n_fit": sum(len(y) for y in ys) if numbers is not None else int(own.get("n_fit", 0)),
                  "fitted_with": f"{contract.format} {contract.precision}", "split": "val", "data_root": index.root})
     if numbers is not None:
-        spec.update({"dims": int(numbers["dims"]), "scale": float(numbers["scale"]), "cap": float(numbers["cap"])})
+        spec.update({"dims": int(numbers["dims"]), "scale": float(numbers["scale"]), "cap": float(numbers["cap"]),
+                     "features": numbers["transform"]})
     else:
-        spec.update({k: own[k] for k in ("dims", "scale", "cap") if k in own})
+        spec.update({k: own[k] for k in ("dims", "scale", "cap", "features") if k in own})
     return {"ood": spec, "quality": quality_block_counts(fit_problems + val_problems)}, numbers
 
 

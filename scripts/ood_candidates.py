@@ -6,7 +6,8 @@ in-distribution folder (``--near``) and the OOD set (``scripts/build_ood_set.py`
 keeps pooled features and logits, and scores every candidate: max-softmax, max-logit,
 energy, Mahalanobis on the logits, class-conditional Mahalanobis on the pooled
 features (full, PCA-reduced on raw features, PCA-reduced on within-class residuals,
-and class-agnostic), KNN on normalised features, feature norm. Each is fitted on
+and class-agnostic), the shipped head (``edgecxr/ood_head.py``, 256 PCA dims) under each
+feature transform (none, sqrt, l2, sqrt_l2), KNN on normalised features, feature norm. Each is fitted on
 the training images and thresholded at 95% TPR on validation CXRs; the table gives
 AUROC (test CXRs vs group) / share of the group accepted at that threshold, and the
 share of test CXRs and near images refused.
@@ -94,6 +95,8 @@ def _gauss(x: np.ndarray, y: np.ndarray, k: int | None, classcond: bool = True, 
 
 
 def candidates(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from edgecxr import ood_head
+
     f, z, g, lab = d["feats"].astype(np.float64), d["logits"].astype(np.float64), d["groups"], d["labels"]
     classes = list(d["classes"])
     tr = g == "cxr_train"
@@ -111,6 +114,8 @@ def candidates(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         "feat_maha_pca128_raw": _gauss(f[tr], y, 128, residual_pca=False)(f),
         "feat_maha_global_256": _gauss(f[tr], y, 256, classcond=False)(f),
         **{f"feat_maha_resid_pca{k}": _gauss(f[tr], y, k)(f) for k in (64, 128, 256, 512)},
+        **{f"head_{t}_pca256": ood_head.raw_scores(f, ood_head.fit_numbers(f[tr], y, len(classes), transform=t))
+           for t in ood_head.TRANSFORMS},
     }
 
 
@@ -155,7 +160,7 @@ def write_head(d: dict[str, np.ndarray], ckpt: str) -> dict:
         problems.append(p[0] if p else "")
     spec.update({"n_fit": int(tr.sum()), "fitted_with": "pytorch fp32 (cached features, scripts/ood_candidates.py --write-head)",
                  "split": "val", "data_root": index.root, "dims": int(numbers["dims"]), "scale": float(numbers["scale"]),
-                 "cap": float(numbers["cap"])})
+                 "cap": float(numbers["cap"]), "features": numbers["transform"]})
     store_head(ckpt, numbers)
     block = {**(contract.decision or {}), "ood": spec, "quality": quality_block_counts(problems)}
     write_decision(ckpt, block)

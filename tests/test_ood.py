@@ -151,7 +151,7 @@ def test_the_ood_head_keeps_probabilities_and_carries_the_score_in_the_logits_me
     x = torch.from_numpy(np.concatenate([feats[:50], rng.normal(0, 9, (20, 40))])).float()  # 50 in, 20 far out
     with torch.no_grad():
         before = model(x).double().numpy()
-    numbers = fit_numbers(feats, y, 3, dims=16)
+    numbers = fit_numbers(feats, y, 3, dims=16, transform="none")
     attach(model, numbers)
     with torch.no_grad():
         after = model(x).double().numpy()
@@ -162,6 +162,51 @@ def test_the_ood_head_keeps_probabilities_and_carries_the_score_in_the_logits_me
     assert np.allclose(r, want, rtol=1e-4, atol=1e-4)
     assert np.quantile(r[:50], 0.5) < 1.0 and np.allclose(r[50:], numbers["cap"], atol=1e-5)  # far points saturate at the cap
     assert numbers["dims"] == 16 and np.quantile(raw_scores(feats, numbers) / numbers["scale"], 0.95) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("transform", ["none", "sqrt", "l2", "sqrt_l2"])
+def test_every_feature_transform_scores_the_same_in_the_graph_as_in_numpy(transform):
+    import torch
+
+    from edgecxr.ood_head import attach, fit_numbers, raw_scores
+    from edgecxr.registry import CXRClassifier
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 400)
+    feats = np.maximum(0.0, rng.normal(0, 1, (3, 64))[y] + rng.normal(0, 0.7, (400, 64)))  # ReLU-sparse, like pooled features
+    feats[0] = 0.0  # an all-zero vector: unit length must not turn it into NaN
+    numbers = fit_numbers(feats, y, 3, dims=24, transform=transform)
+    model = attach(CXRClassifier(torch.nn.Identity(), 64, 3, dropout=0.0).eval(), numbers)
+    with torch.no_grad():
+        r = ood_scores(model(torch.from_numpy(feats).float()).double().numpy(), {"method": "feature_mahalanobis"})
+    want = np.clip(raw_scores(feats, numbers) / numbers["scale"], 0, numbers["cap"])
+    assert numbers["transform"] == transform and np.all(np.isfinite(r))
+    assert np.allclose(r, want, rtol=1e-3, atol=1e-3)
+
+
+def test_unit_length_transforms_ignore_the_feature_scale_and_raw_ones_do_not():
+    """Why sqrt_l2 is the default: a brighter or larger image scales the pooled features;
+    only the direction of the feature vector should say whether it is a CXR."""
+    from edgecxr.ood_head import fit_numbers, raw_scores
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 400)
+    feats = np.maximum(0.0, rng.normal(0, 1, (3, 32))[y] + rng.normal(0, 0.5, (400, 32))) + 0.1
+    for transform, invariant in (("l2", True), ("sqrt_l2", True), ("none", False), ("sqrt", False)):
+        numbers = fit_numbers(feats, y, 3, dims=12, transform=transform)
+        same = np.allclose(raw_scores(feats[:20], numbers), raw_scores(3.0 * feats[:20], numbers), rtol=1e-6)
+        assert same == invariant, transform
+
+
+def test_a_head_stored_before_transforms_existed_still_scores_raw_features():
+    from edgecxr.ood_head import fit_numbers, raw_scores
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 300)
+    feats = rng.normal(0, 1, (3, 16))[y] + rng.normal(0, 1, (300, 16))
+    numbers = fit_numbers(feats, y, 3, dims=8, transform="none")
+    old = {k: v for k, v in numbers.items() if k != "transform"}
+    assert np.array_equal(raw_scores(feats, old), raw_scores(feats, numbers))
 
 
 # --- the bare runner ---------------------------------------------------------------------------
@@ -236,3 +281,17 @@ def test_a_photo_is_refused_by_the_bare_runner(calibrated_onnx, synthetic_data, 
         table = {r["file"]: r for r in csv.DictReader(fh)}
     assert table["astronaut.png"]["action"] == "refuse" and table["astronaut.png"]["label"] == ""
     assert table["blank.png"]["action"] == "refuse" and table[cxr.name]["action"] in ("answer", "refer")
+
+
+def test_a_checkpoint_naming_the_feature_score_without_its_head_is_refused(probe_models, tmp_path):
+    """Without the head the score read back as -mean(logits) is always 0: every image would pass."""
+    from edgecxr.decision_store import write_decision
+    from edgecxr.errors import EdgecxrError
+    from edgecxr.models import load_model
+
+    ckpt = tmp_path / "probe.pt"
+    shutil.copy(probe_models[0], ckpt)
+    write_decision(str(ckpt), {"schema": "edgecxr.decision/1", "temperature": 1.0,
+                               "ood": {"method": "feature_mahalanobis", "threshold": 1.0}})
+    with pytest.raises(EdgecxrError, match="carries no OOD head"):
+        load_model(str(ckpt))
