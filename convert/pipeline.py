@@ -171,6 +171,7 @@ def convert_checkpoint(
             fmt.produce(prod, ready)
 
     ref = _verify_steps(run, vset, torch_model, contract, host_cpu, threads, progress, echo) if vset is not None else None
+    _refit_ood_thresholds(run, threads, echo)
     rep = report_mod.build_report(
         ckpt=ckpt, sha256=sha, contract=contract, out_dir=out_dir, steps=[s.to_dict() for s in run.steps],
         calibration=(dict(calib.to_dict(), method=calib_method) if calib else None),
@@ -181,6 +182,28 @@ def convert_checkpoint(
     )
     report_mod.write_report(rep, out_dir)
     return rep
+
+
+def _refit_ood_thresholds(run: Run, threads: int | None, echo: Echo) -> None:
+    """Each rounded (FP16/INT8) file gets the OOD threshold of its own validation outputs
+    (``ood_fit.refit_artifact_threshold``); FP32 files compute the checkpoint's score already.
+    A file this CPU computes wrong (``unverified``) keeps the checkpoint's threshold."""
+    from edgecxr.device.formats import model_bytes
+    from edgecxr.ood_fit import refit_artifact_threshold
+
+    for step in run.steps:
+        if step.precision == "fp32" or step.status not in ("ok", "degraded"):
+            continue
+        try:
+            refit = refit_artifact_threshold(run.path(step), threads)
+        except Exception as exc:  # the file stays as verified, with the checkpoint's threshold
+            echo(f"  {step.file}: OOD threshold not refitted ({fail_reason(exc)})")
+            continue
+        if refit:
+            step.details["ood_threshold"] = refit
+            step.bytes = model_bytes(run.path(step))
+            echo(f"  {step.file}: OOD threshold {refit['threshold_from_checkpoint']:.4f} -> {refit['threshold']:.4f} on its own "
+                 f"{refit['n']} validation outputs ({refit['val_refused']:.1%} refused there)")
 
 
 def _verify_steps(run: Run, vset: Any, torch_model: Any, contract: Any, host_cpu: dict[str, Any], threads: int | None,
