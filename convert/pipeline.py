@@ -170,8 +170,8 @@ def convert_checkpoint(
         if ready:
             fmt.produce(prod, ready)
 
+    _refit_decisions(run, host_cpu, threads, echo)  # before verification: its ECE change and golden vectors use the refit
     ref = _verify_steps(run, vset, torch_model, contract, host_cpu, threads, progress, echo) if vset is not None else None
-    _refit_ood_thresholds(run, threads, echo)
     rep = report_mod.build_report(
         ckpt=ckpt, sha256=sha, contract=contract, out_dir=out_dir, steps=[s.to_dict() for s in run.steps],
         calibration=(dict(calib.to_dict(), method=calib_method) if calib else None),
@@ -184,26 +184,33 @@ def convert_checkpoint(
     return rep
 
 
-def _refit_ood_thresholds(run: Run, threads: int | None, echo: Echo) -> None:
-    """Each rounded (FP16/INT8) file gets the OOD threshold of its own validation outputs
-    (``ood_fit.refit_artifact_threshold``); FP32 files compute the checkpoint's score already.
-    A file this CPU computes wrong (``unverified``) keeps the checkpoint's threshold."""
+def _refit_decisions(run: Run, host_cpu: dict[str, Any], threads: int | None, echo: Echo) -> None:
+    """Each rounded (FP16/INT8) file gets the temperature, conformal and OOD thresholds of
+    its own validation outputs (``ood_fit.refit_artifact_decision``); FP32 files compute
+    the checkpoint's numbers already. A file this CPU computes wrong (its contract's
+    target), or one that failed, keeps the checkpoint's numbers."""
     from edgecxr.device.formats import model_bytes
-    from edgecxr.ood_fit import refit_artifact_threshold
+    from edgecxr.ood_fit import refit_artifact_decision
 
     for step in run.steps:
-        if step.precision == "fp32" or step.status not in ("ok", "degraded"):
+        if step.precision == "fp32" or step.status != "ok":
             continue
         try:
-            refit = refit_artifact_threshold(run.path(step), threads)
-        except Exception as exc:  # the file stays as verified, with the checkpoint's threshold
-            echo(f"  {step.file}: OOD threshold not refitted ({fail_reason(exc)})")
+            refit = refit_artifact_decision(run.path(step), threads, host_cpu)
+        except Exception as exc:  # the file stays as verified, with the checkpoint's numbers
+            echo(f"  {step.file}: decision not refitted ({fail_reason(exc)})")
             continue
         if refit:
-            step.details["ood_threshold"] = refit
+            step.details["decision_refit"] = refit
             step.bytes = model_bytes(run.path(step))
-            echo(f"  {step.file}: OOD threshold {refit['threshold_from_checkpoint']:.4f} -> {refit['threshold']:.4f} on its own "
-                 f"{refit['n']} validation outputs ({refit['val_refused']:.1%} refused there)")
+            parts = []
+            if "temperature" in refit:
+                parts.append(f"T {refit['temperature_from_checkpoint']:.4f} -> {refit['temperature']:.4f}, "
+                             f"qhat {refit['qhat_from_checkpoint']} -> {refit['qhat']}")
+            if "ood_threshold" in refit:
+                parts.append(f"OOD threshold {refit['ood_threshold_from_checkpoint']:.4f} -> {refit['ood_threshold']:.4f} "
+                             f"({refit['ood_val_refused']:.1%} of validation refused)")
+            echo(f"  {step.file}: refitted on its own validation outputs: " + "; ".join(parts))
 
 
 def _verify_steps(run: Run, vset: Any, torch_model: Any, contract: Any, host_cpu: dict[str, Any], threads: int | None,

@@ -229,11 +229,13 @@ def calibrated_onnx(probe_models, tmp_path_factory):
     return path
 
 
-def test_convert_refits_each_int8_files_ood_threshold_on_its_own_validation_outputs(calibrated_onnx, tmp_path):
-    """INT8 rounding shifts the score; the file keeps the checkpoint's head and scale but
-    cuts at the same TPR on what it itself computes, and its self-test still passes."""
+def test_convert_refits_each_int8_files_decision_on_its_own_validation_outputs(calibrated_onnx, tmp_path):
+    """INT8 rounding shifts the score and the probabilities; the file keeps the checkpoint's
+    head and scale but cuts at the same TPR, and takes T and qhat, from what it itself
+    computes; its self-test still passes."""
     from helpers import run_cli
 
+    from edgecxr.decision_fit import fit_temperature
     from edgecxr.device.ood import ood_scores as scores_of
     from edgecxr.evaluate import resolve_samples
     from edgecxr.imageset import load_images
@@ -250,11 +252,13 @@ def test_convert_refits_each_int8_files_ood_threshold_on_its_own_validation_outp
     fp32_ood = open_model(str(ckpt)).contract.decision["ood"]
     index = resolve_samples(int8.contract, None, "val", progress=False)
     val = load_images(index, index.of_split("val"), int8.contract.preprocess, progress=False)
-    own = scores_of(int8.predict(val.x), ood)
-    assert ood["threshold"] == pytest.approx(threshold_at_tpr(own, ood["tpr"]), abs=1e-6)
-    assert step["details"]["ood_threshold"]["threshold_from_checkpoint"] == pytest.approx(fp32_ood["threshold"])
+    z = int8.predict(val.x)
+    assert ood["threshold"] == pytest.approx(threshold_at_tpr(scores_of(z, ood), ood["tpr"]), abs=1e-6)
+    assert int8.contract.decision["temperature"] == pytest.approx(fit_temperature(z, val.y)["temperature"], rel=1e-6)
+    refit = step["details"]["decision_refit"]
+    assert refit["ood_threshold_from_checkpoint"] == pytest.approx(fp32_ood["threshold"])
     assert {k: ood[k] for k in ("scale", "dims", "features")} == {k: fp32_ood[k] for k in ("scale", "dims", "features")}
-    assert next(s for s in report["artifacts"] if s["precision"] == "fp32")["details"].get("ood_threshold") is None
+    assert "decision_refit" not in next(s for s in report["artifacts"] if s["precision"] == "fp32")["details"]
     proc = run_bare_runner(tmp_path, "--model", str(out / step["file"]), "--selftest")
     assert proc.returncode == 0 and "self-test PASS" in proc.stdout, proc.stdout + proc.stderr
 
