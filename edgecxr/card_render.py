@@ -173,10 +173,38 @@ def ood_section(inp: CardInputs) -> list[str]:
                         "OOD evaluation (`scripts/build_ood_set.py` builds the set; its evaluation command writes ood*.json), "
                         "or pass `--ood FILE` to `edgecxr card`", ""]
     for path, data in inp.ood:
-        nums = _numbers(data)
         lines += ["", f"From `{_rel(path)}`" + (f" (command: `{data['command']}`)" if isinstance(data.get("command"), str) else "") + ":", ""]
+        if isinstance(data.get("results"), list) and data["results"]:
+            lines += ood_eval_table(data)
+            continue
+        nums = _numbers(data)
         lines += [f"- {n}" for n in nums[:60]] + ([f"- ... {len(nums) - 60} more in the file"] if len(nums) > 60 else [])
     return lines + [""]
+
+
+def ood_eval_table(data: dict[str, Any]) -> list[str]:
+    """``scripts/ood_eval.py``'s report as a table: per file, the share of test CXRs refused and,
+    per group, AUROC / FPR at 95% TPR / share refused end to end."""
+    results = data["results"]
+    groups = list(dict.fromkeys(g for r in results for g in (r.get("groups") or {})))
+    head = "| file | test CXRs refused | " + " | ".join(f"{g}: AUROC / FPR@95 / refused" for g in groups) + " |"
+    lines = [head, "|" + "---|" * (len(groups) + 2)]
+    for r in results:
+        cells = []
+        for g in groups:
+            x = (r.get("groups") or {}).get(g) or {}
+            auc, fpr = x.get("auroc"), x.get("fpr_at_95tpr")
+            cells.append(" / ".join([f"{auc:.4f}" if isinstance(auc, float) else "-", f"{fpr:.3f}" if isinstance(fpr, float) else "-",
+                                     f"{x['refused']:.1%}" if "refused" in x else "-"]))
+        test = (r.get("test_cxr") or {}).get("refused")
+        name = f"`{os.path.basename(str(r.get('model', '?')))}` ({r.get('runtime', '?')})"
+        lines.append(f"| {name} | {test:.1%} | " if isinstance(test, float) else f"| {name} | - | ")
+        lines[-1] += " | ".join(cells) + " |"
+    cpu = data.get("cpu") or {}
+    if cpu:
+        lines += ["", f"CPU: {cpu.get('model', '?')} ({cpu.get('arch', '?')}; {' '.join(cpu.get('int8_features') or [])}); "
+                      f"threshold at {data.get('tpr', 0.95):.0%} TPR on validation CXRs, each file its own."]
+    return lines
 
 
 def convert_command(rep: dict[str, Any]) -> str:

@@ -73,3 +73,17 @@ def test_card_with_eval_and_ood_results_reports_their_numbers_and_commands(synth
     assert f"{rep['conformal']['mean_set_size']:.3f}" in card
     assert "temperature T = 2.0000" in card and "--split all" in card
     assert "groups.photos.auroc: 0.9987" in card and "python scripts/ood_eval.py toy" in card
+
+
+def test_the_card_renders_the_ood_evaluation_as_a_table_per_file_and_group():
+    from edgecxr.card_render import ood_eval_table
+
+    report = {"tpr": 0.95, "cpu": {"model": "AMD EPYC", "arch": "x86_64", "int8_features": ["avx2", "avx512_vnni"]},
+              "results": [{"model": "runs/x/export/m_int8.tflite", "runtime": "ai-edge-litert 2.3.0",
+                           "test_cxr": {"n": 300, "refused": 0.047},
+                           "groups": {"photos": {"n": 156, "refused": 1.0, "auroc": 0.9993, "fpr_at_95tpr": 0.0},
+                                      "blank": {"n": 24, "refused": 1.0}}}]}
+    lines = ood_eval_table(report)
+    assert lines[0].startswith("| file | test CXRs refused | photos: AUROC / FPR@95 / refused | blank:")
+    assert lines[2] == "| `m_int8.tflite` (ai-edge-litert 2.3.0) | 4.7% | 0.9993 / 0.000 / 100.0% | - / - / 100.0% |"
+    assert "avx512_vnni" in lines[-1]
