@@ -104,94 +104,68 @@ EOF
   rm -rf "$ROOT" && mv "$ROOT.tmp" "$ROOT"
 fi
 
+# fetch_wheels DIR MAX_GLIBC WHAT POST PKG...: PyPI's aarch64 cp311 wheels of PKG... into DIR, once (DIR/.complete
+# marks a finished fetch; a broken one is redone). MAX_GLIBC: newest manylinux_2_N tag to accept; WHAT: named in the
+# skip line; POST: a function run on the fetched folder before it counts as complete, or "-". NO_DEPS=1: --no-deps.
+fetch_wheels() {
+  local dir="$1" max_glibc="$2" what="$3" post="$4" plats="" n
+  shift 4
+  [ -f "$dir/.complete" ] && return 0
+  echo "installing aarch64 wheels $* into $dir"
+  rm -rf "$dir.tmp"
+  for n in 17 24 26 27 28 $(seq 29 "$max_glibc"); do plats="$plats --platform manylinux_2_${n}_aarch64"; done
+  "$PY" -m pip install -q --disable-pip-version-check --target "$dir.tmp" --only-binary=:all: ${NO_DEPS:+--no-deps} \
+      --python-version 3.11 --implementation cp --abi cp311 $plats --platform manylinux2014_aarch64 \
+      "$@" >/dev/null 2>&1 || skip "pip could not fetch the aarch64 $what wheels"
+  if [ "$post" != - ]; then "$post" "$dir.tmp"; fi
+  touch "$dir.tmp/.complete"
+  rm -rf "$dir" && mv "$dir.tmp" "$dir"
+}
+
 # --- 2. aarch64 wheels: numpy + ai-edge-litert (no OpenCV: the minimal Pi install) ---
-if [ ! -f "$SITE/.complete" ]; then
-  echo "installing aarch64 wheels numpy==$NUMPY_V ai-edge-litert==$LITERT_V into $SITE"
-  rm -rf "$SITE.tmp"
-  PLATS=""
-  for n in 17 24 26 27 28; do PLATS="$PLATS --platform manylinux_2_${n}_aarch64"; done
-  "$PY" -m pip install -q --disable-pip-version-check --target "$SITE.tmp" --only-binary=:all: \
-      --python-version 3.11 --implementation cp --abi cp311 $PLATS --platform manylinux2014_aarch64 \
-      "numpy==$NUMPY_V" "ai-edge-litert==$LITERT_V" >/dev/null 2>&1 || skip "pip could not fetch aarch64 wheels"
-  touch "$SITE.tmp/.complete"
-  rm -rf "$SITE" && mv "$SITE.tmp" "$SITE"
-fi
+fetch_wheels "$SITE" 28 "numpy/ai-edge-litert" - "numpy==$NUMPY_V" "ai-edge-litert==$LITERT_V"
 T1=$(date +%s)
+ARM_PATH="$SITE"
 
 # --- 2b. onnxruntime for .onnx models (its own folder: a TFLite-only Pi never needs it) ---
-ORT_SITE="$CACHE/site-onnxruntime$ORT_V"
-if [ "$NEED_ORT" = 1 ] && [ ! -f "$ORT_SITE/.complete" ]; then
-  echo "installing aarch64 wheel onnxruntime==$ORT_V into $ORT_SITE"
-  rm -rf "$ORT_SITE.tmp"
-  PLATS=""
-  for n in 17 24 26 27 28; do PLATS="$PLATS --platform manylinux_2_${n}_aarch64"; done
-  "$PY" -m pip install -q --disable-pip-version-check --target "$ORT_SITE.tmp" --only-binary=:all: --no-deps \
-      --python-version 3.11 --implementation cp --abi cp311 $PLATS --platform manylinux2014_aarch64 \
-      "onnxruntime==$ORT_V" >/dev/null 2>&1 || skip "pip could not fetch the aarch64 onnxruntime wheel"
-  touch "$ORT_SITE.tmp/.complete"
-  rm -rf "$ORT_SITE" && mv "$ORT_SITE.tmp" "$ORT_SITE"
+if [ "$NEED_ORT" = 1 ]; then
+  ORT_SITE="$CACHE/site-onnxruntime$ORT_V"
+  NO_DEPS=1 fetch_wheels "$ORT_SITE" 28 onnxruntime - "onnxruntime==$ORT_V"
+  ARM_PATH="$ARM_PATH:$ORT_SITE"
 fi
-ARM_PATH="$SITE"
-[ "$NEED_ORT" = 1 ] && ARM_PATH="$SITE:$ORT_SITE"
 
-# --- 2d. ncnn for .ncnn.param models: the host's version (manylinux_2_28 aarch64 wheel; the bindings need only numpy) ---
+# --- 2c. ncnn for .ncnn.param models: the host's version (manylinux_2_28 aarch64 wheel; the bindings need only numpy) ---
 if [ "$NEED_NCNN" = 1 ]; then
   NCNN_V="$("$PY" -c "from importlib.metadata import version as v; print(v('ncnn'))" 2>/dev/null)" || skip "host Python lacks ncnn"
   NCNN_SITE="$CACHE/site-ncnn$NCNN_V"
-  if [ ! -f "$NCNN_SITE/.complete" ]; then
-    echo "installing aarch64 wheel ncnn==$NCNN_V into $NCNN_SITE"
-    rm -rf "$NCNN_SITE.tmp"
-    PLATS=""
-    for n in 17 24 26 27 28; do PLATS="$PLATS --platform manylinux_2_${n}_aarch64"; done
-    "$PY" -m pip install -q --disable-pip-version-check --target "$NCNN_SITE.tmp" --only-binary=:all: --no-deps \
-        --python-version 3.11 --implementation cp --abi cp311 $PLATS --platform manylinux2014_aarch64 \
-        "ncnn==$NCNN_V" >/dev/null 2>&1 || skip "pip could not fetch the aarch64 ncnn wheel"
-    touch "$NCNN_SITE.tmp/.complete"
-    rm -rf "$NCNN_SITE" && mv "$NCNN_SITE.tmp" "$NCNN_SITE"
-  fi
+  NO_DEPS=1 fetch_wheels "$NCNN_SITE" 28 ncnn - "ncnn==$NCNN_V"
   ARM_PATH="$ARM_PATH:$NCNN_SITE"
 fi
 
-# --- 2c. openvino for .xml models: the host's version; its aarch64 wheel is manylinux_2_35 (bookworm: glibc 2.36) ---
+# --- 2d. openvino for .xml models: the host's version; its aarch64 wheel is manylinux_2_35 (bookworm: glibc 2.36) ---
 if [ "$NEED_OV" = 1 ]; then
   OV_V="$("$PY" -c "from importlib.metadata import version as v; print(v('openvino'))" 2>/dev/null)" || skip "host Python lacks openvino"
   OV_SITE="$CACHE/site-openvino$OV_V"
-  if [ ! -f "$OV_SITE/.complete" ]; then
-    echo "installing aarch64 wheel openvino==$OV_V into $OV_SITE"
-    rm -rf "$OV_SITE.tmp"
-    PLATS=""
-    for n in 17 24 26 27 28 29 30 31 32 33 34 35 36; do PLATS="$PLATS --platform manylinux_2_${n}_aarch64"; done
-    "$PY" -m pip install -q --disable-pip-version-check --target "$OV_SITE.tmp" --only-binary=:all: --no-deps \
-        --python-version 3.11 --implementation cp --abi cp311 $PLATS --platform manylinux2014_aarch64 \
-        "openvino==$OV_V" openvino-telemetry packaging >/dev/null 2>&1 || skip "pip could not fetch the aarch64 openvino wheel"
-    touch "$OV_SITE.tmp/.complete"
-    rm -rf "$OV_SITE" && mv "$OV_SITE.tmp" "$OV_SITE"
-  fi
+  NO_DEPS=1 fetch_wheels "$OV_SITE" 36 openvino - "openvino==$OV_V" openvino-telemetry packaging
   ARM_PATH="$ARM_PATH:$OV_SITE"
 fi
 
 # --- 2e. executorch + torch for .pte models: the host's versions. PyPI's aarch64 torch is a CUDA build whose
 # nvidia-* dependencies have no aarch64 wheel here; the libraries it links get stubs (scripts/aarch64_cuda_stubs.py,
 # never called on the CPU path; a Pi uses PyTorch's CPU wheel instead). About 1.1 GB, cached. ---
+cuda_stubs() {
+  "$PY" "$HERE/aarch64_cuda_stubs.py" "$1" "$ROOT" || skip "building the CUDA stubs for the aarch64 torch failed"
+}
 if [ "$NEED_ET" = 1 ]; then
   read -r ET_V TORCH_V < <("$PY" -c "from importlib.metadata import version as v; print(v('executorch'), v('torch'))" 2>/dev/null) \
     || skip "host Python lacks executorch or torch"
   ET_SITE="$CACHE/site-executorch$ET_V-torch$TORCH_V"
   if [ ! -f "$ET_SITE/.complete" ]; then
-    echo "installing aarch64 wheels executorch==$ET_V torch==$TORCH_V into $ET_SITE"
     command -v aarch64-linux-gnu-gcc >/dev/null || apt-get install -y -qq gcc-aarch64-linux-gnu >/dev/null 2>&1 \
       || skip "aarch64-linux-gnu-gcc (Debian gcc-aarch64-linux-gnu) is needed to build the CUDA stubs for PyPI's aarch64 torch"
-    rm -rf "$ET_SITE.tmp"
-    PLATS=""
-    for n in 17 24 26 27 28; do PLATS="$PLATS --platform manylinux_2_${n}_aarch64"; done
-    "$PY" -m pip install -q --disable-pip-version-check --target "$ET_SITE.tmp" --only-binary=:all: --no-deps \
-        --python-version 3.11 --implementation cp --abi cp311 $PLATS --platform manylinux2014_aarch64 \
-        "executorch==$ET_V" "torch==$TORCH_V" typing-extensions sympy mpmath filelock networkx jinja2 markupsafe fsspec \
-        >/dev/null 2>&1 || skip "pip could not fetch the aarch64 executorch/torch wheels"
-    "$PY" "$HERE/aarch64_cuda_stubs.py" "$ET_SITE.tmp" "$ROOT" || skip "building the CUDA stubs for the aarch64 torch failed"
-    touch "$ET_SITE.tmp/.complete"
-    rm -rf "$ET_SITE" && mv "$ET_SITE.tmp" "$ET_SITE"
   fi
+  NO_DEPS=1 fetch_wheels "$ET_SITE" 28 executorch/torch cuda_stubs "executorch==$ET_V" "torch==$TORCH_V" typing-extensions \
+    sympy mpmath filelock networkx jinja2 markupsafe fsspec
   ARM_PATH="$ARM_PATH:$ET_SITE"
 fi
 
