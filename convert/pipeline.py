@@ -185,15 +185,16 @@ def convert_checkpoint(
 
 
 def _refit_decisions(run: Run, host_cpu: dict[str, Any], threads: int | None, echo: Echo) -> None:
-    """Each rounded (FP16/INT8) file gets the temperature, conformal and OOD thresholds of
-    its own validation outputs (``ood_fit.refit_artifact_decision``); FP32 files compute
-    the checkpoint's numbers already. A file this CPU computes wrong (its contract's
-    target), or one that failed, keeps the checkpoint's numbers."""
+    """Each INT8 file gets the temperature, conformal and OOD thresholds of its own
+    validation outputs (``ood_fit.refit_artifact_decision``). FP32 and FP16 files keep the
+    checkpoint's: they compute its outputs to ~1e-3, and a refit would only add the noise
+    of 300 images. A file this CPU computes wrong (its contract's target), or one that
+    failed, keeps the checkpoint's numbers too."""
     from edgecxr.device.formats import model_bytes
     from edgecxr.ood_fit import refit_artifact_decision
 
     for step in run.steps:
-        if step.precision == "fp32" or step.status != "ok":
+        if step.precision != "int8" or step.status != "ok":
             continue
         try:
             refit = refit_artifact_decision(run.path(step), threads, host_cpu)
@@ -204,6 +205,8 @@ def _refit_decisions(run: Run, host_cpu: dict[str, Any], threads: int | None, ec
             step.details["decision_refit"] = refit
             step.bytes = model_bytes(run.path(step))
             parts = []
+            if "kept_checkpoint_temperature" in refit:
+                parts.append(f"checkpoint's T kept (refit {refit['kept_checkpoint_temperature']})")
             if "temperature" in refit:
                 parts.append(f"T {refit['temperature_from_checkpoint']:.4f} -> {refit['temperature']:.4f}, "
                              f"qhat {refit['qhat_from_checkpoint']} -> {refit['qhat']}")

@@ -223,7 +223,9 @@ def refit_artifact_decision(path: str, threads: int | None = None, host_cpu: dic
     model, got ECE 0.030 after T and 0.977 coverage at 0.95. Every number is refitted the
     way the checkpoint's was (same coverage, score, per-class and disjoint choices, same
     TPR, same validation split), through the file the device will run; the OOD head and
-    its scale stay those of the checkpoint, only the cut moves.
+    its scale stay those of the checkpoint, only the cut moves. A temperature refit that
+    lands on its search bound or has no error to fit (a small validation split) is not
+    taken: the checkpoint's T and qhat stay.
     """
     from edgecxr.calibrate import fit_decision
     from edgecxr.decision_store import write_decision
@@ -242,9 +244,13 @@ def refit_artifact_decision(path: str, threads: int | None = None, host_cpu: dic
             conf = block.get("conformal") or {}
             new = fit_decision(backend, None, None, float(conf.get("coverage", 0.95)), str(conf.get("method", "lac")),
                                disjoint="disjoint" in str(conf.get("images", "")), per_class="qhat_per_class" in conf)
-            out.update({"temperature_from_checkpoint": float(block["temperature"]), "temperature": float(new["temperature"]),
-                        "qhat_from_checkpoint": conf.get("qhat"), "qhat": new["conformal"].get("qhat")})
-            block = new
+            cal = new.get("calibration") or {}
+            if cal.get("at_bound") or cal.get("not_identifiable"):  # too few validation errors: the checkpoint's fit stands
+                out["kept_checkpoint_temperature"] = "at the search bound" if cal.get("at_bound") else "no misclassified image"
+            else:
+                out.update({"temperature_from_checkpoint": float(block["temperature"]), "temperature": float(new["temperature"]),
+                            "qhat_from_checkpoint": conf.get("qhat"), "qhat": new["conformal"].get("qhat")})
+                block = new
         own = block.get("ood") or {}
         if own.get("method") in ("feature_mahalanobis", "energy", "max_logit", "msp"):  # not: fitted on training logits
             refusals, _ = fit_refusals(path, backend, tpr=float(own.get("tpr", DEFAULT_TPR)), echo=lambda _line: None,

@@ -213,3 +213,23 @@ def test_convert_carries_the_checkpoints_decision_block_and_reports_ece_change(t
         assert cal["temperature"] == 1.3 and set(cal) == {"raw", "scaled", "temperature"}
         assert abs(cal["scaled"]["delta"] - (cal["scaled"]["ece"] - cal["scaled"]["ece_reference"])) < 1e-12
     assert "Calibration against FP32" in (tmp_path / "export" / "convert_report.md").read_text()
+
+
+def test_an_int8_refit_whose_temperature_hits_its_bound_keeps_the_checkpoints_numbers(trained_run, tmp_path):
+    """The two-epoch run predicts one class: its validation NLL falls as T grows without limit,
+    so a refit of T on the INT8 file's outputs lands on the search bound and must not be taken."""
+    import shutil
+
+    from edgecxr.convert.pipeline import convert_checkpoint
+    from edgecxr.decision_store import read_contract, write_decision
+
+    ckpt = tmp_path / "best.pt"
+    shutil.copy(trained_run / "best.pt", ckpt)
+    block = {"schema": "edgecxr.decision/1", "temperature": 1.3, "conformal": {"method": "lac", "coverage": 0.9, "qhat": 0.5, "n": 50}}
+    write_decision(str(ckpt), block)
+    lines: list[str] = []
+    rep = convert_checkpoint(str(ckpt), str(tmp_path / "export"), formats=("onnx",), int8=True, progress=False, echo=lines.append)
+    int8 = next(a for a in rep["artifacts"] if a["precision"] == "int8")
+    assert int8["details"]["decision_refit"] == {"kept_checkpoint_temperature": "at the search bound"}
+    assert read_contract(str(tmp_path / "export" / int8["file"])).decision == block
+    assert any("checkpoint's T kept (refit at the search bound)" in line for line in lines)
