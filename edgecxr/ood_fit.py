@@ -8,7 +8,7 @@ split-conformal quantile, so a fresh CXR from the same distribution passes with
 probability at least ``tpr``; the test split is never looked at.
 
 The measurements behind the choice of method (logit-space Mahalanobis against
-energy, max-softmax and feature-space scores) are in runs/notes/ood.md.
+energy, max-softmax and feature-space scores) are in README "Refusing what is not a chest X-ray".
 """
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def fit_refusals(path: str, backend: Any, data: str | None = None, split_csv: st
     ``transform``: the head's feature transform (``ood_head.TRANSFORMS``; None: the default).
     An export converted from such a checkpoint: only the threshold is refitted, on its
     own outputs (INT8 ones included). Any other export: no OOD block (the logit-only
-    scores are too weak to ship, runs/notes/ood.md); the quality block is always given.
+    scores are too weak to ship, README "Refusing what is not a chest X-ray"); the quality block is always given.
     """
     from edgecxr.data import stratified_subset
     from edgecxr.decision_report import model_logits

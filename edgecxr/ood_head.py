@@ -1,6 +1,6 @@
 """The out-of-distribution score carried inside the model graph, in the logits themselves.
 
-Measured on the README's models (runs/notes/ood.md), scores computed from the three
+Measured on the README's models (README "Refusing what is not a chest X-ray"), scores computed from the three
 logits alone (max-softmax, energy, Mahalanobis on logits) let 46-80% of photos through
 at 95% TPR, while a class-conditional Mahalanobis distance on the pooled features
 refuses all of them. Carrying features out of every format (a second graph output in
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-DEFAULT_DIMS = 256  # PCA dimensions of the within-class feature residuals (measured: runs/notes/ood.md)
+DEFAULT_DIMS = 256  # PCA dimensions of the within-class feature residuals (measured: README "Refusing what is not a chest X-ray")
 CAP = 4.0  # r is clipped here: enough to refuse, small enough not to widen the INT8 output range much
 METHOD = "feature_mahalanobis"
 TRANSFORMS = ("none", "sqrt", "l2", "sqrt_l2")
