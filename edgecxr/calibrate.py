@@ -6,6 +6,8 @@ import os
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from edgecxr.decision_fit import DEFAULT_COVERAGE, DEFAULT_METHOD
 from edgecxr.decision_report import model_logits
 from edgecxr.errors import EdgecxrError
@@ -15,6 +17,14 @@ def fit_decision(backend: Any, data: str | None, split_csv: str | None, coverage
                  progress: bool = False, disjoint: bool = False, per_class: bool = False) -> dict[str, Any]:
     """The decision block for ``backend``'s model, fitted on its run's validation split
     (whole, or disjoint halves for T and the conformal threshold; see decision_fit)."""
+    return fit_decision_and_logits(backend, data, split_csv, coverage, method, progress, disjoint, per_class)[0]
+
+
+def fit_decision_and_logits(backend: Any, data: str | None, split_csv: str | None, coverage: float, method: str,
+                            progress: bool = False, disjoint: bool = False,
+                            per_class: bool = False) -> tuple[dict[str, Any], np.ndarray]:
+    """:func:`fit_decision`, plus the logits of every validation image it read (each once),
+    so a caller fitting more thresholds on the same split need not decode it again."""
     from edgecxr.decision_fit import decision_block, fit_conformal, fit_images, fit_temperature
     from edgecxr.device.decision import calibrated_probabilities
     from edgecxr.evaluate import resolve_samples
@@ -34,7 +44,18 @@ def fit_decision(backend: Any, data: str | None, split_csv: str | None, coverage
     conformal = fit_conformal(calibrated_probabilities(z_c, t_fit), imgs_c.y, coverage, method, per_class)
     provenance = {"split": "val", "split_csv": split_csv or contract.source.get("split_csv"),
                   "data_root": index.root, "fitted_with": f"{contract.format} {contract.precision}"}
-    return decision_block(t_fit, conformal, provenance, disjoint, contract.decision)
+    z_val = z_t if for_c is for_t else np.concatenate([z_t, z_c])
+    return decision_block(t_fit, conformal, provenance, disjoint, contract.decision), z_val
+
+
+def validation_logits(backend: Any, progress: bool = False) -> np.ndarray:
+    """``backend``'s logits on every image of its run's validation split."""
+    from edgecxr.evaluate import resolve_samples
+    from edgecxr.imageset import load_images
+
+    index = resolve_samples(backend.contract, None, "val", None, progress=progress)
+    imgs = load_images(index, index.of_split("val"), backend.contract.preprocess, "validation images", progress=progress)
+    return model_logits(backend, imgs.x)
 
 
 def describe_block(block: dict[str, Any]) -> str:

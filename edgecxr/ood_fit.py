@@ -227,23 +227,25 @@ def refit_artifact_decision(path: str, threads: int | None = None, host_cpu: dic
     lands on its search bound or has no error to fit (a small validation split) is not
     taken: the checkpoint's T and qhat stay.
     """
-    from edgecxr.calibrate import fit_decision
+    from edgecxr.calibrate import fit_decision_and_logits, validation_logits
     from edgecxr.decision_store import write_decision
     from edgecxr.device.cpufeatures import unmet_requirement
     from edgecxr.runtime import open_model
 
     backend = open_model(path, threads, check_cpu=False)
-    block = dict(backend.contract.decision or {})
+    contract = backend.contract
+    block = dict(contract.decision or {})
     if "temperature" not in block and "ood" not in block:
         return None
-    if host_cpu is not None and unmet_requirement(backend.contract.target, host_cpu, backend.runtime):
+    if host_cpu is not None and unmet_requirement(contract.target, host_cpu, backend.runtime):
         return None
     out: dict[str, Any] = {}
     try:
+        z_val = None  # the validation logits, read once for every number refitted here
         if "temperature" in block:
             conf = block.get("conformal") or {}
-            new = fit_decision(backend, None, None, float(conf.get("coverage", 0.95)), str(conf.get("method", "lac")),
-                               disjoint="disjoint" in str(conf.get("images", "")), per_class="qhat_per_class" in conf)
+            new, z_val = fit_decision_and_logits(backend, None, None, float(conf.get("coverage", 0.95)), str(conf.get("method", "lac")),
+                                                 disjoint="disjoint" in str(conf.get("images", "")), per_class="qhat_per_class" in conf)
             cal = new.get("calibration") or {}
             if cal.get("at_bound") or cal.get("not_identifiable"):  # too few validation errors: the checkpoint's fit stands
                 out["kept_checkpoint_temperature"] = "at the search bound" if cal.get("at_bound") else "no misclassified image"
@@ -253,9 +255,12 @@ def refit_artifact_decision(path: str, threads: int | None = None, host_cpu: dic
                 block = new
         own = block.get("ood") or {}
         if own.get("method") in ("feature_mahalanobis", "energy", "max_logit", "msp"):  # not: fitted on training logits
-            refusals, _ = fit_refusals(path, backend, tpr=float(own.get("tpr", DEFAULT_TPR)), echo=lambda _line: None,
-                                       method=own["method"])
-            new_ood = {**own, **{k: refusals["ood"][k] for k in ("threshold", "n_threshold", "val_refused", "fitted_with")}}
+            if z_val is None:
+                z_val = validation_logits(backend)
+            k = contract.num_classes
+            spec = fit_ood(np.zeros((0, k)), np.zeros(0, int), z_val, k, own["method"], float(own.get("tpr", DEFAULT_TPR)))
+            new_ood = {**own, **{key: spec[key] for key in ("threshold", "n_threshold", "val_refused")},
+                       "fitted_with": f"{contract.format} {contract.precision}"}
             out.update({"ood_threshold_from_checkpoint": float(own["threshold"]), "ood_threshold": float(new_ood["threshold"]),
                         "ood_val_refused": float(new_ood["val_refused"])})
             block["ood"] = new_ood
