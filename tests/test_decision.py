@@ -192,23 +192,33 @@ def test_per_class_conformal_covers_every_class_within_its_binomial_bounds():
     assert len(block["qhat_per_class"]) == 3 and block["n_per_class"] == [int((y_cal == c).sum()) for c in range(3)]
 
 
-def test_convert_carries_the_checkpoints_decision_block_and_reports_ece_change(trained_run, tmp_path):
+CKPT_BLOCK = {"schema": "edgecxr.decision/1", "temperature": 1.3, "conformal": {"method": "lac", "coverage": 0.9, "qhat": 0.5, "n": 50}}
+
+
+def _convert_with_block(trained_run, tmp_path, **precisions) -> tuple[dict, list[str]]:
+    """Convert a copy of the two-epoch run carrying ``CKPT_BLOCK`` to ONNX; the report and the log lines."""
     import shutil
 
     from edgecxr.convert.pipeline import convert_checkpoint
-    from edgecxr.decision_store import read_contract, write_decision
+    from edgecxr.decision_store import write_decision
 
     ckpt = tmp_path / "best.pt"
     shutil.copy(trained_run / "best.pt", ckpt)
-    block = {"schema": "edgecxr.decision/1", "temperature": 1.3, "conformal": {"method": "lac", "coverage": 0.9, "qhat": 0.5, "n": 50}}
-    write_decision(str(ckpt), block)
+    write_decision(str(ckpt), CKPT_BLOCK)
     lines: list[str] = []
-    rep = convert_checkpoint(str(ckpt), str(tmp_path / "export"), formats=("onnx",), fp16=True, progress=False, echo=lines.append)
+    rep = convert_checkpoint(str(ckpt), str(tmp_path / "export"), formats=("onnx",), progress=False, echo=lines.append, **precisions)
+    return rep, lines
+
+
+def test_convert_carries_the_checkpoints_decision_block_and_reports_ece_change(trained_run, tmp_path):
+    from edgecxr.decision_store import read_contract
+
+    rep, lines = _convert_with_block(trained_run, tmp_path, fp16=True)
     assert any("from the checkpoint" in line for line in lines)
     onnx_files = [a for a in rep["artifacts"] if a["file"].endswith(".onnx")]
     assert len(onnx_files) == 2
     for a in onnx_files:
-        assert read_contract(str(tmp_path / "export" / a["file"])).decision == block
+        assert read_contract(str(tmp_path / "export" / a["file"])).decision == CKPT_BLOCK
         cal = a["verify"]["calibration"]
         assert cal["temperature"] == 1.3 and set(cal) == {"raw", "scaled", "temperature"}
         assert abs(cal["scaled"]["delta"] - (cal["scaled"]["ece"] - cal["scaled"]["ece_reference"])) < 1e-12
@@ -218,18 +228,10 @@ def test_convert_carries_the_checkpoints_decision_block_and_reports_ece_change(t
 def test_an_int8_refit_whose_temperature_hits_its_bound_keeps_the_checkpoints_numbers(trained_run, tmp_path):
     """The two-epoch run predicts one class: its validation NLL falls as T grows without limit,
     so a refit of T on the INT8 file's outputs lands on the search bound and must not be taken."""
-    import shutil
+    from edgecxr.decision_store import read_contract
 
-    from edgecxr.convert.pipeline import convert_checkpoint
-    from edgecxr.decision_store import read_contract, write_decision
-
-    ckpt = tmp_path / "best.pt"
-    shutil.copy(trained_run / "best.pt", ckpt)
-    block = {"schema": "edgecxr.decision/1", "temperature": 1.3, "conformal": {"method": "lac", "coverage": 0.9, "qhat": 0.5, "n": 50}}
-    write_decision(str(ckpt), block)
-    lines: list[str] = []
-    rep = convert_checkpoint(str(ckpt), str(tmp_path / "export"), formats=("onnx",), int8=True, progress=False, echo=lines.append)
+    rep, lines = _convert_with_block(trained_run, tmp_path, int8=True)
     int8 = next(a for a in rep["artifacts"] if a["precision"] == "int8")
     assert int8["details"]["decision_refit"] == {"kept_checkpoint_temperature": "at the search bound"}
-    assert read_contract(str(tmp_path / "export" / int8["file"])).decision == block
+    assert read_contract(str(tmp_path / "export" / int8["file"])).decision == CKPT_BLOCK
     assert any("checkpoint's T kept (refit at the search bound)" in line for line in lines)
