@@ -125,9 +125,16 @@ def prepare_gray(img: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """
     if img.dtype != np.uint8 or img.ndim != 2:
         raise ValueError(f"prepare_gray expects a 2-D uint8 image, got {img.dtype} {img.shape}")
-    img = resize_gray(img, spec.size)
-    img = _equalize(img, spec)
-    return _denoise(img, spec)
+    return finish_gray(resize_gray(img, spec.size), spec)
+
+
+def finish_gray(img: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Equalise and denoise an image already at the input size: :func:`prepare_gray` after its resize.
+
+    Split out so training can change an image the way another site would (before
+    equalisation, where site differences enter) and still run this very code after.
+    """
+    return _denoise(_equalize(img, spec), spec)
 
 
 def normalize(img: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

@@ -10,7 +10,8 @@ import click
 @click.command("eval")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--data", type=click.Path(file_okay=False), help="Dataset folder (default: the one the model was trained on).")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train", "all"]), help="Which images; 'all' for a folder that was never split.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train", "holdout", "all"]),
+              help="Which images; 'holdout' for the sources the run held out (train --holdout), 'all' for a folder that was never split.")
 @click.option("--split-csv", type=click.Path(dir_okay=False), help="split.csv to use instead of the one recorded in the model.")
 @click.option("--out", type=click.Path(file_okay=False), help="Folder for eval.json and the plots (default: next to MODEL, eval_<name>_<split>/).")
 @click.option("--threads", type=click.IntRange(1), help="Runtime threads.")
@@ -24,6 +25,7 @@ def eval_command(model: str, data: str | None, split: str, split_csv: str | None
       edgecxr eval runs/mnv2/best.pt                      # the run's own test split
       edgecxr eval runs/mnv2/export/mobilenet_v2_int8.tflite
       edgecxr eval runs/mnv2/best.pt --data ../shared/data/tbcxr --split all
+      edgecxr eval runs/loso_tbcxr/best.pt --split holdout  # the source the run never saw
 
     Writes eval.json (accuracy, macro_f1, auc_macro, per_class, confusion_matrix,
     n_images; calibration before/after the model's temperature; conformal coverage

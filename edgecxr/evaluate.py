@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from edgecxr.data import DatasetIndex, index_unsplit, read_split_csv
+from edgecxr.data import HOLDOUT, DatasetIndex, index_unsplit, read_split_csv
 from edgecxr.device.backends import Backend, softmax
 from edgecxr.device.contract import Contract
 from edgecxr.errors import EdgecxrError
@@ -19,8 +19,8 @@ from edgecxr.errors import EdgecxrError
 
 def resolve_samples(contract: Contract, data: str | None, split: str, split_csv: str | None = None, progress: bool = True) -> DatasetIndex:
     """The dataset index a model should be judged on; see module docstring."""
-    if split not in ("train", "val", "test", "all"):
-        raise EdgecxrError(f"--split {split!r}: choose test, val, train or all")
+    if split not in ("train", "val", "test", "all", HOLDOUT):
+        raise EdgecxrError(f"--split {split!r}: choose test, val, train, holdout or all")
     root = data or contract.source.get("data_root")
     if not root:
         raise EdgecxrError("no --data given and the model does not record its dataset; pass --data DIR")

@@ -7,7 +7,19 @@ from edgecxr.registry import BACKBONES
 
 
 @click.command("train")
-@click.option("--data", required=True, type=click.Path(file_okay=False), help="Dataset folder, one subfolder per class (e.g. COVID/, Normal/).")
+@click.option("--data", required=True, multiple=True, type=click.Path(file_okay=False),
+              help="Dataset folder, one subfolder per class (e.g. COVID/, Normal/). Repeat it to train on several sources "
+                   "(each folder is one source, named after it, e.g. --data covid-radiography --data tbcxr).")
+@click.option("--classes", help="Comma-separated class folders to keep, e.g. COVID,Normal,Viral_Pneumonia to take only the "
+              "Normal images of a TB database given as a second --data.")
+@click.option("--holdout", multiple=True, help="Hold SOURCE (or SOURCE/CLASS) out of train, val and test: its images form split "
+              "'holdout', for a leave-one-source-out evaluation (edgecxr eval RUN/best.pt --split holdout). Repeatable.")
+@click.option("--balance", default="none", show_default=True, type=click.Choice(["none", "class", "source"]),
+              help="Draw training images balanced by class, or by class and by source within each class (a small second "
+                   "source then weighs as much as the first). Measured in the README (Training for a new site).")
+@click.option("--site-augment", is_flag=True, help="Randomise what tells one source from another (gamma, intensity window, "
+              "histogram of another source, blur, noise, JPEG, cropped or framed borders, burnt-in markers), before "
+              "equalisation. Measured in the README (Training for a new site).")
 @click.option("--arch", default="mobilenet_v2", show_default=True, type=click.Choice(list(BACKBONES)), help="Backbone from the registry.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: best.pt, last.pt, split.csv, metrics.json, curves.png.")
 @click.option("--method", default="supervised", show_default=True, type=click.Choice(["supervised", "protonet"]), help="Plain fine-tuning, or a prototypical network trained on N-way K-shot episodes.")
@@ -62,6 +74,8 @@ def train_command(**kw) -> None:
       edgecxr train --data ../shared/data/covid-radiography --arch mobilenet_v2 --out runs/mnv2
       edgecxr train --data DATA --arch efficientnet_lite0 --pretrained --img-size 128 --epochs 10 --out runs/lite0
       edgecxr train --data DATA --split 96/2/2 --seed 1 --out runs/study
+      edgecxr train --data covid-radiography --data tbcxr --classes COVID,Normal,Viral_Pneumonia --balance source --site-augment --out runs/robust
+      edgecxr train --data covid-radiography --data tbcxr --classes COVID,Normal,Viral_Pneumonia --holdout tbcxr --out runs/loso_tbcxr
       edgecxr train --data DATA --method protonet --n-way 3 --k-shot 5 --out runs/proto
       edgecxr train --data DATA --weights runs/mnv2/best.pt --split-csv runs/mnv2/split.csv --qat --epochs 2 --lr 1e-4 --out runs/mnv2_qat
       edgecxr train --data DATA --arch squeezenet1_1 --teacher runs/mnv2/best.pt --split-csv runs/mnv2/split.csv --out runs/squeeze_kd
@@ -75,11 +89,16 @@ def train_command(**kw) -> None:
     proto = {k: kw.pop(k) for k in ("n_way", "k_shot", "q_query", "episodes", "train_shots")}
     kw["augment"] = not kw.pop("no_augment")
     kw["progress"] = not kw.pop("quiet")
+    kw["data"] = kw["data"][0] if len(kw["data"]) == 1 else list(kw["data"])
+    kw["classes"] = [c.strip() for c in kw["classes"].split(",") if c.strip()] if kw["classes"] else None
+    kw["holdout"] = list(kw["holdout"]) or None
     from edgecxr.train.config import TrainConfig
 
     cfg = TrainConfig(**kw)
     if method == "protonet" and kw["teacher"]:
         raise click.UsageError("--teacher distils into a supervised classifier; the protonet trains on episodes without one")
+    if method == "protonet" and kw["balance"] != "none":
+        raise click.UsageError("--balance draws images for a supervised classifier; protonet episodes are class-balanced already")
     if method == "protonet" and kw["qat"]:
         raise click.UsageError("--qat fine-tunes a supervised classifier; train the protonet without it")
     if kw["qat"] and not (kw["weights"] or kw["resume"]):

@@ -12,7 +12,7 @@ from edgecxr.device.preprocess import PreprocessSpec
 
 @dataclass
 class TrainConfig:
-    data: str
+    data: str | list[str]  # one dataset folder, or several: one per source (edgecxr.data.list_sources)
     arch: str
     out: str
     epochs: int = 20
@@ -41,9 +41,17 @@ class TrainConfig:
     split_csv: str | None = None
     equalize: str = "clahe"
     augment: bool = True
+    classes: list[str] | None = None  # keep only these class folders (None: all)
+    holdout: list[str] | None = None  # SOURCE or SOURCE/CLASS held out of train/val/test (split "holdout")
+    balance: str = "none"  # none | class | source (edgecxr.train.sampling)
+    site_augment: bool = False  # edgecxr.train.site_augment before equalisation
     workers: int = 0
     threads: int | None = None
     progress: bool = True
+
+    @property
+    def data_roots(self) -> list[str]:
+        return [self.data] if isinstance(self.data, str) else list(self.data)
 
     def spec(self) -> PreprocessSpec:
         """The preprocessing a new run trains with (a resumed run keeps its checkpoint's)."""

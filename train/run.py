@@ -31,7 +31,17 @@ from torch import nn
 
 from edgecxr.atomic import write_json, write_text
 from edgecxr.checkpoint import make_contract
-from edgecxr.data import DatasetIndex, Sample, build_index, class_counts, parse_ratios, read_split_csv, write_split_csv
+from edgecxr.data import (
+    HOLDOUT,
+    DatasetIndex,
+    Sample,
+    build_index,
+    class_counts,
+    dataset_root,
+    parse_ratios,
+    read_split_csv,
+    write_split_csv,
+)
 from edgecxr.device.contract import Contract
 from edgecxr.device.preprocess import PreprocessSpec
 from edgecxr.errors import EdgecxrError
@@ -40,6 +50,7 @@ from edgecxr.registry import get_config
 from edgecxr.train.config import TrainConfig
 from edgecxr.train.dataset import AugmentSpec, CXRDataset
 from edgecxr.train.distributed import Dist
+from edgecxr.train.site_augment import SiteAugmentSpec
 
 SUPERVISED_STEP_SIZE = 7  # StepLR defaults when --step-size/--gamma are not given; protonet
 SUPERVISED_GAMMA = 0.1  # fills in its own (x0.5 every 10 epochs) before it gets here
@@ -69,14 +80,16 @@ class Run:
         return os.path.join(self.cfg.out, name)
 
     def contract(self, method: str) -> Contract:
-        source = {"data_root": self.index.root, "split_csv": os.path.abspath(self.path("split.csv"))}
+        source = {"data_root": self.index.root, "split_csv": os.path.abspath(self.path("split.csv")),
+                  "sources": source_counts(self.index)}
         return make_contract(self.cfg.arch, self.classes, self.spec, method=method, source=source)
 
     def datasets(self, train_samples: list[Sample]) -> tuple[CXRDataset, CXRDataset]:
-        """Training (augmented unless --no-augment) and validation datasets."""
+        """Training (augmented unless --no-augment, site-randomised with --site-augment) and validation datasets."""
         cfg, index = self.cfg, self.index
+        site = SiteAugmentSpec() if cfg.site_augment else None
         train_ds = CXRDataset(index.root, train_samples, self.classes, self.spec, AugmentSpec() if cfg.augment else None,
-                              cfg.seed, self.show, "loading train")
+                              cfg.seed, self.show, "loading train", site_spec=site)
         val_ds = CXRDataset(index.root, index.of_split("val"), self.classes, self.spec, None, cfg.seed, self.show, "loading val")
         return train_ds, val_ds
 
@@ -86,8 +99,9 @@ class Run:
 
     def start_log(self, train_ds: CXRDataset, val_ds: CXRDataset, *notes: str) -> None:
         """The head of train.log: classes, split counts, the method's notes, unreadable files."""
-        counts = {s: class_counts(self.index.of_split(s)) for s in ("train", "val", "test")}
-        self.log_lines += [f"classes: {self.classes}", "split counts: " + json.dumps(counts), *notes]
+        counts = {s: class_counts(self.index.of_split(s)) for s in ("train", "val", "test", HOLDOUT) if self.index.of_split(s)}
+        self.log_lines += [f"classes: {self.classes}", "split counts: " + json.dumps(counts),
+                           "sources (split: class counts): " + json.dumps(source_counts(self.index)), *notes]
         self.log_lines += [f"skipped {f}: {why}" for f, why in self.skipped(train_ds, val_ds)]
 
     def epoch_bar(self, items: Iterable, epoch: int, unit: str) -> Any:
@@ -175,10 +189,26 @@ def load_run_index(cfg: TrainConfig, dist: Dist) -> DatasetIndex:
     """Reuse ``split.csv`` (given, or from a resumed run) so every stage sees the same split."""
     existing = cfg.split_csv or (os.path.join(cfg.out, "split.csv") if cfg.resume else None)
     if existing and os.path.exists(existing):
-        return read_split_csv(existing, cfg.data)
+        if cfg.holdout:
+            raise EdgecxrError("--holdout makes a new split; drop --split-csv (or --resume keeps the run's own split)")
+        index = read_split_csv(existing, dataset_root(cfg.data_roots))
+        if cfg.classes and set(cfg.classes) != set(index.classes):
+            raise EdgecxrError(f"--classes {','.join(cfg.classes)} differs from the classes of {existing} ({','.join(index.classes)})")
+        return index
     if existing and cfg.split_csv:
         raise EdgecxrError(f"{existing}: --split-csv file not found")
-    return build_index(cfg.data, parse_ratios(cfg.split), cfg.seed, progress=cfg.progress and dist.is_main)
+    return build_index(cfg.data_roots, parse_ratios(cfg.split), cfg.seed, progress=cfg.progress and dist.is_main,
+                       classes=cfg.classes, holdout=tuple(cfg.holdout or ()))
+
+
+def source_counts(index: DatasetIndex) -> dict[str, dict[str, dict[str, int]]]:
+    """``{source: {split: {class: n}}}``: what each source gave to each split (the contract records it)."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for src in index.sources:
+        of_src = [s for s in index.samples if s.source == src]
+        out[src or "unnamed"] = {sp: class_counts([s for s in of_src if s.split == sp])
+                                 for sp in ("train", "val", "test", HOLDOUT) if any(s.split == sp for s in of_src)}
+    return out
 
 
 def set_trainable(model: nn.Module, freeze_backbone: bool, unfreeze_last: int) -> None:

@@ -17,7 +17,7 @@ from functools import partial
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Sampler
 
 from edgecxr.checkpoint import load_checkpoint, save_checkpoint
 from edgecxr.errors import EdgecxrError
@@ -84,7 +84,7 @@ def train(cfg: TrainConfig) -> dict:
         extra["distillation"] = distiller.record()
         notes.append("distillation: " + json.dumps(extra["distillation"]))
     batches = train_ds if distiller is None else distiller.dataset
-    sampler = run.dist.sampler(batches, cfg.seed)
+    sampler = make_sampler(run, train_ds)
     train_loader = DataLoader(batches, cfg.batch_size, shuffle=sampler is None, sampler=sampler, num_workers=cfg.workers,
                               drop_last=len(train_ds) > cfg.batch_size, generator=torch.Generator().manual_seed(cfg.seed))
     val_loader = DataLoader(val_ds, max(cfg.batch_size, 64), shuffle=False, num_workers=cfg.workers)
@@ -104,6 +104,15 @@ def train(cfg: TrainConfig) -> dict:
     return finish_run(run, summary, progress.history, f"{cfg.arch} on {os.path.basename(run.index.root.rstrip('/'))}")
 
 
+def make_sampler(run: Run, train_ds: CXRDataset):
+    """--balance draws (edgecxr.train.sampling), else DDP's shard of a shuffle, else None (the loader shuffles)."""
+    if run.cfg.balance != "none":
+        from edgecxr.train.sampling import BalancedSampler
+
+        return BalancedSampler(train_ds.labels, train_ds.sources, run.cfg.balance, run.cfg.seed, run.dist.rank, run.dist.world_size)
+    return run.dist.sampler(train_ds, run.cfg.seed)
+
+
 def scratch_batch_norm(model: nn.Module, momentum: float = 0.1) -> None:
     """Batch-norm running statistics that keep up with a network trained from random weights.
 
@@ -119,7 +128,7 @@ def scratch_batch_norm(model: nn.Module, momentum: float = 0.1) -> None:
             m.momentum = momentum
 
 
-def train_epoch(run: Run, model: nn.Module, train_ds: CXRDataset, loader: DataLoader, sampler: DistributedSampler | None,
+def train_epoch(run: Run, model: nn.Module, train_ds: CXRDataset, loader: DataLoader, sampler: Sampler | None,
                 opt: torch.optim.Optimizer, loss_fn: Callable[..., torch.Tensor], qat, epoch: int) -> EpochStats:
     """One pass over the training images (this process's shard under DDP); ``qat`` is the QAT handle or None.
 
