@@ -25,8 +25,18 @@ Schema (``contract["decision"]``, every key optional; absent means "not fitted")
         "n": 1200, "split": "val", ...     # provenance (reports only)
       },
       "ood": {...},                        # owned by device/ood.py (see ood_refusal)
-      "quality": {...}                     # owned by device/ood.py (see quality_refusal)
+      "quality": {...},                    # owned by device/ood.py (see quality_refusal)
+      "site": {                            # optional: refitted on one site's labelled images (edgecxr sitecheck --stamp)
+        "name": "clinic_a", "verdict": "GO", ...,   # provenance (reports only)
+        "temperature": 1.9,                # replaces the model's T on this device, where present
+        "conformal": {"qhat": 0.4, ...}    # replaces the model's qhat (and any qhat_per_class), where present
+      }
     }
+
+A site block changes only T and qhat, never the refusals: the OOD threshold keeps
+meaning "not like the training images". :func:`in_force` is the one place that
+applies it, and :func:`decide` (the runner's path) the one caller; reports of the
+model's own split (``edgecxr eval``) keep the model's numbers.
 
 ``ood`` and ``quality`` are defined by ``device/ood.py``, which must provide::
 
@@ -98,6 +108,33 @@ class Verdict:
         if self.refusal is not None:
             out["refusal"] = {"kind": self.refusal.kind, "score": self.refusal.score, "threshold": self.refusal.threshold}
         return out
+
+
+def site_is_stale(block: dict[str, Any] | None) -> bool:
+    """True when the model's own T or qhat changed after the site block was stamped (``edgecxr
+    calibrate`` again): the site's numbers were fitted against the old ones and must not apply."""
+    site = (block or {}).get("site") or {}
+    was = site.get("replaces")
+    if was is None:
+        return False
+    now = {"temperature": (block or {}).get("temperature"), "qhat": ((block or {}).get("conformal") or {}).get("qhat")}
+    return any(was.get(k) != now[k] for k in now)
+
+
+def in_force(block: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The block the device applies: the model's own numbers, with a stamped site's refitted
+    temperature and conformal threshold over them (``block["site"]``, see the module docstring),
+    unless the site block is stale (:func:`site_is_stale`)."""
+    site = (block or {}).get("site") or {}
+    if not site.get("temperature") and not site.get("conformal") or site_is_stale(block):
+        return block
+    out = dict(block or {})
+    if site.get("temperature"):
+        out["temperature"] = site["temperature"]
+    if site.get("conformal"):
+        own = {k: v for k, v in (out.get("conformal") or {}).items() if k not in ("qhat_per_class", "n_per_class")}
+        out["conformal"] = {**own, **site["conformal"]}
+    return out
 
 
 def temperature(block: dict[str, Any] | None) -> float:
@@ -190,6 +227,7 @@ def decide(logits: np.ndarray, classes: tuple[str, ...] | list[str], block: dict
     this covers everything after the model.
     """
     classes = tuple(classes)
+    block = in_force(block)
     z = np.asarray(logits, dtype=np.float64).reshape(-1)
     probs = calibrated_probabilities(z, block)
     refusal = ood_refusal(z, features, block)
@@ -205,6 +243,8 @@ def summary(block: dict[str, Any] | None) -> str:
     """One line for the runner's header: what this model will refuse and how it is calibrated."""
     if not block:
         return "decision: none fitted (plain softmax, top-1 label, no refusals)"
+    site, stale = block.get("site") or {}, site_is_stale(block)
+    block = in_force(block)
     parts = [f"temperature {temperature(block):.4g}"]
     c = block.get("conformal")
     if c:
@@ -213,4 +253,8 @@ def summary(block: dict[str, Any] | None) -> str:
     for key in ("ood", "quality"):
         if block.get(key):
             parts.append(f"{key} refusal on")
+    if stale:
+        parts.append(f"site {site.get('name', '?')}'s T and qhat ignored: the model was recalibrated after they were stamped")
+    elif site.get("temperature") or site.get("conformal"):
+        parts.append(f"T and qhat refitted for site {site.get('name', '?')} ({site.get('date', '?')}, {site.get('verdict', '?')})")
     return "decision: " + ", ".join(parts)

@@ -207,6 +207,31 @@ def ood_eval_table(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def site_section(inp: CardInputs) -> list[str]:
+    """The site block ``edgecxr sitecheck --labels --stamp`` wrote, if any: where the model was checked,
+    the verdict, and the T and qhat the device applies there instead of the model's own."""
+    site = (inp.contract.decision or {}).get("site")
+    if not site:
+        return []
+    counts = ", ".join(f"{k} {v}" for k, v in (site.get("n_per_class") or {}).items())
+    reasons = "; ".join(site.get("reasons") or []) or "every rule passed"
+    lines = ["## Site checks", "",
+             f"- site `{site.get('name', '?')}` (`{site.get('folder', '?')}`), checked {site.get('date', '?')} with {site.get('tool', '?')}: "
+             f"**{site.get('verdict', '?')}** ({reasons})",
+             f"- {site.get('n_images', '?')} labelled images ({counts}), file list sha256 `{str(site.get('files_sha256', '?'))[:16]}...`"]
+    old = site.get("replaces") or {}
+    if site.get("temperature"):
+        lines.append(f"- temperature on this site's devices: {site['temperature']:.4f} (the model's own: {_fmt(old.get('temperature'))})")
+    if site.get("conformal"):
+        lines.append(f"- conformal threshold: {site['conformal']['qhat']:.6f} (the model's own: {_fmt(old.get('qhat'))}), "
+                     f"refitted on {site.get('fitted_on', '?')}; the OOD and quality refusals are the model's")
+    return lines + ["", f"Reproduce: `edgecxr sitecheck {_rel(inp.model)} --data {site.get('folder', 'SITE')} --labels --stamp`", ""]
+
+
+def _fmt(x: Any) -> str:
+    return "-" if x is None else f"{float(x):.4g}"
+
+
 def convert_command(rep: dict[str, Any]) -> str:
     """The ``edgecxr convert`` line that makes the artifacts a report lists."""
     arts = rep.get("artifacts", [])
@@ -244,5 +269,5 @@ def formats_section(inp: CardInputs) -> list[str]:
 
 
 def render(inp: CardInputs) -> str:
-    sections = [intro, model_section, data_section, metrics_section, calibration_section, ood_section, formats_section]
+    sections = [intro, model_section, data_section, metrics_section, calibration_section, ood_section, site_section, formats_section]
     return "\n".join(line for s in sections for line in s(inp)).rstrip() + "\n"

@@ -16,6 +16,7 @@ COMMANDS = {
     "convert": ("edgecxr.convert.command:convert_command", "Export ONNX, quantize (INT8/FP16), convert to TFLite, verify every artifact."),
     "debug-quant": ("edgecxr.convert.command:debug_quant_command", "Per-layer INT8 error, worst first, to choose --keep-float nodes."),
     "calibrate": ("edgecxr.calibrate_command:calibrate_command", "Fit temperature and conformal sets on the validation split; store them in the model."),
+    "sitecheck": ("edgecxr.sitecheck_command:sitecheck_command", "Before deploying: does the model hold up on a new site's images? GO / NO-GO with reasons."),
     "card": ("edgecxr.card_command:card_command", "A Markdown model card: intended use, data, metrics with CIs, calibration, refusals."),
     "bench": ("edgecxr.bench.command:bench_command", "Size, accuracy drop and latency tables, here or on a Raspberry Pi over SSH."),
     "explain": ("edgecxr.explain.command:explain_command", "Grad-CAM and LIME heatmaps, and how much they move after quantization."),
