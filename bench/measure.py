@@ -75,7 +75,7 @@ def synthetic_input(backend: Any, seed: int = 0) -> np.ndarray:
 def measure(model: str, threads: int, warmup: int, runs: int, min_seconds: float,
             latency_input: str | None = None, eval_inputs: str | None = None, probs_out: str | None = None,
             batch_size: int = 32, runtime: str | None = None) -> dict[str, Any]:
-    from edgecxr.device.backends import softmax
+    from edgecxr.device.decision import softmax
     from edgecxr.device.latency import latency_record, time_invocations
     from edgecxr.runtime import open_model, runtimes_for
 

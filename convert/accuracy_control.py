@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from edgecxr.device.decision import softmax
 from edgecxr.errors import EdgecxrError
 
 DEFAULT_MIN_AGREEMENT = 0.99
@@ -130,15 +131,9 @@ def holdout_slice(contract: Any, calib: Any, vset: Any, n: int, seed: int = HOLD
 
 # --- judging and the search -----------------------------------------------------------------
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z.astype(np.float64) - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
-
-
 def per_image_kl(ref_logits: np.ndarray, logits: np.ndarray) -> np.ndarray:
     """KL(checkpoint || INT8) of each image: how far INT8 moved its probabilities, in nats."""
-    p, q = _softmax(ref_logits), _softmax(logits)
+    p, q = softmax(ref_logits), softmax(logits)
     return np.sum(p * (np.log(np.clip(p, 1e-12, None)) - np.log(np.clip(q, 1e-12, None))), axis=1)
 
 
@@ -151,7 +146,7 @@ def judge(ref_logits: np.ndarray, logits: np.ndarray, y: np.ndarray, classes: li
     from edgecxr.metrics import compare_to_reference
 
     k = len(classes)
-    c = compare_to_reference(np.asarray(y, dtype=int), _softmax(ref_logits), _softmax(logits), k, n_boot=200)
+    c = compare_to_reference(np.asarray(y, dtype=int), softmax(ref_logits), softmax(logits), k, n_boot=200)
     holds = c["delta_macro_f1_pp"] >= -s.max_drop_pp and c["top1_agreement"] >= s.min_agreement
     return {"delta_macro_f1_pp": c["delta_macro_f1_pp"], "delta_macro_f1_ci95": c["delta_macro_f1_ci95"],
             "top1_agreement": c["top1_agreement"], "kl": mean_kl(ref_logits, logits), "holds": bool(holds)}

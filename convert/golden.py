@@ -83,7 +83,7 @@ def build(vset: Any, torch_model: Any, spec: Any, n: int = GOLDEN_IMAGES) -> Gol
 
 def _torch_probs(torch_model: Any, grays: list[np.ndarray], spec: Any) -> np.ndarray:
     from edgecxr.convert.verify import torch_logits
-    from edgecxr.device.backends import softmax
+    from edgecxr.device.decision import softmax
     from edgecxr.device.preprocess import preprocess
 
     return softmax(torch_logits(torch_model, np.stack([preprocess(g, spec) for g in grays])).astype(np.float64))

@@ -17,8 +17,8 @@ import numpy as np
 
 from edgecxr.decision_report import ece_change
 from edgecxr.decision_store import read_contract
-from edgecxr.device.backends import softmax
 from edgecxr.device.contract import Contract
+from edgecxr.device.decision import softmax
 from edgecxr.errors import EdgecxrError
 from edgecxr.imageset import LabelledImages
 

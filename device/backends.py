@@ -282,8 +282,3 @@ def open_backend(path: str, threads: int | None = None, require_contract: bool =
         )
     return backend
 
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)

@@ -146,7 +146,8 @@ def temperature(block: dict[str, Any] | None) -> float:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """float64 softmax; here rather than from backends so backends can import this module."""
+    """The one softmax of the project, in float64 (every runtime, report and the runner use it);
+    here rather than in backends so backends can import this module."""
     z = np.asarray(logits, dtype=np.float64)
     e = np.exp(z - z.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .backends import Backend, softmax
+from .backends import Backend
+from .decision import softmax
 from .preprocess import preprocess
 
 SCHEMA = "edgecxr.selftest/1"

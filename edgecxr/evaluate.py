@@ -12,8 +12,9 @@ import os
 import numpy as np
 
 from edgecxr.data import HOLDOUT, DatasetIndex, index_unsplit, read_split_csv
-from edgecxr.device.backends import Backend, softmax
+from edgecxr.device.backends import Backend
 from edgecxr.device.contract import Contract
+from edgecxr.device.decision import softmax
 from edgecxr.errors import EdgecxrError
 
 

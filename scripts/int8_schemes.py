@@ -104,8 +104,8 @@ def main() -> int:
     from edgecxr.convert import calibration, verify
     from edgecxr.convert.onnx_export import INPUT_NAME
     from edgecxr.convert.quantize import quantize_int8
-    from edgecxr.device.backends import softmax
     from edgecxr.device.cpufeatures import features_string
+    from edgecxr.device.decision import softmax
     from edgecxr.metrics import compare_to_reference
     from edgecxr.models import load_model
 

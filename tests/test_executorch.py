@@ -73,7 +73,7 @@ def test_int8_pte_stores_int8_weights(et_export):
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_runner_passes_the_selftest_then_classifies_an_image_like_eval(precision, et_export, synthetic_data):
-    from edgecxr.device.backends import softmax
+    from edgecxr.device.decision import softmax
     from edgecxr.device.image_io import load_gray
     from edgecxr.device.preprocess import preprocess
     from edgecxr.runtime import open_model

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgecxr.device.backends import Backend, softmax
+from edgecxr.device.backends import Backend
+from edgecxr.device.decision import softmax
 from edgecxr.device.preprocess import preprocess
 from edgecxr.errors import EdgecxrError
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgecxr.device.backends import Backend, softmax
+from edgecxr.device.backends import Backend
+from edgecxr.device.decision import softmax
 from edgecxr.device.preprocess import preprocess
 
 MAX_SIDE = 512  # LIME works on the raw image; beyond this, a downscaled copy gives the same model input
