@@ -56,7 +56,7 @@ def site_files(folder: str, classes: tuple[str, ...], labelled: bool) -> list[tu
     if not os.path.isdir(folder):
         raise EdgecxrError(f"{folder}: site folder not found; pass --data DIR with the site's images")
     found: list[tuple[str, str | None]] = []
-    for dirpath, dirs, names in os.walk(folder):
+    for dirpath, dirs, names in os.walk(folder, followlinks=True):  # a site folder of symlinks to class folders is common
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(names):
             if is_image_file(name) and not name.startswith("."):

@@ -11,6 +11,8 @@
 #   robust          + tbcxr Normal, --balance source --site-augment
 #   base_losoN      Normal from tbcxr only (covid-radiography/Normal held out: the unseen source)
 #   robust_losoN    the same with --balance source --site-augment
+#   robust_long     robust + 3 more epochs at lr 1e-4 (the harder, augmented task converges slower)
+#   robust_losoN_long  robust_losoN + the same 3 epochs (the robust recipe in the fold that holds covid Normal out)
 set -euo pipefail
 DATA=${1:-../shared/data}
 OUT=${2:-runs/site}
@@ -19,16 +21,20 @@ TRAIN_ARGS=${TRAIN_ARGS:-}
 REF=${REF:-../shared/reference-models/tf2_mobilenet_v2_1.0_224_ptq.tflite}
 mkdir -p "$OUT"
 common=(--data "$DATA/covid-radiography" --data "$DATA/tbcxr" --classes COVID,Normal,Viral_Pneumonia
-        --arch mobilenet_v2 --weights "$REF" --img-size 224 --epochs 3 --lr 3e-4 --scheduler cosine --early-stop 0 --seed 0)
+        --arch mobilenet_v2 --img-size 224 --epochs 3 --scheduler cosine --early-stop 0)
 
-variant() {  # name, extra train flags...
+variant() {  # name, [from RUN], extra train flags...
   local name=$1 dir="$OUT/$1"
   shift
+  local start=(--weights "$REF" --lr 3e-4 --seed 0)
+  # a continuation takes another seed: with seed 0 its epochs would draw the very augmentations and
+  # images of its start's epochs again (both seeded by seed and epoch); it overfitted so (val loss up)
+  if [ "${1:-}" = from ]; then start=(--weights "$OUT/$2/best.pt" --split-csv "$OUT/$2/split.csv" --lr 1e-4 --seed 1); shift 2; fi
   if [ -f "$dir/calibrated" ]; then echo "$dir: done, skipping"; return; fi
   if [ ! -f "$dir/metrics.json" ]; then
     local resume=()
     [ -f "$dir/last.pt" ] && resume=(--resume)
-    $EDGECXR train $TRAIN_ARGS "${common[@]}" "$@" "${resume[@]}" --out "$dir"
+    $EDGECXR train $TRAIN_ARGS "${common[@]}" "${start[@]}" "$@" "${resume[@]}" --out "$dir"
   fi
   $EDGECXR calibrate "$dir/best.pt" --quiet
   touch "$dir/calibrated"
@@ -40,3 +46,5 @@ variant robust --balance source --site-augment
 variant multi --balance source
 variant robust_losoN --holdout covid-radiography/Normal --balance source --site-augment
 variant base_losoN --holdout covid-radiography/Normal
+variant robust_long from robust --balance source --site-augment
+variant robust_losoN_long from robust_losoN --balance source --site-augment

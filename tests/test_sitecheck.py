@@ -156,6 +156,12 @@ def test_sitecheck_says_go_on_the_models_own_test_split(site_model, tmp_path):
     code, _output, report = _sitecheck(site_model / "model.pt", site, "--labels")
     assert code == 0 and set(report["labelled"]["per_class"]) == {"Normal"} and report["label_shift"]["prevalence"][0] > 0.9
     assert "BBSE class mix within 0.15 of the labelled mix" in report["line"]
+    # a site folder made of symlinks to class folders elsewhere reads the same images
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "Normal").symlink_to(site / "Normal", target_is_directory=True)
+    _code, _output, via_link = _sitecheck(site_model / "model.pt", linked, "--labels", "--out", str(tmp_path / "linked_out"))
+    assert via_link["n_images"] == report["n_images"]
 
 
 # measured on this fixture (labelled test split, 90 images): unshifted KS D 0.11 (p 0.64), 1% refused, accuracy 1.0;

@@ -35,7 +35,9 @@ from edgecxr.registry import BACKBONES
 @click.option("--freeze-backbone", is_flag=True, help="Train the classifier head only.")
 @click.option("--unfreeze-last", default=0, type=click.IntRange(0), help="With a frozen backbone, also train its last N layers.")
 @click.option("--class-weights", is_flag=True, help="Weight the loss by inverse class frequency (imbalanced data).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed for the split, initialisation and augmentation.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for the split, initialisation and augmentation "
+              "(augmentation and --balance draws are seeded by seed and epoch: continuing a run with --weights, give another "
+              "seed, or its epochs replay the augmentations the first run saw).")
 @click.option("--split", "split", default="80/10/10", show_default=True, help="train/val/test ratios; the original study used 96/2/2.")
 @click.option("--split-csv", type=click.Path(dir_okay=False), help="Reuse an existing split.csv instead of making one.")
 @click.option("--equalize", default="clahe", show_default=True, type=click.Choice(["clahe", "global", "none"]), help="Histogram equalisation step of the preprocessing.")
@@ -50,9 +52,9 @@ from edgecxr.registry import BACKBONES
               "whose soft outputs the student learns besides the labels (supervised only). The teacher sees each image through its own "
               "preprocessing (size, normalisation), whatever the student's --img-size.")
 @click.option("--distill-temperature", default=4.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Softmax temperature T of the soft term (its loss is scaled by T^2). Measured in the README (Training).")
+              help="Softmax temperature T of the soft term (its loss is scaled by T^2). Measured in docs/results/training.md.")
 @click.option("--distill-alpha", default=0.7, show_default=True, type=click.FloatRange(0, 1),
-              help="Weight of the soft (teacher) term; 1 - alpha weights cross-entropy on the labels. Measured in the README (Training).")
+              help="Weight of the soft (teacher) term; 1 - alpha weights cross-entropy on the labels. Measured in docs/results/training.md.")
 @click.option("--teacher-logits", default="cache", show_default=True, type=click.Choice(["cache", "live"]),
               help="cache: one teacher pass over the unaugmented training images before epoch 1, reused every epoch "
                    "(exact only with --no-augment); live: a teacher forward per batch on the same augmented image (exact, "
