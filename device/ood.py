@@ -25,7 +25,7 @@ at 95% true-positive rate on validation CXRs. Methods (``ood["method"]``):
   (``-max softmax``): threshold only.
 
 The logit-only methods let 46-80% of photos through on the README's models where
-``feature_mahalanobis`` refused all (README "Refusing what is not a chest X-ray"); they stay for comparison.
+``feature_mahalanobis`` refused all (docs/results/decision.md "Refusing what is not a chest X-ray"); they stay for comparison.
 
 Schema of ``ood``::
 

@@ -31,10 +31,10 @@ from edgecxr.decision_fit import DEFAULT_COVERAGE, DEFAULT_METHOD
 @click.option("--ood-method", default="feature_mahalanobis", show_default=True,
               type=click.Choice(["feature_mahalanobis", "energy", "max_logit", "msp"]),
               help="Out-of-distribution score: a feature-space head carried in the logits, or a logit-only score "
-                   "(measured per model: README 'Refusing what is not a chest X-ray').")
+                   "(measured per model: docs/results/decision.md 'Refusing what is not a chest X-ray').")
 @click.option("--ood-features", default="sqrt_l2", show_default=True, type=click.Choice(["none", "sqrt", "l2", "sqrt_l2"]),
               help="feature_mahalanobis: transform of the pooled features before the distance (sqrt_l2: square root, "
-                   "then unit length; measured best on both README models, README 'Refusing what is not a chest X-ray').")
+                   "then unit length; measured best on both README models, docs/results/decision.md 'Refusing what is not a chest X-ray').")
 @click.option("--dry-run", is_flag=True, help="Fit and print, write nothing.")
 @click.option("--threads", type=click.IntRange(1), help="Runtime threads.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")

@@ -6,7 +6,7 @@ a hash of each file name (reproducible; the same halves for every format), one f
 the temperature and one for the conformal threshold.
 
 Why shared by default, measured on the README's QAT MobileNetV2 (300 validation
-images, 6 misclassified; README "Calibrated probabilities"): the halves held 2 and 4 (FP32)
+images, 6 misclassified; docs/results/decision.md "Calibrated probabilities"): the halves held 2 and 4 (FP32)
 and 0 and 4 (INT8) errors, and T fitted on a half with 0-2 errors sharpened the
 model (T 0.05-0.55) and made test NLL worse (INT8: 0.031 -> 0.225), while T on all
 300 images improved test NLL and adaptive ECE. Split conformal's finite-sample
@@ -35,7 +35,7 @@ from edgecxr.reliability import nll, point_calibration
 
 T_BOUNDS = (0.05, 20.0)
 DEFAULT_COVERAGE = 0.95
-# Measured on both trained models (README "Calibrated probabilities"): LAC met coverage with
+# Measured on both trained models (docs/results/decision.md "Calibrated probabilities"): LAC met coverage with
 # the smallest sets; APS's sets were larger at the same coverage.
 DEFAULT_METHOD = "lac"
 

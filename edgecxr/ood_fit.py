@@ -8,7 +8,7 @@ split-conformal quantile, so a fresh CXR from the same distribution passes with
 probability at least ``tpr``; the test split is never looked at.
 
 The measurements behind the choice of method (logit-space Mahalanobis against
-energy, max-softmax and feature-space scores) are in README "Refusing what is not a chest X-ray".
+energy, max-softmax and feature-space scores) are in docs/results/decision.md "Refusing what is not a chest X-ray".
 """
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def fit_refusals(path: str, backend: Any, data: str | None = None, split_csv: st
     ``transform``: the head's feature transform (``ood_head.TRANSFORMS``; None: the default).
     An export converted from such a checkpoint: only the threshold is refitted, on its
     own outputs (INT8 ones included). Any other export: no OOD block (the logit-only
-    scores are too weak to ship, README "Refusing what is not a chest X-ray"); the quality block is always given.
+    scores are too weak to ship, docs/results/decision.md "Refusing what is not a chest X-ray"); the quality block is always given.
     """
     from edgecxr.data import stratified_subset
     from edgecxr.decision_report import model_logits
@@ -216,7 +216,7 @@ def refit_artifact_decision(path: str, threads: int | None = None, host_cpu: dic
     decision block, its validation images are not here, or its contract says ``host_cpu``
     computes it wrong (its outputs here are not the device's).
 
-    A rounded file is a slightly different model. Measured (README "Calibrated
+    A rounded file is a slightly different model. Measured (docs/results/decision.md "Calibrated
     probabilities" and "Refusing what is not a chest X-ray"): with its FP32 model's
     numbers, the QAT MobileNetV2 INT8 TFLite refused 6.3% of the test CXRs (2.7% through
     FP32), and the QAT EfficientNet-Lite0 INT8 TFLite, more accurate than its float

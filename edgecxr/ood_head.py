@@ -1,6 +1,6 @@
 """The out-of-distribution score carried inside the model graph, in the logits themselves.
 
-Measured on the README's models (README "Refusing what is not a chest X-ray"), scores computed from the three
+Measured on the README's models (docs/results/decision.md "Refusing what is not a chest X-ray"), scores computed from the three
 logits alone (max-softmax, energy, Mahalanobis on logits) let 46-80% of photos through
 at 95% TPR, while a class-conditional Mahalanobis distance on the pooled features
 refuses all of them. Carrying features out of every format (a second graph output in
@@ -16,7 +16,7 @@ whitened, nearest class mean) divided by its 95th percentile on the training ima
 and clipped to [0, CAP]. Before the distance the features go through a fixed transform
 (``TRANSFORMS``): the default ``sqrt_l2`` takes the square root of the (non-negative,
 ReLU6-sparse) pooled features and scales them to unit length. Measured on cached
-features (README "Refusing what is not a chest X-ray"): raw features worked for
+features (docs/results/decision.md "Refusing what is not a chest X-ray"): raw features worked for
 MobileNetV2 (photos AUROC 0.9995) but not EfficientNet-Lite0 (0.845, 31% of photos
 refused); unit length alone (Mahalanobis++, Mueller & Hein 2025) fixed Lite0 but let
 1.3% of MobileNetV2's photos through; both together refused every photo and document
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-DEFAULT_DIMS = 256  # PCA dimensions of the within-class feature residuals (measured: README "Refusing what is not a chest X-ray")
+DEFAULT_DIMS = 256  # PCA dimensions of the within-class feature residuals (measured: docs/results/decision.md "Refusing what is not a chest X-ray")
 CAP = 4.0  # r is clipped here: enough to refuse, small enough not to widen the INT8 output range much
 METHOD = "feature_mahalanobis"
 TRANSFORMS = ("none", "sqrt", "l2", "sqrt_l2")

@@ -5,7 +5,7 @@ For each model file: logits on the run's validation halves and test split (once)
 a temperature fitted on its own outputs and the one stored in the contract, LAC
 and APS thresholds fitted on the validation split, then on test: ECE/adaptive
 ECE/Brier/NLL before and after scaling, coverage and mean set size per method.
-This is how ``decision_fit.DEFAULT_METHOD`` was chosen (README "Calibrated probabilities").
+This is how ``decision_fit.DEFAULT_METHOD`` was chosen (docs/results/decision.md "Calibrated probabilities").
 
     nice -n 5 .venv/bin/python scripts/decision_compare.py runs/mobilenet_v2_qat_u8/best.pt \\
         runs/mobilenet_v2_qat_u8/export/mobilenet_v2_fp32.tflite runs/mobilenet_v2_qat_u8/export/mobilenet_v2_int8.tflite

@@ -15,7 +15,7 @@ share of test CXRs and near images refused.
     python scripts/ood_candidates.py --ckpt runs/mnv2/best.pt --ood-set runs/ood_set \\
         --near ../shared/data/tbcxr --cache /tmp/mnv2_feats.npz [--train-images 900]
 
-The measurements behind ``edgecxr/ood_head.py`` (README "Refusing what is not a chest X-ray") were made with it.
+The measurements behind ``edgecxr/ood_head.py`` (docs/results/decision.md "Refusing what is not a chest X-ray") were made with it.
 
 ``--write-head`` then does what ``edgecxr calibrate`` adds to a checkpoint (OOD head from
 the cached training features, threshold at 95% TPR on the cached validation features,

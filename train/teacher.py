@@ -14,7 +14,7 @@ evaluated. Two sources for its logits (``--teacher-logits``):
   angle and brightness at its own size). Exact, at the price of a teacher forward
   every batch.
 
-Which is the default, and why, is measured in the README (train section). Under
+Which is the default, and why, is measured in docs/results/training.md. Under
 ``torchrun`` every process holds the teacher; ``cache`` splits the pass between the
 processes and sums the shares.
 """
