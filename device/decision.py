@@ -53,6 +53,8 @@ from typing import Any
 
 import numpy as np
 
+from .refusal import Refusal
+
 SCHEMA = "edgecxr.decision/1"
 CONFORMAL_METHODS = ("lac", "aps")
 # Floating-point slack when comparing a score with qhat: APS sums probabilities, and a
@@ -64,17 +66,6 @@ ANSWER, REFER, REFUSE = "answer", "refer", "refuse"
 
 class DecisionError(ValueError):
     """A decision block that cannot be applied (bad temperature, unknown method)."""
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """Why no prediction is given: ``kind`` is "quality" or "ood"; ``reason`` is the
-    one line the runner prints, e.g. "not a chest X-ray (score 41.2 > 17.0): no prediction"."""
-
-    kind: str
-    reason: str
-    score: float | None = None
-    threshold: float | None = None
 
 
 @dataclass(frozen=True)

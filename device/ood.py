@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from .decision import Refusal
+from .refusal import Refusal
 
 OOD_METHODS = ("feature_mahalanobis", "logit_mahalanobis", "energy", "max_logit", "msp")
 QUALITY_DEFAULTS: dict[str, float] = {
