@@ -83,11 +83,13 @@ class CXRDataset(Dataset):
             self.labels.append(classes.index(s.label))
             self.files.append(s.file)
             self.sources.append(s.source)
-        self._cdfs = np.stack([image_cdf(g) for g in self.images]) if site_spec is not None and self.images else None
-        src = np.asarray(self.sources)
-        multi = len(set(self.sources)) > 1
-        # where histogram matching draws from: another source's images, or any image when there is one source
-        self._pool = {s: np.flatnonzero(src != s) if multi else np.arange(len(src)) for s in set(self.sources)}
+        self._cdfs, self._pool = None, {}
+        if site_spec is not None and self.images:
+            self._cdfs = np.stack([image_cdf(g) for g in self.images])
+            src = np.asarray(self.sources)
+            multi = len(set(self.sources)) > 1
+            # where histogram matching draws from: another source's images, or any image when there is one source
+            self._pool = {s: np.flatnonzero(src != s) if multi else np.arange(len(src)) for s in set(self.sources)}
 
     def __len__(self) -> int:
         return len(self.images)

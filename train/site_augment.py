@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from edgecxr import site_sim  # the simulated sites' transforms, here with random parameters
+
 MARKER_TEXTS = ("L", "R", "AP", "PA", "PORTABLE", "SUPINE", "ERECT")
 
 
@@ -67,9 +69,7 @@ def match_cdf(img: np.ndarray, target_cdf: np.ndarray) -> np.ndarray:
 
 
 def _gamma(img: np.ndarray, rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
-    g = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-    lut = (255.0 * (np.arange(256) / 255.0) ** g).round().clip(0, 255).astype(np.uint8)
-    return lut[img]
+    return site_sim.gamma(img, float(np.exp(rng.uniform(np.log(lo), np.log(hi)))))
 
 
 def _window(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -92,10 +92,7 @@ def _noise(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _jpeg(img: np.ndarray, rng: np.random.Generator, lo: int, hi: int) -> np.ndarray:
-    import cv2
-
-    ok, buf = cv2.imencode(".jpg", img, [int(cv2.IMWRITE_JPEG_QUALITY), int(rng.integers(lo, hi + 1))])
-    return cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if ok else img
+    return site_sim.jpeg(img, int(rng.integers(lo, hi + 1)))
 
 
 def _crop(img: np.ndarray, rng: np.random.Generator, most: float) -> np.ndarray:
