@@ -27,7 +27,7 @@ lint: $(BIN)/edgecxr
 	$(BIN)/ruff check edgecxr train convert bench device tests scripts
 
 train-reference: $(BIN)/edgecxr  ## the trained models behind the README tables
-	bash scripts/train_reference_models.sh ../shared/data/covid-radiography runs
+	bash scripts/reproduce/train_reference_models.sh ../shared/data/covid-radiography runs
 
 clean-venv:
 	rm -rf $(VENV)

@@ -6,7 +6,7 @@ s8 x s8 74.4%, u8 x s8 with 7-bit weights (``reduce_range``) 96.7%, u8 x u8 96.9
 Full-range u8 x s8 is exact only where the CPU accumulates in 32 bits: x86 with VNNI
 (AVX-512 VNNI, AVX-VNNI) and ARM. Two schemes are exact everywhere: 7-bit s8 weights
 and u8 x u8 (ONNX Runtime widens u8 x u8 to 16 bits on x86). On the README's
-MobileNetV2 (``scripts/int8_schemes.py``) 7-bit weights cost accuracy (96.0%
+MobileNetV2 (``scripts/reproduce/int8_schemes.py``) 7-bit weights cost accuracy (96.0%
 agreement, -3.4 macro-F1 points without QAT) where u8 x u8 kept it (99.3%, 0.0), so
 u8 x u8 is the default (``portable``). It is no faster than FP32 on x86 (it cannot
 use VNNI); the fast full-range u8 x s8 file is a host-specific variant produced

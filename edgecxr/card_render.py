@@ -170,7 +170,7 @@ def ood_section(inp: CardInputs) -> list[str]:
                  f"{'yes' if block.get('quality') else 'no'}")
     if not inp.ood:
         return lines + ["- refusal rates: not measured (no ood*.json next to the run or the model); measure them with the "
-                        "OOD evaluation (`scripts/build_ood_set.py` builds the set; its evaluation command writes ood*.json), "
+                        "OOD evaluation (`scripts/reproduce/build_ood_set.py` builds the set; its evaluation command writes ood*.json), "
                         "or pass `--ood FILE` to `edgecxr card`", ""]
     for path, data in inp.ood:
         lines += ["", f"From `{_rel(path)}`" + (f" (command: `{data['command']}`)" if isinstance(data.get("command"), str) else "") + ":", ""]
@@ -183,7 +183,7 @@ def ood_section(inp: CardInputs) -> list[str]:
 
 
 def ood_eval_table(data: dict[str, Any]) -> list[str]:
-    """``scripts/ood_eval.py``'s report as a table: per file, the share of test CXRs refused and,
+    """``scripts/reproduce/ood_eval.py``'s report as a table: per file, the share of test CXRs refused and,
     per group, AUROC / FPR at 95% TPR / share refused end to end."""
     results = data["results"]
     groups = list(dict.fromkeys(g for r in results for g in (r.get("groups") or {})))

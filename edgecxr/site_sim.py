@@ -4,7 +4,7 @@ A model validated on one site meets images that another site's scanner, PACS and
 export settings have already changed before the runner sees them. These shifts
 reproduce the common ones on a grayscale uint8 image, so ``edgecxr sitecheck`` can
 be tested against sites whose difference is known and the README can show what each
-does to a model (``scripts/simulate_site.py`` writes a shifted copy of a split).
+does to a model (``scripts/dev/simulate_site.py`` writes a shifted copy of a split).
 Every shift is a pure function of the image and its parameter (the noise is seeded
 from the pixels), so a shifted copy is reproducible byte for byte.
 

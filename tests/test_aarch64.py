@@ -42,7 +42,7 @@ def test_runner_on_emulated_cortex_a72_matches_x86(converted, synthetic_data, tm
             shutil.copy(f, images / f"{d.name}_{f.name}")
     models = [str(converted / f"mobilenet_v2_{p}.{f}") for f in ("tflite", "onnx") for p in ("fp32", "int8")]
     t0 = time.perf_counter()
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "aarch64_check.sh"), "--images", str(images), *models],
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "reproduce" / "aarch64_check.sh"), "--images", str(images), *models],
                           capture_output=True, text=True, timeout=600)
     seconds = time.perf_counter() - t0
     if proc.returncode == 77:

@@ -144,11 +144,11 @@ AARCH64_CACHE = Path(os.environ.get("EDGECXR_AARCH64_CACHE", Path.home() / ".cac
 @pytest.mark.aarch64
 def test_ssh_path_with_an_aarch64_python_under_qemu(sshd_server, known_hosts, export_dir, tmp_path):
     """The whole Pi path with an arm64 interpreter (Cortex-A72 under qemu-user, the cache
-    scripts/aarch64_check.sh builds): correct predictions, rows flagged as emulated."""
+    scripts/reproduce/aarch64_check.sh builds): correct predictions, rows flagged as emulated."""
     qemu = shutil.which("qemu-aarch64-static")
     sites = sorted(AARCH64_CACHE.glob("site-numpy*-litert*"))
     if not qemu or not (AARCH64_CACHE / "root" / "usr" / "bin" / "python3.11").exists() or not sites:
-        pytest.skip("no qemu-aarch64-static or arm64 Python cache (run scripts/aarch64_check.sh once)")
+        pytest.skip("no qemu-aarch64-static or arm64 Python cache (run scripts/reproduce/aarch64_check.sh once)")
     wrapper = tmp_path / "python3-arm64"
     wrapper.write_text(f"#!/bin/sh\nexport PYTHONPATH={sites[-1]} EDGECXR_EMULATED=1\n"
                        f"exec {qemu} -L {AARCH64_CACHE / 'root'} -cpu cortex-a72 {AARCH64_CACHE / 'root/usr/bin/python3.11'} \"$@\"\n")

@@ -65,14 +65,14 @@ def test_card_with_eval_and_ood_results_reports_their_numbers_and_commands(synth
     model = toy_onnx(str(tmp_path / "toy_fp32.onnx"), BLOCK, SYNTHETIC_CLASSES, {"data_root": str(synthetic_data)})
     _invoke(eval_command, model, "--split", "all", "--out", str(tmp_path / "eval_toy_all"), "--bootstrap", "50", "--quiet")
     ood = tmp_path / "ood_eval.json"
-    ood.write_text(json.dumps({"command": "python scripts/ood_eval.py toy", "groups": {"photos": {"auroc": 0.9987, "refused": 0.995}}}))
+    ood.write_text(json.dumps({"command": "python scripts/reproduce/ood_eval.py toy", "groups": {"photos": {"auroc": 0.9987, "refused": 0.995}}}))
     _invoke(card_command, model, "--out", str(tmp_path / "card.md"))
     card = (tmp_path / "card.md").read_text()
     rep = json.loads((tmp_path / "eval_toy_all" / "eval.json").read_text())
     assert f"{rep['accuracy']:.4f}" in card and f"{rep['calibration']['after']['ece']['value']:.4f}" in card
     assert f"{rep['conformal']['mean_set_size']:.3f}" in card
     assert "temperature T = 2.0000" in card and "--split all" in card
-    assert "groups.photos.auroc: 0.9987" in card and "python scripts/ood_eval.py toy" in card
+    assert "groups.photos.auroc: 0.9987" in card and "python scripts/reproduce/ood_eval.py toy" in card
 
 
 def test_the_card_renders_the_ood_evaluation_as_a_table_per_file_and_group():

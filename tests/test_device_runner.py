@@ -34,7 +34,7 @@ SITE = site.getsitepackages()[0]
 def models(trained_run, synthetic_data, tmp_path_factory) -> dict[str, Path]:
     """tiny FP32/INT8 TFLite (TF converter) + the trained checkpoint as ONNX, all with contracts."""
     out = tmp_path_factory.mktemp("device_models")
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "device_test_models.py"), str(out), "--checkpoint",
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "dev" / "device_test_models.py"), str(out), "--checkpoint",
                     str(trained_run / "best.pt"), "--data", str(synthetic_data)], check=True, capture_output=True, timeout=600)
     return {"tflite_fp32": out / "tiny_fp32.tflite", "tflite_int8": out / "tiny_int8.tflite", "onnx_fp32": out / "model_fp32.onnx"}
 

@@ -211,7 +211,7 @@ def test_kshot_split_gives_supervised_training_the_same_images_as_train_shots(tm
 
     from edgecxr.data import DatasetIndex, read_split_csv, write_split_csv
 
-    spec = importlib.util.spec_from_file_location("protonet_table", Path(__file__).resolve().parents[1] / "scripts" / "protonet_table.py")
+    spec = importlib.util.spec_from_file_location("protonet_table", Path(__file__).resolve().parents[1] / "scripts" / "reproduce" / "protonet_table.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     samples = [Sample(f"{c}/{i}.png", c, "train" if i < 15 else "test", f"h{c}{i}") for c in ("A", "B") for i in range(20)]

@@ -39,8 +39,8 @@ def _sitecheck(model: Path, site: Path, *extra: str) -> tuple[int, str, dict | N
 
 
 def _simulate(model_dir: Path, out: Path, *shifts: str) -> Path:
-    """scripts/simulate_site.py on the fixture's test split, in this process."""
-    spec = importlib.util.spec_from_file_location("simulate_site", ROOT / "scripts" / "simulate_site.py")
+    """scripts/dev/simulate_site.py on the fixture's test split, in this process."""
+    spec = importlib.util.spec_from_file_location("simulate_site", ROOT / "scripts" / "dev" / "simulate_site.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     args = ["--data", str(model_dir / "data"), "--split-csv", str(model_dir / "split.csv"), "--split", "test", "--out", str(out)]

@@ -7,7 +7,7 @@
 
 The README's run passes ``-- --keep-float NODE,NODE`` (MobileNetV2's stem and first
 depthwise conv, which ONNX Runtime runs slower in INT8 than in FP32 on x86; see
-scripts/ort_node_profile.py).
+scripts/dev/ort_node_profile.py).
 
 1. Converts CKPT to all six artifacts with ``edgecxr convert --int8 --fp16`` (a real
    subprocess, timed wall-clock: target under 3 minutes), unless --skip-convert.
@@ -113,7 +113,7 @@ def main() -> int:
     args = ap.parse_args()
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "export")
     if not os.path.exists(args.ckpt) and not args.skip_convert:
-        sys.exit(f"{args.ckpt}: checkpoint not found (train it first, see scripts/train_reference_models.sh)")
+        sys.exit(f"{args.ckpt}: checkpoint not found (train it first, see scripts/reproduce/train_reference_models.sh)")
 
     convert_s = None if args.skip_convert else convert(args.ckpt, out, args.convert_args)
     with open(os.path.join(out, "convert_report.json"), encoding="utf-8") as fh:

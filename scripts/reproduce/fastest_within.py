@@ -8,7 +8,7 @@ self-test did not fail; then the fastest such row among the ``--baseline`` runti
 (today's ONNX Runtime and TFLite by default) and the ratio of the two medians, both
 from the same run.
 
-    python scripts/fastest_within.py runs/bench_runtimes/bench.json --max-drop 0.5
+    python scripts/reproduce/fastest_within.py runs/bench_runtimes/bench.json --max-drop 0.5
 
 Prints Markdown lines; the device line names the CPU and its integer features.
 """

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Protonet vs supervised: the README comparison table, and the K-shot split for a supervised baseline.
 
-    python scripts/protonet_table.py table --runs runs [--archs mobilenet_v2,squeezenet1_1,efficientnet_lite0]
-    python scripts/protonet_table.py kshot-split SPLIT_CSV K OUT_CSV [--seed 0]
+    python scripts/reproduce/protonet_table.py table --runs runs [--archs mobilenet_v2,squeezenet1_1,efficientnet_lite0]
+    python scripts/reproduce/protonet_table.py kshot-split SPLIT_CSV K OUT_CSV [--seed 0]
 
 ``table`` reads, per backbone, ``runs/ARCH`` (supervised, from
-scripts/train_reference_models.sh; ``--supervised ARCH=DIR`` points elsewhere), ``runs/ARCH_kshot`` (supervised on the K-shot
+scripts/reproduce/train_reference_models.sh; ``--supervised ARCH=DIR`` points elsewhere), ``runs/ARCH_kshot`` (supervised on the K-shot
 images), ``runs/protonet_ARCH`` and ``runs/protonet_ARCH_kshot``; each needs
 ``metrics.json`` and ``eval_test/eval.json``. Missing runs are listed as not run.
 

@@ -2,7 +2,7 @@
 """Which out-of-distribution score to ship: candidates measured in PyTorch on one checkpoint.
 
 Runs the checkpoint (without any OOD head) on its run's train/val/test CXRs, a near
-in-distribution folder (``--near``) and the OOD set (``scripts/build_ood_set.py``),
+in-distribution folder (``--near``) and the OOD set (``scripts/reproduce/build_ood_set.py``),
 keeps pooled features and logits, and scores every candidate: max-softmax, max-logit,
 energy, Mahalanobis on the logits, class-conditional Mahalanobis on the pooled
 features (full, PCA-reduced on raw features, PCA-reduced on within-class residuals,
@@ -12,7 +12,7 @@ the training images and thresholded at 95% TPR on validation CXRs; the table giv
 AUROC (test CXRs vs group) / share of the group accepted at that threshold, and the
 share of test CXRs and near images refused.
 
-    python scripts/ood_candidates.py --ckpt runs/mnv2/best.pt --ood-set runs/ood_set \\
+    python scripts/reproduce/ood_candidates.py --ckpt runs/mnv2/best.pt --ood-set runs/ood_set \\
         --near ../shared/data/tbcxr --cache /tmp/mnv2_feats.npz [--train-images 900]
 
 The measurements behind ``edgecxr/ood_head.py`` (docs/results/decision.md "Refusing what is not a chest X-ray") were made with it.
@@ -158,7 +158,7 @@ def write_head(d: dict[str, np.ndarray], ckpt: str) -> dict:
     for s in index.of_split("train") + index.of_split("val"):
         p = quality_problem(load_gray(f"{index.root}/{s.file}"), QUALITY_DEFAULTS)
         problems.append(p[0] if p else "")
-    spec.update({"n_fit": int(tr.sum()), "fitted_with": "pytorch fp32 (cached features, scripts/ood_candidates.py --write-head)",
+    spec.update({"n_fit": int(tr.sum()), "fitted_with": "pytorch fp32 (cached features, scripts/reproduce/ood_candidates.py --write-head)",
                  "split": "val", "data_root": index.root, "dims": int(numbers["dims"]), "scale": float(numbers["scale"]),
                  "cap": float(numbers["cap"]), "features": numbers["transform"]})
     store_head(ckpt, numbers)

@@ -5,7 +5,7 @@
 # (ONNX Runtime's ARM and x86 kernels requantize differently). Each model's own
 # golden-vector self-test (--selftest) must pass on both sides first.
 #
-# usage: scripts/aarch64_check.sh --images DIR MODEL.tflite|MODEL.onnx|MODEL.xml [MODEL ...]
+# usage: scripts/reproduce/aarch64_check.sh --images DIR MODEL.tflite|MODEL.onnx|MODEL.xml [MODEL ...]
 #
 # Both sides run a bare copy of device/ with numpy + ai-edge-litert (+ onnxruntime for
 # .onnx files, openvino for OpenVINO .xml files) only (no OpenCV, no edgecxr), i.e. exactly what a minimal Pi install has. The arm64 Python comes
@@ -18,7 +18,7 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
-REPO="$(dirname "$HERE")"
+REPO="$(dirname "$(dirname "$HERE")")"
 PY="${PYTHON:-$REPO/.venv/bin/python}"
 CACHE="${EDGECXR_AARCH64_CACHE:-$HOME/.cache/edgecxr-aarch64}"
 CPU="${EDGECXR_QEMU_CPU:-cortex-a72}"
@@ -151,10 +151,10 @@ if [ "$NEED_OV" = 1 ]; then
 fi
 
 # --- 2e. executorch + torch for .pte models: the host's versions. PyPI's aarch64 torch is a CUDA build whose
-# nvidia-* dependencies have no aarch64 wheel here; the libraries it links get stubs (scripts/aarch64_cuda_stubs.py,
+# nvidia-* dependencies have no aarch64 wheel here; the libraries it links get stubs (scripts/dev/aarch64_cuda_stubs.py,
 # never called on the CPU path; a Pi uses PyTorch's CPU wheel instead). About 1.1 GB, cached. ---
 cuda_stubs() {
-  "$PY" "$HERE/aarch64_cuda_stubs.py" "$1" "$ROOT" || skip "building the CUDA stubs for the aarch64 torch failed"
+  "$PY" "$REPO/scripts/dev/aarch64_cuda_stubs.py" "$1" "$ROOT" || skip "building the CUDA stubs for the aarch64 torch failed"
 }
 if [ "$NEED_ET" = 1 ]; then
   read -r ET_V TORCH_V < <("$PY" -c "from importlib.metadata import version as v; print(v('executorch'), v('torch'))" 2>/dev/null) \

@@ -3,7 +3,7 @@
 # MobileNetV2 from the official TFLite ImageNet weights, 3 epochs at 224 px (the README recipe),
 # each variant calibrated (temperature, conformal sets, OOD head) so that "refer" and "refuse"
 # are what the device runner would do.
-#   bash scripts/train_site_variants.sh [SHARED_DATA] [OUT]     (finished variants are skipped)
+#   bash scripts/reproduce/train_site_variants.sh [SHARED_DATA] [OUT]     (finished variants are skipped)
 # Variants (all keep the three COVID-19 Radiography classes; tbcxr gives Normal images only):
 #   base_loso       covid-radiography only (tbcxr held out: the unseen source)
 #   aug_loso        + --site-augment                     (tbcxr held out)

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """The measurements behind the distillation defaults and comparisons in the README.
 
-    python scripts/distill_measure.py paired runs/squeezenet1_1_plain60 runs/squeezenet1_1_kd60
+    python scripts/reproduce/distill_measure.py paired runs/squeezenet1_1_plain60 runs/squeezenet1_1_kd60
         # macro-F1 change B - A on the same test images, paired bootstrap CI (RUN/eval_test/eval.json)
-    python scripts/distill_measure.py softness runs/mnv2/best.pt ../shared/data/covid-radiography runs/mnv2/split.csv
+    python scripts/reproduce/distill_measure.py softness runs/mnv2/best.pt ../shared/data/covid-radiography runs/mnv2/split.csv
         # what the teacher says beyond the label at T = 1, 2, 4, 8 (validation split)
-    python scripts/distill_measure.py cost squeezenet1_1 128 runs/mnv2/best.pt
+    python scripts/reproduce/distill_measure.py cost squeezenet1_1 128 runs/mnv2/best.pt
         # CPU seconds per batch of 32: student training step vs teacher forward (1 thread)
 
 Process time, not wall time, for ``cost``: on a shared machine the other jobs' load

@@ -22,12 +22,12 @@ import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from edgecxr.device.contract import Contract, TensorSpec
+from edgecxr.device.image_io import load_gray
+from edgecxr.device.preprocess import PreprocessSpec, preprocess
 
-from edgecxr.device.contract import Contract, TensorSpec  # noqa: E402
-from edgecxr.device.image_io import load_gray  # noqa: E402
-from edgecxr.device.preprocess import PreprocessSpec, preprocess  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/dev/ -> repo
+
 
 
 def _base_contract(size: int) -> Contract:

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Stub libraries for the NVIDIA libraries PyPI's aarch64 ``torch`` wheel links against
-(used by aarch64_check.sh for ExecuTorch ``.pte`` files).
+(used by scripts/reproduce/aarch64_check.sh for ExecuTorch ``.pte`` files).
 
 usage: aarch64_cuda_stubs.py SITE ROOT [CC]
 

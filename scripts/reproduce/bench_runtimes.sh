@@ -2,7 +2,7 @@
 # Every runtime side by side: the README's QAT MobileNetV2 and EfficientNet-Lite0 in every
 # format x precision x runtime, one bench run, batch 1, 1 and 2 threads.
 #
-#   bash scripts/bench_runtimes.sh [RUNS_DIR] [OUT_DIR]
+#   bash scripts/reproduce/bench_runtimes.sh [RUNS_DIR] [OUT_DIR]
 #
 # 1. Converts each model's best.pt with `edgecxr convert --int8 --fp16 --formats <every
 #    format in the table>` into RUNS_DIR/all_formats/<model>/. A format whose package is
@@ -37,9 +37,9 @@ CONVERT_ARGS=${CONVERT_ARGS:-}
 HERE=$(cd "$(dirname "$0")" && pwd)
 EDGECXR=${EDGECXR:-edgecxr}
 PY=${PY:-python3}
-command -v "$EDGECXR" >/dev/null || EDGECXR="$HERE/../.venv/bin/edgecxr"
-[ -x "$HERE/../.venv/bin/python" ] && PY="$HERE/../.venv/bin/python"
-# the same two float nodes as the README's MobileNetV2 INT8 ONNX (see scripts/bench_readme.sh)
+command -v "$EDGECXR" >/dev/null || EDGECXR="$HERE/../../.venv/bin/edgecxr"
+[ -x "$HERE/../../.venv/bin/python" ] && PY="$HERE/../../.venv/bin/python"
+# the same two float nodes as the README's MobileNetV2 INT8 ONNX (see scripts/reproduce/bench_readme.sh)
 MNV2_KEEP_FLOAT=${MNV2_KEEP_FLOAT-/backbone/backbone.0/backbone.0.0/backbone.0.0.0/Conv,/backbone/backbone.0/backbone.0.1/conv/conv.0/conv.0.0/Conv}
 FORMATS=${FORMATS:-$("$PY" -c 'from edgecxr.convert.formats import format_names; print(",".join(format_names()))')}
 
@@ -69,7 +69,7 @@ done
   --out "$OUT" $BENCH_ARGS
 
 {
-  echo "### Runtimes side by side (\`bash scripts/bench_runtimes.sh\`)"
+  echo "### Runtimes side by side (\`bash scripts/reproduce/bench_runtimes.sh\`)"
   echo
   echo "Every format x precision x runtime of the README's QAT MobileNetV2 and EfficientNet-Lite0"
   echo "(\`edgecxr convert --formats $FORMATS --int8 --fp16\`), timed at batch 1 in one"
@@ -80,7 +80,7 @@ done
   echo
   "$PY" -m edgecxr.bench.tables "$OUT/bench.json" --format readme
   echo
-  echo "Fastest within $MAX_DROP macro-F1 points (\`python scripts/fastest_within.py bench.json --max-drop $MAX_DROP\`):"
+  echo "Fastest within $MAX_DROP macro-F1 points (\`python scripts/reproduce/fastest_within.py bench.json --max-drop $MAX_DROP\`):"
   echo
   "$PY" "$HERE/fastest_within.py" "$OUT/bench.json" --max-drop "$MAX_DROP"
 } > "$OUT/README_SECTION.md"

@@ -5,7 +5,7 @@ For every ``--model`` (checkpoint, ONNX, TFLite, any format the toolkit opens) t
 images go through the runner's own steps: decode to grey (``load_gray``), the
 contract's quality checks, the model, and its OOD score and threshold
 (``device/ood.py``). Reported per group of the OOD set (built by
-``scripts/build_ood_set.py``), for the model's test CXRs and for a near
+``scripts/reproduce/build_ood_set.py``), for the model's test CXRs and for a near
 in-distribution folder (``--near``: chest X-rays of another disease, never tuned to):
 
 - ``auroc``: how well the OOD score alone ranks the group above the test CXRs;
@@ -14,7 +14,7 @@ in-distribution folder (``--near``: chest X-rays of another disease, never tuned
 - ``refused``: share refused end to end with the contract's own numbers (quality
   checks, then the OOD threshold fitted on validation images), split by reason.
 
-    python scripts/ood_eval.py --ood-set runs/ood_set --near ../shared/data/tbcxr \\
+    python scripts/reproduce/ood_eval.py --ood-set runs/ood_set --near ../shared/data/tbcxr \\
         --model runs/mnv2/export/mobilenet_v2_fp32.onnx --model runs/mnv2/export/mobilenet_v2_int8.tflite \\
         --out runs/mnv2/export/ood_report.json
 
@@ -51,7 +51,7 @@ def ood_set_files(root: str) -> list[tuple[str, str]]:
     """(path, group) from the set's MANIFEST.csv."""
     manifest = os.path.join(root, "MANIFEST.csv")
     if not os.path.exists(manifest):
-        raise EdgecxrError(f"{root}: no MANIFEST.csv; build the set with scripts/build_ood_set.py --out {root}")
+        raise EdgecxrError(f"{root}: no MANIFEST.csv; build the set with scripts/reproduce/build_ood_set.py --out {root}")
     with open(manifest, encoding="utf-8") as fh:
         return [(os.path.join(root, r["file"]), r["group"]) for r in csv.DictReader(fh)]
 
@@ -191,7 +191,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", action="append", required=True, help="a model file with a fitted decision.ood block (repeatable)")
-    p.add_argument("--ood-set", default="runs/ood_set", help="folder built by scripts/build_ood_set.py")
+    p.add_argument("--ood-set", default="runs/ood_set", help="folder built by scripts/reproduce/build_ood_set.py")
     p.add_argument("--near", action="append", default=[], metavar="[NAME=]DIR",
                    help="a folder of near in-distribution images (e.g. tbcxr=../shared/data/tbcxr), reported as its own group")
     p.add_argument("--out", required=True, help="where to write the JSON (e.g. EXPORT_DIR/ood_report.json)")

@@ -6,8 +6,8 @@ imports inside functions too, which shows the modules that still lean on each ot
 Only imports of edgecxr's own modules count. The package maps subpackages onto top-level folders (pyproject.toml's
 ``package-dir``); that mapping is repeated here so the check needs no install.
 
-    python scripts/import_cycles.py          # from the repository root
-    python scripts/import_cycles.py --lazy   # function-level imports as well
+    python scripts/dev/import_cycles.py          # from the repository root
+    python scripts/dev/import_cycles.py --lazy   # function-level imports as well
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import ast
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # scripts/dev/ -> repo
 PACKAGES = {"edgecxr": "edgecxr", "edgecxr.train": "train", "edgecxr.convert": "convert",
             "edgecxr.bench": "bench", "edgecxr.device": "device"}
 

@@ -9,7 +9,7 @@ requirements and never needs a download. Each source becomes several variants
 (crops, rotations, flips, grayscale conversion, down-scaling), because a camera
 or a scanner hands the runner exactly that kind of image.
 
-    python scripts/build_ood_set.py --out runs/ood_set
+    python scripts/reproduce/build_ood_set.py --out runs/ood_set
 
 Writes ``<out>/<group>/<name>.png`` and ``<out>/MANIFEST.csv`` (file, group,
 source, transform, sha256). Groups:

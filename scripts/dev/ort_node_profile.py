@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Per-node time of an FP32 and an INT8 ONNX model side by side (ONNX Runtime's profiler).
 
-    .venv/bin/python scripts/ort_node_profile.py FP32.onnx INT8.onnx [--runs 200] [--threads 1] [--top 12]
+    .venv/bin/python scripts/dev/ort_node_profile.py FP32.onnx INT8.onnx [--runs 200] [--threads 1] [--top 12]
 
 Shows where INT8 pays off and where it does not: on x86, ORT's u8s8 convolution is
 slower than its FP32 one for a 3-channel stem and for the first full-resolution

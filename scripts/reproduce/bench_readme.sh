@@ -3,7 +3,7 @@
 # {ONNX, TFLite} on its test split, 1 and 2 threads, with the reference INT8 models
 # from ../shared/reference-models timed in the same run.
 #
-#   bash scripts/bench_readme.sh [RUNS_DIR] [OUT_DIR]
+#   bash scripts/reproduce/bench_readme.sh [RUNS_DIR] [OUT_DIR]
 #
 # Converts each run folder's best.pt with `edgecxr convert --int8 --fp16` when its
 # export folder is missing or older than the checkpoint, then runs `edgecxr bench`
@@ -20,15 +20,15 @@ THREADS=${THREADS:-1,2}
 WARMUP=${WARMUP:-10}
 NRUNS=${NRUNS:-100}
 HERE=$(cd "$(dirname "$0")" && pwd)
-REFERENCE_MODELS=${REFERENCE_MODELS:-$HERE/../../shared/reference-models}
+REFERENCE_MODELS=${REFERENCE_MODELS:-$HERE/../../../shared/reference-models}
 EDGECXR=${EDGECXR:-edgecxr}
 PY=${PY:-python3}
 BENCH_ARGS=${BENCH_ARGS:-}
 # MobileNetV2's 3-channel stem and first depthwise conv run slower in ONNX Runtime's x86
-# INT8 kernels than in FP32 (scripts/ort_node_profile.py); its INT8 ONNX keeps them float.
+# INT8 kernels than in FP32 (scripts/dev/ort_node_profile.py); its INT8 ONNX keeps them float.
 MNV2_KEEP_FLOAT=${MNV2_KEEP_FLOAT-/backbone/backbone.0/backbone.0.0/backbone.0.0.0/Conv,/backbone/backbone.0/backbone.0.1/conv/conv.0/conv.0.0/Conv}
-command -v "$EDGECXR" >/dev/null || EDGECXR="$HERE/../.venv/bin/edgecxr"
-[ -x "$HERE/../.venv/bin/python" ] && PY="$HERE/../.venv/bin/python"
+command -v "$EDGECXR" >/dev/null || EDGECXR="$HERE/../../.venv/bin/edgecxr"
+[ -x "$HERE/../../.venv/bin/python" ] && PY="$HERE/../../.venv/bin/python"
 
 exports=()
 for name in $RUN_NAMES; do
@@ -71,7 +71,7 @@ refs=()
   echo "MobileNetV2 INT8 files from \`google-coral/test_data\` (ImageNet, 1001 classes, no contract)"
   echo "are timed in the same run as a yardstick for our INT8 conversion; their accuracy is n/a."
   echo
-  echo "Reproduce: \`bash scripts/bench_readme.sh\` (THREADS=$THREADS WARMUP=$WARMUP NRUNS=$NRUNS)."
+  echo "Reproduce: \`bash scripts/reproduce/bench_readme.sh\` (THREADS=$THREADS WARMUP=$WARMUP NRUNS=$NRUNS)."
   echo "Every row, with raw per-run times, is in \`bench.json\`; rebuild any table with"
   echo "\`python -m edgecxr.bench.tables bench.json --format md|csv|readme\`."
   echo

@@ -7,7 +7,7 @@ and APS thresholds fitted on the validation split, then on test: ECE/adaptive
 ECE/Brier/NLL before and after scaling, coverage and mean set size per method.
 This is how ``decision_fit.DEFAULT_METHOD`` was chosen (docs/results/decision.md "Calibrated probabilities").
 
-    nice -n 5 .venv/bin/python scripts/decision_compare.py runs/mobilenet_v2_qat_u8/best.pt \\
+    nice -n 5 .venv/bin/python scripts/reproduce/decision_compare.py runs/mobilenet_v2_qat_u8/best.pt \\
         runs/mobilenet_v2_qat_u8/export/mobilenet_v2_fp32.tflite runs/mobilenet_v2_qat_u8/export/mobilenet_v2_int8.tflite
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ files (lossless, so a ``jpeg`` shift stays exactly as decoded) and a ``SITE.json
 naming the source, split and shifts. Shifts are ``edgecxr/site_sim.py``'s, applied in
 the order given::
 
-    python scripts/simulate_site.py --data ../shared/data/covid-radiography --split-csv runs/mnv2/split.csv \\
+    python scripts/dev/simulate_site.py --data ../shared/data/covid-radiography --split-csv runs/mnv2/split.csv \\
         --split test --shift gamma:0.5 --out /tmp/sites/gamma05
     edgecxr sitecheck runs/mnv2 --data /tmp/sites/gamma05 --labels
 
@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/dev/ -> repo
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,9 +2,9 @@
 # Protonet vs supervised on the COVID-19 Radiography data: trains the protonet runs
 # (all training images, and only K per class), a supervised baseline on the same K
 # images, evaluates each on the shared test split and prints the Markdown table.
-#   bash scripts/protonet_table.sh [DATA] [RUNS]
-#   ARCHS="mobilenet_v2" K=10 EPOCHS=10 IMG=128 bash scripts/protonet_table.sh
-# The full-data supervised rows come from scripts/train_reference_models.sh (runs/ARCH).
+#   bash scripts/reproduce/protonet_table.sh [DATA] [RUNS]
+#   ARCHS="mobilenet_v2" K=10 EPOCHS=10 IMG=128 bash scripts/reproduce/protonet_table.sh
+# The full-data supervised rows come from scripts/reproduce/train_reference_models.sh (runs/ARCH).
 # Every run uses RUNS/mobilenet_v2_128/split.csv (the reference split), so all rows
 # share one test set. Finished runs (with eval_test/eval.json) are skipped.
 # Settings are modest on purpose (2 shared CPU cores): 128 px, EPOCHS epochs of 20
@@ -21,8 +21,8 @@ THREADS=${THREADS:-1}
 EDGECXR=${EDGECXR:-edgecxr}
 PYTHON=${PYTHON:-python}
 SPLIT=${SPLIT:-$RUNS/mobilenet_v2_128/split.csv}
-[ -f "$SPLIT" ] || { echo "error: $SPLIT not found; run scripts/train_reference_models.sh first or set SPLIT=" >&2; exit 2; }
-$PYTHON scripts/protonet_table.py kshot-split "$SPLIT" "$K" "$RUNS/kshot${K}_split.csv"
+[ -f "$SPLIT" ] || { echo "error: $SPLIT not found; run scripts/reproduce/train_reference_models.sh first or set SPLIT=" >&2; exit 2; }
+$PYTHON scripts/reproduce/protonet_table.py kshot-split "$SPLIT" "$K" "$RUNS/kshot${K}_split.csv"
 
 start_flag() {  # EfficientNet-Lite0 starts from ImageNet like its reference run; the others from random init
   [ "$1" = efficientnet_lite0 ] && echo "--pretrained" || true
@@ -48,4 +48,4 @@ done
 # SUPERVISED="mobilenet_v2=runs/mobilenet_v2_first ..." points the full-data supervised rows at other run folders
 SUP_ARGS=()
 for item in ${SUPERVISED:-}; do SUP_ARGS+=(--supervised "$item"); done
-$PYTHON scripts/protonet_table.py table --runs "$RUNS" --archs "$(echo $ARCHS | tr ' ' ',')" "${SUP_ARGS[@]}" | tee "$RUNS/protonet_table.md"
+$PYTHON scripts/reproduce/protonet_table.py table --runs "$RUNS" --archs "$(echo $ARCHS | tr ' ' ',')" "${SUP_ARGS[@]}" | tee "$RUNS/protonet_table.md"

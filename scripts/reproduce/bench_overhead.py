@@ -15,7 +15,7 @@ ms/call (external), the harness's own median, and the overhead
 ``harness_external / bare - 1`` in percent. A null callable shows the loop's fixed
 cost per call in nanoseconds. Usage::
 
-    python scripts/bench_overhead.py [MODEL ...] [--threads 1] [--rounds 20] [--calls 50] [--json out.json]
+    python scripts/reproduce/bench_overhead.py [MODEL ...] [--threads 1] [--rounds 20] [--calls 50] [--json out.json]
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 DEFAULT_MODELS = [
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "reference-models", "tf2_mobilenet_v2_1.0_224_ptq.tflite"),
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "reference-models", "tf2_mobilenet_v2_1.0_224_ptq.tflite"),
 ]
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build the README training table from the run folders' JSON files.
 
-    python scripts/training_table.py runs/mobilenet_v2 runs/squeezenet1_1 runs/efficientnet_lite0
+    python scripts/reproduce/training_table.py runs/mobilenet_v2 runs/squeezenet1_1 runs/efficientnet_lite0
 
 Each run folder needs ``metrics.json`` (from ``edgecxr train``) and
 ``eval_test/eval.json`` (from ``edgecxr eval RUN/best.pt --out RUN/eval_test``).
