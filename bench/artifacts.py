@@ -12,11 +12,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgecxr.convert.formats import PRECISIONS, export_formats, find_artifacts, format_of, parse_artifact_name
+from edgecxr.convert.formats import FORMATS, PRECISIONS, find_artifacts, format_of, parse_artifact_name
 from edgecxr.device.contract import Contract, ContractError
 from edgecxr.device.formats import model_bytes
 from edgecxr.errors import EdgecxrError
-from edgecxr.runtime import is_checkpoint, known_suffixes
+from edgecxr.runtime import known_suffixes
 
 
 @dataclass
@@ -47,19 +47,13 @@ class Artifact:
 
 
 def format_name(path: str) -> str:
-    """``pytorch`` for checkpoints, else the table's format name (or the bare suffix of a foreign file)."""
-    if is_checkpoint(path):
-        return "pytorch"
+    """The table's format name (``pytorch`` for checkpoints), or the bare suffix of a foreign file."""
     fmt = format_of(path)
     return fmt.name if fmt is not None else os.path.splitext(path)[1].lower().lstrip(".")
 
 
 def read_contract(path: str) -> Contract | None:
     """The contract without starting a runtime (the parent process stays light)."""
-    if is_checkpoint(path):
-        from edgecxr.checkpoint import contract_from_payload, load_checkpoint
-
-        return contract_from_payload(load_checkpoint(path), path)
     fmt = format_of(path)
     return fmt.read_contract(path) if fmt is not None else None
 
@@ -137,11 +131,12 @@ def assign_references(artifacts: list[Artifact], reference: Artifact | None = No
 
 
 def _format_rank(name: str, checkpoint_last: bool = False) -> int:
-    """Table order; the checkpoint first in tables, last as a reference (exports are what ship)."""
-    order = [f.name for f in export_formats()]
-    if name == "pytorch":
-        return len(order) if checkpoint_last else -1
-    return order.index(name) if name in order else len(order) + 1
+    """Table order (the checkpoint is its first row); ``checkpoint_last``: the source row after the
+    exports, where it serves as a reference (exports are what ship)."""
+    rows = {f.name: f for f in FORMATS}
+    if name not in rows:
+        return len(rows) + 1
+    return len(rows) if (checkpoint_last and rows[name].source) else list(rows).index(name)
 
 
 def sort_key(a: Artifact) -> tuple[Any, ...]:

@@ -14,10 +14,10 @@ from edgecxr.bench.tables import latency_stats
 
 
 def markers() -> dict[str, str]:
-    """Each format's marker from the formats table; checkpoints are triangles."""
-    from edgecxr.convert.formats import export_formats
+    """Each format's marker from the formats table (the checkpoint row's included)."""
+    from edgecxr.convert.formats import FORMATS
 
-    return {**{f.name: f.marker for f in export_formats()}, "pytorch": "^"}
+    return {f.name: f.marker for f in FORMATS}
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

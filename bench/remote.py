@@ -198,8 +198,9 @@ def preflight(*, host: str, identity: str | None, known_hosts: str | None, accep
 def needed_runtimes(artifacts: list[Artifact], wanted: tuple[str, ...]) -> list[str]:
     """The runtimes the Pi rows will run (bench's ``--runtimes`` per artifact), in order."""
     from edgecxr.bench.local import selected_runtimes
+    from edgecxr.device.formats import device_format_of
 
-    return list(dict.fromkeys(r for a in artifacts if a.format != "pytorch" and a.contract is not None
+    return list(dict.fromkeys(r for a in artifacts if device_format_of(a.path) is not None and a.contract is not None
                               for r in selected_runtimes(a.path, wanted)))
 
 
@@ -229,6 +230,29 @@ def _probe_rss(text: str) -> float | None:
     return None
 
 
+def runner_files(dev_dir: str) -> list[str]:
+    """The runner's own files under ``dev_dir`` (relative paths, folders first): what a bare Pi
+    copy needs, without caches or a local venv."""
+    out = []
+    for root, dirs, files in os.walk(dev_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__pycache__", "venv")))
+        rel = os.path.relpath(root, dev_dir)
+        out += [os.path.normpath(os.path.join(rel, f)) for f in sorted(files) if f.endswith((".py", ".txt", ".sh")) and not f.startswith(".")]
+    return out
+
+
+def send_runner(s: RemoteSession, dev_dir: str, remote_dir: str) -> None:
+    """Copy the runner's files (its ``runtimes/`` package included) to ``remote_dir``."""
+    made = {""}
+    s.mkdir(remote_dir)
+    for rel in runner_files(dev_dir):
+        folder = os.path.dirname(rel)
+        if folder not in made:
+            s.mkdir(f"{remote_dir}/{folder}")
+            made.add(folder)
+        s.put(os.path.join(dev_dir, rel), f"{remote_dir}/{rel}")
+
+
 def run_remote(artifacts: list[Artifact], evaluated: dict[str, Any], settings: Any, *, host: str, identity: str | None,
                known_hosts: str | None, accept_new: bool, python: str, n_images: int, workdir: str,
                progress: bool = True) -> dict[str, Any]:
@@ -237,7 +261,7 @@ def run_remote(artifacts: list[Artifact], evaluated: dict[str, Any], settings: A
     from edgecxr.progress import progress as progress_bar
 
     target = parse_target(host)
-    from edgecxr.bench.local import default_runtime, selected_runtimes
+    from edgecxr.bench.local import default_runtime
 
     records: dict[tuple[str, str, int], dict[str, Any]] = {}
     device: dict[str, Any] = {}
@@ -246,20 +270,9 @@ def run_remote(artifacts: list[Artifact], evaluated: dict[str, Any], settings: A
         try:
             info = check_remote(s, python, tmp, needed_runtimes(artifacts, settings.runtimes))
             dev_dir = os.path.dirname(os.path.abspath(device_pkg.__file__))
-            s.mkdir(f"{tmp}/device")
-            for name in sorted(os.listdir(dev_dir)):
-                if name.endswith((".py", ".txt", ".sh")) and not name.startswith("."):
-                    s.put(os.path.join(dev_dir, name), f"{tmp}/device/{name}")
+            send_runner(s, dev_dir, f"{tmp}/device")
             s.mkdir(f"{tmp}/models")
-            runnable: list[tuple[int, Artifact, str]] = []
-            for i, a in enumerate(artifacts):
-                for runtime in selected_runtimes(a.path, settings.runtimes) or ["?"]:
-                    skip = _skip_reason(a, runtime, info, python)
-                    if skip:
-                        for t in settings.threads:
-                            records[(a.path, runtime, t)] = {"skip": skip}  # skipped, not failed: no error on the row
-                        continue
-                    runnable.append((i, a, runtime))
+            runnable = _runnable_rows(artifacts, settings, info, python, records)
             bar = progress_bar(total=len(runnable) * (len(settings.threads) + 1), desc="bench on Pi", unit="run", enabled=progress)
             for i, a, runtime in runnable:
                 remote_model = send_artifact(s, a.path, f"{tmp}/models/{i:02d}_{os.path.basename(a.path)}")
@@ -267,24 +280,10 @@ def run_remote(artifacts: list[Artifact], evaluated: dict[str, Any], settings: A
                 ev = evaluated.get((a.path, runtime)) or evaluated.get((a.path, default_runtime(a.path)))
                 images = pick_images(ev.eval_set.image_paths, n_images) if ev is not None and ev.eval_set is not None else []
                 img_dir = f"{tmp}/images_{i:02d}"
-                if not _exists(s, img_dir):
-                    s.mkdir(img_dir)
-                    for k, p in enumerate(images):
-                        s.put(p, f"{img_dir}/{k:04d}{os.path.splitext(p)[1].lower()}")
+                _send_images(s, img_dir, images)
                 for t in settings.threads:
-                    out = f"{tmp}/bench_{i:02d}_{runtime}_{t}.json"
-                    args = ["--model", remote_model, "--runtime", runtime, "--bench", "--threads", str(t), "--warmup", str(settings.warmup),
-                            "--runs", str(settings.runs), "--min-seconds", str(settings.min_seconds)]
-                    if images:
-                        args += ["--dir", img_dir]
-                    rc, _o, err = s.run([python, f"{tmp}/remote_probe.py", "run", out, "--", *args])
-                    text = s.read_text(out) if rc == 0 or _exists(s, out) else ""
-                    rec = _last_json(text) or {}
-                    if rc != 0 or "runs_ms" not in rec:
-                        last = (err.strip().splitlines() or [f"exit {rc}"])[-1]
-                        rec = {"error": f"runner failed on the Pi: {last[:200]}"}
-                    rec["peak_rss_mb"] = _probe_rss(text)
-                    rec["threads"] = t
+                    rec = _bench_once(s, python, tmp, f"{tmp}/bench_{i:02d}_{runtime}_{t}.json", remote_model, runtime, t,
+                                      settings, img_dir if images else None)
                     records[(a.path, runtime, t)] = rec
                     device = device or rec.get("device_info", {})
                     bar.update(1)
@@ -296,11 +295,62 @@ def run_remote(artifacts: list[Artifact], evaluated: dict[str, Any], settings: A
             bar.close()
         finally:
             s.rmtree(tmp)
-    if not device:
-        device = {"board": "", "cpu": "?", "cores": 0, "machine": info.get("machine", "?"), "os": "?", "kernel": "?",
-                  "python": info.get("python", "?"), "numpy": info.get("numpy") or "?", "runtime": "", "emulated": False}
-    device = {**device, "runtimes_available": info.get("runtimes") or {}}  # what the probe found there, per runtime
+    device = {**(device or _unknown_device(info)), "runtimes_available": info.get("runtimes") or {}}  # what the probe found there
     return {"records": records, "device": device, "packages": info}
+
+
+def _runnable_rows(artifacts: list[Artifact], settings: Any, info: dict[str, Any], python: str,
+                   records: dict[tuple[str, str, int], dict[str, Any]]) -> list[tuple[int, Artifact, str]]:
+    """``(index, artifact, runtime)`` of each row the Pi can run. A row it cannot (a checkpoint,
+    no contract, its runtime not installed there) gets a ``skip`` record per thread count in
+    ``records``: skipped, not failed, so the table shows why without an error."""
+    from edgecxr.bench.local import selected_runtimes
+
+    runnable: list[tuple[int, Artifact, str]] = []
+    for i, a in enumerate(artifacts):
+        for runtime in selected_runtimes(a.path, settings.runtimes) or ["?"]:
+            skip = _skip_reason(a, runtime, info, python)
+            if skip:
+                for t in settings.threads:
+                    records[(a.path, runtime, t)] = {"skip": skip}
+                continue
+            runnable.append((i, a, runtime))
+    return runnable
+
+
+def _send_images(s: RemoteSession, img_dir: str, images: list[str]) -> None:
+    """Copy the agreement images to ``img_dir`` once (a second runtime of the same file reuses
+    them), numbered in order so the Pi's predictions map back to the host's."""
+    if _exists(s, img_dir):
+        return
+    s.mkdir(img_dir)
+    for k, p in enumerate(images):
+        s.put(p, f"{img_dir}/{k:04d}{os.path.splitext(p)[1].lower()}")
+
+
+def _bench_once(s: RemoteSession, python: str, tmp: str, out: str, remote_model: str, runtime: str, threads: int, settings: Any,
+                img_dir: str | None) -> dict[str, Any]:
+    """One ``edgecxr_runner.py --bench`` run on the Pi under the memory probe in ``tmp``, writing ``out``; its
+    record with peak RSS and thread count, or an ``error`` naming the runner's last stderr line."""
+    args = ["--model", remote_model, "--runtime", runtime, "--bench", "--threads", str(threads), "--warmup", str(settings.warmup),
+            "--runs", str(settings.runs), "--min-seconds", str(settings.min_seconds)]
+    if img_dir is not None:
+        args += ["--dir", img_dir]
+    rc, _o, err = s.run([python, f"{tmp}/remote_probe.py", "run", out, "--", *args])
+    text = s.read_text(out) if rc == 0 or _exists(s, out) else ""
+    rec = _last_json(text) or {}
+    if rc != 0 or "runs_ms" not in rec:
+        last = (err.strip().splitlines() or [f"exit {rc}"])[-1]
+        rec = {"error": f"runner failed on the Pi: {last[:200]}"}
+    rec["peak_rss_mb"] = _probe_rss(text)
+    rec["threads"] = threads
+    return rec
+
+
+def _unknown_device(info: dict[str, Any]) -> dict[str, Any]:
+    """Device info when no run reported its own (every row failed or was skipped): what the probe saw."""
+    return {"board": "", "cpu": "?", "cores": 0, "machine": info.get("machine", "?"), "os": "?", "kernel": "?",
+            "python": info.get("python", "?"), "numpy": info.get("numpy") or "?", "runtime": "", "emulated": False}
 
 
 def _exists(s: RemoteSession, path: str) -> bool:
@@ -324,10 +374,10 @@ def send_artifact(s: RemoteSession, path: str, remote: str) -> str:
 
 
 def _skip_reason(a: Artifact, runtime: str, info: dict[str, Any], python: str) -> str | None:
-    from edgecxr.device.formats import RUNTIMES
+    from edgecxr.device.formats import RUNTIMES, device_format_of
 
-    if a.format == "pytorch":
-        return "not run on the Pi: PyTorch checkpoints are for the workstation; convert to TFLite"
+    if device_format_of(a.path) is None:  # the checkpoint row, a foreign file
+        return f"not run on the Pi: no device runtime opens {a.format} files (device/runtimes/); convert to TFLite"
     if a.contract is None:
         return "not run on the Pi: the device runner needs a model contract (foreign model)"
     needs = RUNTIMES.get(runtime)

@@ -25,7 +25,7 @@ from edgecxr.bench.local import (
     predict_only,
     selected_runtimes,
 )
-from edgecxr.runtime import is_checkpoint
+from edgecxr.convert.formats import format_of
 
 SCHEMA = "edgecxr.bench/1"
 
@@ -41,7 +41,8 @@ def base_row(a: Artifact, stats: dict[str, Any]) -> dict[str, Any]:
     note = None
     if a.contract is None:
         note = "no contract: foreign model, latency and size only" + (f" ({a.contract_error})" if a.contract_error else "")
-    source = a.path if is_checkpoint(a.path) else (a.contract.source.get("checkpoint") if a.contract is not None else None)
+    row = format_of(a.path)
+    source = a.path if (row is not None and row.source) else (a.contract.source.get("checkpoint") if a.contract is not None else None)
     return {"artifact": a.name, "path": a.path, "arch": a.arch, "format": a.format, "precision": precision,
             "source_checkpoint": source, "has_contract": a.has_contract, "size_bytes": a.size_bytes, "params": stats.get("params"),
             "macs": stats.get("macs"), "stats_from": stats.get("stats_from"), "note": note}

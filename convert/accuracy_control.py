@@ -255,7 +255,7 @@ class ControlJob:
 
 
 def prepare(torch_model: Any, contract: Any, calib: Any, vset: Any, settings: ControlSettings, progress: bool, echo: Echo) -> ControlJob:
-    from edgecxr.convert.verify import torch_logits
+    from edgecxr.convert.reference import torch_logits
 
     check_settings(settings)
     holdout = holdout_slice(contract, calib, vset, settings.holdout_n, progress=progress)

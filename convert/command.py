@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from edgecxr.convert.accuracy_control import ControlSettings
 
 EXIT_GATE_FAILED = 3
 
@@ -88,24 +92,18 @@ def convert_command(ckpt: str, out_dir: str, int8: bool, fp16: bool, formats: st
     CPU it lands on.
     """
     from edgecxr.convert.formats import parse_formats
+    from edgecxr.convert.options import ConvertOptions
     from edgecxr.convert.pipeline import convert_checkpoint
     from edgecxr.convert.report import REPORT_JSON, REPORT_MD, terminal_table
 
-    fmts = [f.name for f in parse_formats(formats)]
-    control = None
-    if accuracy_control:
-        from edgecxr.convert.accuracy_control import ControlSettings
-        from edgecxr.errors import EdgecxrError
-
-        if max_drop is None:
-            raise EdgecxrError("--accuracy-control needs the limit it controls: add --max-drop PP")
-        control = ControlSettings(max_drop, min_agreement, max_float_layers, control_n, control_latency_runs, threads or 1)
-    report = convert_checkpoint(
-        ckpt, out_dir, int8=int8, fp16=fp16, formats=fmts, calib_data=calib_data, calib_n=calib_n, calib_method=calib_method,
-        verify_data=verify_data, split_csv=split_csv, verify=not no_verify, max_drop=max_drop, keep_float=_split_list(keep_float), target=target, threads=threads,
-        accuracy_control=control,
-        progress=not quiet, echo=click.echo,
+    fmts = [f.name for f in parse_formats(formats)]  # an unknown name is refused first
+    control = _control_settings(accuracy_control, max_drop, min_agreement, max_float_layers, control_n, control_latency_runs, threads)
+    options = ConvertOptions(
+        int8=int8, fp16=fp16, formats=fmts, calib_data=calib_data, calib_n=calib_n,
+        calib_method=calib_method, verify_data=verify_data, split_csv=split_csv, verify=not no_verify, max_drop=max_drop,
+        keep_float=_split_list(keep_float), accuracy_control=control, target=target, threads=threads,
     )
+    report = convert_checkpoint(ckpt, out_dir, options, progress=not quiet, echo=click.echo)
     click.echo("")
     click.echo(terminal_table(report))
     from edgecxr.convert.accuracy_control import report_lines
@@ -116,6 +114,20 @@ def convert_command(ckpt: str, out_dir: str, int8: bool, fp16: bool, formats: st
     status = _exit_status(report, keep_degraded)
     if status:
         sys.exit(status)
+
+
+def _control_settings(enabled: bool, max_drop: float | None, min_agreement: float, max_float_layers: int, control_n: int,
+                      latency_runs: int, threads: int | None) -> ControlSettings | None:
+    """``accuracy_control.ControlSettings`` from the --accuracy-control flags, or None without it.
+    Refused without --max-drop: the search needs the limit it controls."""
+    if not enabled:
+        return None
+    from edgecxr.convert.accuracy_control import ControlSettings
+    from edgecxr.errors import EdgecxrError
+
+    if max_drop is None:
+        raise EdgecxrError("--accuracy-control needs the limit it controls: add --max-drop PP")
+    return ControlSettings(max_drop, min_agreement, max_float_layers, control_n, latency_runs, threads or 1)
 
 
 def _exit_status(report: dict, keep_degraded: bool) -> int:

@@ -35,12 +35,11 @@ DEBUG_BATCH = 8
 def _fp32_onnx_and_contract(model_path: str, tmp: str) -> tuple[str, Contract]:
     """ONNX Runtime's QDQ debugger works on ONNX: a checkpoint is exported first; other formats are refused."""
     from edgecxr.convert.formats import format_of
-    from edgecxr.runtime import is_checkpoint
 
     if not os.path.exists(model_path):
         raise EdgecxrError(f"{model_path}: model file not found")
     fmt = format_of(model_path)
-    if is_checkpoint(model_path):
+    if fmt is not None and fmt.source:
         from edgecxr.convert.onnx_export import export_fp32, onnx_contract
         from edgecxr.models import load_model
 

@@ -82,7 +82,7 @@ def build(vset: Any, torch_model: Any, spec: Any, n: int = GOLDEN_IMAGES) -> Gol
 
 
 def _torch_probs(torch_model: Any, grays: list[np.ndarray], spec: Any) -> np.ndarray:
-    from edgecxr.convert.verify import torch_logits
+    from edgecxr.convert.reference import torch_logits
     from edgecxr.device.decision import softmax
     from edgecxr.device.preprocess import preprocess
 

@@ -176,7 +176,7 @@ def run_pnnx(traced: str, input_shape: tuple[int, ...], work: str, fp16: bool, t
 def install(param: str, weights: str, dest: str, write_sidecar: Any) -> None:
     """Sidecar, weights, then the graph: a reader who sees the ``.ncnn.param`` finds the rest."""
     from edgecxr.atomic import atomic_path
-    from edgecxr.device.backend_ncnn import weights_path
+    from edgecxr.device.runtimes.ncnn_cpu import weights_path
 
     write_sidecar(dest)
     for src, to in ((weights, weights_path(dest)), (param, dest)):

@@ -60,7 +60,7 @@ def quantize_weights(w: np.ndarray, scales: np.ndarray) -> np.ndarray:
 def _net(param: str, weights: str, threads: int | None) -> Any:
     import ncnn
 
-    from edgecxr.device.backend_ncnn import configure
+    from edgecxr.device.runtimes.ncnn_cpu import configure
 
     net = ncnn.Net()
     configure(net.opt, threads, "fp32")

@@ -1,10 +1,11 @@
 """``convert_checkpoint``: checkpoint -> every requested artifact, verified, with a report.
 
 The Python API behind ``edgecxr convert`` (the click command is a thin layer over
-it, and the demo calls it directly). It plans, produces (one ``produce`` per format
-of the table, ``convert/formats``), verifies and reports. Order matters for the
-user's time: anything that can be refused (no calibration images, ``--max-drop``
-without verification images) is refused before the first file is written. A
+it); its choices come as one :class:`~edgecxr.convert.options.ConvertOptions`. It
+plans, produces (one ``produce`` per format of the table, ``convert/formats``),
+verifies and reports. Order matters for the user's time: anything that can be
+refused (no calibration images, ``--max-drop`` without verification images) is
+refused before the first file is written. A
 failing format is recorded with its reason and the others still complete; only the
 FP32 ONNX export is a hard dependency, because every other artifact is made from it.
 """
@@ -14,25 +15,15 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from edgecxr.convert.formats import Production, export_formats, get_format
 from edgecxr.convert.formats.availability import producible
+from edgecxr.convert.options import ConvertOptions
 from edgecxr.convert.steps import Echo, Run, Step, fail_reason
 from edgecxr.errors import EdgecxrError
 
-
-def _check_options(calib_method: str, max_drop: float | None, verify: bool, keep_float: list[str], int8: bool) -> None:
-    from edgecxr.convert.quantize import CALIB_METHODS
-
-    if calib_method not in CALIB_METHODS:
-        raise EdgecxrError(f"--calib-method {calib_method!r}: choose one of {', '.join(CALIB_METHODS)}")
-    if max_drop is not None and max_drop < 0:
-        raise EdgecxrError(f"--max-drop must be a number of points >= 0, got {max_drop}")
-    if max_drop is not None and not verify:
-        raise EdgecxrError("--max-drop needs verification; drop --no-verify")
-    if keep_float and not int8:
-        raise EdgecxrError("--keep-float only applies to INT8; add --int8")
+__all__ = ["ConvertOptions", "convert_checkpoint", "plan"]
 
 
 def plan(arch: str, formats: Iterable[str], precisions: tuple[str, ...]) -> dict[str, dict[str, Step]]:
@@ -66,23 +57,22 @@ def _load_checkpoint(ckpt: str, split_csv: str | None, threads: int | None) -> t
     return torch_model, contract
 
 
-def _load_inputs(contract: Any, int8: bool, calib_data: str | None, calib_n: int, verify: bool, verify_data: str | None,
-                 max_drop: float | None, progress: bool, echo: Echo) -> tuple[Any, Any]:
+def _load_inputs(contract: Any, opts: ConvertOptions, progress: bool, echo: Echo) -> tuple[Any, Any]:
     """Calibration and verification images, or the one-line refusal, before any file is written."""
     from edgecxr.convert import calibration
     from edgecxr.convert import verify as verify_mod
 
     calib = None
-    if int8:
-        calib = calibration.load_calibration(contract, calib_data, calib_n, progress=progress)
+    if opts.int8:
+        calib = calibration.load_calibration(contract, opts.calib_data, opts.calib_n, progress=progress)
         echo(f"calibration: {calib.describe()}" + (f", {len(calib.skipped)} unreadable skipped" if calib.skipped else ""))
-        if len(calib) < calib_n:
-            echo(f"calibration: asked for {calib_n} images, {len(calib)} were available")
+        if len(calib) < opts.calib_n:
+            echo(f"calibration: asked for {opts.calib_n} images, {len(calib)} were available")
     vset = None
-    if verify:
-        vset = verify_mod.load_verify_set(contract, verify_data, progress=progress)
+    if opts.verify:
+        vset = verify_mod.load_verify_set(contract, opts.verify_data, progress=progress)
         if vset is None:
-            if max_drop is not None:
+            if opts.max_drop is not None:
                 raise EdgecxrError("--max-drop needs verification images: the checkpoint records no test split here; pass --verify-data DIR")
             echo("verification: skipped, the checkpoint records no test split here (pass --verify-data DIR)")
         else:
@@ -90,96 +80,113 @@ def _load_inputs(contract: Any, int8: bool, calib_data: str | None, calib_n: int
     return calib, vset
 
 
-def convert_checkpoint(
-    ckpt: str,
-    out_dir: str,
-    *,
-    int8: bool = False,
-    fp16: bool = False,
-    formats: Iterable[str] = ("onnx", "tflite"),
-    calib_data: str | None = None,
-    calib_n: int = 300,
-    calib_method: str = "minmax",
-    verify_data: str | None = None,
-    split_csv: str | None = None,
-    verify: bool = True,
-    max_drop: float | None = None,
-    keep_float: Iterable[str] = (),
-    accuracy_control: Any = None,
-    target: str = "portable",
-    threads: int | None = None,
-    progress: bool = True,
-    echo: Echo = print,
-) -> dict[str, Any]:
-    """Convert ``ckpt`` into ``out_dir``; returns the report (also written as convert_report.json/.md).
+class _Sources(NamedTuple):
+    """What the conversion reads before writing anything (``_load_sources``)."""
 
-    ``split_csv`` replaces the split recorded in the checkpoint (calibration uses its
-    train images, verification its test images). ``target`` picks the ONNX INT8
-    scheme (``int8_target.py``). ``accuracy_control``
-    (``accuracy_control.ControlSettings``) returns INT8 layers to float until each INT8
-    file holds its limit on held-out training images; an artifact whose search fails
-    is listed by ``accuracy_control.failures(report)`` and the CLI exits non-zero.
+    torch_model: Any
+    contract: Any  # with the checkpoint's decision block
+    calib: Any  # convert.calibration set, or None without INT8
+    vset: Any  # convert.verify set, or None: not verified
+    control: Any  # accuracy_control.ControlJob, or None
 
-    Raises :class:`EdgecxrError` for what the user must fix first (missing
-    checkpoint, INT8 without real calibration images, ``max_drop`` without
-    verification images). Per-format failures are in ``report["artifacts"]``;
-    ``report["gate"]["passed"]`` is False when an INT8 artifact lost more than
-    ``max_drop`` macro-F1 points, and ``report["degraded"]`` lists artifacts outside
-    the default tolerance (``verify.MIN_AGREEMENT``, ``verify.MAX_DROP_PP``); the CLI
-    exits non-zero for either.
-    """
-    from edgecxr.checkpoint import file_sha256
-    from edgecxr.convert import report as report_mod
-    from edgecxr.convert.int8_target import plain_block, resolve_target
-    from edgecxr.device.cpufeatures import cpu_description
-    from edgecxr.versions import tool_versions
 
-    t_start = time.perf_counter()
-    host_cpu = cpu_description()
-    int8_target = resolve_target(target, host_cpu)
-    keep_float = [k for k in keep_float if k]
-    _check_options(calib_method, max_drop, verify, keep_float, int8)
-    if accuracy_control is not None and not int8:
-        raise EdgecxrError("--accuracy-control only applies to INT8; add --int8")
-    fmts = [get_format(f).name for f in formats]  # an unknown name is refused before any work
-    precisions = ("fp32",) + (("fp16",) if fp16 else ()) + (("int8",) if int8 else ())
-
-    torch_model, contract = _load_checkpoint(ckpt, split_csv, threads)
-    echo(f"convert {ckpt}: {contract.arch}, {contract.num_classes} classes {list(contract.classes)}, {contract.input_size} px")
-    calib, vset = _load_inputs(contract, int8, calib_data, calib_n, verify, verify_data, max_drop, progress, echo)
-    control = None
-    if accuracy_control is not None:  # ``accuracy_control.ControlSettings``: held-out images judged before any file is written
-        from edgecxr.convert.accuracy_control import prepare
-
-        control = prepare(torch_model, contract, calib, vset, accuracy_control, progress, echo)
+def _load_sources(ckpt: str, opts: ConvertOptions, progress: bool, echo: Echo) -> _Sources:
+    """Everything read or judged before the first file is written, so a refusal (no images,
+    an unreachable split) costs no export. The contract comes back with the checkpoint's
+    decision block (temperature, conformal sets) that every export carries."""
     from edgecxr.calibrate import ensure_decision
 
-    contract = ensure_decision(ckpt, contract, threads, progress, echo)  # temperature + conformal sets for every export
+    torch_model, contract = _load_checkpoint(ckpt, opts.split_csv, opts.threads)
+    echo(f"convert {ckpt}: {contract.arch}, {contract.num_classes} classes {list(contract.classes)}, {contract.input_size} px")
+    calib, vset = _load_inputs(contract, opts, progress, echo)
+    control = None
+    if opts.accuracy_control is not None:  # ``accuracy_control.ControlSettings``: held-out images judged before any file is written
+        from edgecxr.convert.accuracy_control import prepare
 
+        control = prepare(torch_model, contract, calib, vset, opts.accuracy_control, progress, echo)
+    contract = ensure_decision(ckpt, contract, opts.threads, progress, echo)  # temperature + conformal sets for every export
+    return _Sources(torch_model, contract, calib, vset, control)
+
+
+def _production(ckpt: str, out_dir: str, opts: ConvertOptions, src: _Sources, host_cpu: dict[str, Any],
+                int8_target: Any, echo: Echo) -> Production:
+    """What every format's ``produce`` reads: the model, its contract, the provenance stamped
+    into each file (the checkpoint's hash; for INT8 also its calibration and kept-float
+    nodes) and the INT8 scheme. Creates ``out_dir``."""
+    from edgecxr.checkpoint import file_sha256
+    from edgecxr.convert.int8_target import plain_block
+    from edgecxr.versions import tool_versions
+
+    calib = src.calib
+    keep_float = list(opts.keep_float)
     os.makedirs(out_dir, exist_ok=True)
-    sha = file_sha256(ckpt)
-    source = {"checkpoint": os.path.abspath(ckpt), "checkpoint_sha256": sha}
-    int8_source = dict(source, calibration={**(calib.to_dict() if calib else {}), "method": calib_method}, keep_float=list(keep_float))
-    run = Run(out_dir, echo, threads)
-    prod = Production(run=run, torch_model=torch_model, contract=contract, versions=tool_versions(), source=source,
-                      int8_source=int8_source, plain_target=plain_block(host_cpu), int8_target=int8_target, calib=calib,
-                      calib_method=calib_method, keep_float=keep_float, accuracy_control=control)
-    steps = plan(contract.arch, fmts, precisions)
+    source = {"checkpoint": os.path.abspath(ckpt), "checkpoint_sha256": file_sha256(ckpt)}
+    int8_source = dict(source, calibration={**(calib.to_dict() if calib else {}), "method": opts.calib_method}, keep_float=keep_float)
+    return Production(run=Run(out_dir, echo, opts.threads), torch_model=src.torch_model, contract=src.contract, versions=tool_versions(),
+                      source=source, int8_source=int8_source, plain_target=plain_block(host_cpu), int8_target=int8_target,
+                      calib=calib, calib_method=opts.calib_method, keep_float=keep_float, accuracy_control=src.control)
+
+
+def _produce_all(prod: Production, steps: dict[str, dict[str, Step]]) -> None:
+    """One ``produce`` per format, in table order (ONNX FP32 first: the others are made from
+    it); a format whose package is missing is skipped with its pip command."""
     for fmt in export_formats():
-        ready = producible(run, fmt, steps.get(fmt.name, {}))  # a missing package: skipped, with its pip command
+        ready = producible(prod.run, fmt, steps.get(fmt.name, {}))
         if ready:
             fmt.produce(prod, ready)
 
-    _refit_decisions(run, host_cpu, threads, echo)  # before verification: its ECE change and golden vectors use the refit
-    ref = _verify_steps(run, vset, torch_model, contract, host_cpu, threads, progress, echo) if vset is not None else None
-    rep = report_mod.build_report(
-        ckpt=ckpt, sha256=sha, contract=contract, out_dir=out_dir, steps=[s.to_dict() for s in run.steps],
-        calibration=(dict(calib.to_dict(), method=calib_method) if calib else None),
+
+def _build_report(ckpt: str, out_dir: str, opts: ConvertOptions, prod: Production, steps: dict[str, dict[str, Step]], vset: Any,
+                  ref: dict[str, Any] | None, host_cpu: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """The report of ``report.build_report`` from what the conversion did: steps, inputs, gate, provenance."""
+    from edgecxr.convert import report as report_mod
+
+    calib = prod.calib
+    return report_mod.build_report(
+        ckpt=ckpt, sha256=prod.source["checkpoint_sha256"], contract=prod.contract, out_dir=out_dir,
+        steps=[s.to_dict() for s in prod.run.steps],
+        calibration=(dict(calib.to_dict(), method=opts.calib_method) if calib else None),
         verification=(dict(vset.to_dict(), reference=ref) if vset is not None else None),
-        max_drop=max_drop, keep_float=keep_float, versions=prod.versions, seconds=time.perf_counter() - t_start,
-        host_cpu=host_cpu, int8_target=(int8_target.contract_block(host_cpu) if int8 else None),
+        max_drop=opts.max_drop, keep_float=list(opts.keep_float), versions=prod.versions, seconds=seconds,
+        host_cpu=host_cpu, int8_target=(prod.int8_target.contract_block(host_cpu) if opts.int8 else None),
         options={f.name: {p: f.options.get(p, "") for p in steps[f.name]} for f in export_formats() if f.name in steps},
     )
+
+
+def convert_checkpoint(ckpt: str, out_dir: str, options: ConvertOptions | None = None, *, progress: bool = True,
+                       echo: Echo = print) -> dict[str, Any]:
+    """Convert ``ckpt`` into ``out_dir`` as ``options`` say (:class:`ConvertOptions`; None: its
+    defaults); returns the report (also written as convert_report.json/.md).
+
+    Raises :class:`EdgecxrError` for what the user must fix first (missing
+    checkpoint, INT8 without real calibration images, ``max_drop`` without
+    verification images, an option that needs another). Per-format failures are in
+    ``report["artifacts"]``; ``report["gate"]["passed"]`` is False when an INT8 artifact
+    lost more than ``max_drop`` macro-F1 points, and ``report["degraded"]`` lists
+    artifacts outside the default tolerance (``verify.MIN_AGREEMENT``,
+    ``verify.MAX_DROP_PP``); an ``accuracy_control`` search that fails is listed by
+    ``accuracy_control.failures(report)``. The CLI exits non-zero for each.
+    """
+    from edgecxr.convert import report as report_mod
+    from edgecxr.convert.int8_target import resolve_target
+    from edgecxr.device.cpufeatures import cpu_description
+
+    opts = options or ConvertOptions()
+    t_start = time.perf_counter()
+    host_cpu = cpu_description()
+    int8_target = resolve_target(opts.target, host_cpu)
+    opts.check()
+    fmts = [get_format(f).name for f in opts.formats]  # an unknown name is refused before any work
+
+    src = _load_sources(ckpt, opts, progress, echo)
+    prod = _production(ckpt, out_dir, opts, src, host_cpu, int8_target, echo)
+    steps = plan(src.contract.arch, fmts, opts.precisions)
+    _produce_all(prod, steps)
+
+    _refit_decisions(prod.run, host_cpu, opts.threads, echo)  # before verification: its ECE change and golden vectors use the refit
+    vset = src.vset
+    ref = _verify_steps(prod.run, vset, src.torch_model, src.contract, host_cpu, opts.threads, progress, echo) if vset is not None else None
+    rep = _build_report(ckpt, out_dir, opts, prod, steps, vset, ref, host_cpu, time.perf_counter() - t_start)
     report_mod.write_report(rep, out_dir)
     return rep
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from edgecxr.convert.reference import BATCH
+from edgecxr.convert.reference import torch_logits as torch_logits  # callers compare against it here
 from edgecxr.decision_report import ece_change
 from edgecxr.decision_store import read_contract
 from edgecxr.device.contract import Contract
@@ -23,7 +25,6 @@ from edgecxr.errors import EdgecxrError
 from edgecxr.imageset import LabelledImages
 
 DELTA_BOOTSTRAP = 1000
-BATCH = 32
 # The default tolerance every artifact must meet to be "ok" (``convert --help`` states it).
 # Measured on real CXRs: healthy INT8 files agree with PyTorch on 96.3-100% of test
 # images and lose at most about 1 macro-F1 point (the weakest was a non-QAT MobileNetV2
@@ -54,17 +55,6 @@ def load_verify_set(contract: Contract, verify_data: str | None, progress: bool 
         if not samples:
             return None
     return load_images(index, samples, contract.preprocess, origin, progress=progress)
-
-
-def torch_logits(model: Any, x: np.ndarray) -> np.ndarray:
-    import torch
-
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(x), BATCH):
-            out.append(model(torch.from_numpy(np.ascontiguousarray(x[i : i + BATCH]))).numpy())
-    return np.concatenate(out).astype(np.float32)
 
 
 def backend_logits(path: str, x: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, str]:

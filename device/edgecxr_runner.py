@@ -48,10 +48,11 @@ from .classify import Classifier
 from .contract import ContractError
 from .decision import DecisionError
 from .decision import summary as decision_summary
-from .formats import RUNTIMES
+from .formats import RUNTIMES, model_suffixes
 from .image_io import ImageError, is_image_file, load_gray
 from .latency import latency_record, summarize, time_invocations
 from .runner_io import emit, record, text_line, warn, write_csv
+from .runtime_help import list_runtimes_lines, model_help, runtime_help
 from .selftest import run_selftest, selftest_line
 from .sysinfo import device_info, device_string
 
@@ -66,7 +67,8 @@ class RunnerError(ValueError):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edgecxr_runner.py",
-        description="Classify chest X-rays with an edgecxr .tflite/.onnx model (numpy + TFLite interpreter only).",
+        description=(f"Classify chest X-rays with an edgecxr model ({', '.join(model_suffixes())}). Needs numpy and a TFLite "
+                     "interpreter; the other runtimes are optional (--list-runtimes)."),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "examples:\n"
@@ -77,17 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
             "  %(prog)s --model m.onnx --selftest      # golden images: does this CPU compute the model? exit 3 if not\n"
         ),
     )
-    p.add_argument("--model", required=True, help="MODEL.tflite (contract in MODEL.tflite.json), MODEL.onnx (needs onnxruntime, or openvino "
-                                                      "with --runtime openvino) or MODEL.xml (OpenVINO IR with MODEL.bin; needs openvino)")
+    p.add_argument("--model", help=model_help())
     src = p.add_mutually_exclusive_group()
     src.add_argument("--image", help="classify one image file (PNG, JPEG, BMP, DICOM)")
     src.add_argument("--dir", help="classify every image under a folder (recursively) and write a CSV")
     src.add_argument("--camera", metavar="INDEX", help="classify camera frames (OpenCV index, or a video file)")
     p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
     p.add_argument("--threads", type=int, help="interpreter threads (default: the runtime's choice)")
-    p.add_argument("--runtime", choices=sorted(RUNTIMES),
-                   help="which runtime opens the model (default: the first for its format: onnxruntime for .onnx, litert "
-                        "for .tflite; litert-builtin runs TFLite without the XNNPACK delegate)")
+    p.add_argument("--runtime", choices=list(RUNTIMES), help=runtime_help())
+    p.add_argument("--list-runtimes", action="store_true", help="list every runtime, the files it opens and whether it is installed here")
     p.add_argument("--json", action="store_true", help="one JSON object per image on stdout (file, label, probabilities, latency_ms)")
     p.add_argument("--csv", help="with --dir: where to write the CSV (default ./predictions_<dir>.csv)")
     p.add_argument("--bench", action="store_true", help="time invoke() and print latency statistics as JSON (after the self-test)")
@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(a: argparse.Namespace) -> None:
+    if not a.model:
+        raise RunnerError("give --model MODEL (see --help for the files each runtime opens, --list-runtimes for what is installed)")
     if not (a.image or a.dir or a.camera is not None or a.bench or a.selftest):
         raise RunnerError("give one of --image FILE, --dir DIR, --camera INDEX (or --bench or --selftest alone)")
     for name in ("top_k", "every", "runs"):
@@ -229,6 +231,10 @@ def run_bench(clf: Classifier, a: argparse.Namespace, load_ms: float, selftest: 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.list_runtimes:
+        for line in list_runtimes_lines():
+            emit(line)
+        return 0
     try:
         _check_args(args)
         t0 = time.perf_counter()

@@ -28,13 +28,9 @@ def resolve_model(path: str) -> str:
 
 
 def read_contract(path: str) -> Contract:
+    """The contract of any model file, checkpoint or export, through its row of the formats table."""
     from edgecxr.convert.formats import format_of
-    from edgecxr.runtime import is_checkpoint
 
-    if is_checkpoint(path):
-        from edgecxr.checkpoint import contract_from_payload, load_checkpoint
-
-        return contract_from_payload(load_checkpoint(path), path)
     fmt = format_of(path)
     contract = fmt.read_contract(path) if fmt else None
     if contract is None:
@@ -45,20 +41,7 @@ def read_contract(path: str) -> Contract:
 def write_decision(path: str, block: dict[str, Any]) -> None:
     """Replace the decision block in ``path``'s contract (atomically), nothing else."""
     from edgecxr.convert.formats import format_of
-    from edgecxr.runtime import is_checkpoint
 
-    if is_checkpoint(path):
-        import torch
-
-        from edgecxr.atomic import atomic_path
-        from edgecxr.checkpoint import load_checkpoint
-
-        payload = load_checkpoint(path)
-        payload["contract"] = {**payload["contract"], "decision": block}
-        Contract.from_dict(payload["contract"])  # never write a contract that would not read back
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
-        return
     fmt = format_of(path)
     if fmt is None:
         raise EdgecxrError(f"{path}: not a model file edgecxr can write a contract into")

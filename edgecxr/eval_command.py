@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @click.command("eval")
@@ -32,14 +36,10 @@ def eval_command(model: str, data: str | None, split: str, split_csv: str | None
     and set sizes per class), confusion_matrix.png, roc.png and reliability.png.
     """
     from edgecxr.atomic import write_json
-    from edgecxr.decision_report import decision_sections, format_sections, model_logits
     from edgecxr.device.cpufeatures import cpu_description
-    from edgecxr.device.decision import calibrated_probabilities, set_mask
     from edgecxr.device.selftest import run_selftest, selftest_line
-    from edgecxr.evaluate import format_report, resolve_samples
+    from edgecxr.evaluate import resolve_samples
     from edgecxr.imageset import load_images
-    from edgecxr.metrics import classification_report
-    from edgecxr.plots import save_confusion_matrix, save_reliability_diagram, save_roc_curves
     from edgecxr.runtime import open_model
 
     backend = open_model(model, threads)
@@ -49,25 +49,11 @@ def eval_command(model: str, data: str | None, split: str, split_csv: str | None
         click.echo(selftest_line(selftest), err=True)
     index = resolve_samples(contract, data, split, split_csv, progress=not quiet)
     batch = load_images(index, index.of_split(split), contract.preprocess, f"the {split} split", progress=not quiet)
-    t0 = time.perf_counter()
-    logits = model_logits(backend, batch.x)
-    seconds = time.perf_counter() - t0
-    # headline metrics on the plain softmax, comparable with reports made before calibration (accuracy and
-    # F1 do not depend on T); each image's probabilities as the device shows them, calibrated
-    probs = calibrated_probabilities(logits, None)
-    report = classification_report(batch.y, probs, batch.classes, n_boot=bootstrap)
-    report.update(decision_sections(logits, batch.y, batch.classes, contract.decision, n_boot=bootstrap))
-    shown = calibrated_probabilities(logits, contract.decision)
-    conformal = (contract.decision or {}).get("conformal")
-    sets = set_mask(shown, conformal) if conformal else None
+    report, probs, predictions, seconds = _score(backend, batch, bootstrap)
     report.update({"model": os.path.abspath(model), "format": contract.format, "precision": contract.precision,
                    "runtime": backend.runtime, "split": split, "data_root": index.root, "inference_seconds": seconds,
                    "selftest": selftest, "cpu": cpu_description(),
-                   "skipped_files": [{"file": f, "reason": r} for f, r in batch.skipped],
-                   "predictions": [{"file": f, "label": batch.classes[int(t)], "pred": batch.classes[int(p.argmax())],
-                                    "probabilities": [round(float(v), 6) for v in p],
-                                    **({"prediction_set": [c for c, m in zip(batch.classes, sets[i]) if m]} if sets is not None else {})}
-                                   for i, (f, t, p) in enumerate(zip(batch.files, batch.y, shown))]})
+                   "skipped_files": [{"file": f, "reason": r} for f, r in batch.skipped], "predictions": predictions})
     episodes = os.path.join(os.path.dirname(os.path.abspath(model)), "protonet.pt")
     if contract.method == "protonet" and os.path.exists(episodes) and split != "all":
         from edgecxr.episodes import episode_report
@@ -77,12 +63,59 @@ def eval_command(model: str, data: str | None, split: str, split_csv: str | None
     name = os.path.splitext(os.path.basename(model))[0]
     out = out or os.path.join(os.path.dirname(os.path.abspath(model)), f"eval_{name}_{split}")
     write_json(os.path.join(out, "eval.json"), report)
-    title = f"{contract.arch} {contract.format} {contract.precision} ({split})"
+    _save_plots(report, batch, probs, out, f"{contract.arch} {contract.format} {contract.precision} ({split})")
+    _echo_summary(report, f"{model} [{backend.runtime}] on {split} split of {index.root}", split, batch, out)
+
+
+def _score(backend: Any, batch: Any, bootstrap: int) -> tuple[dict[str, Any], np.ndarray, list[dict[str, Any]], float]:
+    """Run the model on ``batch`` once: ``(metrics, plain softmax, per-image predictions, inference seconds)``.
+
+    Headline metrics use the plain softmax, comparable with reports made before
+    calibration (accuracy and F1 do not depend on T); the decision sections judge the
+    model's temperature and conformal sets on the same logits."""
+    from edgecxr.decision_report import decision_sections, model_logits
+    from edgecxr.device.decision import calibrated_probabilities
+    from edgecxr.metrics import classification_report
+
+    t0 = time.perf_counter()
+    logits = model_logits(backend, batch.x)
+    seconds = time.perf_counter() - t0
+    probs = calibrated_probabilities(logits, None)
+    report = classification_report(batch.y, probs, batch.classes, n_boot=bootstrap)
+    report.update(decision_sections(logits, batch.y, batch.classes, backend.contract.decision, n_boot=bootstrap))
+    return report, probs, _predictions(batch, logits, backend.contract.decision), seconds
+
+
+def _predictions(batch: Any, logits: np.ndarray, decision: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Each image's label, prediction and probabilities as the device shows them (calibrated),
+    with its conformal prediction set when the model has one: for a reader auditing single cases."""
+    from edgecxr.device.decision import calibrated_probabilities, set_mask
+
+    shown = calibrated_probabilities(logits, decision)
+    conformal = (decision or {}).get("conformal")
+    sets = set_mask(shown, conformal) if conformal else None
+    return [{"file": f, "label": batch.classes[int(t)], "pred": batch.classes[int(p.argmax())],
+             "probabilities": [round(float(v), 6) for v in p],
+             **({"prediction_set": [c for c, m in zip(batch.classes, sets[i]) if m]} if sets is not None else {})}
+            for i, (f, t, p) in enumerate(zip(batch.files, batch.y, shown))]
+
+
+def _save_plots(report: dict[str, Any], batch: Any, probs: np.ndarray, out: str, title: str) -> None:
+    """confusion_matrix.png, roc.png and reliability.png beside eval.json."""
+    from edgecxr.plots import save_confusion_matrix, save_reliability_diagram, save_roc_curves
+
     save_confusion_matrix(report["confusion_matrix"], batch.classes, os.path.join(out, "confusion_matrix.png"), title)
     save_roc_curves(batch.y, probs, batch.classes, os.path.join(out, "roc.png"), title)
     save_reliability_diagram(report["calibration"]["reliability"], os.path.join(out, "reliability.png"), title,
                              report["calibration"]["temperature"])
-    click.echo(format_report(report, f"{model} [{backend.runtime}] on {split} split of {index.root}"))
+
+
+def _echo_summary(report: dict[str, Any], header: str, split: str, batch: Any, out: str) -> None:
+    """The terminal summary: metrics, decision sections, few-shot episodes, skipped files, what was written."""
+    from edgecxr.decision_report import format_sections
+    from edgecxr.evaluate import format_report
+
+    click.echo(format_report(report, header))
     click.echo(format_sections(report))
     if "episodes" in report:
         e = report["episodes"]

@@ -124,6 +124,72 @@ def _batches(index: Any, samples: list[Any], spec: Any, batch: int = 128):
             yield np.stack(xs).astype(np.float32), np.asarray(ys, dtype=int), problems
 
 
+def _refuse_logit_score_on_head(path: str, backend: Any, method: str) -> None:
+    """A logit-only score (energy, max-logit, MSP) cannot be read from a model whose head
+    adds the OOD score to its logits: raise instead of fitting a meaningless threshold."""
+    from edgecxr import ood_head
+
+    model = getattr(backend, "model", None)
+    if model is not None and isinstance(model.head, ood_head.OodHead):
+        raise EdgecxrError(f"{path} carries an OOD head: its logits are shifted, so --ood-method {method} cannot be read from them")
+
+
+def _fit_feature_head(path: str, backend: Any, index: Any, fit_images: int | None, transform: str | None, progress: bool,
+                      echo: Any) -> tuple[dict[str, Any], int, list[str]]:
+    """Fit the feature-space head of the checkpoint at ``path`` on its training images (all,
+    or ``fit_images`` stratified) and attach it to ``backend``'s model, so the threshold is
+    then set through the model the device will run. Returns the head's numbers, the
+    images it was fitted on and their raw quality problems. A checkpoint that already
+    carries a head is refitted from its plain head."""
+    from edgecxr import ood_head
+    from edgecxr.data import stratified_subset
+    from edgecxr.models import load_model
+    from edgecxr.progress import progress as progress_bar
+
+    contract = backend.contract
+    train = index.of_split("train")
+    if fit_images:
+        train = stratified_subset(train, fit_images)
+    model, _ = load_model(path)
+    if isinstance(model.head, ood_head.OodHead):  # refit from the plain head
+        from edgecxr.checkpoint import load_checkpoint
+        from edgecxr.registry import create_model
+
+        model = create_model(contract.arch, contract.num_classes)
+        model.load_state_dict(load_checkpoint(path)["state_dict"])
+        model.eval()
+    feats, ys, fit_problems = [], [], []
+    for x, y, probs in progress_bar(_batches(index, train, contract.preprocess), desc="OOD fit: training features",
+                                    unit="batch", enabled=progress):
+        feats.append(ood_head.pooled_features(model, x))
+        ys.append(y)
+        fit_problems += probs
+    if transform is not None and transform not in ood_head.TRANSFORMS:
+        raise EdgecxrError(f"--ood-features {transform!r}: choose one of {', '.join(ood_head.TRANSFORMS)}")
+    numbers = ood_head.fit_numbers(np.concatenate(feats), np.concatenate(ys), contract.num_classes,
+                                   transform=transform or ood_head.DEFAULT_TRANSFORM)
+    backend.model = ood_head.attach(model, numbers)
+    n_fit = sum(len(y) for y in ys)
+    echo(f"OOD head: Mahalanobis on {numbers['dims']} PCA dims of the {numbers['transform']} pooled features, "
+         f"{n_fit} training images")
+    return numbers, n_fit, fit_problems
+
+
+def _threshold_on_val(backend: Any, index: Any, method: str, tpr: float) -> tuple[dict[str, Any], list[str]]:
+    """The ``ood`` spec thresholded at ``tpr`` on the validation images' logits through
+    ``backend`` (the file the device runs, INT8 included), and those images' raw quality problems."""
+    from edgecxr.decision_report import model_logits
+
+    contract = backend.contract
+    zs, val_problems = [], []
+    for x, _y, probs in _batches(index, index.of_split("val"), contract.preprocess):
+        zs.append(model_logits(backend, x))
+        val_problems += probs
+    z_val = np.concatenate(zs)
+    spec = fit_ood(np.zeros((0, contract.num_classes)), np.zeros(0, int), z_val, contract.num_classes, method, tpr)
+    return spec, val_problems
+
+
 def fit_refusals(path: str, backend: Any, data: str | None = None, split_csv: str | None = None, tpr: float = DEFAULT_TPR,
                  fit_images: int | None = None, progress: bool = False, echo: Any = print,
                  method: str = "feature_mahalanobis", transform: str | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -137,55 +203,24 @@ def fit_refusals(path: str, backend: Any, data: str | None = None, split_csv: st
     own outputs (INT8 ones included). Any other export: no OOD block (the logit-only
     scores are too weak to ship, docs/results/decision.md "Refusing what is not a chest X-ray"); the quality block is always given.
     """
-    from edgecxr.data import stratified_subset
-    from edgecxr.decision_report import model_logits
     from edgecxr.evaluate import resolve_samples
-    from edgecxr.progress import progress as progress_bar
     from edgecxr.runtime import is_checkpoint
 
     contract = backend.contract
     index = resolve_samples(contract, data, "val", split_csv, progress=False)
     own = (contract.decision or {}).get("ood") or {}
     numbers = None
-    ys: list[np.ndarray] = []
+    n_fit = 0
     fit_problems: list[str] = []
     if method in ("energy", "max_logit", "msp"):  # logit-only: threshold on the validation logits, nothing in the graph
-        from edgecxr import ood_head
-
-        model = getattr(backend, "model", None)
-        if model is not None and isinstance(model.head, ood_head.OodHead):
-            raise EdgecxrError(f"{path} carries an OOD head: its logits are shifted, so --ood-method {method} cannot be read from them")
+        _refuse_logit_score_on_head(path, backend, method)
     elif method != "feature_mahalanobis":
         raise EdgecxrError(f"--ood-method {method!r}: choose feature_mahalanobis, energy, max_logit or msp")
     elif is_checkpoint(path):
         from edgecxr import ood_head
-        from edgecxr.models import load_model
 
-        train = index.of_split("train")
-        if fit_images:
-            train = stratified_subset(train, fit_images)
-        model, _ = load_model(path)
-        if isinstance(model.head, ood_head.OodHead):  # refit from the plain head
-            from edgecxr.checkpoint import load_checkpoint
-            from edgecxr.registry import create_model
-
-            model = create_model(contract.arch, contract.num_classes)
-            model.load_state_dict(load_checkpoint(path)["state_dict"])
-            model.eval()
-        feats, ys = [], []
-        for x, y, probs in progress_bar(_batches(index, train, contract.preprocess), desc="OOD fit: training features",
-                                        unit="batch", enabled=progress):
-            feats.append(ood_head.pooled_features(model, x))
-            ys.append(y)
-            fit_problems += probs
-        if transform is not None and transform not in ood_head.TRANSFORMS:
-            raise EdgecxrError(f"--ood-features {transform!r}: choose one of {', '.join(ood_head.TRANSFORMS)}")
-        numbers = ood_head.fit_numbers(np.concatenate(feats), np.concatenate(ys), contract.num_classes,
-                                       transform=transform or ood_head.DEFAULT_TRANSFORM)
-        backend.model = ood_head.attach(model, numbers)
+        numbers, n_fit, fit_problems = _fit_feature_head(path, backend, index, fit_images, transform, progress, echo)
         method = ood_head.METHOD
-        echo(f"OOD head: Mahalanobis on {numbers['dims']} PCA dims of the {numbers['transform']} pooled features, "
-             f"{sum(len(y) for y in ys)} training images")
     elif own.get("method") == "feature_mahalanobis":
         method = own["method"]
     elif own.get("method") not in (None, "feature_mahalanobis"):
@@ -194,13 +229,8 @@ def fit_refusals(path: str, backend: Any, data: str | None = None, split_csv: st
         echo(f"{path}: no OOD head in this file (it was converted from a checkpoint without one); only the quality checks "
              "are stored. Run `edgecxr calibrate` on the checkpoint and convert again to refuse non-CXR images")
         return {"quality": quality_block_counts(fit_problems)}, None
-    zs, val_problems = [], []
-    for x, _y, probs in _batches(index, index.of_split("val"), contract.preprocess):
-        zs.append(model_logits(backend, x))
-        val_problems += probs
-    z_val = np.concatenate(zs)
-    spec = fit_ood(np.zeros((0, contract.num_classes)), np.zeros(0, int), z_val, contract.num_classes, method, tpr)
-    spec.update({"n_fit": sum(len(y) for y in ys) if numbers is not None else int(own.get("n_fit", 0)),
+    spec, val_problems = _threshold_on_val(backend, index, method, tpr)
+    spec.update({"n_fit": n_fit if numbers is not None else int(own.get("n_fit", 0)),
                  "fitted_with": f"{contract.format} {contract.precision}", "split": "val", "data_root": index.root})
     if numbers is not None:
         spec.update({"dims": int(numbers["dims"]), "scale": float(numbers["scale"]), "cap": float(numbers["cap"]),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -54,7 +55,7 @@ def sitecheck_command(model: str, site_dir: str, labels: bool, out: str | None, 
     Examples:
       edgecxr sitecheck runs/mnv2 --data clinic_a/                         # unlabelled images
       edgecxr sitecheck runs/mnv2/export/mobilenet_v2_int8.tflite --data clinic_a_sorted/ --labels --stamp
-      python scripts/simulate_site.py --data DATA --split-csv runs/mnv2/split.csv --shift gamma:0.5 --out /tmp/site_gamma
+      python scripts/dev/simulate_site.py --data DATA --split-csv runs/mnv2/split.csv --shift gamma:0.5 --out /tmp/site_gamma
     """
     from edgecxr.atomic import write_json, write_text
     from edgecxr.decision_store import resolve_model
@@ -62,9 +63,8 @@ def sitecheck_command(model: str, site_dir: str, labels: bool, out: str | None, 
     from edgecxr.runtime import is_checkpoint, open_model
     from edgecxr.sitecheck import load_site, measure
     from edgecxr.sitecheck_reference import resolve_reference
-    from edgecxr.sitecheck_refit import refit, site_block
-    from edgecxr.sitecheck_refit import stamp as write_stamp
-    from edgecxr.sitecheck_report import as_jsonable, json_report, markdown, text
+    from edgecxr.sitecheck_refit import refit
+    from edgecxr.sitecheck_report import as_jsonable, json_report, markdown
     from edgecxr.sitecheck_rules import judge
 
     if stamp and not labels:
@@ -84,35 +84,64 @@ def sitecheck_command(model: str, site_dir: str, labels: bool, out: str | None, 
     judgement = judge(m, rules)
     name = os.path.basename(os.path.normpath(site_dir)) or "site"
     out = out or os.path.join(os.path.dirname(os.path.abspath(path)), f"sitecheck_{name}")
-    force = m["decision_in_force"]
-    header = [f"site {site.root}: {m['n_images']} readable images, {m['n_unreadable']} unreadable skipped",
-              f"model {path} ({contract.arch} {contract.format} {contract.precision}, {backend.runtime})",
-              f"reference: {ref.origin}; training mix from {sum(ref.train_counts.values())} images",
-              f"decision in force: T {_g(force['temperature'])}, qhat {_g(force['qhat'])} at coverage {_g(force['coverage'])}, "
-              f"OOD threshold {_g(force['ood_threshold'])}" + (f" (site {force['site_block']}'s T and qhat)" if force["site_block"] else "")]
+    header = _header(path, backend, site, ref, m)
     context = {"model": os.path.abspath(path), "format": contract.format, "precision": contract.precision, "runtime": backend.runtime,
                "site": site.root, "with_labels": labels}
     if stamp:
-        if not refitted or not refitted.get("conformal"):
-            raise EdgecxrError(f"--stamp: nothing to write: {(refitted or {}).get('why', 'no labelled images')} (or drop --stamp)")
-        block = site_block(site, m, refitted, judgement)
-        write_stamp(path, block, ref.compact(f"{contract.format} {contract.precision}", contract.decision))
-        context["stamped"] = block
-        t = _g(block["temperature"]) if "temperature" in block else "unchanged (the model's)"
-        header.append(f"stamped site {block['name']} into {path}: T {t}, qhat {_g(block['conformal']['qhat'])}"
-                      + (" (verdict NO-GO: the runner applies these numbers anyway)" if judgement["verdict"] == NO_GO else ""))
+        context["stamped"], line = _stamp_site(path, contract, site, ref, m, refitted, judgement)
+        header.append(line)
     report = as_jsonable(json_report(m, refitted, judgement, site, context))
     write_json(os.path.join(out, "sitecheck.json"), report)
     write_text(os.path.join(out, "sitecheck.md"), markdown(m, refitted, judgement, header))
+    _echo_result(report, judgement, as_json, m, refitted, header + [f"wrote {out}/sitecheck.json and sitecheck.md"])
+    if judgement["verdict"] == NO_GO:
+        sys.exit(EXIT_NO_GO)
+
+
+def _header(path: str, backend: Any, site: Any, ref: Any, m: dict[str, Any]) -> list[str]:
+    """The lines that open the table and sitecheck.md: what was checked against what, and the
+    decision numbers in force (so a reader knows which T, qhat and OOD cut were judged)."""
+    contract = backend.contract
+    force = m["decision_in_force"]
+    return [f"site {site.root}: {m['n_images']} readable images, {m['n_unreadable']} unreadable skipped",
+            f"model {path} ({contract.arch} {contract.format} {contract.precision}, {backend.runtime})",
+            f"reference: {ref.origin}; training mix from {sum(ref.train_counts.values())} images",
+            f"decision in force: T {_g(force['temperature'])}, qhat {_g(force['qhat'])} at coverage {_g(force['coverage'])}, "
+            f"OOD threshold {_g(force['ood_threshold'])}" + (f" (site {force['site_block']}'s T and qhat)" if force["site_block"] else "")]
+
+
+def _stamp_site(path: str, contract: Any, site: Any, ref: Any, m: dict[str, Any], refitted: dict[str, Any] | None,
+                judgement: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """--stamp: write the site's refitted T and qhat into the model file at ``path`` (the runner
+    then applies them); returns the stamped block and the header line saying so. Raises
+    when labelled images gave nothing to write."""
+    from edgecxr.errors import EdgecxrError
+    from edgecxr.sitecheck_refit import site_block
+    from edgecxr.sitecheck_refit import stamp as write_stamp
+
+    if not refitted or not refitted.get("conformal"):
+        raise EdgecxrError(f"--stamp: nothing to write: {(refitted or {}).get('why', 'no labelled images')} (or drop --stamp)")
+    block = site_block(site, m, refitted, judgement)
+    write_stamp(path, block, ref.compact(f"{contract.format} {contract.precision}", contract.decision))
+    t = _g(block["temperature"]) if "temperature" in block else "unchanged (the model's)"
+    line = (f"stamped site {block['name']} into {path}: T {t}, qhat {_g(block['conformal']['qhat'])}"
+            + (" (verdict NO-GO: the runner applies these numbers anyway)" if judgement["verdict"] == NO_GO else ""))
+    return block, line
+
+
+def _echo_result(report: dict[str, Any], judgement: dict[str, Any], as_json: bool, m: dict[str, Any],
+                 refitted: dict[str, Any] | None, lines: list[str]) -> None:
+    """--json: sitecheck.json on stdout and the verdict line on stderr (stdout stays parseable);
+    otherwise the table, headed by ``lines``."""
+    from edgecxr.sitecheck_report import text
+
     if as_json:
         import json
 
         click.echo(json.dumps(report, indent=2))
         click.echo(judgement["line"], err=True)
     else:
-        click.echo(text(m, refitted, judgement, header + [f"wrote {out}/sitecheck.json and sitecheck.md"]))
-    if judgement["verdict"] == NO_GO:
-        sys.exit(EXIT_NO_GO)
+        click.echo(text(m, refitted, judgement, lines))
 
 
 def _g(x: float | None) -> str:

@@ -101,10 +101,10 @@ def _settings(**kw):
 
 
 def _convert(ckpt: Path, out: Path, formats: tuple[str, ...], **kw) -> dict:
-    from edgecxr.convert.pipeline import convert_checkpoint
+    from edgecxr.convert.pipeline import ConvertOptions, convert_checkpoint
 
-    return convert_checkpoint(str(ckpt), str(out), int8=True, formats=formats, calib_n=16, max_drop=5.0,
-                              accuracy_control=_settings(**kw), progress=False, echo=lambda s: None)
+    opts = ConvertOptions(int8=True, formats=formats, calib_n=16, max_drop=5.0, accuracy_control=_settings(**kw))
+    return convert_checkpoint(str(ckpt), str(out), opts, progress=False, echo=lambda s: None)
 
 
 def _int8(report: dict, fmt: str) -> dict:
@@ -112,9 +112,9 @@ def _int8(report: dict, fmt: str) -> dict:
 
 
 def test_plain_int8_destroys_the_fragile_model_so_the_search_has_work(fragile_model, tmp_path):
-    from edgecxr.convert.pipeline import convert_checkpoint
+    from edgecxr.convert.pipeline import ConvertOptions, convert_checkpoint
 
-    rep = convert_checkpoint(str(fragile_model), str(tmp_path / "plain"), int8=True, formats=("onnx",), calib_n=16,
+    rep = convert_checkpoint(str(fragile_model), str(tmp_path / "plain"), ConvertOptions(int8=True, formats=("onnx",), calib_n=16),
                              progress=False, echo=lambda s: None)
     assert _int8(rep, "onnx")["verify"]["top1_agreement"] < 0.7
 
@@ -143,10 +143,10 @@ def test_a_layer_kept_in_float_stays_float_when_onnx_runtime_opens_the_file(frag
     import onnx
     import onnxruntime as ort
 
-    from edgecxr.convert.pipeline import convert_checkpoint
+    from edgecxr.convert.pipeline import ConvertOptions, convert_checkpoint
 
-    convert_checkpoint(str(fragile_model), str(tmp_path / "kf"), int8=True, formats=("onnx",), calib_n=16, verify=False,
-                       keep_float=[FRAGILE_NODE], progress=False, echo=lambda s: None)
+    opts = ConvertOptions(int8=True, formats=("onnx",), calib_n=16, verify=False, keep_float=[FRAGILE_NODE])
+    convert_checkpoint(str(fragile_model), str(tmp_path / "kf"), opts, progress=False, echo=lambda s: None)
     opts = ort.SessionOptions()
     opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
@@ -176,12 +176,12 @@ def test_accuracy_control_needs_int8_and_a_limit(fragile_model, tmp_path):
     from click.testing import CliRunner
 
     from edgecxr.cli import cli
-    from edgecxr.convert.pipeline import convert_checkpoint
+    from edgecxr.convert.pipeline import ConvertOptions, convert_checkpoint
 
     res = CliRunner().invoke(cli, ["convert", str(fragile_model), "--out", str(tmp_path / "x"), "--int8", "--accuracy-control"])
     assert res.exit_code != 0 and "add --max-drop" in res.output
     with pytest.raises(EdgecxrError, match="only applies to INT8"):
-        convert_checkpoint(str(fragile_model), str(tmp_path / "y"), formats=("onnx",), accuracy_control=_settings(),
+        convert_checkpoint(str(fragile_model), str(tmp_path / "y"), ConvertOptions(formats=("onnx",), accuracy_control=_settings()),
                            progress=False, echo=lambda s: None)
 
 

@@ -166,7 +166,7 @@ def _without_data_sources(ckpt: Path, dest: Path) -> Path:
 
 
 def test_int8_refused_without_real_calibration_images(trained_run, synthetic_data, tmp_path):
-    from edgecxr.convert.pipeline import convert_checkpoint
+    from edgecxr.convert.pipeline import ConvertOptions, convert_checkpoint
 
     ckpt = _without_data_sources(trained_run / "best.pt", tmp_path / "nodata.pt")
     out = tmp_path / "exp"
@@ -182,16 +182,17 @@ def test_int8_refused_without_real_calibration_images(trained_run, synthetic_dat
         for src in sorted((synthetic_data / label).iterdir())[:3]:
             shutil.copy(src, few / label / src.name)
     with pytest.raises(EdgecxrError, match="only 6 readable images"):
-        convert_checkpoint(str(ckpt), str(out), int8=True, formats=("onnx",), calib_data=str(few), verify=False,
+        convert_checkpoint(str(ckpt), str(out), ConvertOptions(int8=True, formats=("onnx",), calib_data=str(few), verify=False),
                            progress=False, echo=lambda s: None)
 
 
 def test_max_drop_needs_verification_images(trained_run, tmp_path):
-    from edgecxr.convert.pipeline import convert_checkpoint
+    from edgecxr.convert.pipeline import ConvertOptions, convert_checkpoint
 
     ckpt = _without_data_sources(trained_run / "best.pt", tmp_path / "nodata.pt")
     with pytest.raises(EdgecxrError, match="--max-drop needs verification images"):
-        convert_checkpoint(str(ckpt), str(tmp_path / "exp"), formats=("onnx",), max_drop=1.0, progress=False, echo=lambda s: None)
+        convert_checkpoint(str(ckpt), str(tmp_path / "exp"), ConvertOptions(formats=("onnx",), max_drop=1.0),
+                           progress=False, echo=lambda s: None)
 
 
 def test_max_drop_gate_fails_on_a_damaged_model(probe_models, synthetic_data, tmp_path):
@@ -245,11 +246,12 @@ def test_degradation_needs_two_flips_and_names_what_is_out_of_tolerance():
 def test_keep_float_leaves_the_named_node_unquantized(probe_models, synthetic_data, tmp_path):
     import onnx
 
-    from edgecxr.convert.pipeline import convert_checkpoint
+    from edgecxr.convert.pipeline import ConvertOptions, convert_checkpoint
 
     good, _ = probe_models
-    kw = dict(int8=True, formats=("onnx",), calib_data=str(synthetic_data), calib_n=16, verify=False, progress=False, echo=lambda s: None)
-    rep = convert_checkpoint(str(good), str(tmp_path / "kf"), keep_float=["/head/head.1/Gemm"], **kw)
+    base = ConvertOptions(int8=True, formats=("onnx",), calib_data=str(synthetic_data), calib_n=16, verify=False)
+    kw = dict(progress=False, echo=lambda s: None)
+    rep = convert_checkpoint(str(good), str(tmp_path / "kf"), replace(base, keep_float=["/head/head.1/Gemm"]), **kw)
     assert rep["artifacts"][1]["status"] == "ok" and rep["keep_float"] == ["/head/head.1/Gemm"]
     graph = onnx.load(str(tmp_path / "kf" / "mobilenet_v2_int8.onnx")).graph
     float_weights = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
@@ -258,7 +260,7 @@ def test_keep_float_leaves_the_named_node_unquantized(probe_models, synthetic_da
     assert gemm.input[2].endswith("_float_bias")  # so ONNX Runtime does not requantize the layer (float_guard.py)
     conv = next(n for n in graph.node if n.op_type == "Conv")
     assert conv.input[1].endswith("_DequantizeLinear_Output")  # the rest is quantized
-    rep = convert_checkpoint(str(good), str(tmp_path / "kf2"), keep_float=["no_such_node"], **kw)
+    rep = convert_checkpoint(str(good), str(tmp_path / "kf2"), replace(base, keep_float=["no_such_node"]), **kw)
     int8 = rep["artifacts"][1]
     assert int8["status"] == "failed" and "no node of that name" in int8["reason"]
     assert rep["artifacts"][0]["status"] == "ok"  # the failed format does not stop the others

@@ -34,11 +34,11 @@ def _checkpoint(arch: str, trained_run: Path, folder: Path) -> Path:
 
 
 def _convert(arch: str, trained_run: Path, tmp_path: Path, formats: tuple[str, ...]) -> dict:
-    from edgecxr.convert.pipeline import convert_checkpoint
+    from edgecxr.convert.pipeline import ConvertOptions, convert_checkpoint
 
     ckpt = _checkpoint(arch, trained_run, tmp_path)
     # calibration from the run's train split, verification on its test split (both recorded in the contract)
-    return convert_checkpoint(str(ckpt), str(tmp_path / "exp"), int8=True, formats=formats, calib_n=16,
+    return convert_checkpoint(str(ckpt), str(tmp_path / "exp"), ConvertOptions(int8=True, formats=formats, calib_n=16),
                               progress=False, echo=lambda s: None)
 
 

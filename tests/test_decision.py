@@ -199,14 +199,15 @@ def _convert_with_block(trained_run, tmp_path, **precisions) -> tuple[dict, list
     """Convert a copy of the two-epoch run carrying ``CKPT_BLOCK`` to ONNX; the report and the log lines."""
     import shutil
 
-    from edgecxr.convert.pipeline import convert_checkpoint
+    from edgecxr.convert.pipeline import ConvertOptions, convert_checkpoint
     from edgecxr.decision_store import write_decision
 
     ckpt = tmp_path / "best.pt"
     shutil.copy(trained_run / "best.pt", ckpt)
     write_decision(str(ckpt), CKPT_BLOCK)
     lines: list[str] = []
-    rep = convert_checkpoint(str(ckpt), str(tmp_path / "export"), formats=("onnx",), progress=False, echo=lines.append, **precisions)
+    rep = convert_checkpoint(str(ckpt), str(tmp_path / "export"), ConvertOptions(formats=("onnx",), **precisions),
+                             progress=False, echo=lines.append)
     return rep, lines
 
 

@@ -27,11 +27,11 @@ RUNNER = str(ROOT / "device" / "edgecxr_runner.py")
 
 @pytest.fixture(scope="module")
 def et_export(trained_run: Path, tmp_path_factory) -> tuple[Path, dict]:
-    from edgecxr.convert.pipeline import convert_checkpoint
+    from edgecxr.convert.pipeline import ConvertOptions, convert_checkpoint
 
     out = tmp_path_factory.mktemp("et") / "exp"
-    rep = convert_checkpoint(str(trained_run / "best.pt"), str(out), formats=("executorch",), int8=True,
-                             threads=1, progress=False, echo=lambda s: None)
+    rep = convert_checkpoint(str(trained_run / "best.pt"), str(out), ConvertOptions(formats=("executorch",), int8=True, threads=1),
+                             progress=False, echo=lambda s: None)
     return out, rep
 
 
@@ -50,8 +50,8 @@ def _check_artifact(out: Path, art: dict, precision: str) -> None:
 
 
 def test_pte_fp32_and_int8_are_converted_verified_and_carry_their_contract_in_a_sidecar(et_export, trained_run):
-    from edgecxr.bench.graphstats import torch_stats
     from edgecxr.convert.formats import find_artifacts, get_format
+    from edgecxr.convert.formats.checkpoint_format import torch_stats
 
     out, rep = et_export
     arts = {a["precision"]: a for a in rep["artifacts"] if a["format"] == "executorch"}
@@ -93,10 +93,10 @@ def test_runner_passes_the_selftest_then_classifies_an_image_like_eval(precision
 
 @pytest.mark.slow
 def test_pte_fp16_is_converted_verified_and_passes_its_selftest(trained_run, tmp_path):
-    from edgecxr.convert.pipeline import convert_checkpoint
+    from edgecxr.convert.pipeline import ConvertOptions, convert_checkpoint
 
     out = tmp_path / "exp"
-    rep = convert_checkpoint(str(trained_run / "best.pt"), str(out), formats=("executorch",), fp16=True, threads=1,
+    rep = convert_checkpoint(str(trained_run / "best.pt"), str(out), ConvertOptions(formats=("executorch",), fp16=True, threads=1),
                              progress=False, echo=lambda s: None)
     (art,) = [a for a in rep["artifacts"] if a["format"] == "executorch" and a["precision"] == "fp16"]
     _check_artifact(out, art, "fp16")
@@ -137,7 +137,7 @@ def test_threads_set_the_xnnpack_threadpool_one_thread_works_alone_two_share(tmp
     import torch
 
     from edgecxr.convert.executorch_export import lower
-    from edgecxr.device.backend_executorch import import_executorch, set_threads
+    from edgecxr.device.runtimes.executorch_xnnpack import import_executorch, set_threads
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(*[m for _ in range(4) for m in (torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.ReLU())]).eval()

@@ -15,7 +15,7 @@ import pytest
 
 from edgecxr.convert.formats.base import ExportFormat, Production, Stats
 from edgecxr.device.contract import Contract, read_sidecar, sidecar_path
-from edgecxr.device.formats import DEVICE_FORMATS, DeviceFormat
+from edgecxr.device.formats import DeviceFormat
 
 
 def _produce(p: Production, steps: dict[str, Any]) -> None:
@@ -60,22 +60,24 @@ ORT_FORMAT = ExportFormat(device=ORT_DEVICE, precisions=("fp32",), layout="NCHW"
 @pytest.fixture
 def ort_registered():
     from edgecxr.convert import formats
+    from edgecxr.device import runtimes
 
-    DEVICE_FORMATS["ort"] = ORT_DEVICE
+    module = runtimes.register_format(ORT_DEVICE)
     formats.register(ORT_FORMAT)
     yield ORT_FORMAT
     formats.FORMATS.remove(ORT_FORMAT)
-    del DEVICE_FORMATS["ort"]
+    runtimes.unregister(module)
 
 
 def test_a_registered_format_is_converted_verified_benchmarked_and_evaluated(ort_registered, trained_run, tmp_path):
     from edgecxr.bench.artifacts import collect
     from edgecxr.convert.formats import find_artifacts
-    from edgecxr.convert.pipeline import convert_checkpoint
+    from edgecxr.convert.pipeline import ConvertOptions, convert_checkpoint
     from edgecxr.runtime import open_model
 
     out = tmp_path / "exp"
-    rep = convert_checkpoint(str(trained_run / "best.pt"), str(out), formats=("onnx", "ort"), progress=False, echo=lambda s: None)
+    rep = convert_checkpoint(str(trained_run / "best.pt"), str(out), ConvertOptions(formats=("onnx", "ort")),
+                             progress=False, echo=lambda s: None)
     art = next(a for a in rep["artifacts"] if a["format"] == "ort")
     assert art["status"] == "ok" and art["file"] == "mobilenet_v2_fp32.ort", art
     assert art["verify"]["top1_agreement"] == 1.0 and art["verify"]["max_abs_logit_diff"] < 1e-3

@@ -149,14 +149,15 @@ def test_full_range_int8_on_this_cpu_is_exact_exactly_when_it_has_vnni(saturatin
 @pytest.fixture(scope="module")
 def targeted_exports(probe_models, synthetic_data, tmp_path_factory) -> dict[str, Path]:
     """The probe MobileNetV2 as INT8 ONNX for --target portable and --target x86-vnni, with golden vectors."""
-    from edgecxr.convert.pipeline import convert_checkpoint
+    from edgecxr.convert.pipeline import ConvertOptions, convert_checkpoint
 
     good, _ = probe_models
     out = {}
     for target in ("portable", "x86-vnni"):
         folder = tmp_path_factory.mktemp(f"target_{target}")
-        convert_checkpoint(str(good), str(folder), int8=True, formats=("onnx",), calib_data=str(synthetic_data), calib_n=32,
-                           verify_data=str(synthetic_data), target=target, progress=False, echo=lambda s: None)
+        opts = ConvertOptions(int8=True, formats=("onnx",), calib_data=str(synthetic_data), calib_n=32,
+                              verify_data=str(synthetic_data), target=target)
+        convert_checkpoint(str(good), str(folder), opts, progress=False, echo=lambda s: None)
         out[target] = folder / "mobilenet_v2_int8.onnx"
     return out
 

@@ -30,12 +30,12 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 @pytest.fixture(scope="module")
 def ncnn_export(trained_run, tmp_path_factory) -> tuple[Path, dict]:
-    from edgecxr.convert.pipeline import convert_checkpoint
+    from edgecxr.convert.pipeline import ConvertOptions, convert_checkpoint
 
     out = tmp_path_factory.mktemp("ncnn_export")
     # a relative --out: pnnx runs in a work folder of its own, so paths handed to it must be absolute
-    rep = convert_checkpoint(str(trained_run / "best.pt"), os.path.relpath(out), formats=("ncnn",), int8=True, fp16=True,
-                             calib_n=16, threads=2, progress=False, echo=lambda s: None)
+    opts = ConvertOptions(formats=("ncnn",), int8=True, fp16=True, calib_n=16, threads=2)
+    rep = convert_checkpoint(str(trained_run / "best.pt"), os.path.relpath(out), opts, progress=False, echo=lambda s: None)
     return out, rep
 
 
@@ -75,7 +75,7 @@ def test_int8_weights_are_the_ones_ncnns_own_quantizer_makes(ncnn_export, traine
     outputs must be identical to those of the int8 weights written in Python."""
     from edgecxr.convert import ncnn_int8
     from edgecxr.convert.calibration import load_calibration
-    from edgecxr.device.backend_ncnn import NcnnBackend
+    from edgecxr.device.runtimes.ncnn_cpu import NcnnBackend
     from edgecxr.models import load_model
 
     out, _ = ncnn_export
@@ -194,7 +194,7 @@ def test_runner_on_emulated_cortex_a72_matches_x86_for_ncnn(ncnn_export, synthet
         for f in sorted(d.glob("*.png"))[:2]:
             shutil.copy(f, images / f"{d.name}_{f.name}")
     models = [str(_model(out, p)) for p in PRECISIONS]
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "aarch64_check.sh"), "--images", str(images), *models],
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "reproduce" / "aarch64_check.sh"), "--images", str(images), *models],
                           capture_output=True, text=True, timeout=900)
     if proc.returncode == 77:
         pytest.skip(proc.stdout.strip().splitlines()[-1])

@@ -28,11 +28,11 @@ RUNNER = str(ROOT / "device" / "edgecxr_runner.py")
 
 @pytest.fixture(scope="module")
 def ov_export(trained_run: Path, tmp_path_factory) -> tuple[Path, dict]:
-    from edgecxr.convert.pipeline import convert_checkpoint
+    from edgecxr.convert.pipeline import ConvertOptions, convert_checkpoint
 
     out = tmp_path_factory.mktemp("ov") / "exp"
-    rep = convert_checkpoint(str(trained_run / "best.pt"), str(out), formats=("openvino",), int8=True, fp16=True,
-                             threads=1, progress=False, echo=lambda s: None)
+    rep = convert_checkpoint(str(trained_run / "best.pt"), str(out), ConvertOptions(formats=("openvino",), int8=True, fp16=True, threads=1),
+                             progress=False, echo=lambda s: None)
     return out, rep
 
 
@@ -123,23 +123,29 @@ def _ghost_format(requires: tuple[Any, ...]) -> Any:
 @pytest.fixture
 def register_ghost():
     """``register_ghost(runtime_module, requires)``: the ghost format in both tables, removed afterwards."""
+    from types import ModuleType
+
     from edgecxr.convert import formats
-    from edgecxr.device.formats import DEVICE_FORMATS, RUNTIMES, Runtime
+    from edgecxr.device import runtimes
+    from edgecxr.device.formats import DeviceFormat, Runtime
 
     registered = []
 
     def register(module: str, requires: tuple[Any, ...] = ()) -> Any:
         fmt = _ghost_format(requires)
-        RUNTIMES["ghost-rt"] = Runtime("ghost-rt", module, "pip install ghost-runtime", "a runtime for tests")
-        DEVICE_FORMATS["ghost"] = fmt.device
+        ghost = ModuleType("ghost_runtime")
+        ghost.RUNTIMES = (Runtime("ghost-rt", module, "pip install ghost-runtime", "a runtime for tests", opens=("ghost",),
+                                  open=lambda path, threads: None),)
+        ghost.FORMATS = (DeviceFormat("ghost", ".ghost"),)
+        runtimes.register(ghost)
         formats.register(fmt)
-        registered.append(fmt)
+        registered.append((fmt, ghost))
         return fmt
 
     yield register
-    for fmt in registered:
+    for fmt, ghost in registered:
         formats.FORMATS.remove(fmt)
-        del DEVICE_FORMATS["ghost"], RUNTIMES["ghost-rt"]
+        runtimes.unregister(ghost)
 
 
 def test_a_format_whose_runtime_is_not_installed_is_skipped_with_its_pip_command(register_ghost, trained_run, tmp_path):
@@ -162,11 +168,11 @@ def test_a_format_whose_runtime_is_not_installed_is_skipped_with_its_pip_command
 
 def test_a_missing_production_package_skips_only_the_precisions_that_need_it(register_ghost, trained_run, synthetic_data, tmp_path):
     from edgecxr.convert.formats.base import Requirement
-    from edgecxr.convert.pipeline import convert_checkpoint
+    from edgecxr.convert.pipeline import ConvertOptions, convert_checkpoint
 
     register_ghost("numpy", (Requirement("edgecxr_ghost_quantizer_absent", "pip install ghost-quantizer", ("int8",)),))
-    rep = convert_checkpoint(str(trained_run / "best.pt"), str(tmp_path / "exp"), formats=("ghost",), int8=True,
-                             calib_data=str(synthetic_data), verify=False, progress=False, echo=lambda s: None)
+    opts = ConvertOptions(formats=("ghost",), int8=True, calib_data=str(synthetic_data), verify=False)
+    rep = convert_checkpoint(str(trained_run / "best.pt"), str(tmp_path / "exp"), opts, progress=False, echo=lambda s: None)
     status = {(a["format"], a["precision"]): (a["status"], a["reason"]) for a in rep["artifacts"]}
     assert status[("ghost", "fp32")] == ("ok", "")
     assert status[("ghost", "int8")] == ("skipped", "edgecxr_ghost_quantizer_absent is not installed: pip install ghost-quantizer")

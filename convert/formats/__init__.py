@@ -3,9 +3,12 @@ and ``debug-quant`` (in the spirit of Ultralytics' ``export_formats()``).
 
 Each row is one module (``onnx_format.py``, ``tflite_format.py``) whose
 :class:`~edgecxr.convert.formats.base.ExportFormat` carries the format's behaviour;
-adding a format is writing such a module and listing it in ``FORMATS`` below (plus,
-for a new suffix or runtime, its row in ``device/formats.py``, which the Pi reads).
-The table order is the order convert produces and tables show. Artifact names
+adding a format is writing such a module and listing it in ``FORMATS`` below (a plugin
+calls :func:`register`); a new suffix or runtime is one module of the device's runtime
+table (``device/runtimes/``), which the Pi reads. The first row is the PyTorch
+checkpoint (``checkpoint_format.py``): convert's input, never its output, but read
+through the same behaviour (contract, graph statistics) as every export, so nothing
+tests for ``.pt``. The table order is the order convert produces and tables show. Artifact names
 are ``<arch>_<precision><suffix>`` (``mobilenet_v2_int8.tflite``);
 :func:`parse_artifact_name` reverses them, which is how bench finds an export folder.
 """
@@ -14,14 +17,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from edgecxr.convert.formats import executorch_format, ncnn_format, onnx_format, openvino_format, tflite_format
+from edgecxr.convert.formats import checkpoint_format, executorch_format, ncnn_format, onnx_format, openvino_format, tflite_format
 from edgecxr.convert.formats.base import PRECISIONS, ExportFormat, Production
 from edgecxr.errors import EdgecxrError
 
-FORMATS: list[ExportFormat] = [onnx_format.FORMAT, tflite_format.FORMAT, openvino_format.FORMAT, ncnn_format.FORMAT,
-                               executorch_format.FORMAT]
+FORMATS: list[ExportFormat] = [checkpoint_format.FORMAT, onnx_format.FORMAT, tflite_format.FORMAT, openvino_format.FORMAT,
+                               ncnn_format.FORMAT, executorch_format.FORMAT]
+CHECKPOINT = checkpoint_format.FORMAT
 
-__all__ = ["FORMATS", "PRECISIONS", "ArtifactName", "ExportFormat", "Production", "artifact_name", "check_precision",
+__all__ = ["CHECKPOINT", "FORMATS", "PRECISIONS", "ArtifactName", "ExportFormat", "Production", "artifact_name", "check_precision",
            "export_formats", "find_artifacts", "format_of", "get_format", "parse_artifact_name", "parse_formats", "register"]
 
 
@@ -33,26 +37,28 @@ def register(fmt: ExportFormat) -> None:
 
 
 def format_names() -> tuple[str, ...]:
-    return tuple(f.name for f in FORMATS)
+    """What ``--formats`` accepts: the formats convert writes."""
+    return tuple(f.name for f in export_formats())
 
 
 def export_formats() -> tuple[ExportFormat, ...]:
-    """All formats, in the order convert produces them."""
-    return tuple(FORMATS)
+    """The formats convert writes (every row but the checkpoint), in the order it produces them."""
+    return tuple(f for f in FORMATS if not f.source)
 
 
 def get_format(name: str) -> ExportFormat:
     for f in FORMATS:
-        if f.name == name:
+        if f.name == name and not f.source:
             return f
     raise EdgecxrError(f"unknown format {name!r}; choose from {', '.join(format_names())}")
 
 
 def format_of(path: str) -> ExportFormat | None:
-    """The format a file belongs to (``None`` for checkpoints and foreign files); the longest
-    matching suffix wins, so two-part suffixes (``.ncnn.param``) work."""
+    """The row a file belongs to, the checkpoint's included (``None`` for foreign files); the
+    longest matching suffix wins, so two-part suffixes (``.ncnn.param``) work."""
     name = path.lower()
-    return next((f for f in sorted(FORMATS, key=lambda f: -len(f.suffix)) if name.endswith(f.suffix)), None)
+    pairs = sorted(((s, f) for f in FORMATS for s in f.suffixes), key=lambda p: -len(p[0]))
+    return next((f for s, f in pairs if name.endswith(s)), None)
 
 
 def parse_formats(text: str) -> tuple[ExportFormat, ...]:
@@ -86,7 +92,7 @@ def parse_artifact_name(path: str) -> ArtifactName | None:
     """Reverse of :func:`artifact_name`; ``None`` for files convert did not name."""
     base = os.path.basename(path)
     fmt = format_of(base)
-    if fmt is None:
+    if fmt is None or fmt.source:
         return None
     stem = base[: -len(fmt.suffix)]
     if "_" not in stem:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgecxr.device.contract import Contract
-from edgecxr.device.formats import DeviceFormat
+from edgecxr.device.formats import DEVICE_FORMATS, DeviceFormat
 
 PRECISIONS = ("fp32", "fp16", "int8")
 Stats = dict[str, Any]
@@ -65,6 +65,9 @@ class ExportFormat:
     # Packages producing it needs beyond its runtime (which is always needed); a missing one
     # makes convert skip those precisions with the pip command (formats/availability.py).
     requires: tuple[Requirement, ...] = ()
+    # The checkpoint row: convert's input, never its output (not in ``export_formats()`` or ``--formats``).
+    source: bool = False
+    extra_suffixes: tuple[str, ...] = ()  # other names of the same format (``.pth`` beside ``.pt``)
 
     @property
     def name(self) -> str:
@@ -76,7 +79,13 @@ class ExportFormat:
 
     @property
     def runtimes(self) -> tuple[str, ...]:
-        return self.device.runtimes
+        """The device table's current list (a runtime registered later may open this format too)."""
+        live = DEVICE_FORMATS.get(self.name)
+        return live.runtimes if live is not None else self.device.runtimes
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        return (self.suffix, *self.extra_suffixes)
 
     def artifact_name(self, arch: str, precision: str) -> str:
         return f"{arch}_{precision}{self.suffix}"

@@ -124,7 +124,7 @@ def graph_stats(path: str) -> Stats:
     import numpy as np
 
     from edgecxr.convert.ncnn_export import WEIGHTED, read_param
-    from edgecxr.device.backend_ncnn import configure, import_ncnn, weights_path
+    from edgecxr.device.runtimes.ncnn_cpu import configure, import_ncnn, weights_path
 
     graph = read_param(path)
     weighted = [la for la in graph.layers if la.type in WEIGHTED]

@@ -75,6 +75,61 @@ _ONNX_WEIGHTED = {
 }
 
 
+def _tensor_dims(t: Any) -> list[int] | None:
+    """A value's shape with dynamic dimensions (the batch) as 1; None where shape inference left it unknown."""
+    if not t.type.HasField("tensor_type") or not t.type.tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else 1 for d in t.type.tensor_type.shape.dim]
+
+
+def _known_shapes(g: Any) -> dict[str, list[int]]:
+    """Shapes of the graph's inputs, inferred values, outputs and initializers, by name: a layer
+    whose weight or output shape is missing cannot be counted."""
+    shapes: dict[str, list[int]] = {}
+    for t in [*g.input, *g.value_info, *g.output]:
+        d = _tensor_dims(t)
+        if d is not None:
+            shapes[t.name] = d
+    for init in g.initializer:
+        shapes[init.name] = list(init.dims)
+    return shapes
+
+
+def _constants(g: Any) -> tuple[set[str], dict[str, str]]:
+    """Names that hold constants (initializers, Constant outputs and what passes them through
+    DequantizeLinear, Cast, reshapes...), so a weight is told from an activation in a MatMul; and
+    each weight's storage type seen through those ops (INT8 weights sit behind a DequantizeLinear)."""
+    import onnx
+
+    constant: set[str] = set()
+    init_dtype: dict[str, str] = {}
+    for init in g.initializer:
+        constant.add(init.name)
+        init_dtype[init.name] = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).name
+    for node in g.node:  # the weight's storage type, seen through DequantizeLinear/Cast
+        if node.op_type in _PASS_THROUGH and node.input and node.input[0] in init_dtype:
+            for o in node.output:
+                init_dtype.setdefault(o, init_dtype[node.input[0]])
+    for node in g.node:  # graph order is topological
+        if node.op_type == "Constant":
+            constant.update(node.output)
+        elif node.op_type in _PASS_THROUGH and node.input and node.input[0] in constant:
+            constant.update(node.output)
+    return constant, init_dtype
+
+
+def _layer_size(node: Any, wshape: list[int], yshape: list[int], bias_shape: list[int] | None) -> tuple[int, int]:
+    """``(parameters, MACs)`` of one Conv/Gemm/MatMul from its weight, output and bias shapes."""
+    params = prod(wshape) + (prod(bias_shape) if bias_shape is not None else 0)
+    if "Conv" in node.op_type:
+        return params, prod(yshape) * prod(wshape[1:])  # out elements * (in/groups) * kernel
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        k = wshape[1] if trans_b else wshape[0]
+        return params, prod(yshape) * int(k)
+    return params, prod(yshape) * int(wshape[-2] if len(wshape) >= 2 else wshape[0])  # MatMul: weight is K x N
+
+
 def graph_stats(path: str) -> Stats:
     """Weights and MACs of Conv/Gemm/MatMul, seen through QuantizeLinear/DequantizeLinear."""
     import onnx
@@ -85,38 +140,10 @@ def graph_stats(path: str) -> Stats:
     except Exception:  # shape inference is best effort: unknown shapes are skipped below
         pass
     g = model.graph
-    shapes: dict[str, list[int]] = {}
-
-    def dims(t: Any) -> list[int] | None:
-        if not t.type.HasField("tensor_type") or not t.type.tensor_type.HasField("shape"):
-            return None
-        out = []
-        for d in t.type.tensor_type.shape.dim:
-            out.append(d.dim_value if d.HasField("dim_value") else 1)  # dynamic batch -> 1
-        return out
-
-    for t in [*g.input, *g.value_info, *g.output]:
-        d = dims(t)
-        if d is not None:
-            shapes[t.name] = d
-    constant: set[str] = set()
-    init_dtype: dict[str, str] = {}
-    for init in g.initializer:
-        shapes[init.name] = list(init.dims)
-        constant.add(init.name)
-        init_dtype[init.name] = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).name
-    for node in g.node:  # the weight's storage type, seen through DequantizeLinear/Cast
-        if node.op_type in _PASS_THROUGH and node.input and node.input[0] in init_dtype:
-            for o in node.output:
-                init_dtype.setdefault(o, init_dtype[node.input[0]])
+    shapes = _known_shapes(g)
+    constant, init_dtype = _constants(g)
     weight_dtypes: list[str] = []
-    for node in g.node:  # graph order is topological
-        if node.op_type == "Constant":
-            constant.update(node.output)
-        elif node.op_type in _PASS_THROUGH and node.input and node.input[0] in constant:
-            constant.update(node.output)
     params = macs = 0
-    counted = 0
     for node in g.node:
         spec = _ONNX_WEIGHTED.get(node.op_type)
         if spec is None:
@@ -126,21 +153,12 @@ def graph_stats(path: str) -> Stats:
         y = node.output[0]
         if w not in constant or w not in shapes or y not in shapes:
             continue
-        wshape, yshape = shapes[w], shapes[y]
-        counted += 1
         weight_dtypes.append(init_dtype.get(w, "?"))
-        params += prod(wshape)
-        if bi is not None and len(node.input) > bi and node.input[bi] in shapes:
-            params += prod(shapes[node.input[bi]])
-        if "Conv" in node.op_type:
-            macs += prod(yshape) * prod(wshape[1:])  # out elements * (in/groups) * kernel
-        elif node.op_type == "Gemm":
-            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-            k = wshape[1] if trans_b else wshape[0]
-            macs += prod(yshape) * int(k)
-        else:  # MatMul: weight is K x N
-            macs += prod(yshape) * int(wshape[-2] if len(wshape) >= 2 else wshape[0])
-    if counted == 0:
+        bias = node.input[bi] if bi is not None and len(node.input) > bi else ""
+        p, m = _layer_size(node, shapes[w], shapes[y], shapes.get(bias) if bias else None)
+        params += p
+        macs += m
+    if not weight_dtypes:
         return {"params": None, "macs": None, "stats_from": "n/a (no weighted layers with known shapes)"}
     return {"params": int(params), "macs": int(macs), "stats_from": "onnx graph (Conv/Gemm/MatMul)",
             "weight_precision": weight_precision(weight_dtypes)}

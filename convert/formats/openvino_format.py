@@ -2,7 +2,7 @@
 
 Made from the FP32 ONNX export (``openvino.convert_model``), so every format starts
 from the same graph: FP32 as converted; FP16 by ``compress_to_fp16`` (float16
-weights, f32 compute, see ``device/backend_openvino.py``); INT8 by NNCF post-training
+weights, f32 compute, see ``device/runtimes/openvino_cpu.py``); INT8 by NNCF post-training
 quantization on the same real calibration images the other formats use (refused
 without them, like every INT8 file). The batch stays dynamic, as in the ONNX file
 (measured: no latency difference against a fixed batch of 1 for MobileNetV2).

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from .backends import Backend, ModelLoadError
-from .contract import Contract, read_sidecar
-from .formats import RUNTIMES
+from ..backend import Backend, ModelLoadError
+from ..contract import Contract, read_sidecar
+from .spec import DeviceFormat, Runtime
 
 # torch ScalarType codes in ExecuTorch's TensorInfo.dtype()
 _SCALAR_TYPES = {0: "uint8", 1: "int8", 3: "int32", 4: "int64", 5: "float16", 6: "float32", 7: "float64"}
@@ -47,7 +47,7 @@ def import_executorch() -> tuple[Any, str]:
                 warnings.filterwarnings("ignore", message="This API is experimental")
                 from executorch.extension.pybindings import portable_lib as pybindings
     except ImportError as exc:
-        raise ModelLoadError(f"running .pte models needs the executorch runtime and torch: {RUNTIMES['executorch'].install} "
+        raise ModelLoadError(f"running .pte models needs the executorch runtime and torch: {RUNTIMES[0].install} "
                              f"({exc})") from exc
     from importlib.metadata import PackageNotFoundError, version
 
@@ -95,3 +95,12 @@ class ExecuTorchBackend(Backend):
         import torch
 
         return self.method([torch.from_numpy(prepared)])[0].numpy()
+
+
+FORMATS = (DeviceFormat("executorch", ".pte", contract_in_file=False),)
+RUNTIMES = (
+    Runtime("executorch", "executorch", "pip install executorch torch",
+            "ExecuTorch runtime (pybindings) with the XNNPACK delegate; threadpool size set per process", opens=("executorch",),
+            open=lambda path, threads: ExecuTorchBackend(path, threads), install_flag="--executorch",
+            needed_for="running ExecuTorch .pte artifacts (pulls in torch: large on a Pi)"),
+)

@@ -21,22 +21,22 @@ from typing import Any
 
 import numpy as np
 
-from .backends import Backend, ModelLoadError
-from .contract import Contract, read_sidecar
-from .formats import DEVICE_FORMATS, RUNTIMES
+from ..backend import Backend, ModelLoadError
+from ..contract import Contract, read_sidecar
+from .spec import DeviceFormat, Runtime
 
 
 def import_ncnn() -> Any:
     try:
         import ncnn
     except ImportError as exc:
-        raise ModelLoadError(f"the ncnn runtime is not installed: {RUNTIMES['ncnn'].install}") from exc
+        raise ModelLoadError(f"the ncnn runtime is not installed: {RUNTIMES[0].install}") from exc
     return ncnn
 
 
 def weights_path(path: str) -> str:
     """``m_fp32.ncnn.param`` -> ``m_fp32.ncnn.bin`` (the format's first companion)."""
-    return DEVICE_FORMATS["ncnn"].companion_paths(path)[0]
+    return FORMATS[0].companion_paths(path)[0]
 
 
 def configure(opt: Any, threads: int | None, precision: str) -> None:
@@ -97,3 +97,13 @@ class NcnnBackend(Backend):
         if ret != 0:
             raise RuntimeError(f"ncnn extract({self.output_name!r}) failed with code {ret}")
         return np.array(out, dtype=np.float32).reshape(1, -1)
+
+
+# two-part suffix: a bare .param/.bin pair would collide with OpenVINO's <stem>.bin
+FORMATS = (DeviceFormat("ncnn", ".ncnn.param", companions=("{stem}.ncnn.bin",), contract_in_file=False),)
+RUNTIMES = (
+    Runtime("ncnn", "ncnn", "pip install ncnn",
+            "Tencent ncnn on the CPU: light mode, no Vulkan, fp16 storage only for FP16 files", opens=("ncnn",),
+            open=lambda path, threads: NcnnBackend(path, threads), install_flag="--ncnn",
+            needed_for="running ncnn .ncnn.param/.ncnn.bin artifacts"),
+)

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from .backends import Backend, ModelLoadError
-from .contract import CONTRACT_KEY, Contract, read_sidecar
-from .formats import RUNTIMES
+from ..backend import Backend, ModelLoadError
+from ..contract import CONTRACT_KEY, Contract, read_sidecar
+from .spec import DeviceFormat, Runtime
 
 # No thread pinning (OpenVINO's Linux default pins): ONNX Runtime with explicit threads and
 # LiteRT leave placement to the OS, and on a shared host a pinned thread cannot move off a busy
@@ -34,7 +34,7 @@ def import_openvino() -> Any:
     try:
         import openvino
     except ImportError as exc:
-        raise ModelLoadError(f"the openvino runtime is not installed: {RUNTIMES['openvino'].install}") from exc
+        raise ModelLoadError(f"the openvino runtime is not installed: {RUNTIMES[0].install}") from exc
     return openvino
 
 
@@ -87,3 +87,12 @@ class OpenVINOBackend(Backend):
             last = [line for line in str(exc).splitlines() if line.strip()][-1:] or [type(exc).__name__]
             raise ModelLoadError(f"{self.path}: OpenVINO cannot run it on this CPU ({last[0][:200]})") from exc
         return self.request.get_output_tensor(0).data.copy()
+
+
+FORMATS = (DeviceFormat("openvino", ".xml", companions=("{stem}.bin",)),)
+RUNTIMES = (
+    Runtime("openvino", "openvino", "pip install openvino",
+            "OpenVINO CPU plugin: f32 inference precision, latency hint, one stream", opens=("openvino", "onnx"),
+            open=lambda path, threads: OpenVINOBackend(path, threads), install_flag="--openvino",
+            needed_for="running OpenVINO .xml/.bin artifacts (and .onnx with --runtime openvino)"),
+)
