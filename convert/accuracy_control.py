@@ -21,8 +21,8 @@ none); the ranking uses the 300 of them whose probabilities plain INT8 moves mos
 where restoring a layer can show.
 
 The search only needs ``evaluate(keep_float, stem, rows) -> (logits, file)`` from a format, so
-the same code runs for ONNX (``accuracy_control_onnx.py``, ORT ``nodes_to_exclude``)
-and, inside the TensorFlow child process, for TFLite (``accuracy_control_tflite.py``,
+the same code runs for ONNX (``formats/onnx/accuracy_control.py``, ORT ``nodes_to_exclude``)
+and, inside the TensorFlow child process, for TFLite (``formats/tflite/accuracy_control.py``,
 the MLIR quantizer's ``denylisted_nodes``). This module imports neither runtime.
 """
 from __future__ import annotations

@@ -40,7 +40,7 @@ def _fp32_onnx_and_contract(model_path: str, tmp: str) -> tuple[str, Contract]:
         raise EdgecxrError(f"{model_path}: model file not found")
     fmt = format_of(model_path)
     if fmt is not None and fmt.source:
-        from edgecxr.convert.onnx_export import export_fp32, onnx_contract
+        from edgecxr.convert.formats.onnx.export import export_fp32, onnx_contract
         from edgecxr.models import load_model
 
         model, contract = load_model(model_path)
@@ -48,7 +48,7 @@ def _fp32_onnx_and_contract(model_path: str, tmp: str) -> tuple[str, Contract]:
         export_fp32(model, onnx_contract(contract, "fp32"), path)
         return path, contract
     if fmt is not None and fmt.name == "onnx":
-        from edgecxr.convert.onnx_export import load_onnx
+        from edgecxr.convert.formats.onnx.export import load_onnx
         from edgecxr.device.contract import ContractError
 
         load_onnx(model_path)  # clear error for truncated/foreign files
@@ -135,8 +135,8 @@ def debug_quant(model_path: str, data: str | None = None, n: int = 32, calib_met
     )
 
     from edgecxr.convert.calibration import load_calibration
-    from edgecxr.convert.onnx_export import INPUT_NAME
-    from edgecxr.convert.quantize import BatchReader, preprocess_for_quant, quantize_int8
+    from edgecxr.convert.formats.onnx.export import INPUT_NAME
+    from edgecxr.convert.formats.onnx.quantize import BatchReader, preprocess_for_quant, quantize_int8
 
     with tempfile.TemporaryDirectory(prefix="edgecxr-debugq-") as tmp:
         fp32, contract = _fp32_onnx_and_contract(model_path, tmp)

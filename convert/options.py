@@ -63,7 +63,7 @@ class ConvertOptions:
 
     def check(self) -> None:
         """Raise :class:`EdgecxrError` for a combination the user must fix, before any file is written."""
-        from edgecxr.convert.quantize import CALIB_METHODS
+        from edgecxr.convert.formats.onnx.quantize import CALIB_METHODS
 
         if self.calib_method not in CALIB_METHODS:
             raise EdgecxrError(f"--calib-method {self.calib_method!r}: choose one of {', '.join(CALIB_METHODS)}")

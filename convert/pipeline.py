@@ -114,7 +114,7 @@ def _production(ckpt: str, out_dir: str, opts: ConvertOptions, src: _Sources, ho
     into each file (the checkpoint's hash; for INT8 also its calibration and kept-float
     nodes) and the INT8 scheme. Creates ``out_dir``."""
     from edgecxr.checkpoint import file_sha256
-    from edgecxr.convert.int8_target import plain_block
+    from edgecxr.convert.formats.onnx.int8_target import plain_block
     from edgecxr.versions import tool_versions
 
     calib = src.calib
@@ -168,7 +168,7 @@ def convert_checkpoint(ckpt: str, out_dir: str, options: ConvertOptions | None =
     ``accuracy_control.failures(report)``. The CLI exits non-zero for each.
     """
     from edgecxr.convert import report as report_mod
-    from edgecxr.convert.int8_target import resolve_target
+    from edgecxr.convert.formats.onnx.int8_target import resolve_target
     from edgecxr.device.cpufeatures import cpu_description
 
     opts = options or ConvertOptions()

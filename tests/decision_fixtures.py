@@ -24,7 +24,7 @@ def toy_onnx(path: str, decision: dict | None, classes: tuple[str, ...] = CLASSE
     confidently the first class; a mid-grey one (m = 0) is torn between the first two."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgecxr.convert.onnx_export import embed_contract, save_onnx
+    from edgecxr.convert.formats.onnx.export import embed_contract, save_onnx
 
     w = numpy_helper.from_array(np.array([[8.0, 0.0, 0.0]], np.float32), "w")
     b = numpy_helper.from_array(np.array([0.0, 0.0, -10.0], np.float32), "b")

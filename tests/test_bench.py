@@ -291,7 +291,7 @@ def test_missing_split_csv_gives_accuracy_na_and_split_csv_flag_restores_it(expo
 
     import onnx
 
-    from edgecxr.convert.onnx_export import embed_contract
+    from edgecxr.convert.formats.onnx.export import embed_contract
     from edgecxr.device.contract import read_onnx_contract
 
     src = export_dir / "mobilenet_v2_int8.onnx"

@@ -308,7 +308,7 @@ def test_truncated_or_corrupt_model_files_give_one_line_errors(full_export, trai
 def test_tflite_worker_is_offline_and_finds_onnxsim():
     import sys
 
-    from edgecxr.convert.tflite import worker_env
+    from edgecxr.convert.formats.tflite.convert import worker_env
 
     env = worker_env()
     assert env["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)

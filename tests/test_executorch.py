@@ -51,7 +51,7 @@ def _check_artifact(out: Path, art: dict, precision: str) -> None:
 
 def test_pte_fp32_and_int8_are_converted_verified_and_carry_their_contract_in_a_sidecar(et_export, trained_run):
     from edgecxr.convert.formats import find_artifacts, get_format
-    from edgecxr.convert.formats.checkpoint_format import torch_stats
+    from edgecxr.convert.formats.checkpoint import torch_stats
 
     out, rep = et_export
     arts = {a["precision"]: a for a in rep["artifacts"] if a["format"] == "executorch"}
@@ -136,7 +136,7 @@ def _busy_ticks_outside(fn, calls: int) -> tuple[int, int]:
 def test_threads_set_the_xnnpack_threadpool_one_thread_works_alone_two_share(tmp_path):
     import torch
 
-    from edgecxr.convert.executorch_export import lower
+    from edgecxr.convert.formats.executorch.export import lower
     from edgecxr.device.runtimes.executorch_xnnpack import import_executorch, set_threads
 
     torch.manual_seed(0)
@@ -164,7 +164,7 @@ def test_int8_observes_relu6_after_its_convolution_not_before():
     unclamped output; the clamp must sit between the convolution and its quantize node."""
     import torch
 
-    from edgecxr.convert.executorch_export import quantize_int8
+    from edgecxr.convert.formats.executorch.export import quantize_int8
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU6(inplace=True),

@@ -22,7 +22,7 @@ def _export_onnx(checkpoint: Path, dest: Path) -> Path:
 
     model, contract = load_model(str(checkpoint))
     size = contract.preprocess.size
-    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but is what `convert` uses (convert/onnx_export.py)
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but is what `convert` uses (convert/formats/onnx/export.py)
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(model, torch.zeros(1, 3, size, size), str(dest), input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)

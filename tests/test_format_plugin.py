@@ -22,7 +22,7 @@ def _produce(p: Production, steps: dict[str, Any]) -> None:
     import onnxruntime as ort
 
     from edgecxr.atomic import atomic_path
-    from edgecxr.convert.onnx_export import onnx_contract
+    from edgecxr.convert.formats.onnx.export import onnx_contract
 
     def make(dest: str) -> dict[str, Any]:
         opts = ort.SessionOptions()

@@ -73,8 +73,8 @@ def test_convert_writes_verified_ncnn_pairs_with_contract_and_golden_vectors(ncn
 def test_int8_weights_are_the_ones_ncnns_own_quantizer_makes(ncnn_export, trained_run, tmp_path):
     """The same scales with float weights make ncnn quantize them itself at load: the
     outputs must be identical to those of the int8 weights written in Python."""
-    from edgecxr.convert import ncnn_int8
     from edgecxr.convert.calibration import load_calibration
+    from edgecxr.convert.formats.ncnn import int8 as ncnn_int8
     from edgecxr.device.runtimes.ncnn_cpu import NcnnBackend
     from edgecxr.models import load_model
 
@@ -207,7 +207,7 @@ def test_runner_on_emulated_cortex_a72_matches_x86_for_ncnn(ncnn_export, synthet
 
 
 def test_entropy_threshold_clips_a_lone_outlier_but_not_a_uniform_range():
-    from edgecxr.convert.ncnn_int8 import kl_threshold
+    from edgecxr.convert.formats.ncnn.int8 import kl_threshold
 
     rng = np.random.default_rng(0)
     spiky = np.abs(np.concatenate([rng.normal(0, 1, 100000), [40.0]]))

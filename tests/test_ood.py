@@ -216,7 +216,7 @@ def calibrated_onnx(probe_models, tmp_path_factory):
     conformal sets, OOD head and quality block), then exported to ONNX as convert does it."""
     from helpers import run_cli
 
-    from edgecxr.convert.onnx_export import export_fp32, onnx_contract
+    from edgecxr.convert.formats.onnx.export import export_fp32, onnx_contract
     from edgecxr.models import load_model
 
     folder = tmp_path_factory.mktemp("ood_onnx")

@@ -66,7 +66,7 @@ def _outputs(blob: bytes, inputs: np.ndarray) -> np.ndarray:
 
 
 def test_shared_quantization_vectors_shrink_int8_file_with_identical_outputs(tflite_models):
-    from edgecxr.convert.tflite_compact import share_quantization_vectors
+    from edgecxr.convert.formats.tflite.compact import share_quantization_vectors
 
     per_channel_int8_tflite = (tflite_models / "int8.tflite").read_bytes()
     shared, saved = share_quantization_vectors(per_channel_int8_tflite)
@@ -79,7 +79,7 @@ def test_shared_quantization_vectors_shrink_int8_file_with_identical_outputs(tfl
 
 
 def test_float_tflite_files_are_left_unchanged(tflite_models):
-    from edgecxr.convert.tflite_compact import share_quantization_vectors
+    from edgecxr.convert.formats.tflite.compact import share_quantization_vectors
 
     blob = (tflite_models / "fp32.tflite").read_bytes()
     assert share_quantization_vectors(blob) == (blob, 0)

@@ -1,12 +1,13 @@
 """The export formats table, read by ``edgecxr convert``, ``bench``, ``eval``, ``explain``
 and ``debug-quant`` (in the spirit of Ultralytics' ``export_formats()``).
 
-Each row is one module (``onnx_format.py``, ``tflite_format.py``) whose
+Each row is one folder (``onnx/``, ``tflite/``: the row in its ``__init__.py``, the code that
+produces the format beside it) whose
 :class:`~edgecxr.convert.formats.base.ExportFormat` carries the format's behaviour;
-adding a format is writing such a module and listing it in ``FORMATS`` below (a plugin
+adding a format is writing such a folder and listing it in ``FORMATS`` below (a plugin
 calls :func:`register`); a new suffix or runtime is one module of the device's runtime
 table (``device/runtimes/``), which the Pi reads. The first row is the PyTorch
-checkpoint (``checkpoint_format.py``): convert's input, never its output, but read
+checkpoint (``checkpoint/``): convert's input, never its output, but read
 through the same behaviour (contract, graph statistics) as every export, so nothing
 tests for ``.pt``. The table order is the order convert produces and tables show. Artifact names
 are ``<arch>_<precision><suffix>`` (``mobilenet_v2_int8.tflite``);
@@ -17,13 +18,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from edgecxr.convert.formats import checkpoint_format, executorch_format, ncnn_format, onnx_format, openvino_format, tflite_format
+from edgecxr.convert.formats import checkpoint, executorch, ncnn, onnx, openvino, tflite
 from edgecxr.convert.formats.base import PRECISIONS, ExportFormat, Production
 from edgecxr.errors import EdgecxrError
 
-FORMATS: list[ExportFormat] = [checkpoint_format.FORMAT, onnx_format.FORMAT, tflite_format.FORMAT, openvino_format.FORMAT,
-                               ncnn_format.FORMAT, executorch_format.FORMAT]
-CHECKPOINT = checkpoint_format.FORMAT
+FORMATS: list[ExportFormat] = [checkpoint.FORMAT, onnx.FORMAT, tflite.FORMAT, openvino.FORMAT, ncnn.FORMAT, executorch.FORMAT]
+CHECKPOINT = checkpoint.FORMAT
 
 __all__ = ["CHECKPOINT", "FORMATS", "PRECISIONS", "ArtifactName", "ExportFormat", "Production", "artifact_name", "check_precision",
            "export_formats", "find_artifacts", "format_of", "get_format", "parse_artifact_name", "parse_formats", "register"]

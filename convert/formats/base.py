@@ -1,6 +1,6 @@
 """What an export format is: one row of the table, carrying behaviour, not just names.
 
-A format module (``onnx_format.py``, ``tflite_format.py``) builds one
+A format folder's ``__init__.py`` (``onnx/``, ``tflite/``) builds one
 :class:`ExportFormat` from the device's row (``device/formats.py``: suffix, runtimes,
 companion files) plus what only the workstation does: how to produce each
 precision, read and write the contract, count parameters and MACs, and how it is

@@ -73,7 +73,9 @@ def module_imports(mod: str, path: Path, known: dict[str, Path], lazy: bool = Fa
             continue
         for name in names:
             target = _resolve(name, known)
-            if target and target != mod:
+            # an importer's own ancestor packages are imported before it runs, so naming one
+            # ("from pkg import sibling" inside pkg) closes no circle; the sibling still counts
+            if target and target != mod and not mod.startswith(target + "."):
                 found.add(target)
     # importing a.b.c first imports its parent packages a and a.b, except the importer's own
     # ancestors: Python imports those before the importer itself, so they close no circle

@@ -102,8 +102,8 @@ def main() -> int:
     a = ap.parse_args()
 
     from edgecxr.convert import calibration, verify
-    from edgecxr.convert.onnx_export import INPUT_NAME
-    from edgecxr.convert.quantize import quantize_int8
+    from edgecxr.convert.formats.onnx.export import INPUT_NAME
+    from edgecxr.convert.formats.onnx.quantize import quantize_int8
     from edgecxr.device.cpufeatures import features_string
     from edgecxr.device.decision import softmax
     from edgecxr.metrics import compare_to_reference

@@ -15,8 +15,9 @@ from edgecxr.device.formats import DEVICE_FORMATS
 
 def produce(p: Production, steps: dict[str, Any]) -> None:
     """FP32 first (the source of everything else), then FP16 and INT8 from it."""
-    from edgecxr.convert import onnx_export, quantize
-    from edgecxr.convert.variants import onnx_variant
+    from edgecxr.convert.formats.onnx import export as onnx_export
+    from edgecxr.convert.formats.onnx import quantize
+    from edgecxr.convert.formats.onnx.variants import onnx_variant
 
     run, c = p.run, p.contract
     fp32 = steps["fp32"]
@@ -33,8 +34,8 @@ def produce(p: Production, steps: dict[str, Any]) -> None:
         if precision == "fp16":
             make = lambda tmp: quantize.convert_fp16(p.fp32_onnx, tmp)  # noqa: E731
             stamp = onnx_export.onnx_contract(c, "fp16", p.source, p.versions, p.plain_target)
-        elif p.accuracy_control is not None:  # search the layers to keep in float first (accuracy_control_onnx.py)
-            from edgecxr.convert import accuracy_control_onnx
+        elif p.accuracy_control is not None:  # search the layers to keep in float first (accuracy_control.py)
+            from edgecxr.convert.formats.onnx import accuracy_control as accuracy_control_onnx
 
             run.do(step, lambda s=step: accuracy_control_onnx.produce(p, run.path(s)))
             continue
@@ -62,7 +63,7 @@ def read_contract(path: str) -> Contract | None:
 
 
 def write_contract(path: str, contract: Contract) -> None:
-    from edgecxr.convert.quantize import restamp
+    from edgecxr.convert.formats.onnx.quantize import restamp
 
     restamp(path, contract, path)
 

@@ -21,7 +21,7 @@ from edgecxr.errors import EdgecxrError
 
 
 def produce(p: Production, steps: dict[str, Any]) -> None:
-    from edgecxr.convert import tflite
+    from edgecxr.convert.formats.tflite import convert as tflite
 
     run = p.run
     if p.fp32_onnx is None:
@@ -52,7 +52,7 @@ def produce(p: Production, steps: dict[str, Any]) -> None:
 
 
 def _install(p: Production, res: Any, precision: str, dest: str) -> dict[str, Any]:
-    from edgecxr.convert import tflite
+    from edgecxr.convert.formats.tflite import convert as tflite
 
     produced = res.paths.get(precision)
     if not produced:

@@ -1,4 +1,4 @@
-"""Accuracy control for INT8 TFLite, run inside the TensorFlow child (``tflite_worker.py``).
+"""Accuracy control for INT8 TFLite, run inside the TensorFlow child (``worker.py``).
 
 The converter calibrates once (``_experimental_calibrate_only``, as TensorFlow's
 ``QuantizationDebugger`` does); each candidate set of float layers is then one call

@@ -1,5 +1,5 @@
 """ExecuTorch: ``<arch>_<precision>.pte``, PyTorch's own on-device program with the XNNPACK
-delegate, made from the PyTorch model by ``torch.export`` (``convert/executorch_export.py``):
+delegate, made from the PyTorch model by ``torch.export`` (``convert/formats/executorch/export.py``):
 FP32, FP16 (float16 compute where the CPU has it) and INT8 by PT2E quantization with
 ``XNNPACKQuantizer`` calibrated on the same real images as every other INT8 file.
 
@@ -39,7 +39,7 @@ def produce(p: Production, steps: dict[str, Any]) -> None:
 
 
 def _make(p: Production, precision: str, dest: str) -> dict[str, Any]:
-    from edgecxr.convert import executorch_export as ete
+    from edgecxr.convert.formats.executorch import export as ete
 
     c = p.contract
     shape = c.model_input_shape(batch=1)
@@ -73,7 +73,7 @@ def graph_stats(path: str) -> Stats:
     program is one XNNPACK blob that states no layer shapes, and lowering changes neither count
     (its parameters include BatchNorm's, about 1% above a folded graph's)."""
     from edgecxr.checkpoint import file_sha256
-    from edgecxr.convert.formats.checkpoint_format import torch_stats
+    from edgecxr.convert.formats.checkpoint import torch_stats
 
     contract = read_sidecar(path)
     source = contract.source if contract is not None else {}

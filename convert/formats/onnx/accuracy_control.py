@@ -41,8 +41,8 @@ def onnx_logits(path: str, x: np.ndarray, input_name: str, threads: int | None, 
 
 def control(p: Any, x_cal: np.ndarray, work: str) -> dict[str, Any]:
     """Run the search for the INT8 ONNX of production ``p``; returns the record (``keep_float``: the set to use)."""
-    from edgecxr.convert import quantize
-    from edgecxr.convert.onnx_export import INPUT_NAME
+    from edgecxr.convert.formats.onnx import quantize
+    from edgecxr.convert.formats.onnx.export import INPUT_NAME
 
     job, run, t = p.accuracy_control, p.run, p.int8_target
     pre = quantize.preprocess_for_quant(p.fp32_onnx, os.path.join(work, "pre.onnx"))
@@ -65,8 +65,9 @@ def control(p: Any, x_cal: np.ndarray, work: str) -> dict[str, Any]:
 
 def produce(p: Any, dest: str) -> dict[str, Any]:
     """The INT8 ONNX artifact with accuracy control: search, then quantize with the chosen float layers."""
-    from edgecxr.convert import onnx_export, quantize
-    from edgecxr.convert.variants import onnx_variant
+    from edgecxr.convert.formats.onnx import export as onnx_export
+    from edgecxr.convert.formats.onnx import quantize
+    from edgecxr.convert.formats.onnx.variants import onnx_variant
 
     x_cal = p.calib.nchw(p.contract.preprocess)
     with tempfile.TemporaryDirectory(prefix=".control-onnx-", dir=os.path.dirname(os.path.abspath(dest))) as work:

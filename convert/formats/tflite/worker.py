@@ -1,4 +1,4 @@
-"""Child process for the TFLite conversions: ``python -m edgecxr.convert.tflite_worker JOB.json``.
+"""Child process for the TFLite conversions: ``python -m edgecxr.convert.formats.tflite.worker JOB.json``.
 
 Runs in its own process (and working directory) because onnx2tf and TensorFlow
 are heavy, chatty and global: TF would otherwise share threads and memory with
@@ -54,7 +54,7 @@ def _int8(job: dict[str, Any], result: dict[str, Any]) -> str:
     converter.inference_output_type = tf.int8
     converter._experimental_disable_per_channel = False
     if job.get("accuracy_control"):  # calibrate once, then layers back to float until the limit holds
-        from edgecxr.convert.accuracy_control_tflite import controlled_int8
+        from edgecxr.convert.formats.tflite.accuracy_control import controlled_int8
 
         data, result["accuracy_control"] = controlled_int8(job, converter)
     else:
@@ -97,7 +97,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m edgecxr.convert.tflite_worker JOB.json", file=sys.stderr)
+        print("usage: python -m edgecxr.convert.formats.tflite.worker JOB.json", file=sys.stderr)
         return 2
     with open(argv[0], encoding="utf-8") as fh:
         job = json.load(fh)

@@ -12,7 +12,7 @@ from edgecxr.device.contract import Contract
 
 
 def onnx_variant(dest: str, make: Callable[[str], dict[str, Any]], contract: Contract) -> dict[str, Any]:
-    from edgecxr.convert.quantize import restamp
+    from edgecxr.convert.formats.onnx.quantize import restamp
 
     with tempfile.TemporaryDirectory(prefix=".onnx-work-", dir=os.path.dirname(os.path.abspath(dest))) as tmp:
         produced = os.path.join(tmp, "model.onnx")

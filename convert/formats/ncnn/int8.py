@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr.convert.ncnn_export import TAG_FP32, TAG_INT8, Graph, WeightSlice, float_weights, read_param, weight_slices
+from edgecxr.convert.formats.ncnn.export import TAG_FP32, TAG_INT8, Graph, WeightSlice, float_weights, read_param, weight_slices
 from edgecxr.errors import EdgecxrError
 
 HIST_BINS = 2048

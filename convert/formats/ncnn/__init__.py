@@ -1,6 +1,6 @@
 """ncnn: pnnx from a TorchScript trace of the PyTorch model (not from the ONNX export),
 FP32, FP16 (pnnx ``fp16=1``: float16 weights) and INT8 calibrated on the same real
-images as the other formats (``convert/ncnn_int8.py``, ncnn's int8 conventions).
+images as the other formats (``convert/formats/ncnn/int8.py``, ncnn's int8 conventions).
 
 Files: ``<arch>_<precision>.ncnn.param`` (the graph, the primary file) with
 ``<arch>_<precision>.ncnn.bin`` (weights) beside it; the contract is a sidecar,
@@ -42,7 +42,7 @@ def _missing() -> str | None:
 def ncnn_contract(base: Contract, param: str, precision: str, source: dict[str, Any], versions: dict[str, str],
                   target: dict[str, Any]) -> Contract:
     """ncnn takes one float32 C x H x W image per extractor and returns float32 logits; blob names from the graph."""
-    from edgecxr.convert.ncnn_export import read_param
+    from edgecxr.convert.formats.ncnn.export import read_param
 
     graph = read_param(param)
     consumed = {b for la in graph.layers for b in la.bottoms}
@@ -58,7 +58,8 @@ def ncnn_contract(base: Contract, param: str, precision: str, source: dict[str, 
 
 
 def produce(p: Production, steps: dict[str, Any]) -> None:
-    from edgecxr.convert import ncnn_export, ncnn_int8
+    from edgecxr.convert.formats.ncnn import export as ncnn_export
+    from edgecxr.convert.formats.ncnn import int8 as ncnn_int8
 
     run, c = p.run, p.contract
     why = _missing()
@@ -123,7 +124,7 @@ def graph_stats(path: str) -> Stats:
     """Weights from the graph; MACs from each weighted layer's output size, found by running it once on zeros."""
     import numpy as np
 
-    from edgecxr.convert.ncnn_export import WEIGHTED, read_param
+    from edgecxr.convert.formats.ncnn.export import WEIGHTED, read_param
     from edgecxr.device.runtimes.ncnn_cpu import configure, import_ncnn, weights_path
 
     graph = read_param(path)

@@ -2,7 +2,7 @@
 
 The parent side: prepares a work folder next to the export (same filesystem, so
 the final rename is atomic), writes the calibration arrays, runs
-``edgecxr.convert.tflite_worker`` offline, then reads back what the produced files
+``edgecxr.convert.formats.tflite.worker`` offline, then reads back what the produced files
 really are (input/output names, NHWC shape, int8 scale and zero point) to write
 each file's contract sidecar. The sidecar is what the runner and bench read.
 """
@@ -103,7 +103,7 @@ def run_onnx2tf(fp32_onnx: str, precisions: tuple[str, ...], work_dir: str, spec
         json.dump(job, fh)
     res = TFLiteResult()
     try:
-        proc = subprocess.run([sys.executable, "-m", "edgecxr.convert.tflite_worker", job_path], cwd=work_dir,
+        proc = subprocess.run([sys.executable, "-m", "edgecxr.convert.formats.tflite.worker", job_path], cwd=work_dir,
                               env=worker_env(), capture_output=True, text=True, timeout=timeout)
         res.log_tail = (proc.stdout[-3000:] + proc.stderr[-3000:]).strip()
     except subprocess.TimeoutExpired:
@@ -159,7 +159,7 @@ def install(produced: str, dest: str, contract: Contract) -> int:
     """Write a produced file to ``dest`` atomically, with its quantization vectors
     shared; sidecar first so a reader never sees the model without it. Returns the
     bytes the sharing saved."""
-    from edgecxr.convert.tflite_compact import share_quantization_vectors
+    from edgecxr.convert.formats.tflite.compact import share_quantization_vectors
 
     with open(produced, "rb") as fh:
         data, saved = share_quantization_vectors(fh.read())

@@ -143,7 +143,7 @@ def quantize_int8(fp32_path: str, dest_tmp: str, calib_nchw: np.ndarray, method:
                 nodes_to_exclude=excluded, extra_options=extra, calibration_cache_path=calibration_cache,
             )
     if excluded:  # else ONNX Runtime requantizes them per-tensor when it opens the file (float_guard.py)
-        from edgecxr.convert.float_guard import guard_float_nodes
+        from edgecxr.convert.formats.onnx.float_guard import guard_float_nodes
 
         guard_float_nodes(dest_tmp, excluded)
     grid = f"{weights} per-channel" + (", 7-bit range (reduce_range)" if reduce_range else ", full range")
@@ -169,7 +169,7 @@ def restamp(path_in: str, contract: Contract, dest: str) -> None:
     """Replace the contract in a produced ONNX file and write it atomically to ``dest``."""
     import onnx
 
-    from edgecxr.convert.onnx_export import embed_contract, save_onnx
+    from edgecxr.convert.formats.onnx.export import embed_contract, save_onnx
 
     model = onnx.load(path_in)
     embed_contract(model, contract)
