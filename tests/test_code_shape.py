@@ -66,3 +66,18 @@ def test_the_import_checker_sees_a_circle_through_a_function_level_import(tmp_pa
     assert checker.find_cycles(graph) == [["x.a", "x.b"]]
     eager = {m: checker.module_imports(m, p, known, lazy=False) for m, p in known.items()}
     assert checker.find_cycles(eager) == []
+
+
+def test_every_package_folder_is_listed_in_pyproject_so_a_wheel_carries_it():
+    """The package-dir mapping needs an explicit package list; a subpackage left out installs
+    fine in editable mode and is missing from the wheel."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapping = {"edgecxr": "edgecxr", **config["package-dir"]}
+    folders = set()
+    for pkg, folder in mapping.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder).parts
+            folders.add(".".join((pkg, *rel)))
+    assert folders - set(config["packages"]) == set()
