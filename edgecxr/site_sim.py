@@ -22,7 +22,9 @@ Specs (``NAME[:PARAM]``):
   detector larger than the chest;
 - ``invert``: bone dark (a MONOCHROME1 image exported without its flip);
 - ``blur_noise:S``: Gaussian blur (sigma S, default 1.5) plus noise of standard
-  deviation 4 * S grey levels, as a low-dose or older detector.
+  deviation 4 * S grey levels, as a low-dose or older detector;
+- ``unsharp:A``: edge enhancement, ``x + A * (x - blur(x))`` with a blur of 2% of
+  the image width (default A = 1.5), as a vendor's sharpening post-processing.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ import numpy as np
 from edgecxr.errors import EdgecxrError
 
 DEFAULTS: dict[str, float | None] = {"gamma": 0.5, "jpeg": 30, "clahe": 8.0, "crop": 0.15, "pad": 0.15, "invert": None,
-                                      "blur_noise": 1.5}
+                                      "blur_noise": 1.5, "unsharp": 1.5}
 
 
 def _cv2():
@@ -56,8 +58,14 @@ def jpeg(img: np.ndarray, quality: float) -> np.ndarray:
     return cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
 
 
-def clahe(img: np.ndarray, clip: float) -> np.ndarray:
-    return _cv2().createCLAHE(clipLimit=float(clip), tileGridSize=(8, 8)).apply(img)
+def clahe(img: np.ndarray, clip: float, tiles: int = 8) -> np.ndarray:
+    return _cv2().createCLAHE(clipLimit=float(clip), tileGridSize=(int(tiles), int(tiles))).apply(img)
+
+
+def unsharp(img: np.ndarray, amount: float, sigma_fraction: float = 0.02) -> np.ndarray:
+    sigma = max(0.5, sigma_fraction * img.shape[1])
+    blurred = _cv2().GaussianBlur(img, (0, 0), sigma).astype(np.float32)
+    return np.clip(np.round(img + float(amount) * (img.astype(np.float32) - blurred)), 0, 255).astype(np.uint8)
 
 
 def crop(img: np.ndarray, fraction: float) -> np.ndarray:
@@ -86,7 +94,7 @@ def blur_noise(img: np.ndarray, sigma: float) -> np.ndarray:
 
 
 SHIFTS: dict[str, Callable[..., np.ndarray]] = {"gamma": gamma, "jpeg": jpeg, "clahe": clahe, "crop": crop, "pad": pad,
-                                                 "invert": invert, "blur_noise": blur_noise}
+                                                 "invert": invert, "blur_noise": blur_noise, "unsharp": unsharp}
 
 
 def parse_shift(spec: str) -> tuple[str, float | None]:
@@ -104,7 +112,7 @@ def parse_shift(spec: str) -> tuple[str, float | None]:
         raise EdgecxrError(f"--shift {spec!r}: JPEG quality must be between 1 and 100")
     if name in ("crop", "pad") and not 0 <= value < 0.5:
         raise EdgecxrError(f"--shift {spec!r}: the border fraction must be in [0, 0.5)")
-    if name in ("gamma", "clahe", "blur_noise") and value <= 0:
+    if name in ("gamma", "clahe", "blur_noise", "unsharp") and value <= 0:
         raise EdgecxrError(f"--shift {spec!r}: the parameter must be positive")
     return name, value
 

@@ -322,6 +322,8 @@ def test_site_shifts_are_deterministic_and_keep_the_image_shape():
     assert apply_shift(img, "gamma:0.5").mean() > img.mean() > apply_shift(img, "gamma:2").mean()
     assert (apply_shift(img, "pad:0.25")[:20] == 0).all()
     assert np.array_equal(apply_shifts(img, ["crop:0.1", "jpeg:30"]), apply_shift(apply_shift(img, "crop:0.1"), "jpeg:30"))
-    for bad in ("sharpen", "jpeg:0", "crop:0.6", "gamma:x"):
+    edges = lambda x: np.abs(np.diff(x.astype(int), axis=1)).mean()  # noqa: E731
+    assert edges(apply_shift(img, "unsharp:2")) > edges(apply_shift(img, "unsharp:0.5")) > edges(img)
+    for bad in ("sharpen", "jpeg:0", "crop:0.6", "gamma:x", "unsharp:0"):
         with pytest.raises(EdgecxrError):
             apply_shift(img, bad)

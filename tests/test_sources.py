@@ -134,7 +134,8 @@ def test_histogram_matching_moves_an_image_to_the_target_histogram():
     assert np.abs(image_cdf(out) - image_cdf(bright)).max() < 0.05
 
 
-@pytest.mark.parametrize("op", ["gamma", "window", "blur", "noise", "jpeg", "crop", "frame", "marker", "erase", "match_histogram"])
+@pytest.mark.parametrize("op", ["gamma", "window", "blur", "noise", "jpeg", "crop", "frame", "marker", "erase", "match_histogram",
+                                "local_contrast"])
 def test_each_site_transform_changes_the_image_and_keeps_its_shape(op):
     img = make_image("Normal", 0, 96)
     other = image_cdf(make_image("Opacity_Focal", 5, 96, seed=9) // 2)
@@ -143,6 +144,35 @@ def test_each_site_transform_changes_the_image_and_keeps_its_shape(op):
     assert out.dtype == np.uint8 and out.shape == img.shape
     assert np.abs(out.astype(int) - img).mean() > 0.2
     assert np.array_equal(out, site_augment(img, spec, np.random.default_rng(1), other))  # seeded
+
+
+def test_local_contrast_when_off_draws_nothing_so_the_default_recipe_replays_exactly():
+    """Adding an opt-in transform must not change what the measured default recipe draws."""
+    img = make_image("Normal", 2, 96)
+    other = image_cdf(make_image("Opacity_Focal", 5, 96, seed=9))
+    rng_a, rng_b = np.random.default_rng(7), np.random.default_rng(7)
+    a = site_augment(img, SiteAugmentSpec(), rng_a, other)
+    b = site_augment(img, SiteAugmentSpec(local_contrast=0.0), rng_b, other)
+    assert np.array_equal(a, b) and rng_a.random() == rng_b.random()
+    c = site_augment(img, SiteAugmentSpec(local_contrast=1.0), np.random.default_rng(7), other)
+    assert not np.array_equal(a, c)
+
+
+def test_site_augment_probabilities_are_set_by_name_and_typos_are_refused():
+    spec = SiteAugmentSpec().with_probabilities("local_contrast=0.3, jpeg=0.6")
+    assert (spec.local_contrast, spec.jpeg, spec.gamma) == (0.3, 0.6, SiteAugmentSpec().gamma)
+    for bad, why in (("local_contrst=0.3", "unknown transform"), ("jpeg=1.5", "between 0 and 1"), ("jpeg", "NAME=PROBABILITY"),
+                     ("gamma_range=0.5", "unknown transform")):
+        with pytest.raises(EdgecxrError, match=why):
+            SiteAugmentSpec().with_probabilities(bad)
+
+
+def test_train_refuses_site_augment_p_without_site_augment_in_one_line(tmp_path):
+    data = _write_source(tmp_path / "a", {"Normal": 3, "COVID": 3}, seed=1)
+    res = run_cli("train", "--data", str(data), "--out", str(tmp_path / "run"), "--site-augment-p", "local_contrast=0.3", check=False)
+    assert res.returncode == 2 and "add --site-augment" in res.stderr and "Traceback" not in res.stderr
+    res = run_cli("train", "--data", str(data), "--out", str(tmp_path / "run"), "--site-augment", "--site-augment-p", "nope=1", check=False)
+    assert res.returncode == 2 and "unknown transform" in res.stderr and not (tmp_path / "run" / "split.csv").exists()
 
 
 def test_site_augment_with_every_probability_zero_is_the_runners_preprocessing(tmp_path):

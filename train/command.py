@@ -20,6 +20,8 @@ from edgecxr.registry import BACKBONES
 @click.option("--site-augment", is_flag=True, help="Randomise what tells one source from another (gamma, intensity window, "
               "histogram of another source, blur, noise, JPEG, cropped or framed borders, burnt-in markers), before "
               "equalisation. Measured in the README (Training for a new site).")
+@click.option("--site-augment-p", metavar="NAME=P[,NAME=P]", help="With --site-augment: change a transform's probability, e.g. "
+              "local_contrast=0.3 (random CLAHE or unsharp masking, off by default) or jpeg=0.6; names in train/site_augment.py.")
 @click.option("--arch", default="mobilenet_v2", show_default=True, type=click.Choice(list(BACKBONES)), help="Backbone from the registry.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: best.pt, last.pt, split.csv, metrics.json, curves.png.")
 @click.option("--method", default="supervised", show_default=True, type=click.Choice(["supervised", "protonet"]), help="Plain fine-tuning, or a prototypical network trained on N-way K-shot episodes.")
@@ -94,6 +96,13 @@ def train_command(**kw) -> None:
     kw["data"] = kw["data"][0] if len(kw["data"]) == 1 else list(kw["data"])
     kw["classes"] = [c.strip() for c in kw["classes"].split(",") if c.strip()] if kw["classes"] else None
     kw["holdout"] = list(kw["holdout"]) or None
+    if kw["site_augment_p"]:
+        from edgecxr.errors import EdgecxrError
+        from edgecxr.train.site_augment import SiteAugmentSpec
+
+        if not kw["site_augment"]:
+            raise EdgecxrError("--site-augment-p changes --site-augment's probabilities: add --site-augment")
+        SiteAugmentSpec().with_probabilities(kw["site_augment_p"])  # a typo is refused before any image is read
     from edgecxr.train.config import TrainConfig
 
     cfg = TrainConfig(**kw)

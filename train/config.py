@@ -45,6 +45,7 @@ class TrainConfig:
     holdout: list[str] | None = None  # SOURCE or SOURCE/CLASS held out of train/val/test (split "holdout")
     balance: str = "none"  # none | class | source (edgecxr.train.sampling)
     site_augment: bool = False  # edgecxr.train.site_augment before equalisation
+    site_augment_p: str | None = None  # "NAME=P,...": probabilities replacing SiteAugmentSpec's defaults
     workers: int = 0
     threads: int | None = None
     progress: bool = True

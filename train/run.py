@@ -87,7 +87,7 @@ class Run:
     def datasets(self, train_samples: list[Sample]) -> tuple[CXRDataset, CXRDataset]:
         """Training (augmented unless --no-augment, site-randomised with --site-augment) and validation datasets."""
         cfg, index = self.cfg, self.index
-        site = SiteAugmentSpec() if cfg.site_augment else None
+        site = SiteAugmentSpec().with_probabilities(cfg.site_augment_p) if cfg.site_augment else None
         train_ds = CXRDataset(index.root, train_samples, self.classes, self.spec, AugmentSpec() if cfg.augment else None,
                               cfg.seed, self.show, "loading train", site_spec=site)
         val_ds = CXRDataset(index.root, index.of_split("val"), self.classes, self.spec, None, cfg.seed, self.show, "loading val")

@@ -16,7 +16,11 @@ of those cues random for every class, so none of them predicts the label:
   frame (scanned films);
 * **markers**: burnt-in text ("L", "R", "AP", "PORTABLE") drawn on images of
   every class, and marker-sized corner patches blanked, so a marker no longer
-  means COVID.
+  means COVID;
+* **local contrast** (off by default, ``--site-augment-p local_contrast=P``): a
+  vendor's post-processing, CLAHE at a random clip limit and tile grid or an unsharp
+  mask of random strength. Off by default so the measured default recipe stays
+  reproducible (a transform that draws nothing leaves every other draw as it was).
 
 They act on the resized raw image, *before* histogram equalisation, because a
 site's differences enter there: the model's own CLAHE then sees them exactly as it
@@ -26,11 +30,12 @@ buys on a source the model never saw.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from edgecxr import site_sim  # the simulated sites' transforms, here with random parameters
+from edgecxr.errors import EdgecxrError
 
 MARKER_TEXTS = ("L", "R", "AP", "PA", "PORTABLE", "SUPINE", "ERECT")
 
@@ -50,9 +55,31 @@ class SiteAugmentSpec:
     frame: float = 0.15  # probability of a black frame
     marker: float = 0.4  # probability of burnt-in text
     erase: float = 0.3  # probability of blanking one or two marker-sized corner patches
+    local_contrast: float = 0.0  # probability of random CLAHE or unsharp masking (vendor post-processing)
+    local_contrast_clip: tuple[float, float] = (1.5, 8.0)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def with_probabilities(self, text: str | None) -> SiteAugmentSpec:
+        """``"local_contrast=0.3,jpeg=0.6"`` -> this spec with those probabilities (``--site-augment-p``)."""
+        if not text:
+            return self
+        names = [f for f, v in asdict(self).items() if isinstance(v, float)]
+        changes: dict[str, float] = {}
+        for item in (t.strip() for t in text.split(",") if t.strip()):
+            name, _, value = item.partition("=")
+            name = name.strip()
+            if name not in names:
+                raise EdgecxrError(f"--site-augment-p {item!r}: unknown transform; choose from {', '.join(names)}")
+            try:
+                p = float(value)
+            except ValueError as exc:
+                raise EdgecxrError(f"--site-augment-p {item!r}: give NAME=PROBABILITY, e.g. local_contrast=0.3") from exc
+            if not 0.0 <= p <= 1.0:
+                raise EdgecxrError(f"--site-augment-p {item!r}: a probability is between 0 and 1")
+            changes[name] = p
+        return replace(self, **changes)
 
 
 def image_cdf(img: np.ndarray) -> np.ndarray:
@@ -78,6 +105,13 @@ def _window(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     out_lo, out_hi = rng.uniform(0, 30), rng.uniform(225, 255)
     x = (img.astype(np.float32) - lo) / (hi - lo)
     return (out_lo + np.clip(x, 0, 1) * (out_hi - out_lo)).round().astype(np.uint8)
+
+
+def _local_contrast(img: np.ndarray, rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
+    """Half the time CLAHE (random clip limit, 4/8/16 tiles), else an unsharp mask (random strength and radius)."""
+    if rng.random() < 0.5:
+        return site_sim.clahe(img, float(np.exp(rng.uniform(np.log(lo), np.log(hi)))), int(rng.choice([4, 8, 16])))
+    return site_sim.unsharp(img, float(rng.uniform(0.5, 2.0)), float(rng.uniform(0.005, 0.04)))
 
 
 def _blur(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -162,6 +196,8 @@ def site_augment(img: np.ndarray, spec: SiteAugmentSpec, rng: np.random.Generato
         img = _marker(img, rng)
     if rng.random() < spec.erase:
         img = _erase(img, rng)
+    if spec.local_contrast and rng.random() < spec.local_contrast:  # no draw when off: the default recipe's draws stay as measured
+        img = _local_contrast(img, rng, *spec.local_contrast_clip)
     if rng.random() < spec.blur:
         img = _blur(img, rng)
     if rng.random() < spec.noise:

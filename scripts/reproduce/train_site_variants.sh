@@ -13,6 +13,8 @@
 #   robust_losoN    the same with --balance source --site-augment
 #   robust_long     robust + 3 more epochs at lr 1e-4 (the harder, augmented task converges slower)
 #   robust_losoN_long  robust_losoN + the same 3 epochs (the robust recipe in the fold that holds covid Normal out)
+#   robust_lc, robust_losoN_lc  robust and robust_losoN with local-contrast augmentation on
+#                   (--site-augment-p local_contrast=0.3: random CLAHE or unsharp masking, a vendor's post-processing)
 set -euo pipefail
 DATA=${1:-../shared/data}
 OUT=${2:-runs/site}
@@ -48,3 +50,5 @@ variant robust_losoN --holdout covid-radiography/Normal --balance source --site-
 variant base_losoN --holdout covid-radiography/Normal
 variant robust_long from robust --balance source --site-augment
 variant robust_losoN_long from robust_losoN --balance source --site-augment
+variant robust_lc --balance source --site-augment --site-augment-p local_contrast=0.3
+variant robust_losoN_lc --holdout covid-radiography/Normal --balance source --site-augment --site-augment-p local_contrast=0.3
