@@ -4,7 +4,7 @@ its ``--model``/``--runtime`` help and ``--list-runtimes`` (which runtimes this 
 from __future__ import annotations
 
 import importlib.util
-from importlib.metadata import PackageNotFoundError, packages_distributions, version
+from importlib.metadata import PackageNotFoundError, version
 
 from .runtimes import DEVICE_FORMATS, RUNTIMES
 from .runtimes.spec import Runtime
@@ -35,7 +35,13 @@ def _importable(module: str) -> bool:
 def _distribution(module: str) -> str:
     """``"ai-edge-litert 2.3.0"`` for ``ai_edge_litert``: the package a user would install."""
     top = module.split(".")[0]
-    for dist in packages_distributions().get(top, [top]):
+    try:
+        from importlib.metadata import packages_distributions  # Python 3.10+; install.sh accepts 3.9
+    except ImportError:
+        dists = [top, top.replace("_", "-")]
+    else:
+        dists = packages_distributions().get(top, [top])
+    for dist in dists:
         try:
             return f"{dist} {version(dist)}"
         except PackageNotFoundError:

@@ -33,7 +33,8 @@ import sys
 
 import numpy as np
 
-# clahe, pad and invert are not among train --site-augment's transforms; the others overlap them in kind
+# pad and invert are not among train --site-augment's transforms, nor clahe unless --site-augment-p turns local_contrast
+# on (the *_lc variants); the others overlap them in kind
 DEFAULT_SHIFTS = ("gamma:0.5", "gamma:2.0", "jpeg:30", "crop:0.15", "blur_noise:1.5", "clahe:8", "pad:0.15", "invert")
 N_BOOT = 1000
 
@@ -111,6 +112,7 @@ def measure(run: str, tb_dir: str | None, shifts: tuple[str, ...], threads: int)
     with open(os.path.join(run, "metrics.json"), encoding="utf-8") as fh:
         cfg = json.load(fh)["config"]
     out["variant"] = {"balance": cfg.get("balance", "none"), "site_augment": cfg.get("site_augment", False),
+                      "site_augment_p": cfg.get("site_augment_p"),
                       "holdout": cfg.get("holdout") or [],
                       "sources": sorted(src for src, splits in (contract.source.get("sources") or {}).items() if "train" in splits)}
 
@@ -143,6 +145,12 @@ def measure(run: str, tb_dir: str | None, shifts: tuple[str, ...], threads: int)
             row["normal"] = {"n": int(normal.sum()), **_shares({key: val[normal] for key, val in vs.items()}, classes)}
         out["shifts"][spec] = row
     return out
+
+
+def _site_aug(variant: dict) -> str:
+    if not variant["site_augment"]:
+        return "no"
+    return f"yes, {variant['site_augment_p']}" if variant.get("site_augment_p") else "yes"
 
 
 def cached_measure(run: str, tb_dir: str | None, shifts: tuple[str, ...], threads: int) -> dict:
@@ -229,7 +237,7 @@ def markdown(rows: list[dict], cpu: str) -> str:
         vs = r.get("vs", {})
         tb = r.get("tb")
         lines.append("| " + " | ".join([
-            os.path.basename(r["run"]), "+".join(v["sources"]), v["balance"], "yes" if v["site_augment"] else "no",
+            os.path.basename(r["run"]), "+".join(v["sources"]), v["balance"], _site_aug(v),
             ", ".join(r.get("loso", {}).get("held_out", [])) or "none", _ci_txt(r["test"]["macro_f1"]),
             _ci_txt(r["loso"]["macro_f1"]) if "loso" in r else "n/a", unseen,
             _ci_txt(vs.get("unseen_normal_called_COVID", {}), 100, True), _ci_txt(vs.get("test_macro_f1", {}), 100, True),

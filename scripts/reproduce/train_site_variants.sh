@@ -15,6 +15,8 @@
 #   robust_losoN_long  robust_losoN + the same 3 epochs (the robust recipe in the fold that holds covid Normal out)
 #   robust_lc, robust_losoN_lc  robust and robust_losoN with local-contrast augmentation on
 #                   (--site-augment-p local_contrast=0.3: random CLAHE or unsharp masking, a vendor's post-processing)
+#   *_s1            base_losoN, robust_losoN, robust_losoN_lc with seed 1 (another split of the training sources,
+#                   initialisation and draws): how much of a fold-B difference is the seed?
 set -euo pipefail
 DATA=${1:-../shared/data}
 OUT=${2:-runs/site}
@@ -52,3 +54,6 @@ variant robust_long from robust --balance source --site-augment
 variant robust_losoN_long from robust_losoN --balance source --site-augment
 variant robust_lc --balance source --site-augment --site-augment-p local_contrast=0.3
 variant robust_losoN_lc --holdout covid-radiography/Normal --balance source --site-augment --site-augment-p local_contrast=0.3
+variant robust_losoN_lc_s1 --holdout covid-radiography/Normal --balance source --site-augment --site-augment-p local_contrast=0.3 --seed 1
+variant base_losoN_s1 --holdout covid-radiography/Normal --seed 1
+variant robust_losoN_s1 --holdout covid-radiography/Normal --balance source --site-augment --seed 1
