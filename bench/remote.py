@@ -2,7 +2,7 @@
 
 Steps: connect (host key checked against known_hosts; an unknown key is accepted
 only with ``--accept-new-host-key``, a changed key never), check the remote Python, numpy
-and which runtimes of ``device/formats.py`` it can import (print the exact install
+and which runtimes of ``device/runtimes/`` it can import (print the exact install
 command when nothing could run; a row whose runtime alone is missing is skipped with
 that runtime's install line), make a private temporary folder, copy ``device/``, each
 artifact with its companions (``artifact_files``: OpenVINO's ``.bin``, ncnn's

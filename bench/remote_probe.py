@@ -5,7 +5,7 @@
 line, so the host can say exactly what to install before copying anything large.
 The host sends its runtime table (``{"litert": ["ai_edge_litert",
 "tflite_runtime.interpreter"], ...}``: any one module importable means the runtime is
-there) so this file needs no copy of ``device/formats.py`` and no list of its own.
+there) so this file needs no copy of ``device/runtimes/`` and no list of its own.
 ``run OUT -- RUNNER_ARGS...``: runs ``edgecxr_runner.py`` in this process with its
 stdout sent to the file OUT (the host fetches it), then appends this process's peak
 resident set (VmHWM), which the runner itself does not report.

@@ -165,7 +165,7 @@ def test_ssh_path_with_an_aarch64_python_under_qemu(sshd_server, known_hosts, ex
         assert r["pi_host_top1_agreement"] == 1.0
 
 
-# --- every runtime of device/formats.py over the same SSH path ------------------------------------------------
+# --- every runtime of device/runtimes/ over the same SSH path ------------------------------------------------
 
 # the companions each format must bring along (the primary file's own suffix first)
 TRAVELS_WITH = {

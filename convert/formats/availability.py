@@ -2,7 +2,7 @@
 the pip command that installs them, never a traceback, and the other formats still run.
 
 Generic for every format of the table: what a format needs is its default runtime's
-module (``device/formats.py``, ``Runtime.module``: convert verifies every artifact by
+module (``device/runtimes/``, ``Runtime.module``: convert verifies every artifact by
 running it) plus its ``ExportFormat.requires`` (packages only the workstation uses to
 produce it, per precision, e.g. NNCF for OpenVINO INT8). Nothing is imported to find
 out (``importlib.util.find_spec``), so checking costs no start-up time.

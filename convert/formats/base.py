@@ -1,7 +1,7 @@
 """What an export format is: one row of the table, carrying behaviour, not just names.
 
 A format folder's ``__init__.py`` (``onnx/``, ``tflite/``) builds one
-:class:`ExportFormat` from the device's row (``device/formats.py``: suffix, runtimes,
+:class:`ExportFormat` from the device's row (``device/runtimes/``: suffix, runtimes,
 companion files) plus what only the workstation does: how to produce each
 precision, read and write the contract, count parameters and MACs, and how it is
 drawn. ``convert``, ``bench``, ``eval``, ``explain`` and ``debug-quant`` ask the table

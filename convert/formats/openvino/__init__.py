@@ -12,7 +12,7 @@ OpenVINO into the ``.xml``; a 400 KB JSON with quotes, ``<>&`` and newlines
 round-trips byte for byte). It is read back without a runtime by parsing the XML.
 
 Formats need packages the core install may lack: the pipeline skips a format whose
-runtime module (``device/formats.py``, ``Runtime.module``) or ``ExportFormat.requires``
+runtime module (``device/runtimes/``, ``Runtime.module``) or ``ExportFormat.requires``
 module is not importable, reporting one line with the pip command
 (``convert/formats/availability.py``). Here: ``openvino`` always, ``nncf`` for INT8.
 """
