@@ -15,7 +15,7 @@
 #   robust_losoN_long  robust_losoN + the same 3 epochs (the robust recipe in the fold that holds covid Normal out)
 #   robust_lc, robust_losoN_lc  robust and robust_losoN with local-contrast augmentation on
 #                   (--site-augment-p local_contrast=0.3: random CLAHE or unsharp masking, a vendor's post-processing)
-#   *_s1            base_losoN, robust_losoN, robust_losoN_lc with seed 1 (another split of the training sources,
+#   *_s1, *_s2      base_losoN, robust_losoN(_lc) with seeds 1 and 2 (another split of the training sources,
 #                   initialisation and draws): how much of a fold-B difference is the seed?
 set -euo pipefail
 DATA=${1:-../shared/data}
@@ -57,3 +57,5 @@ variant robust_losoN_lc --holdout covid-radiography/Normal --balance source --si
 variant robust_losoN_lc_s1 --holdout covid-radiography/Normal --balance source --site-augment --site-augment-p local_contrast=0.3 --seed 1
 variant base_losoN_s1 --holdout covid-radiography/Normal --seed 1
 variant robust_losoN_s1 --holdout covid-radiography/Normal --balance source --site-augment --seed 1
+variant base_losoN_s2 --holdout covid-radiography/Normal --seed 2
+variant robust_losoN_lc_s2 --holdout covid-radiography/Normal --balance source --site-augment --site-augment-p local_contrast=0.3 --seed 2
