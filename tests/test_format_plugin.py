@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from edgecxr.convert.formats.base import ExportFormat, Production, Stats
-from edgecxr.device.contract import Contract, read_sidecar, sidecar_path
+from edgecxr.convert.formats.base import ExportFormat, Production, Stats, write_sidecar
+from edgecxr.device.contract import Contract, read_sidecar
 from edgecxr.device.formats import DeviceFormat
 
 
@@ -31,7 +31,7 @@ def _produce(p: Production, steps: dict[str, Any]) -> None:
             opts.optimized_model_filepath = tmp
             ort.InferenceSession(p.fp32_onnx, opts, providers=["CPUExecutionProvider"])
         c = onnx_contract(p.contract, "fp32", p.source, p.versions, p.plain_target)
-        _write_contract(dest, Contract.from_dict({**c.to_dict(), "format": "ort"}))
+        write_sidecar(dest, Contract.from_dict({**c.to_dict(), "format": "ort"}))
         return {"from": os.path.basename(p.fp32_onnx)}
 
     for step in steps.values():
@@ -41,12 +41,6 @@ def _produce(p: Production, steps: dict[str, Any]) -> None:
             p.run.do(step, lambda s=step: make(p.run.path(s)))
 
 
-def _write_contract(path: str, contract: Contract) -> None:
-    from edgecxr.atomic import write_text
-
-    write_text(sidecar_path(path), contract.to_json() + "\n")
-
-
 def _stats(path: str) -> Stats:
     return {"params": None, "macs": None, "stats_from": "n/a (ORT flatbuffer)"}
 
@@ -54,7 +48,7 @@ def _stats(path: str) -> Stats:
 ORT_DEVICE = DeviceFormat("ort", ".ort", ("onnxruntime",), contract_in_file=False)
 ORT_FORMAT = ExportFormat(device=ORT_DEVICE, precisions=("fp32",), layout="NCHW", description="ONNX Runtime .ort flatbuffer",
                           options={"fp32": "onnxruntime session.save_model_format=ORT"}, marker="P", produce=_produce,
-                          read_contract=read_sidecar, write_contract=_write_contract, graph_stats=_stats)
+                          read_contract=read_sidecar, write_contract=write_sidecar, graph_stats=_stats)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr.device.contract import Contract
+from edgecxr.device.contract import Contract, sidecar_path
 from edgecxr.device.formats import DEVICE_FORMATS, DeviceFormat
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -89,6 +89,14 @@ class ExportFormat:
 
     def artifact_name(self, arch: str, precision: str) -> str:
         return f"{arch}_{precision}{self.suffix}"
+
+
+def write_sidecar(path: str, contract: Contract) -> None:
+    """The contract beside the file as ``<file>.json``, atomically: the ``write_contract`` of every
+    format whose files cannot hold it (TFLite, ncnn, ExecuTorch); ``read_sidecar`` reads it back."""
+    from edgecxr.atomic import write_text
+
+    write_text(sidecar_path(path), contract.to_json() + "\n")
 
 
 def prod(shape: Any) -> int:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from edgecxr.convert.formats.base import PRECISIONS, ExportFormat, Production, Requirement, Stats
-from edgecxr.device.contract import Contract, TensorSpec, read_sidecar, sidecar_path
+from edgecxr.convert.formats.base import PRECISIONS, ExportFormat, Production, Requirement, Stats, write_sidecar
+from edgecxr.device.contract import Contract, TensorSpec, read_sidecar
 from edgecxr.device.formats import DEVICE_FORMATS
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -58,14 +58,8 @@ def _make(p: Production, precision: str, dest: str) -> dict[str, Any]:
     return details
 
 
-def read_contract(path: str) -> Contract | None:
-    return read_sidecar(path)
-
-
-def write_contract(path: str, contract: Contract) -> None:
-    from edgecxr.atomic import write_text
-
-    write_text(sidecar_path(path), contract.to_json() + "\n")
+read_contract = read_sidecar  # the contract is a sidecar, <file>.json
+write_contract = write_sidecar
 
 
 def graph_stats(path: str) -> Stats:

@@ -17,8 +17,8 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from edgecxr.convert.formats.base import PRECISIONS, ExportFormat, Production, Stats
-from edgecxr.device.contract import Contract, TensorSpec, read_sidecar, sidecar_path
+from edgecxr.convert.formats.base import PRECISIONS, ExportFormat, Production, Stats, write_sidecar
+from edgecxr.device.contract import Contract, TensorSpec, read_sidecar
 from edgecxr.device.formats import DEVICE_FORMATS
 from edgecxr.errors import EdgecxrError
 
@@ -102,22 +102,19 @@ def produce(p: Production, steps: dict[str, Any]) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def read_contract(path: str) -> Contract | None:
-    return read_sidecar(path)
+read_contract = read_sidecar  # the contract is a sidecar, <file>.ncnn.param.json
 
 
 def write_contract(path: str, contract: Contract) -> None:
     """The sidecar; INT8 golden vectors get ncnn's cross-CPU tolerance (``INT8_MAX_PROB_DIFF``)."""
     from dataclasses import replace
 
-    from edgecxr.atomic import write_text
-
     tol = (contract.selftest or {}).get("tolerance")
     if contract.precision == "int8" and tol is not None and float(tol.get("max_prob_diff", 0)) < INT8_MAX_PROB_DIFF:
         tol = {**tol, "max_prob_diff": INT8_MAX_PROB_DIFF,
                "why": "ncnn's AVX-512 VNNI int8 depthwise kernel is not exact; ARM and AVX2 are (measured spread 0.057)"}
         contract = replace(contract, selftest={**contract.selftest, "tolerance": tol})
-    write_text(sidecar_path(path), contract.to_json() + "\n")
+    write_sidecar(path, contract)
 
 
 def graph_stats(path: str) -> Stats:

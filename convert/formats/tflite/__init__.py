@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr.convert.formats.base import PRECISIONS, ExportFormat, Production, Stats, prod, weight_precision
-from edgecxr.device.contract import Contract, read_sidecar, sidecar_path
+from edgecxr.convert.formats.base import PRECISIONS, ExportFormat, Production, Stats, prod, weight_precision, write_sidecar
+from edgecxr.device.contract import read_sidecar
 from edgecxr.device.formats import DEVICE_FORMATS
 from edgecxr.errors import EdgecxrError
 
@@ -69,14 +69,8 @@ def _install(p: Production, res: Any, precision: str, dest: str) -> dict[str, An
     return out
 
 
-def read_contract(path: str) -> Contract | None:
-    return read_sidecar(path)
-
-
-def write_contract(path: str, contract: Contract) -> None:
-    from edgecxr.atomic import write_text
-
-    write_text(sidecar_path(path), contract.to_json() + "\n")
+read_contract = read_sidecar  # the contract is a sidecar, <file>.json
+write_contract = write_sidecar
 
 
 def graph_stats(path: str) -> Stats:
