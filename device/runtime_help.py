@@ -4,7 +4,7 @@ its ``--model``/``--runtime`` help and ``--list-runtimes`` (which runtimes this 
 from __future__ import annotations
 
 import importlib.util
-from importlib.metadata import PackageNotFoundError, version
+from functools import lru_cache
 
 from .runtimes import DEVICE_FORMATS, RUNTIMES
 from .runtimes.spec import Runtime
@@ -25,23 +25,31 @@ def runtime_help() -> str:
     return f"which runtime opens the model (default: the first for its format: {defaults}). {rows}. See --list-runtimes"
 
 
-def _importable(module: str) -> bool:
+def importable(module: str) -> bool:
+    """Whether ``module`` can be imported, found without importing it (no start-up cost); also
+    convert's check of which formats this install can produce (``formats/availability.py``)."""
     try:
         return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a missing parent package
+    except (ImportError, ValueError):  # a missing parent package, a module without a spec
         return False
+
+
+@lru_cache(maxsize=1)
+def _distributions() -> dict[str, list[str]]:
+    """Top-level module -> the distributions providing it: one scan of the installed packages."""
+    try:
+        from importlib.metadata import packages_distributions  # Python 3.10+; install.sh accepts 3.9
+    except ImportError:
+        return {}
+    return packages_distributions()
 
 
 def _distribution(module: str) -> str:
     """``"ai-edge-litert 2.3.0"`` for ``ai_edge_litert``: the package a user would install."""
+    from importlib.metadata import PackageNotFoundError, version  # only --list-runtimes needs it: off the runner's start-up
+
     top = module.split(".")[0]
-    try:
-        from importlib.metadata import packages_distributions  # Python 3.10+; install.sh accepts 3.9
-    except ImportError:
-        dists = [top, top.replace("_", "-")]
-    else:
-        dists = packages_distributions().get(top, [top])
-    for dist in dists:
+    for dist in _distributions().get(top) or [top, top.replace("_", "-")]:
         try:
             return f"{dist} {version(dist)}"
         except PackageNotFoundError:
@@ -52,7 +60,7 @@ def _distribution(module: str) -> str:
 def installed(runtime: Runtime) -> str | None:
     """The package and version of the first of the runtime's modules importable here, else ``None``
     (found without importing it: checking costs no start-up time)."""
-    module = next((m for m in runtime.modules if _importable(m)), None)
+    module = next((m for m in runtime.modules if importable(m)), None)
     return None if module is None else _distribution(module)
 
 

@@ -9,18 +9,11 @@ out (``importlib.util.find_spec``), so checking costs no start-up time.
 """
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 from edgecxr.convert.formats.base import ExportFormat
 from edgecxr.device.formats import RUNTIMES
-
-
-def importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a missing parent package, a module without a spec
-        return False
+from edgecxr.device.runtime_help import importable
 
 
 def missing_package(fmt: ExportFormat, precision: str) -> str | None:
