@@ -4,19 +4,30 @@ the runtime table (``runtimes/``), which defines the formats and the runtimes op
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from .runtimes import DEVICE_FORMATS, RUNTIMES, register_format
 from .runtimes.spec import DeviceFormat, Runtime
 
-__all__ = ["DEVICE_FORMATS", "RUNTIMES", "DeviceFormat", "Runtime", "artifact_files", "device_format_of", "model_bytes",
-           "model_suffixes", "register_format"]
+__all__ = ["DEVICE_FORMATS", "RUNTIMES", "DeviceFormat", "Runtime", "artifact_files", "by_suffix", "device_format_of",
+           "model_bytes", "model_suffixes", "register_format"]
+
+Row = TypeVar("Row")
+
+
+def by_suffix(path: str, rows: Iterable[Row], suffixes: Callable[[Row], Iterable[str]] = lambda r: (r.suffix,)) -> Row | None:
+    """The row one of whose ``suffixes`` ends ``path`` (case-insensitive), the longest match winning,
+    so two-part suffixes (``.ncnn.param``) beat their tails; ``None`` when none does. Both format
+    tables (this device's and the workstation's) look files up through it."""
+    name = path.lower()
+    pairs = sorted(((s, r) for r in rows for s in suffixes(r)), key=lambda p: -len(p[0]))
+    return next((r for s, r in pairs if name.endswith(s)), None)
 
 
 def device_format_of(path: str) -> DeviceFormat | None:
-    """The format of a model file, from its suffix (the longest that matches: ``.ncnn.param``);
-    ``None`` when no runtime here opens it."""
-    name = path.lower()
-    return next((f for f in sorted(DEVICE_FORMATS.values(), key=lambda f: -len(f.suffix)) if name.endswith(f.suffix)), None)
+    """The format of a model file, from its suffix; ``None`` when no runtime here opens it."""
+    return by_suffix(path, DEVICE_FORMATS.values())
 
 
 def artifact_files(path: str) -> list[str]:

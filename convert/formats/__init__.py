@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from edgecxr.convert.formats import checkpoint, executorch, ncnn, onnx, openvino, tflite
 from edgecxr.convert.formats.base import PRECISIONS, ExportFormat, Production
+from edgecxr.device.formats import by_suffix
 from edgecxr.errors import EdgecxrError
 
 FORMATS: list[ExportFormat] = [checkpoint.FORMAT, onnx.FORMAT, tflite.FORMAT, openvino.FORMAT, ncnn.FORMAT, executorch.FORMAT]
@@ -56,9 +57,7 @@ def get_format(name: str) -> ExportFormat:
 def format_of(path: str) -> ExportFormat | None:
     """The row a file belongs to, the checkpoint's included (``None`` for foreign files); the
     longest matching suffix wins, so two-part suffixes (``.ncnn.param``) work."""
-    name = path.lower()
-    pairs = sorted(((s, f) for f in FORMATS for s in f.suffixes), key=lambda p: -len(p[0]))
-    return next((f for s, f in pairs if name.endswith(s)), None)
+    return by_suffix(path, FORMATS, lambda f: f.suffixes)
 
 
 def parse_formats(text: str) -> tuple[ExportFormat, ...]:
