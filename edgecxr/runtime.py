@@ -3,7 +3,7 @@
 eval, bench, explain and convert's verification all go through here, so a model is
 judged by the same code whatever its format and runtime. The runtimes of the
 deployable formats live in ``device/`` (the Pi needs them without torch: its
-``formats.py`` table says which suffix is which format and which runtimes open
+``runtimes/`` table says which suffix is which format and which runtimes open
 it); this adds the torch backend for checkpoints.
 """
 from __future__ import annotations

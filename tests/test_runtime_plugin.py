@@ -125,7 +125,7 @@ def test_a_runtime_opening_an_undeclared_format_is_refused_and_the_table_is_unch
 
 
 def test_install_sh_requirements_and_readme_table_are_generated_from_the_runtime_table():
-    proc = subprocess.run([sys.executable, str(ROOT / "device" / "install_files.py"), "--check"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "edgecxr.device.install_files", "--check"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     text = (ROOT / "device" / "install.sh").read_text()
     assert "--executorch) EXTRAS+=(executorch torch)" in text  # the runtime the hand-kept files had lost
