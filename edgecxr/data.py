@@ -55,8 +55,13 @@ class DatasetIndex:
         return sorted({s.source for s in self.samples})
 
 
-def find_classes(root: str) -> list[str]:
-    """Sorted class folders; refuse what would silently train a broken model."""
+def find_classes(root: str, min_classes: int = 2) -> list[str]:
+    """Sorted class folders; refuse what would silently train a broken model.
+
+    ``min_classes`` is 1 for a folder that is one source among several: a clinic's
+    own labelled normals are one class folder, and the classifier's other classes
+    come from the other sources (:func:`list_sources` checks the union).
+    """
     if not os.path.isdir(root):
         raise EdgecxrError(f"{root}: dataset folder not found; pass --data DIR with one subfolder per class")
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
@@ -65,8 +70,9 @@ def find_classes(root: str) -> list[str]:
     empty = [c for c in classes if not any(is_image_file(f) for f in _walk(os.path.join(root, c)))]
     if empty:
         raise EdgecxrError(f"{root}: class folder(s) {', '.join(empty)} hold no images; add images or remove the folder")
-    if len(classes) < 2:
-        raise EdgecxrError(f"{root}: only one class folder ({classes[0]}); a classifier needs at least two")
+    if len(classes) < min_classes:
+        raise EdgecxrError(f"{root}: only one class folder ({classes[0]}); a classifier needs at least two "
+                           "(or give it as one --data source beside others that hold the other classes)")
     return classes
 
 
@@ -77,8 +83,8 @@ def _walk(folder: str) -> list[str]:
     return sorted(out)
 
 
-def list_images(root: str) -> tuple[list[str], list[Sample]]:
-    classes = find_classes(root)
+def list_images(root: str, min_classes: int = 2) -> tuple[list[str], list[Sample]]:
+    classes = find_classes(root, min_classes)
     samples = []
     for c in classes:
         for path in _walk(os.path.join(root, c)):
@@ -114,9 +120,11 @@ def list_sources(roots: list[str], keep_classes: list[str] | None = None) -> tup
         for b in roots:
             if a != b and os.path.commonpath([a, b]) == a:
                 raise EdgecxrError(f"--data: {b} lies inside {a}; give sibling folders, one per source")
-    per_root = [list_images(r) for r in roots]
+    per_root = [list_images(r, min_classes=2 if len(roots) == 1 else 1) for r in roots]
     found = sorted({c for classes, _ in per_root for c in classes})
     classes = found
+    if len(found) < 2:
+        raise EdgecxrError(f"--data: every folder holds only class {found[0]}; a classifier needs at least two classes")
     if keep_classes:
         unknown = [c for c in keep_classes if c not in found]
         if unknown:

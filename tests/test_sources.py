@@ -85,6 +85,20 @@ def test_two_sources_with_one_folder_name_are_refused(tmp_path, two_sources):
         build_index([str(a), str(twin)], progress=False)
 
 
+def test_a_source_of_one_class_trains_beside_others_but_not_alone(tmp_path, two_sources):
+    a, _ = two_sources
+    clinic = _write_source(tmp_path / "clinic", {"Normal": 10}, seed=4)  # a clinic's own labelled normals
+    index = build_index([str(a), str(clinic)], progress=False, holdout=())
+    assert index.sources == ["clinic", "hospital_a"] and index.classes == ["COVID", "Normal", "Other"]
+    assert {s.label for s in index.samples if s.source == "clinic"} == {"Normal"}
+    assert Counter(s.split for s in index.samples if s.source == "clinic")["train"] == 8
+    with pytest.raises(EdgecxrError, match="only one class folder"):
+        build_index(str(clinic), progress=False)
+    other = _write_source(tmp_path / "other_clinic", {"Normal": 4}, seed=5)
+    with pytest.raises(EdgecxrError, match="every folder holds only class Normal"):
+        build_index([str(clinic), str(other)], progress=False)
+
+
 def test_split_csv_keeps_the_source_and_reads_files_without_it(tmp_path, two_sources):
     a, b = two_sources
     index = build_index([str(a), str(b)], progress=False)

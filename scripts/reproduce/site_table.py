@@ -172,13 +172,24 @@ def cached_measure(run: str, tb_dir: str | None, shifts: tuple[str, ...], thread
     return row
 
 
+def _answered(side: dict, cls: int) -> dict[str, bool]:
+    """File name -> answered as ``cls``. Keyed by the name within its class folder, so a run that holds
+    out a site sample's rest (``site_rest/Normal/x.png``) pairs with one that held out the whole folder
+    (``covid-radiography/Normal/x.png``) on the images both never saw."""
+    hit = (np.array(side["action"]) == "answer") & (np.array(side["top"]) == cls)
+    return {os.path.basename(f): bool(h) for f, h in zip(side["files"], hit)}
+
+
 def _paired_share(a: dict, b: dict, cls: int) -> dict:
-    """Change b - a in the share of the same images answered as class ``cls``, paired bootstrap CI."""
-    ia = (np.array(a["action"]) == "answer") & (np.array(a["top"]) == cls)
-    ib = (np.array(b["action"]) == "answer") & (np.array(b["top"]) == cls)
-    d = ib.astype(float) - ia.astype(float)
+    """Change b - a in the share of the same images answered as class ``cls`` (the images both
+    runs held out), paired bootstrap CI."""
+    ha, hb = _answered(a, cls), _answered(b, cls)
+    common = sorted(set(ha) & set(hb))
+    if not common:
+        return {}
+    d = np.array([hb[f] for f in common], float) - np.array([ha[f] for f in common], float)
     idx = _boot(len(d))
-    return {"delta": float(d.mean()), "ci95": _ci(d[idx].mean(1))}
+    return {"delta": float(d.mean()), "ci95": _ci(d[idx].mean(1)), "n": len(common)}
 
 
 def _paired_f1(a: dict, b: dict, k: int) -> dict:
@@ -191,10 +202,15 @@ def _paired_f1(a: dict, b: dict, k: int) -> dict:
     return {"delta": _macro_f1(ya, tb, k) - _macro_f1(ya, ta, k), "ci95": _ci(boot)}
 
 
-def compare(rows: list[dict]) -> None:
+def compare(rows: list[dict], pairs: dict[str, str] | None = None) -> None:
     """Each run against the first run given (the plain recipe) on the same test images, and against
-    the first run that held out the same images (its fold's baseline) on the unseen source."""
+    the first run that held out the same images (its fold's baseline) on the unseen source, or the
+    baseline ``pairs`` names for it (run folder name -> baseline run folder name)."""
     first_of_fold: dict[tuple, dict] = {}
+    by_name = {os.path.basename(r["run"]): r for r in rows}
+    for name, base in (pairs or {}).items():
+        if name not in by_name or base not in by_name:
+            sys.exit(f"site_table: --vs {name}={base}: both runs must be among the runs given")
     for r in rows:
         k = len(r["classes"])
         vs: dict = {}
@@ -203,6 +219,8 @@ def compare(rows: list[dict]) -> None:
             vs["test_baseline"] = rows[0]["run"]
         fold = tuple(r.get("loso", {}).get("held_out", []))
         base = first_of_fold.setdefault(fold, r)
+        named = (pairs or {}).get(os.path.basename(r["run"]))
+        base = by_name[named] if named else base
         if fold and base is not r:
             vs["fold_baseline"] = base["run"]
             vs["loso_macro_f1"] = _paired_f1(base["loso"], r["loso"], k)
@@ -263,6 +281,9 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", help="run folders (trained and calibrated)")
     ap.add_argument("--tb", help="a folder of images of a class the model does not know, from an unseen source (tbcxr/Tuberculosis)")
     ap.add_argument("--shift", action="append", help=f"simulated site shifts (default: {' '.join(DEFAULT_SHIFTS)})")
+    ap.add_argument("--vs", action="append", default=[], metavar="RUN=BASELINE",
+                    help="compare RUN's unseen Normals with BASELINE's (folder names) instead of its fold's first run; "
+                         "e.g. base_site50=base_losoN: what the site's labelled images bought (repeatable)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", required=True, help="output path without suffix: OUT.json and OUT.md")
     args = ap.parse_args()
@@ -274,7 +295,13 @@ def main() -> None:
         if not os.path.exists(os.path.join(run, "best.pt")):
             sys.exit(f"site_table: {run}/best.pt not found; train it with scripts/reproduce/train_site_variants.sh")
         rows.append(cached_measure(run, args.tb, tuple(args.shift or DEFAULT_SHIFTS), args.threads))
-    compare(rows)
+    pairs = {}
+    for item in args.vs:
+        name, sep, base = item.partition("=")
+        if not sep or not name or not base:
+            sys.exit(f"site_table: --vs {item!r}: expected RUN=BASELINE, e.g. base_site50=base_losoN")
+        pairs[name] = base
+    compare(rows, pairs)
     d = cpu_description()
     cpu = f"{d.get('model')} ({d.get('arch')}; {' '.join(d.get('int8_features') or d.get('features') or []) or 'no integer extensions'})"
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -17,6 +17,9 @@
 #                   (--site-augment-p local_contrast=0.3: random CLAHE or unsharp masking, a vendor's post-processing)
 #   *_s1, *_s2      base_losoN, robust_losoN(_lc) with seeds 1 and 2 (another split of the training sources,
 #                   initialisation and draws): how much of a fold-B difference is the seed?
+#   base_site50, robust_site50_lc (+ _s1, _s2)   fold B after "training for the site": 50 labelled images of
+#                   covid-radiography/Normal (drawn with the seed; scripts/reproduce/site_sample.py, symbolic links
+#                   under $SITES) added as a third source, the other 950 held out as the unseen site
 set -euo pipefail
 DATA=${1:-../shared/data}
 OUT=${2:-runs/site}
@@ -24,7 +27,10 @@ EDGECXR=${EDGECXR:-edgecxr}
 TRAIN_ARGS=${TRAIN_ARGS:-}
 REF=${REF:-../shared/reference-models/tf2_mobilenet_v2_1.0_224_ptq.tflite}
 mkdir -p "$OUT"
-common=(--data "$DATA/covid-radiography" --data "$DATA/tbcxr" --classes COVID,Normal,Viral_Pneumonia
+SITES=${SITES:-/tmp/edgecxr_sites}
+PYTHON=${PYTHON:-python}
+data=(--data "$DATA/covid-radiography" --data "$DATA/tbcxr")
+common=(--classes COVID,Normal,Viral_Pneumonia
         --arch mobilenet_v2 --img-size 224 --epochs 3 --scheduler cosine --early-stop 0)
 
 variant() {  # name, [from RUN], extra train flags...
@@ -38,10 +44,21 @@ variant() {  # name, [from RUN], extra train flags...
   if [ ! -f "$dir/metrics.json" ]; then
     local resume=()
     [ -f "$dir/last.pt" ] && resume=(--resume)
-    $EDGECXR train $TRAIN_ARGS "${common[@]}" "${start[@]}" "$@" "${resume[@]}" --out "$dir"
+    $EDGECXR train $TRAIN_ARGS "${data[@]}" "${common[@]}" "${start[@]}" "$@" "${resume[@]}" --out "$dir"
   fi
   $EDGECXR calibrate "$dir/best.pt" --quiet
   touch "$dir/calibrated"
+}
+
+site_variant() {  # name, N, seed, extra train flags: fold B plus N labelled images of the site (covid-radiography/Normal)
+  local name=$1 n=$2 seed=$3 lay="$SITES/site$2_s$3"
+  shift 3
+  [ -f "$lay/SITE.json" ] || $PYTHON scripts/reproduce/site_sample.py --data "$DATA/covid-radiography" --site-class Normal \
+      --n "$n" --seed "$seed" --out "$lay"
+  local saved=("${data[@]}")
+  data=(--data "$lay/covid-radiography" --data "$DATA/tbcxr" --data "$lay/site" --data "$lay/site_rest")
+  variant "$name" --holdout site_rest --seed "$seed" "$@"
+  data=("${saved[@]}")
 }
 
 variant base_loso --holdout tbcxr
@@ -59,3 +76,9 @@ variant base_losoN_s1 --holdout covid-radiography/Normal --seed 1
 variant robust_losoN_s1 --holdout covid-radiography/Normal --balance source --site-augment --seed 1
 variant base_losoN_s2 --holdout covid-radiography/Normal --seed 2
 variant robust_losoN_lc_s2 --holdout covid-radiography/Normal --balance source --site-augment --site-augment-p local_contrast=0.3 --seed 2
+site_variant base_site50 50 0
+site_variant base_site50_s1 50 1
+site_variant base_site50_s2 50 2
+site_variant robust_site50_lc 50 0 --balance source --site-augment --site-augment-p local_contrast=0.3
+site_variant robust_site50_lc_s1 50 1 --balance source --site-augment --site-augment-p local_contrast=0.3
+site_variant robust_site50_lc_s2 50 2 --balance source --site-augment --site-augment-p local_contrast=0.3
