@@ -20,6 +20,8 @@
 #   base_site50, robust_site50_lc (+ _s1, _s2)   fold B after "training for the site": 50 labelled images of
 #                   covid-radiography/Normal (drawn with the seed; scripts/reproduce/site_sample.py, symbolic links
 #                   under $SITES) added as a third source, the other 950 held out as the unseen site
+#   lp_losoN, lpft_losoN (+ _s1, _s2)   fold B, linear probe (--freeze-backbone, 3 epochs), then every layer
+#                   3 more epochs from it (LP-FT)
 set -euo pipefail
 DATA=${1:-../shared/data}
 OUT=${2:-runs/site}
@@ -82,3 +84,9 @@ site_variant base_site50_s2 50 2
 site_variant robust_site50_lc 50 0 --balance source --site-augment --site-augment-p local_contrast=0.3
 site_variant robust_site50_lc_s1 50 1 --balance source --site-augment --site-augment-p local_contrast=0.3
 site_variant robust_site50_lc_s2 50 2 --balance source --site-augment --site-augment-p local_contrast=0.3
+variant lp_losoN --holdout covid-radiography/Normal --freeze-backbone --lr 1e-3
+variant lpft_losoN from lp_losoN --seed 10
+variant lp_losoN_s1 --holdout covid-radiography/Normal --freeze-backbone --lr 1e-3 --seed 1
+variant lpft_losoN_s1 from lp_losoN_s1 --seed 11
+variant lp_losoN_s2 --holdout covid-radiography/Normal --freeze-backbone --lr 1e-3 --seed 2
+variant lpft_losoN_s2 from lp_losoN_s2 --seed 12
