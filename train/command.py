@@ -9,7 +9,8 @@ from edgecxr.registry import BACKBONES
 @click.command("train")
 @click.option("--data", required=True, multiple=True, type=click.Path(file_okay=False),
               help="Dataset folder, one subfolder per class (e.g. COVID/, Normal/). Repeat it to train on several sources "
-                   "(each folder is one source, named after it, e.g. --data covid-radiography --data tbcxr).")
+                   "(each folder is one source, named after it, e.g. --data covid-radiography --data tbcxr); a source "
+                   "beside others may hold one class, e.g. a clinic's own labelled Normal/ images.")
 @click.option("--classes", help="Comma-separated class folders to keep, e.g. COVID,Normal,Viral_Pneumonia to take only the "
               "Normal images of a TB database given as a second --data.")
 @click.option("--holdout", multiple=True, help="Hold SOURCE (or SOURCE/CLASS) out of train, val and test: its images form split "

@@ -177,7 +177,10 @@ def _answered(side: dict, cls: int) -> dict[str, bool]:
     out a site sample's rest (``site_rest/Normal/x.png``) pairs with one that held out the whole folder
     (``covid-radiography/Normal/x.png``) on the images both never saw."""
     hit = (np.array(side["action"]) == "answer") & (np.array(side["top"]) == cls)
-    return {os.path.basename(f): bool(h) for f, h in zip(side["files"], hit)}
+    names = [os.path.basename(f) for f in side["files"]]
+    if len(set(names)) < len(names):  # two held-out folders share file names: pair by whole path only
+        names = list(side["files"])
+    return {n: bool(h) for n, h in zip(names, hit)}
 
 
 def _paired_share(a: dict, b: dict, cls: int) -> dict:

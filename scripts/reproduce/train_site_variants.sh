@@ -17,9 +17,9 @@
 #                   (--site-augment-p local_contrast=0.3: random CLAHE or unsharp masking, a vendor's post-processing)
 #   *_s1, *_s2      base_losoN, robust_losoN(_lc) with seeds 1 and 2 (another split of the training sources,
 #                   initialisation and draws): how much of a fold-B difference is the seed?
-#   base_site50, robust_site50_lc (+ _s1, _s2)   fold B after "training for the site": 50 labelled images of
+#   base_site50, robust_site50_lc, base_site200 (+ _s1, _s2)   fold B after "training for the site": 50 (200) labelled images of
 #                   covid-radiography/Normal (drawn with the seed; scripts/reproduce/site_sample.py, symbolic links
-#                   under $SITES) added as a third source, the other 950 held out as the unseen site
+#                   under $SITES) added as a third source, the other 950 (800) held out as the unseen site
 #   lp_losoN, lpft_losoN (+ _s1, _s2)   fold B, linear probe (--freeze-backbone, 3 epochs), then every layer
 #                   3 more epochs from it (LP-FT)
 set -euo pipefail
@@ -90,3 +90,6 @@ variant lp_losoN_s1 --holdout covid-radiography/Normal --freeze-backbone --lr 1e
 variant lpft_losoN_s1 from lp_losoN_s1 --seed 11
 variant lp_losoN_s2 --holdout covid-radiography/Normal --freeze-backbone --lr 1e-3 --seed 2
 variant lpft_losoN_s2 from lp_losoN_s2 --seed 12
+site_variant base_site200 200 0
+site_variant base_site200_s1 200 1
+site_variant base_site200_s2 200 2
