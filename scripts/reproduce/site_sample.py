@@ -39,26 +39,31 @@ def _link(src: str, dest: str) -> None:
 
 
 def layout(data: str, site_class: str, n: int, seed: int, out: str) -> dict:
-    """Make the three folders; returns what SITE.json records."""
-    from edgecxr.device.image_io import is_image_file
+    """Make the three folders; returns what SITE.json records. The images of a class and the
+    source's name are edgecxr's own (``edgecxr.data``), so the layout is read as the data was."""
+    from edgecxr.data import list_images, source_name
+    from edgecxr.errors import EdgecxrError
 
-    source = os.path.basename(os.path.normpath(data))
-    class_dir = os.path.join(data, site_class)
-    if not os.path.isdir(class_dir):
-        raise SystemExit(f"{class_dir} is not a folder; --site-class names one class folder of --data")
-    files = sorted(f for f in os.listdir(class_dir) if is_image_file(f))
+    try:
+        classes, samples = list_images(data, min_classes=1)
+    except EdgecxrError as exc:
+        raise SystemExit(str(exc)) from None
+    if site_class not in classes:
+        raise SystemExit(f"--site-class {site_class}: no such class folder in {data} (it has {', '.join(classes)})")
+    files = [s.file[len(site_class) + 1:] for s in samples if s.label == site_class]  # relative to the class folder
     if not 0 < n < len(files):
-        raise SystemExit(f"--n {n}: {class_dir} has {len(files)} images; give 0 < N < {len(files)}")
+        raise SystemExit(f"--n {n}: {data}/{site_class} has {len(files)} images; give 0 < N < {len(files)}")
     picked = set(np.random.default_rng(seed).choice(len(files), size=n, replace=False).tolist())
-    for sub in ("site", "site_rest"):
-        os.makedirs(os.path.join(out, sub, site_class), exist_ok=True)
     for i, f in enumerate(files):
-        _link(os.path.join(class_dir, f), os.path.join(out, "site" if i in picked else "site_rest", site_class, f))
+        dest = os.path.join(out, "site" if i in picked else "site_rest", site_class, f)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        _link(os.path.join(data, site_class, f), dest)
+    source = source_name(data)
     os.makedirs(os.path.join(out, source), exist_ok=True)
-    others = sorted(d for d in os.listdir(data) if d != site_class and os.path.isdir(os.path.join(data, d)))
+    others = [c for c in classes if c != site_class]
     for d in others:
         _link(os.path.join(data, d), os.path.join(out, source, d))
-    return {"source": os.path.abspath(data), "site_class": site_class, "n": n, "seed": seed,
+    return {"source": os.path.abspath(data), "source_name": source, "site_class": site_class, "n": n, "seed": seed,
             "site": sorted(files[i] for i in picked), "rest": len(files) - n, "other_classes": others}
 
 
@@ -78,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     write_json(os.path.join(out, "SITE.json"), record)
     print(f"{out}: site/{a.site_class} {a.n} images, site_rest/{a.site_class} {record['rest']}, "
-          f"{os.path.basename(os.path.normpath(a.data))}/ {', '.join(record['other_classes'])}")
+          f"{record['source_name']}/ {', '.join(record['other_classes'])}")
     return 0
 
 

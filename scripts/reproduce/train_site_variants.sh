@@ -57,10 +57,8 @@ site_variant() {  # name, N, seed, extra train flags: fold B plus N labelled ima
   shift 3
   [ -f "$lay/SITE.json" ] || $PYTHON scripts/reproduce/site_sample.py --data "$DATA/covid-radiography" --site-class Normal \
       --n "$n" --seed "$seed" --out "$lay"
-  local saved=("${data[@]}")
-  data=(--data "$lay/covid-radiography" --data "$DATA/tbcxr" --data "$lay/site" --data "$lay/site_rest")
+  local data=(--data "$lay/covid-radiography" --data "$DATA/tbcxr" --data "$lay/site" --data "$lay/site_rest")  # seen by variant (bash scopes locals dynamically)
   variant "$name" --holdout site_rest --seed "$seed" "$@"
-  data=("${saved[@]}")
 }
 
 variant base_loso --holdout tbcxr
