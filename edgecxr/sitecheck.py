@@ -18,7 +18,7 @@ calibration were fitted on:
   each true class, and T and qhat refitted on the site (``sitecheck_refit.py``).
 
 The reference numbers come from ``sitecheck_reference.py``, the go/no-go rules from
-``sitecheck_rules.py``, the tables from ``sitecheck_report.py``.
+``device/site_rules.py`` (numpy only: the device's drift watch applies the same rules), the tables from ``sitecheck_report.py``.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from edgecxr.device.decision import REFUSE, decide, in_force
 from edgecxr.device.image_io import ImageError, is_image_file, load_gray
 from edgecxr.device.ood import ood_scores, quality_problem
 from edgecxr.device.preprocess import normalize, prepare_gray
+from edgecxr.device.site_rules import ks_shift
 from edgecxr.errors import EdgecxrError
 
 FALLBACK_SCORE = {"method": "energy"}  # for a model without an OOD block: a logit-only score, for the shift test only
@@ -135,18 +136,6 @@ def verdicts(z: np.ndarray, quality: list[str], classes: tuple[str, ...], block:
         out.append({"action": v.action, "label": v.label, "refusal": v.refusal.kind if v.refusal else None,
                     "set_size": len(v.prediction_set)})
     return out
-
-
-def ks_shift(site_scores: np.ndarray, ref_scores: np.ndarray) -> dict[str, Any]:
-    """Two-sample Kolmogorov-Smirnov test of the OOD scores: D (largest gap between the two
-    empirical distribution functions) and its p-value (exact for small samples, scipy's choice)."""
-    from scipy.stats import ks_2samp
-
-    if len(site_scores) == 0 or len(ref_scores) == 0:
-        return {"d": float("nan"), "p": float("nan"), "n_site": len(site_scores), "n_reference": len(ref_scores)}
-    res = ks_2samp(site_scores, ref_scores)
-    return {"d": float(res.statistic), "p": float(res.pvalue), "n_site": len(site_scores), "n_reference": len(ref_scores),
-            "site_median": float(np.median(site_scores)), "reference_median": float(np.median(ref_scores))}
 
 
 def refusal_shares(acts: list[dict[str, Any]]) -> dict[str, float]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from edgecxr.sitecheck_rules import NO_GO, Rules
+from edgecxr.device.site_rules import NO_GO, Rules
 
 EXIT_NO_GO = 3  # as convert's --max-drop gate
 _DEFAULTS = Rules()
@@ -65,7 +65,7 @@ def sitecheck_command(model: str, site_dir: str, labels: bool, out: str | None, 
     from edgecxr.sitecheck_reference import resolve_reference
     from edgecxr.sitecheck_refit import refit
     from edgecxr.sitecheck_report import as_jsonable, json_report, markdown
-    from edgecxr.sitecheck_rules import judge
+    from edgecxr.device.site_rules import judge
 
     if stamp and not labels:
         raise EdgecxrError("--stamp writes T and qhat refitted on labelled images: add --labels (one subfolder per class)")

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr.sitecheck_rules import fmt_p
+from edgecxr.device.site_rules import fmt_p
 
 
 def _pct(x: float | None) -> str:
