@@ -58,11 +58,12 @@ def _split_list(text: str | None) -> list[str]:
                    "--threads or 1 thread; 0: skip).")
 @click.option("--keep-degraded", is_flag=True, help="Exit 0 even when an artifact is outside the default tolerance (it is still marked DEGRADED).")
 @click.option("--threads", type=click.IntRange(1), help="Threads for torch and the runtimes during verification.")
+@click.option("--sign", "sign_key", type=click.Path(dir_okay=False), help="Sign every file written with this EC private key (`edgecxr keygen`): ARTIFACT.sig, checked by the runner's --trust.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def convert_command(ckpt: str, out_dir: str, int8: bool, fp16: bool, formats: str, calib_data: str | None, calib_n: int,
                     calib_method: str, verify_data: str | None, split_csv: str | None, no_verify: bool, max_drop: float | None, keep_float: str,
                     target: str, accuracy_control: bool, min_agreement: float, max_float_layers: int, control_n: int,
-                    control_latency_runs: int, keep_degraded: bool, threads: int | None, quiet: bool) -> None:
+                    control_latency_runs: int, keep_degraded: bool, threads: int | None, sign_key: str | None, quiet: bool) -> None:
     """Convert checkpoint CKPT to ONNX and TFLite (FP32, and FP16/INT8 on request), run every
     artifact on verification images against the PyTorch model, and write a report.
 
@@ -101,9 +102,13 @@ def convert_command(ckpt: str, out_dir: str, int8: bool, fp16: bool, formats: st
     options = ConvertOptions(
         int8=int8, fp16=fp16, formats=fmts, calib_data=calib_data, calib_n=calib_n,
         calib_method=calib_method, verify_data=verify_data, split_csv=split_csv, verify=not no_verify, max_drop=max_drop,
-        keep_float=_split_list(keep_float), accuracy_control=control, target=target, threads=threads,
+        keep_float=_split_list(keep_float), accuracy_control=control, target=target, threads=threads, sign_key=sign_key,
     )
     report = convert_checkpoint(ckpt, out_dir, options, progress=not quiet, echo=click.echo)
+    if sign_key:
+        from edgecxr.signing import sign_report_artifacts
+
+        sign_report_artifacts(out_dir, report, sign_key, click.echo)
     click.echo("")
     click.echo(terminal_table(report))
     from edgecxr.convert.accuracy_control import report_lines

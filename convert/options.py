@@ -8,6 +8,7 @@ default lives here once. What a caller passes per call rather than per conversio
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -50,6 +51,8 @@ class ConvertOptions:
     """CPUs the INT8 ONNX file must be exact on (``int8_target.py``); portable is exact everywhere."""
     threads: int | None = None
     """Threads for torch and the runtimes during verification; None: their defaults."""
+    sign_key: str | None = None
+    """EC private key (``edgecxr keygen``): sign every file written (``ARTIFACT.sig``, ``edgecxr.signing``); None: unsigned."""
 
     def __post_init__(self) -> None:
         # tuples: a frozen value stays hashable and a generator is not consumed twice
@@ -75,3 +78,5 @@ class ConvertOptions:
             raise EdgecxrError("--keep-float only applies to INT8; add --int8")
         if self.accuracy_control is not None and not self.int8:
             raise EdgecxrError("--accuracy-control only applies to INT8; add --int8")
+        if self.sign_key is not None and not os.path.isfile(self.sign_key):
+            raise EdgecxrError(f"--sign {self.sign_key}: no such private key (make one with `edgecxr keygen`)")

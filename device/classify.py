@@ -17,7 +17,9 @@ import numpy as np
 from . import _npimage
 from .backends import Backend
 from .decision import REFUSE, Verdict, decide, quality_refusal, refused
+from .drift import score_spec
 from .image_io import ImageError, load_gray, to_uint8
+from .ood import ood_scores
 from .preprocess import preprocess
 
 
@@ -31,6 +33,8 @@ class Prediction:
     probabilities: np.ndarray
     timings_ms: dict[str, float] = field(default_factory=dict)
     verdict: Verdict | None = None
+    signature: str = "unsigned"  # the model's signature status (the runner's --trust, device/signature.py)
+    ood_score: float | None = None  # the score sitecheck and the drift watch measure shifts with (device/drift.py)
 
     @property
     def ran_model(self) -> bool:
@@ -64,6 +68,7 @@ class Classifier:
         self.spec = backend.contract.preprocess
         self.classes = tuple(backend.contract.classes)
         self.decision = backend.contract.decision  # temperature, conformal sets, refusals (decision.py)
+        self.signature = "unsigned"  # set by the runner's --trust once the files are verified (trust.py)
 
     def tensor(self, gray: np.ndarray) -> np.ndarray:
         """uint8 HxW -> the 1xCxHxW float32 batch every backend accepts."""
@@ -75,7 +80,7 @@ class Classifier:
         refusal = quality_refusal(gray, self.decision)
         if refusal is not None:
             nan = np.full(len(self.classes), np.nan)
-            return Prediction(source, self.classes, nan, {"quality_ms": _ms(t)}, refused(refusal, self.classes))
+            return Prediction(source, self.classes, nan, {"quality_ms": _ms(t)}, refused(refusal, self.classes), self.signature)
         x = self.tensor(gray)
         pre = _ms(t)
         t = time.perf_counter_ns()
@@ -85,10 +90,12 @@ class Classifier:
         raw = self.backend.invoke(prepared)
         infer = _ms(t)
         t = time.perf_counter_ns()
-        verdict = decide(self.backend.decode(raw).reshape(-1), self.classes, self.decision)
+        z = self.backend.decode(raw).reshape(-1)
+        verdict = decide(z, self.classes, self.decision)
         post = _ms(t)
         return Prediction(source, self.classes, verdict.probabilities,
-                          {"preprocess_ms": pre, "quantize_ms": prep, "inference_ms": infer, "postprocess_ms": post}, verdict)
+                          {"preprocess_ms": pre, "quantize_ms": prep, "inference_ms": infer, "postprocess_ms": post}, verdict,
+                          self.signature, float(ood_scores(z[None], score_spec(self.decision))[0]))
 
     def classify_file(self, path: str) -> Prediction:
         """Raises :class:`ImageError` (one line) for anything that is not a usable image."""

@@ -16,9 +16,10 @@ so the Pi computes what ``edgecxr eval`` computes on the workstation. Every
 user-fixable problem is one line on stderr and exit code 2.
 
 Exit codes: 0 when every image was processed, whatever the verdict: an answer, a
-"refer to a radiologist", or a refusal ("image rejected: <reason>" before the model,
-"not a chest X-ray (score S > T): no prediction" after it) are results, stated in the
-text line, the JSON ``action``/``refusal`` fields and the CSV ``action`` column
+referral ("uncertain between COVID and Normal: refer", "unfamiliar image (score S > T):
+refer") or a refusal ("image rejected: <reason>" before the model, "not a chest X-ray
+(score S > T): no prediction" after it) are results, stated in the text line, the JSON
+``action``/``reason``/``reason_kind`` fields and the CSV ``action``/``reason`` columns
 (refused rows have no label and no probabilities). 2: a usage error or an unreadable
 file (``--image``), or no readable image in ``--dir``. 3: the self-test failed.
 """
@@ -49,12 +50,15 @@ from .contract import ContractError
 from .decision import DecisionError
 from .decision import summary as decision_summary
 from .formats import RUNTIMES, model_suffixes
+from .gated import classify_path, gated_record, gated_text
 from .image_io import ImageError, is_image_file, load_gray
 from .latency import latency_record, summarize, time_invocations
-from .runner_io import emit, record, text_line, warn, write_csv
+from .runner_io import emit, warn, write_csv
 from .runtime_help import list_runtimes_lines, model_help, runtime_help
 from .selftest import run_selftest, selftest_line
+from .signature import SignatureError
 from .sysinfo import device_info, device_string
+from .trust import TRUST_COMMANDS, TrustSession, add_trust_arguments, open_session, run_trust_command
 
 EXIT_USAGE = 2
 EXIT_SELFTEST_FAILED = 3
@@ -96,9 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "tolerance. Runs before --image/--dir/--camera, which then only start if it passes")
     p.add_argument("--ignore-cpu-check", action="store_true",
                    help="open a model even where its contract says this CPU computes it wrong (to measure how wrong)")
+    add_trust_arguments(p)  # --trust, --audit-log, --device-key, --drift-window (trust.py)
     p.add_argument("--warmup", type=int, default=10, help="--bench: untimed warm-up runs (default 10)")
     p.add_argument("--runs", type=int, default=100, help="--bench: timed runs (default 100)")
     p.add_argument("--min-seconds", type=float, default=0.0, help="--bench: keep timing at least this long")
+    p.add_argument("--sustained", type=float, metavar="SECONDS",
+                   help="--bench: one query after another for SECONDS (MLPerf SingleStream: 600), then per-minute p50/p90, "
+                        "the early-stopping p90, CPU temperature, clock and Pi throttle bits, as one JSON object")
+    p.add_argument("--window", type=float, default=60.0, metavar="SECONDS", help="--sustained: statistics per window of this length (default 60)")
     p.add_argument("--max-frames", type=int, help="--camera: stop after this many frames")
     p.add_argument("--every", type=int, default=1, help="--camera: classify every Nth frame (default 1)")
     p.add_argument("--max-fps", type=float, help="--camera: classify at most this many frames per second")
@@ -113,6 +122,8 @@ def _check_args(a: argparse.Namespace) -> None:
     for name in ("top_k", "every", "runs"):
         if getattr(a, name) < 1:
             raise RunnerError(f"--{name.replace('_', '-')} must be at least 1")
+    if a.sustained is not None and (not a.bench or a.sustained <= 0 or a.window <= 0):
+        raise RunnerError("--sustained SECONDS needs --bench, and SECONDS and --window must be positive")
     if a.warmup < 0:
         raise RunnerError("--warmup must be 0 or more")
     if a.threads is not None and a.threads < 1:
@@ -150,17 +161,28 @@ def _list_images(folder: str) -> tuple[list[str], int]:
 
 
 def verdict_counts(rows: list[dict[str, Any]]) -> str:
-    """The --dir summary's verdicts, e.g. ``(12 answered, 3 refer, 2 refused: 1 image quality, 1 not a chest X-ray)``.
-    Refusals are results, not errors: the exit code stays 0 (see the module docstring)."""
-    acts = [r.get("action") for r in rows if "error" not in r and r.get("action")]
-    if not acts:
+    """The --dir summary's verdicts by reason, e.g. ``(12 answered, 3 refer: 2 uncertain, 1 unfamiliar;
+    2 refused: 1 image quality, 1 not a chest X-ray)``. Refusals and referrals are results, not errors:
+    the exit code stays 0 (see the module docstring)."""
+    kinds = [r.get("reason_kind") for r in rows if "error" not in r and r.get("action")]
+    if not kinds:
         return ""
-    kinds = [(r.get("refusal") or {}).get("kind") for r in rows if r.get("action") == "refuse"]
-    why = f": {kinds.count('quality')} image quality, {kinds.count('ood')} not a chest X-ray" if kinds else ""
-    return f" ({acts.count('answer')} answered, {acts.count('refer')} refer, {acts.count('refuse')} refused{why})"
+    n = kinds.count
+    refer = n("uncertain") + n("unfamiliar")
+    refused = n("quality") + n("not_cxr")
+    return (f" ({n('answer')} answered, {refer} refer: {n('uncertain')} uncertain, {n('unfamiliar')} unfamiliar; "
+            f"{refused} refused: {n('quality')} image quality, {n('not_cxr')} not a chest X-ray)")
 
 
-def run_dir(clf: Classifier, a: argparse.Namespace) -> int:
+def run_image(clf: Classifier, a: argparse.Namespace, session: TrustSession) -> int:
+    pred, gate, gray = classify_path(clf, a.image)
+    rec = gated_record(pred, gate, a.top_k)
+    session.listener(rec, gray, a.image)  # the audit line is on disk before the result is shown
+    emit(rec if a.json else gated_text(pred, gate, a.top_k))
+    return 0
+
+
+def run_dir(clf: Classifier, a: argparse.Namespace, session: TrustSession) -> int:
     files, others = _list_images(a.dir)
     if not files:
         raise RunnerError(f"--dir {a.dir}: no image files (.png, .jpg, .jpeg, .bmp, .dcm) in it")
@@ -168,14 +190,14 @@ def run_dir(clf: Classifier, a: argparse.Namespace) -> int:
     for path in files:
         rel = os.path.relpath(path, a.dir)
         try:
-            pred = clf.classify_file(path)
+            pred, gate, gray = classify_path(clf, path, rel)  # DICOM: the intended-use gate first
         except ImageError as exc:
             warn(f"skipped {exc}")
             rows.append({"file": rel, "error": str(exc)})
             continue
-        pred.source = rel
-        rows.append(record(pred, a.top_k))
-        emit(rows[-1] if a.json else text_line(pred, a.top_k))
+        rows.append(gated_record(pred, gate, a.top_k))
+        session.listener(rows[-1], gray, path)
+        emit(rows[-1] if a.json else gated_text(pred, gate, a.top_k))
     csv_path = a.csv or f"predictions_{os.path.basename(os.path.normpath(a.dir)) or 'dir'}.csv"
     write_csv(csv_path, clf.classes, rows)
     ok = sum(1 for r in rows if "error" not in r)
@@ -208,6 +230,8 @@ def run_bench(clf: Classifier, a: argparse.Namespace, load_ms: float, selftest: 
     gray, source = _bench_gray(clf, a)
     b = clf.backend
     prepared = b.prepare(clf.tensor(gray))
+    if a.sustained is not None:
+        return run_sustained_bench(clf, a, prepared, source, load_ms, selftest)
     times = time_invocations(b.invoke, prepared, warmup=a.warmup, runs=a.runs, min_seconds=a.min_seconds)
     stages: dict[str, list[float]] = {}
     for _ in range(min(a.runs, 20)):  # the runner's own work around invoke(), per stage
@@ -229,7 +253,32 @@ def run_bench(clf: Classifier, a: argparse.Namespace, load_ms: float, selftest: 
     return 0
 
 
+def run_sustained_bench(clf: Classifier, a: argparse.Namespace, prepared: np.ndarray, source: str, load_ms: float,
+                        selftest: dict[str, Any]) -> int:
+    """``--bench --sustained``: device/sustained.py's per-query loop and per-minute summary, as one JSON object."""
+    from .sustained import run_sustained
+
+    b = clf.backend
+    warn(f"sustained load for {a.sustained:g} s (one query after another); statistics per {a.window:g} s")
+    out = run_sustained(b.invoke, prepared, a.sustained, window_s=a.window, warmup=a.warmup)
+    info = device_info(b.runtime)
+    out.update({"threads": a.threads, "load_ms": round(load_ms, 3), "model": os.path.basename(b.path), "arch": b.contract.arch,
+                "format": b.format, "precision": b.contract.precision, "runtime": b.runtime, "image": source,
+                "device": device_string(b.runtime, info), "device_info": info, "emulated": info["emulated"], "selftest": selftest})
+    if info["emulated"]:
+        warn("running under emulation: these timings say nothing about the device's latency")
+    emit(out)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "serve":  # the clinic service has its own flags (device/service/cli.py)
+        from .service.cli import main as serve_main
+
+        return serve_main(argv[1:])
+    if argv and argv[0] in TRUST_COMMANDS:  # verify-audit, device-keygen, page (trust.py)
+        return run_trust_command(argv)
     args = build_parser().parse_args(argv)
     if args.list_runtimes:
         for line in list_runtimes_lines():
@@ -237,11 +286,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         _check_args(args)
+        session = open_session(args)  # --trust: the signature is checked before anything opens the model
         t0 = time.perf_counter()
         backend = open_backend(args.model, args.threads, require_contract=True, check_cpu=not args.ignore_cpu_check, runtime=args.runtime)
         load_ms = (time.perf_counter() - t0) * 1000
         clf = Classifier(backend)
-        header = describe(clf)
+        session.attach(clf)
+        header = describe(clf) + session.header()
         quiet_stdout = args.json or args.bench
         if quiet_stdout:
             warn(header)  # stdout stays machine-readable
@@ -261,11 +312,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not (args.image or args.dir or args.camera is not None):
             return 0
         if args.image:
-            pred = clf.classify_file(args.image)
-            emit(record(pred, args.top_k) if args.json else text_line(pred, args.top_k))
-            return 0
+            return run_image(clf, args, session)
         if args.dir:
-            return run_dir(clf, args)
+            return run_dir(clf, args, session)
         capture, is_file = open_capture(args.camera)
         counts = run_camera(clf, capture, is_file=is_file, every=args.every, max_frames=args.max_frames,
                             max_fps=args.max_fps, top_k=args.top_k, as_json=args.json)
@@ -274,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warn(f"{why}: {counts['read']} frames read, {counts['classified']} classified ({rate:.1f}/s), "
              f"{counts['dropped']} dropped, {counts['bad']} bad")
         return 0
-    except (RunnerError, ImageError, ModelLoadError, ContractError, CameraError, DecisionError) as exc:
+    except (RunnerError, ImageError, ModelLoadError, ContractError, CameraError, DecisionError, SignatureError) as exc:
         print(f"edgecxr-runner: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # `... | head`: the reader left; stop quietly like other Unix tools

@@ -28,15 +28,18 @@ def record(pred: Prediction, top_k: int) -> dict[str, Any]:
     }
     if pred.verdict is not None:
         out.update(pred.verdict.to_dict())
+    if pred.ood_score is not None:
+        out["ood_score"] = round(pred.ood_score, 6)
+    out["signature"] = pred.signature
     return out
 
 
 def text_line(pred: Prediction, top_k: int) -> str:
-    """``file: LABEL  [top-k]  set {..}  timings``; a refer or refusal replaces ``set`` by its
+    """``file: LABEL  [top-k]  set {..}  timings  signature``; a refer or refusal replaces ``set`` by its
     plain-language decision, and a refusal prints no label."""
     t = pred.timings_ms
     overhead = sum(v for k, v in t.items() if k != "inference_ms")
-    times = f"inference {t.get('inference_ms', 0):.2f} ms, runner {overhead:.2f} ms"
+    times = f"inference {t.get('inference_ms', 0):.2f} ms, runner {overhead:.2f} ms  {pred.signature}"  # "unsigned" or "signed"
     v = pred.verdict
     if v is not None and pred.label is None:
         return f"{pred.source}: {v.line()}  {times}"
@@ -62,7 +65,8 @@ def write_csv(path: str, classes: Iterable[str], rows: list[dict[str, Any]]) -> 
     """One row per file (read or skipped), written to a temp file and renamed so a
     half-written CSV never appears. Skipped files keep their reason in ``error``."""
     classes = list(classes)
-    fields = ["file", "label", *[f"p_{c}" for c in classes], "action", "prediction_set", "latency_ms", "decode_ms", "preprocess_ms", "error"]
+    fields = ["file", "label", *[f"p_{c}" for c in classes], "action", "reason", "prediction_set", "latency_ms", "decode_ms",
+              "preprocess_ms", "error"]
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=folder)
@@ -78,7 +82,8 @@ def write_csv(path: str, classes: Iterable[str], rows: list[dict[str, Any]]) -> 
                 probs = r["probabilities"] or {}
                 writer.writerow({"file": r["file"], "label": r["label"] or "",
                                  **{f"p_{c}": f"{probs[c]:.7f}" if c in probs else "" for c in classes},
-                                 "action": r.get("action", ""), "prediction_set": " ".join(r.get("prediction_set", [])),
+                                 "action": r.get("action", ""), "reason": r.get("reason", ""),
+                                 "prediction_set": " ".join(r.get("prediction_set", [])),
                                  "latency_ms": f"{r['latency_ms']:.4f}", "decode_ms": f"{t.get('decode_ms', 0):.4f}",
                                  "preprocess_ms": f"{t.get('preprocess_ms', 0) + t.get('quantize_ms', 0):.4f}", "error": ""})
         os.replace(tmp, path)

@@ -22,6 +22,8 @@ COMMANDS = {
     "explain": ("edgecxr.explain.command:explain_command", "Grad-CAM and LIME heatmaps, and how much they move after quantization."),
     "demo": ("edgecxr.demo:demo_command", "The whole pipeline in one command: train, convert, bench, run, explain."),
     "models": ("edgecxr.eval_command:models_command", "List the registered backbones."),
+    "keygen": ("edgecxr.signing_command:keygen_command", "Make an EC P-256 key pair for signing models (private .key, public .pub)."),
+    "sign": ("edgecxr.signing_command:sign_command", "Sign model files and their companions (ARTIFACT.sig, OpenSSF model-signing, offline)."),
 }
 
 
