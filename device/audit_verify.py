@@ -105,10 +105,10 @@ def _chain_problem(obj: dict[str, Any], i: int, lines: list[bytes], parsed: list
         if nxt and nxt.get("seq") == i:
             return i, "reordered", f"line {i + 1} (seq {seq}) and line {i + 2} (seq {i}) are swapped"
         return i, "deleted", f"record {i} (line {i + 1}) was deleted: line {i + 1} holds seq {seq}"
+    if i >= 2 and obj.get("prev") == line_hash(lines[i - 2]):  # a forged line fitted in before this one
+        return i - 1, "inserted", f"line {i} was inserted: line {i + 1} continues the chain from line {i - 1}"
     if nxt and nxt.get("seq") == i:
         return i, "inserted", f"line {i + 1} (seq {seq}) was inserted: line {i + 2} continues the chain"
-    if i >= 2 and obj.get("prev") == line_hash(lines[i - 2]):
-        return i - 1, "inserted", f"line {i} was inserted: line {i + 1} continues the chain from line {i - 1}"
     return i, "edited", f"line {i + 1} is out of place or edited (seq {seq}, expected {i})"
 
 

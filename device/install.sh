@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up the edgecxr device runner on a Raspberry Pi (64-bit Raspberry Pi OS bookworm).
 #
-#   bash install.sh [--venv DIR] [--onnx] [--openvino] [--ncnn] [--executorch] [--opencv] [--dicom] [--legacy-tflite]
+#   bash install.sh [--venv DIR] [--onnx] [--openvino] [--ncnn] [--executorch] [--opencv] [--dicom] [--trust] [--legacy-tflite]
 #
 # Creates a virtual environment (default: ./venv next to this script) with numpy and
 # ai-edge-litert from requirements.txt, adds the optional packages asked for, and
@@ -13,6 +13,7 @@
 #   --executorch    running ExecuTorch .pte artifacts (pulls in torch: large on a Pi)
 #   --opencv        camera mode, JPEG/BMP input (PNG and the preprocessing work without it)
 #   --dicom         DICOM input
+#   --trust         signed models (--trust) and the signed audit log (--audit-log); makes the device key
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 VENV="$HERE/venv"
@@ -27,8 +28,9 @@ while [ $# -gt 0 ]; do
     --executorch) EXTRAS+=(executorch torch); shift ;;
     --opencv) EXTRAS+=(opencv-python-headless); shift ;;
     --dicom) EXTRAS+=(pydicom); shift ;;
+    --trust) EXTRAS+=(cryptography==50.0.2); shift ;;
     --legacy-tflite) LEGACY=1; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -56,5 +58,9 @@ fi
 
 "$VENV/bin/python" "$HERE/edgecxr_runner.py" --help >/dev/null
 echo "installed: $VENV"
+# The device's own ed25519 key signs its audit log's checkpoints: made once, never overwritten.
+if "$VENV/bin/python" -c 'import cryptography' 2>/dev/null && [ ! -e "$HERE/state/device_ed25519.key" ]; then
+  "$VENV/bin/python" "$HERE/edgecxr_runner.py" device-keygen --out "$HERE/state"
+fi
 "$VENV/bin/python" "$HERE/edgecxr_runner.py" --list-runtimes
 echo "try:  $VENV/bin/python $HERE/edgecxr_runner.py --model MODEL.tflite --image XRAY.png"
