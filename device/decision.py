@@ -5,11 +5,18 @@ numbers (``edgecxr calibrate``) that the device applies in a fixed order, so the
 gives the answer the evaluation measured:
 
 1. image-quality refusal (blank, saturated, tiny, near-constant): needs no model;
-2. out-of-distribution refusal ("not a chest X-ray"): from the model's logits
-   and/or features;
-3. calibrated probabilities, ``softmax(logits / T)``;
-4. the conformal prediction set; one class is an answer, any other size (none, or
-   several) is "refer to a radiologist".
+2. "not a chest X-ray" refusal (``ood``): a score far beyond every validation CXR,
+   set with a margin so that (almost) no real radiograph is told it is not one;
+3. "unfamiliar image" referral (``unfamiliar``): a chest X-ray unlike the ones the
+   model was validated on is referred, never refused, with its score in the reason;
+4. calibrated probabilities, ``softmax(logits / T)``;
+5. the conformal prediction set; one class is an answer, any other size is a referral:
+   "uncertain between COVID and Normal: refer" (several), or "no class probable enough:
+   refer" (none).
+
+Every verdict carries one ``reason`` (the answer itself, or why there is none) and its
+``reason_kind`` (``answer``, ``uncertain``, ``unfamiliar``, ``not_cxr``, ``quality``):
+the runner prints it, and every report counts the shares of each kind.
 
 Schema (``contract["decision"]``, every key optional; absent means "not fitted"):
 
@@ -24,7 +31,8 @@ Schema (``contract["decision"]``, every key optional; absent means "not fitted")
         "qhat_per_class": [0.6, 0.8, 0.7], # optional (class-conditional, "Mondrian"): score(x, k) <= qhat_per_class[k]
         "n": 1200, "split": "val", ...     # provenance (reports only)
       },
-      "ood": {...},                        # owned by device/ood.py (see ood_refusal)
+      "ood": {...},                        # owned by device/ood.py (see ood_refusal): "not a chest X-ray"
+      "unfamiliar": {...},                 # owned by device/ood.py (see unfamiliar_flag): refer, not refuse
       "quality": {...},                    # owned by device/ood.py (see quality_refusal)
       "site": {                            # optional: refitted on one site's labelled images (edgecxr sitecheck --stamp)
         "name": "clinic_a", "verdict": "GO", ...,   # provenance (reports only)
@@ -33,8 +41,10 @@ Schema (``contract["decision"]``, every key optional; absent means "not fitted")
       }
     }
 
-A site block changes only T and qhat, never the refusals: the OOD threshold keeps
-meaning "not like the training images". :func:`in_force` is the one place that
+A site block changes T and qhat and, where stamped, the "unfamiliar" threshold (a site's
+own labelled CXRs are, by definition, familiar there). It may raise the "not a chest X-ray"
+cut so that the site's own radiographs pass it, never lower it: that cut keeps meaning
+"not a radiograph". :func:`in_force` is the one place that
 applies it, and :func:`decide` (the runner's path) the one caller; reports of the
 model's own split (``edgecxr eval``) keep the model's numbers.
 
@@ -62,6 +72,9 @@ CONFORMAL_METHODS = ("lac", "aps")
 SCORE_SLACK = 1e-9
 
 ANSWER, REFER, REFUSE = "answer", "refer", "refuse"
+# Why a verdict is what it is: the kinds every report counts (``reason_kind``), in display order.
+REASON_KINDS = ("answer", "uncertain", "unfamiliar", "not_cxr", "quality")
+_REFUSAL_KINDS = {"ood": "not_cxr", "quality": "quality"}
 
 
 class DecisionError(ValueError):
@@ -76,7 +89,7 @@ class Verdict:
     classes: tuple[str, ...]
     probabilities: np.ndarray | None = None  # calibrated; None when refused before the model
     prediction_set: tuple[str, ...] = ()
-    refusal: Refusal | None = None
+    refusal: Refusal | None = None  # why nothing is answered (REFUSE), or why a CXR is referred as unfamiliar (REFER)
     details: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -84,18 +97,33 @@ class Verdict:
         """The top class when one is answered; ``None`` for refer and refuse."""
         return self.prediction_set[0] if self.action == ANSWER else None
 
+    @property
+    def reason_kind(self) -> str:
+        """One of :data:`REASON_KINDS`."""
+        if self.refusal is not None:
+            return _REFUSAL_KINDS.get(self.refusal.kind, self.refusal.kind)
+        return "answer" if self.action == ANSWER else "uncertain"
+
+    @property
+    def reason(self) -> str:
+        """The one field that says why: the answer, or why there is none."""
+        if self.refusal is not None:
+            return self.refusal.reason
+        if self.action == ANSWER:
+            return self.prediction_set[0]
+        if len(self.prediction_set) >= 2:
+            return f"uncertain between {' and '.join(self.prediction_set)}: refer"
+        return "no class probable enough (empty prediction set): refer"
+
     def line(self) -> str:
         """The plain-language decision, one line."""
-        if self.action == REFUSE and self.refusal is not None:
-            return self.refusal.reason
-        shown = "{" + ", ".join(self.prediction_set) + "}"
-        if self.action == REFER:
-            why = " (no class is probable enough for the set)" if not self.prediction_set else ""
-            return f"refer to a radiologist: set {shown}{why}"
-        return f"{self.prediction_set[0]} (set {shown})"
+        if self.action == ANSWER:
+            return f"{self.prediction_set[0]} (set {{{', '.join(self.prediction_set)}}})"
+        return self.reason
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"action": self.action, "decision": self.line(), "prediction_set": list(self.prediction_set)}
+        out: dict[str, Any] = {"action": self.action, "reason": self.reason, "reason_kind": self.reason_kind,
+                               "decision": self.line(), "prediction_set": list(self.prediction_set)}
         if self.refusal is not None:
             out["refusal"] = {"kind": self.refusal.kind, "score": self.refusal.score, "threshold": self.refusal.threshold}
         return out
@@ -117,7 +145,7 @@ def in_force(block: dict[str, Any] | None) -> dict[str, Any] | None:
     temperature and conformal threshold over them (``block["site"]``, see the module docstring),
     unless the site block is stale (:func:`site_is_stale`)."""
     site = (block or {}).get("site") or {}
-    if not site.get("temperature") and not site.get("conformal") or site_is_stale(block):
+    if not any(site.get(k) for k in ("temperature", "conformal", "unfamiliar", "ood")) or site_is_stale(block):
         return block
     out = dict(block or {})
     if site.get("temperature"):
@@ -125,6 +153,11 @@ def in_force(block: dict[str, Any] | None) -> dict[str, Any] | None:
     if site.get("conformal"):
         own = {k: v for k, v in (out.get("conformal") or {}).items() if k not in ("qhat_per_class", "n_per_class")}
         out["conformal"] = {**own, **site["conformal"]}
+    if site.get("unfamiliar") and out.get("unfamiliar"):  # the site's own CXRs set what "familiar" means there
+        out["unfamiliar"] = {**out["unfamiliar"], **site["unfamiliar"]}
+    site_cut = (site.get("ood") or {}).get("threshold")
+    if site_cut is not None and out.get("ood") and float(site_cut) > float(out["ood"]["threshold"]):
+        out["ood"] = {**out["ood"], "threshold": float(site_cut)}  # raised for the site's own radiographs, never lowered
     return out
 
 
@@ -207,6 +240,16 @@ def ood_refusal(logits: np.ndarray, features: np.ndarray | None, block: dict[str
     return ood.ood_refusal(logits, features, spec)
 
 
+def unfamiliar_flag(logits: np.ndarray, block: dict[str, Any] | None) -> Refusal | None:
+    """Hook, filled by ``device/ood.py``: a chest X-ray unlike the validated ones is referred."""
+    spec = (block or {}).get("unfamiliar")
+    if not spec:
+        return None
+    from . import ood
+
+    return ood.unfamiliar_flag(logits, spec)
+
+
 def refused(refusal: Refusal, classes: tuple[str, ...], probabilities: np.ndarray | None = None) -> Verdict:
     return Verdict(REFUSE, tuple(classes), probabilities, (), refusal)
 
@@ -227,8 +270,18 @@ def decide(logits: np.ndarray, classes: tuple[str, ...] | list[str], block: dict
         return refused(refusal, classes, probs)
     conformal = (block or {}).get("conformal")
     members = prediction_set(probs, classes, conformal)
+    flag = unfamiliar_flag(z, block)
+    if flag is not None:
+        return Verdict(REFER, classes, probs, members, flag)
     action = ANSWER if len(members) == 1 else REFER
     return Verdict(action, classes, probs, members)
+
+
+def reason_shares(kinds: list[str]) -> dict[str, float]:
+    """Share of each of :data:`REASON_KINDS` among ``kinds`` (one per image): the table every report
+    (eval, bench, sitecheck, the card, the drift watch) prints, so they all count the same way."""
+    n = max(len(kinds), 1)
+    return {k: sum(1 for x in kinds if x == k) / n for k in REASON_KINDS}
 
 
 def summary(block: dict[str, Any] | None) -> str:
@@ -242,11 +295,14 @@ def summary(block: dict[str, Any] | None) -> str:
     if c:
         per = " per class" if c.get("qhat_per_class") else ""
         parts.append(f"conformal {c.get('method', 'lac')} sets at coverage {float(c.get('coverage', float('nan'))):.3g}{per} (qhat {float(c['qhat']):.4g})")
-    for key in ("ood", "quality"):
-        if block.get(key):
-            parts.append(f"{key} refusal on")
+    if block.get("ood"):
+        parts.append(f"not-a-CXR refusal above {float(block['ood'].get('threshold', float('nan'))):.3g}")
+    if block.get("unfamiliar"):
+        parts.append(f"unfamiliar-image referral above {float(block['unfamiliar'].get('threshold', float('nan'))):.3g}")
+    if block.get("quality"):
+        parts.append("quality refusal on")
     if stale:
         parts.append(f"site {site.get('name', '?')}'s T and qhat ignored: the model was recalibrated after they were stamped")
-    elif site.get("temperature") or site.get("conformal"):
-        parts.append(f"T and qhat refitted for site {site.get('name', '?')} ({site.get('date', '?')}, {site.get('verdict', '?')})")
+    elif any(site.get(k) for k in ("temperature", "conformal", "unfamiliar")):
+        parts.append(f"T, qhat and the unfamiliar cut refitted for site {site.get('name', '?')} ({site.get('date', '?')}, {site.get('verdict', '?')})")
     return "decision: " + ", ".join(parts)

@@ -148,6 +148,16 @@ def ood_threshold(spec: dict[str, Any]) -> float:
     return t
 
 
+def unfamiliar_flag(logits: np.ndarray, spec: dict[str, Any]) -> Refusal | None:
+    """The decision hook for ``decision.unfamiliar``: "unfamiliar image (score S > T): refer", or ``None``.
+    Same scores as the refusal (:func:`ood_scores`), its own method and threshold."""
+    score = float(ood_scores(np.asarray(logits).reshape(1, -1), spec)[0])
+    threshold = ood_threshold(spec)
+    if score <= threshold:
+        return None
+    return Refusal("unfamiliar", f"unfamiliar image (score {score:.3g} > {threshold:.3g}): refer", score, threshold)
+
+
 def ood_refusal(logits: np.ndarray, features: np.ndarray | None, spec: dict[str, Any]) -> Refusal | None:
     """The decision hook: "not a chest X-ray (score S > T): no prediction", or ``None``.
     ``features`` is unused: every method here works on the logits alone (see module docstring)."""

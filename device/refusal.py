@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Refusal:
-    """Why no prediction is given: ``kind`` is "quality" or "ood"; ``reason`` is the
+    """Why no answer is given: ``kind`` is "quality" or "ood" (refused: not a usable chest X-ray)
+    or "unfamiliar" (referred: a chest X-ray unlike the validated ones); ``reason`` is the
     one line the runner prints, e.g. "not a chest X-ray (score 41.2 > 17.0): no prediction"."""
 
     kind: str

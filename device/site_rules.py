@@ -1,22 +1,34 @@
-"""The go / no-go rules of ``edgecxr sitecheck``: each a flag with a documented default.
+"""The go / no-go rules of ``edgecxr sitecheck`` (and of the device's drift watch): each a flag
+with a documented default. numpy and stdlib only, so the Pi applies the very same rules.
 
-A site is NO-GO when any rule fails; every failed rule becomes one reason in the
-final line, with the numbers behind it:
+Every failed rule becomes one reason in the final line, with the numbers behind it.
+Which rules decide depends on what is known about the site:
+
+- **Without labels** nothing says whether the model is right there, so every sign of a
+  different site is a NO-GO (as cautious as a check can be without labels):
+  ``max_refused``, ``max_ks`` with ``ks_alpha``, ``max_prevalence_shift``.
+- **With labels** the labels say it: per-class sensitivity (``min_sensitivity``) and the
+  share of each class answered as a wrong class (``max_wrong_call``), plus
+  ``max_refused`` (a real radiograph refused as "not a chest X-ray" is a wrong reason),
+  decide; an OOD-score or class-mix shift the labels show to be harmless is a
+  **warning** in the line, not a NO-GO.
+
+The rules:
 
 - ``max_refused`` (0.10): share of readable images the runner would refuse
-  (unusable image or "not a chest X-ray"). The OOD threshold keeps 95% of the
-  validation CXRs, so about 5% is the expected share on images like the training
-  ones; above 10% a clinic loses a tenth of its studies to "no prediction".
-- ``max_ks`` (0.20) with ``ks_alpha`` (0.01): the OOD score's distribution moved.
-  Both must hold: D alone is noisy on a small site, p alone flags trivial shifts on
-  a large one.
+  (unusable image or "not a chest X-ray"). The not-a-CXR cut sits well beyond every
+  validation CXR, so the expected share on real radiographs is about 0.
+- ``max_ks`` (0.20) with ``ks_alpha`` (0.01): the OOD score moved toward *less
+  familiar* (one-sided KS, :func:`ks_shift`); a site whose images score lower than
+  validation is more familiar, not less, and never fails this rule. Both numbers must
+  hold: D alone is noisy on a small site, p alone flags trivial shifts on a large one.
 - ``max_prevalence_shift`` (0.15): some class's BBSE 95% interval lies entirely
   more than 0.15 away from its reference prevalence: the training mix, or with
-  ``--labels`` the labelled mix (a folder sorted by class has whatever mix its
-  collector chose, and BBSE far from a known mix says the model's confusion
-  matrix does not hold at the site).
+  ``--labels`` the labelled mix.
 - ``min_sensitivity`` (0.90, labelled images only): a class whose sensitivity
   (point estimate, its CI shown) on the site's labelled images is below it.
+- ``max_wrong_call`` (0.05, labelled images only): a class of which more than this
+  share is *answered* as another class (referrals and refusals are not wrong answers).
 """
 from __future__ import annotations
 
@@ -35,6 +47,7 @@ class Rules:
     ks_alpha: float = 0.01
     max_prevalence_shift: float = 0.15
     min_sensitivity: float = 0.90
+    max_wrong_call: float = 0.05
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -89,36 +102,64 @@ def _label_shift(m: dict[str, Any], rules: Rules) -> tuple[list[str], str]:
     return reasons, f"BBSE class mix within {rules.max_prevalence_shift:.2f} of {where} for every class"
 
 
-def judge(m: dict[str, Any], rules: Rules) -> dict[str, Any]:
-    """``{"verdict": GO | NO-GO, "reasons": [...], "passed": [...], "line": "NO-GO: ..."}``."""
-    reasons: list[str] = []
-    passed: list[str] = []
+def _refused(m: dict[str, Any], rules: Rules) -> tuple[list[str], list[str]]:
     r = m["refused"]
-    refused = (f"{r['total']:.0%} of {m['n_images']} images refused ({r['quality']:.0%} unusable, "
-               f"{r['ood']:.0%} not a chest X-ray)")
-    (reasons if r["total"] > rules.max_refused else passed).append(
-        f"{refused} {'>' if r['total'] > rules.max_refused else '<='} {rules.max_refused:.0%}")
+    text = (f"{r['total']:.0%} of {m['n_images']} images refused ({r['quality']:.0%} unusable, "
+            f"{r['ood']:.0%} not a chest X-ray)")
+    bad = r["total"] > rules.max_refused
+    return ([f"{text} > {rules.max_refused:.0%}"], []) if bad else ([], [f"{text} <= {rules.max_refused:.0%}"])
+
+
+def _ks(m: dict[str, Any], rules: Rules) -> tuple[list[str], list[str]]:
     ks = m["ood_score"]
     d, p = ks["d"], ks["p"]
-    if d == d and d > rules.max_ks and p < rules.ks_alpha:
-        reasons.append(f"OOD score shifted (KS D={d:.2f}, {fmt_p(p)} against {ks['n_reference']} validation images)")
-    elif d == d:
-        passed.append(f"OOD score KS D={d:.2f}, {fmt_p(p)} (NO-GO needs D > {rules.max_ks:.2f} with p < {rules.ks_alpha:g})")
-    shift_reasons, shift_ok = _label_shift(m, rules)
-    reasons += shift_reasons
-    if not shift_reasons:
-        passed.append(shift_ok)
+    if d != d:
+        return [], []
+    if d > rules.max_ks and p < rules.ks_alpha:
+        return [f"OOD score shifted toward unfamiliar (one-sided KS D={d:.2f}, {fmt_p(p)} against {ks['n_reference']} "
+                "validation images)"], []
+    return [], [f"OOD score KS D={d:.2f} toward unfamiliar, {fmt_p(p)} (NO-GO needs D > {rules.max_ks:.2f} with p < {rules.ks_alpha:g})"]
+
+
+def _labelled(lab: dict[str, Any], rules: Rules) -> tuple[list[str], list[str]]:
+    """Sensitivity and wrong calls per labelled class: the rules that decide when labels are known."""
+    low, wrong = [], []
+    for name, c in lab["per_class"].items():
+        s = c["sensitivity"]
+        if s["value"] < rules.min_sensitivity:
+            lo, hi = s["ci95"]
+            low.append(f"on {c['n']} labelled {name} images sensitivity {s['value']:.2f} [{lo:.2f}, {hi:.2f}] < {rules.min_sensitivity:.2f}")
+        for other, share in c["called"].items():
+            if other != name and share > rules.max_wrong_call:
+                wrong.append(f"{share:.1%} of {c['n']} labelled {name} images answered {other} > {rules.max_wrong_call:.0%}")
+    passed = []
+    if not low:
+        passed.append(f"sensitivity >= {rules.min_sensitivity:.2f} for {', '.join(lab['per_class'])}")
+    if not wrong:
+        passed.append(f"no class answered as another in more than {rules.max_wrong_call:.0%} of its images")
+    return low + wrong, passed
+
+
+def judge(m: dict[str, Any], rules: Rules) -> dict[str, Any]:
+    """``{"verdict": GO | NO-GO, "reasons": [...], "warnings": [...], "passed": [...], "line": "NO-GO: ..."}``.
+    With labels (``m["labelled"]``) the shift rules only warn (module docstring)."""
     lab = m.get("labelled")
+    reasons, passed = _refused(m, rules)
+    ks_bad, ks_ok = _ks(m, rules)
+    shift_bad, shift_ok = _label_shift(m, rules)
+    shifts = ks_bad + shift_bad
+    passed += ks_ok + ([shift_ok] if not shift_bad else [])
+    warnings: list[str] = []
     if lab:
-        low = []
-        for name, c in lab["per_class"].items():
-            s = c["sensitivity"]
-            if s["value"] < rules.min_sensitivity:
-                lo, hi = s["ci95"]
-                low.append(f"on {c['n']} labelled {name} images sensitivity {s['value']:.2f} [{lo:.2f}, {hi:.2f}] < {rules.min_sensitivity:.2f}")
-        reasons += low
-        if not low:
-            passed.append(f"sensitivity >= {rules.min_sensitivity:.2f} for {', '.join(lab['per_class'])}")
+        bad, ok = _labelled(lab, rules)
+        reasons += bad
+        passed += ok
+        warnings = [f"{w} (the labels show the model holds up: a warning, not a NO-GO)" for w in shifts] if not bad else []
+        reasons += shifts if bad else []
+    else:
+        reasons += shifts
     verdict = NO_GO if reasons else GO
     line = f"{NO_GO}: " + "; ".join(reasons) if reasons else f"{GO}: " + "; ".join(passed)
-    return {"verdict": verdict, "reasons": reasons, "passed": passed, "line": line, "rules": rules.to_dict()}
+    if warnings and verdict == GO:
+        line += "; WARNING: " + "; ".join(warnings)
+    return {"verdict": verdict, "reasons": reasons, "warnings": warnings, "passed": passed, "line": line, "rules": rules.to_dict()}

@@ -45,9 +45,43 @@ def conformal_section(logits: np.ndarray, y: np.ndarray, classes: list[str], blo
     return coverage_report(calibrated_probabilities(logits, block), y, classes, block["conformal"])
 
 
+def reasons_section(logits: np.ndarray, y: np.ndarray, classes: list[str], block: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the device says about each image, by reason (answer, uncertain, unfamiliar, not a CXR), overall
+    and per true class, and how often an answer is right: the numbers a clinic meets. ``None`` without a
+    decision block. The image-quality check needs the decoded file, not the logits: sitecheck and the
+    runner count it; here it is 0 by construction."""
+    from edgecxr.device.decision import ANSWER, decide, reason_shares
+
+    if not block:
+        return None
+    y = np.asarray(y, dtype=int)
+    verdicts = [decide(z, classes, block) for z in np.asarray(logits, dtype=np.float64)]
+    kinds = [v.reason_kind for v in verdicts]
+    answered = np.array([v.action == ANSWER for v in verdicts], dtype=bool)
+    right = np.array([v.label == classes[t] for v, t in zip(verdicts, y)], dtype=bool)
+    per_class = {c: {"n": int((y == i).sum()), **reason_shares([k for k, t in zip(kinds, y) if t == i])}
+                 for i, c in enumerate(classes) if (y == i).any()}
+    return {"n": len(kinds), "overall": reason_shares(kinds), "per_class": per_class, "n_answered": int(answered.sum()),
+            "answered_accuracy": float(right[answered].mean()) if answered.any() else float("nan")}
+
+
 def decision_sections(logits: np.ndarray, y: np.ndarray, classes: list[str], block: dict[str, Any] | None,
                       n_boot: int = 1000) -> dict[str, Any]:
-    return {"calibration": calibration_section(logits, y, block, n_boot), "conformal": conformal_section(logits, y, classes, block)}
+    return {"calibration": calibration_section(logits, y, block, n_boot), "conformal": conformal_section(logits, y, classes, block),
+            "reasons": reasons_section(logits, y, classes, block)}
+
+
+def format_reasons(sec: dict[str, Any] | None) -> list[str]:
+    """Terminal lines: the share of each reason, overall and per true class."""
+    if not sec:
+        return []
+    from edgecxr.device.decision import REASON_KINDS
+
+    head = f"  {'':<18}{'n':>5}" + "".join(f"{k:>12}" for k in REASON_KINDS[:4])
+    rows = [("all", sec["n"], sec["overall"])] + [(c, v["n"], v) for c, v in sec["per_class"].items()]
+    return ["", f"what the device says (answered {sec['n_answered']} of {sec['n']}, accuracy when answered "
+                f"{sec['answered_accuracy']:.4f})", head] + [
+        f"  {name:<18}{n:>5}" + "".join(f"{100 * s[k]:>11.1f}%" for k in REASON_KINDS[:4]) for name, n, s in rows]
 
 
 def _metric(m: dict[str, Any]) -> str:
@@ -64,6 +98,7 @@ def format_sections(sections: dict[str, Any]) -> str:
     for key in METRICS:
         after = _metric(cal["after"][key]) if "after" in cal else "-"
         lines.append(f"  {LABELS[key]:<30}{_metric(cal['before'][key]):<26}{after}")
+    lines += format_reasons(sections.get("reasons"))
     conf = sections.get("conformal")
     if conf is None:
         lines.append("conformal sets: none fitted (run `edgecxr calibrate`)")

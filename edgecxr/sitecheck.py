@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr.device.decision import REFUSE, decide, in_force
+from edgecxr.device.decision import REFUSE, decide, in_force, reason_shares
 from edgecxr.device.image_io import ImageError, is_image_file, load_gray
 from edgecxr.device.ood import ood_scores, quality_problem
 from edgecxr.device.preprocess import normalize, prepare_gray
@@ -130,19 +130,20 @@ def verdicts(z: np.ndarray, quality: list[str], classes: tuple[str, ...], block:
     out = []
     for logits, problem in zip(z, quality):
         if problem:
-            out.append({"action": REFUSE, "label": None, "refusal": "quality", "reason": problem})
+            out.append({"action": REFUSE, "label": None, "refusal": "quality", "reason_kind": "quality", "reason": problem})
             continue
         v = decide(logits, classes, block)
         out.append({"action": v.action, "label": v.label, "refusal": v.refusal.kind if v.refusal else None,
-                    "set_size": len(v.prediction_set)})
+                    "reason_kind": v.reason_kind, "reason": v.reason, "set_size": len(v.prediction_set)})
     return out
 
 
 def refusal_shares(acts: list[dict[str, Any]]) -> dict[str, float]:
-    n = len(acts)
-    kinds = Counter(a["refusal"] for a in acts if a["action"] == REFUSE)
-    return {"quality": kinds["quality"] / n, "ood": kinds["ood"] / n, "total": sum(kinds.values()) / n,
-            "refer": sum(a["action"] == "refer" for a in acts) / n, "answer": sum(a["action"] == "answer" for a in acts) / n}
+    """Refused (unusable, not a CXR), referred (unfamiliar, uncertain) and answered shares."""
+    s = reason_shares([a["reason_kind"] for a in acts])
+    return {"quality": s["quality"], "ood": s["not_cxr"], "total": s["quality"] + s["not_cxr"],
+            "unfamiliar": s["unfamiliar"], "uncertain": s["uncertain"], "refer": s["unfamiliar"] + s["uncertain"],
+            "answer": s["answer"], "reasons": s}
 
 
 def measure(backend: Any, site: SiteImages, ref: Any, n_boot: int = 1000) -> dict[str, Any]:
@@ -181,6 +182,7 @@ def _in_force_summary(block: dict[str, Any] | None) -> dict[str, Any]:
     conf = b.get("conformal") or {}
     return {"temperature": b.get("temperature"), "qhat": conf.get("qhat"), "coverage": conf.get("coverage"),
             "ood_threshold": (b.get("ood") or {}).get("threshold"),
+            "unfamiliar_threshold": (b.get("unfamiliar") or {}).get("threshold"),
             "site_block": ((block or {}).get("site") or {}).get("name") if b is not block else None}
 
 
@@ -209,7 +211,8 @@ def labelled_section(z: np.ndarray, site: SiteImages, acts: list[dict[str, Any]]
         per_class[c] = {"n": n, "sensitivity": sens,
                         "called": called, "refer": sum(a["action"] == "refer" for a in rows) / n,
                         "refused_quality": sum(a["refusal"] == "quality" for a in rows) / n,
-                        "refused_ood": sum(a["refusal"] == "ood" for a in rows) / n}
+                        "refused_ood": sum(a["refusal"] == "ood" for a in rows) / n,
+                        "reasons": reason_shares([a["reason_kind"] for a in rows])}
     counts = Counter(site.labels or [])
     return {"n": len(y), "accuracy": rep["accuracy"], "accuracy_ci95": rep["accuracy_ci95"], "per_class": per_class,
             "class_mix": {c: counts[c] / len(y) for c in classes}, "y": y}

@@ -31,13 +31,16 @@ _DEFAULTS = Rules()
 @click.option("--max-refused", default=_DEFAULTS.max_refused, show_default=True, type=click.FloatRange(0, 1),
               help="NO-GO when a larger share of images is refused (unusable, or not a chest X-ray).")
 @click.option("--max-ks", default=_DEFAULTS.max_ks, show_default=True, type=click.FloatRange(0, 1),
-              help="NO-GO when the OOD score's KS statistic D against validation exceeds this with p < --ks-alpha.")
+              help="NO-GO when the OOD score moved toward unfamiliar (one-sided KS D against validation) by more than this "
+                   "with p < --ks-alpha; with --labels only a warning when the labels show the model holds up.")
 @click.option("--ks-alpha", default=_DEFAULTS.ks_alpha, show_default=True, type=click.FloatRange(0, 1), help="See --max-ks.")
 @click.option("--max-prevalence-shift", default=_DEFAULTS.max_prevalence_shift, show_default=True, type=click.FloatRange(0, 1),
               help="NO-GO when a class's BBSE 95% CI lies entirely further than this from its training prevalence "
                    "(with --labels: from the labelled mix).")
 @click.option("--min-sensitivity", default=_DEFAULTS.min_sensitivity, show_default=True, type=click.FloatRange(0, 1),
               help="With --labels: NO-GO when a class's sensitivity on the site is below this.")
+@click.option("--max-wrong-call", default=_DEFAULTS.max_wrong_call, show_default=True, type=click.FloatRange(0, 1),
+              help="With --labels: NO-GO when more than this share of a class is answered as another class.")
 @click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(0), help="Bootstrap resamples for the 95% CIs.")
 @click.option("--threads", type=click.IntRange(1), help="Runtime threads.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -45,7 +48,7 @@ _DEFAULTS = Rules()
 def sitecheck_command(model: str, site_dir: str, labels: bool, out: str | None, stamp: bool, coverage: float | None,
                       reference_data: str | None,
                       split_csv: str | None, max_refused: float, max_ks: float, ks_alpha: float, max_prevalence_shift: float,
-                      min_sensitivity: float, bootstrap: int, threads: int | None, quiet: bool, as_json: bool) -> None:
+                      min_sensitivity: float, max_wrong_call: float, bootstrap: int, threads: int | None, quiet: bool, as_json: bool) -> None:
     """Check MODEL (a run folder, checkpoint, .onnx or .tflite) on a new site's images before deploying it:
     share refused, OOD-score shift (KS test against the validation split), class mix and BBSE
     prevalences against training, and with --labels sensitivity per class and a refit of T and qhat.
@@ -80,7 +83,7 @@ def sitecheck_command(model: str, site_dir: str, labels: bool, out: str | None, 
     ref = resolve_reference(backend, reference_data, split_csv, progress=not quiet)
     m = measure(backend, site, ref, n_boot=bootstrap)
     refitted = refit(m, contract.decision, coverage) if labels else None
-    rules = Rules(max_refused, max_ks, ks_alpha, max_prevalence_shift, min_sensitivity)
+    rules = Rules(max_refused, max_ks, ks_alpha, max_prevalence_shift, min_sensitivity, max_wrong_call)
     judgement = judge(m, rules)
     name = os.path.basename(os.path.normpath(site_dir)) or "site"
     out = out or os.path.join(os.path.dirname(os.path.abspath(path)), f"sitecheck_{name}")

@@ -30,7 +30,9 @@ def sections(m: dict[str, Any], refitted: dict[str, Any] | None) -> list[tuple[s
         ["refused: unusable image", _pct(r["quality"]), ""],
         ["refused: not a chest X-ray", _pct(r["ood"]), ""],
         ["refused, total", _pct(r["total"]), ""],
-        ["refer (set not one class)", _pct(r["refer"]), ""],
+        ["refer: unfamiliar image", _pct(r.get("unfamiliar")), ""],
+        ["refer: uncertain (set not one class)", _pct(r.get("uncertain", r["refer"])), ""],
+        ["answered", _pct(r.get("answer")), ""],
         [f"OOD score median ({score})", f"{ks.get('site_median', float('nan')):.3g}", f"{ks.get('reference_median', float('nan')):.3g}"],
         ["OOD score shift: KS D, p", f"{ks['d']:.3f}", fmt_p(ks["p"]) if ks["p"] == ks["p"] else "-"],
     ])]
@@ -76,7 +78,7 @@ def text(m: dict[str, Any], refitted: dict[str, Any] | None, judgement: dict[str
     for title, head, rows in sections(m, refitted):
         widths = [max(len(x) for x in col) for col in zip(head, *rows)]
         lines += ["", title, _aligned(head, widths), "  ".join("-" * w for w in widths)] + [_aligned(r, widths) for r in rows]
-    return "\n".join(lines + ["", judgement["line"]])
+    return "\n".join(lines + ["", judgement["line"]])  # warnings ride in the line (site_rules.judge)
 
 
 def markdown(m: dict[str, Any], refitted: dict[str, Any] | None, judgement: dict[str, Any], header: list[str]) -> str:

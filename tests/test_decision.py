@@ -98,9 +98,12 @@ def test_a_set_of_two_classes_is_a_refer_decision_and_one_class_an_answer():
     sure = decide(np.array([6.0, 0.0, -6.0]), CLASSES, block)
     torn = decide(np.array([1.0, 1.0, -6.0]), CLASSES, block)
     assert sure.action == "answer" and sure.label == "A" and sure.line() == "A (set {A})"
-    assert torn.action == "refer" and torn.label is None and torn.line() == "refer to a radiologist: set {A, B}"
+    assert sure.reason == "A" and sure.reason_kind == "answer"
+    assert torn.action == "refer" and torn.label is None and torn.line() == "uncertain between A and B: refer"
+    assert torn.reason_kind == "uncertain" and torn.to_dict()["reason"] == "uncertain between A and B: refer"
     unsure = decide(np.zeros(3), CLASSES, block)  # 1/3 each: no class reaches p >= 0.4
-    assert unsure.action == "refer" and unsure.prediction_set == () and unsure.line().startswith("refer to a radiologist: set {}")
+    assert unsure.action == "refer" and unsure.prediction_set == () and unsure.line().startswith("no class probable enough")
+    assert unsure.reason_kind == "uncertain"
     assert prediction_set(torn.probabilities, CLASSES, None) == ("A",)  # no block: the plain top-1
 
 
@@ -150,10 +153,11 @@ def test_runner_prints_the_set_for_a_clear_image_and_refers_a_torn_one(tmp_path,
     assert line.startswith(f"{bright}: A  [A ") and "set {A}" in line and "refer" not in line
     assert runner_main(["--model", model, "--image", grey]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert "refer to a radiologist: set {A, B}" in line and line.startswith(f"{grey}: A  [")
+    assert "uncertain between A and B: refer" in line and line.startswith(f"{grey}: A  [")
     assert runner_main(["--model", model, "--image", grey, "--json"]) == 0
     rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rec["action"] == "refer" and rec["prediction_set"] == ["A", "B"]
+    assert rec["reason"] == "uncertain between A and B: refer" and rec["reason_kind"] == "uncertain"
     # the probabilities printed are the calibrated ones: softmax(logits / T)
     z = np.array([8 * ((128 / 255 - 0.5) / 0.25), 0.0, -10.0])
     want = calibrated_probabilities(z, BLOCK)

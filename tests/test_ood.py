@@ -329,3 +329,45 @@ def test_a_checkpoint_naming_the_feature_score_without_its_head_is_refused(probe
                                "ood": {"method": "feature_mahalanobis", "threshold": 1.0}})
     with pytest.raises(EdgecxrError, match="carries no OOD head"):
         load_model(str(ckpt))
+
+
+# --- two questions: not a chest X-ray (refuse) and unfamiliar chest X-ray (refer) ------------------
+def _two_question_block() -> dict:
+    """The feature score rides in the logits' mean: refuse far beyond the validated CXRs, refer in between."""
+    return {"schema": "edgecxr.decision/1", "temperature": 1.0,
+            "conformal": {"method": "lac", "coverage": 0.9, "qhat": 0.6},
+            "ood": {"method": "feature_mahalanobis", "threshold": 3.0},
+            "unfamiliar": {"method": "feature_mahalanobis", "threshold": 1.0}}
+
+
+def test_an_unfamiliar_chest_xray_is_referred_with_its_score_and_a_far_image_refused():
+    block = _two_question_block()
+    centred = np.array([6.0, -3.0, -3.0])
+    familiar = decide(centred - 0.5, ("A", "B", "C"), block)
+    unfamiliar = decide(centred - 2.0, ("A", "B", "C"), block)
+    far = decide(centred - 3.5, ("A", "B", "C"), block)
+    assert familiar.action == "answer" and familiar.reason_kind == "answer" and familiar.reason == "A"
+    assert unfamiliar.action == "refer" and unfamiliar.label is None and unfamiliar.reason_kind == "unfamiliar"
+    assert unfamiliar.reason == "unfamiliar image (score 2 > 1): refer"
+    assert unfamiliar.prediction_set == ("A",)  # the set is still shown beside the referral
+    assert far.action == "refuse" and far.reason_kind == "not_cxr" and far.reason.startswith("not a chest X-ray (score 3.5 > 3)")
+    d = unfamiliar.to_dict()
+    assert d["reason_kind"] == "unfamiliar" and d["refusal"]["score"] == pytest.approx(2.0) and d["refusal"]["threshold"] == 1.0
+
+
+def test_a_site_block_moves_the_unfamiliar_cut_and_may_raise_but_never_lower_the_not_a_cxr_cut():
+    from edgecxr.device.decision import in_force
+
+    block = {**_two_question_block(), "site": {"name": "clinic", "unfamiliar": {"threshold": 2.5}, "ood": {"threshold": 0.1}}}
+    force = in_force(block)
+    assert force["unfamiliar"]["threshold"] == 2.5 and force["ood"]["threshold"] == 3.0
+    assert decide(np.array([6.0, -3.0, -3.0]) - 2.0, ("A", "B", "C"), block).action == "answer"
+    raised = in_force({**block, "site": {"name": "clinic", "ood": {"threshold": 3.8}}})
+    assert raised["ood"]["threshold"] == 3.8 and decide(np.array([6.0, -3.0, -3.0]) - 3.5, ("A", "B", "C"), raised).action == "refer"
+
+
+def test_reason_shares_count_every_kind_once():
+    from edgecxr.device.decision import REASON_KINDS, reason_shares
+
+    s = reason_shares(["answer", "answer", "uncertain", "not_cxr"])
+    assert set(s) == set(REASON_KINDS) and s["answer"] == 0.5 and s["unfamiliar"] == 0.0 and sum(s.values()) == pytest.approx(1.0)
