@@ -63,6 +63,9 @@ def calibrate_command(model: str, coverage: float, method: str, data: str | None
                                   transform=ood_features)
     block.update(refusals)
     click.echo(describe_refusals(refusals))
+    from edgecxr.ood_fit import attach_reference
+
+    attach_reference(backend, block, data, split_csv, click.echo)  # what sitecheck and the drift watch compare a site with
     if dry_run:
         click.echo("dry run: nothing written")
         return

@@ -294,11 +294,34 @@ def refit_artifact_decision(path: str, threads: int | None = None, host_cpu: dic
             out.update({"ood_threshold_from_checkpoint": float(own["threshold"]), "ood_threshold": float(new_ood["threshold"]),
                         "ood_val_refused": float(new_ood["val_refused"])})
             block["ood"] = new_ood
+        attach_reference(backend, block)
     except EdgecxrError:  # no split or images here: the checkpoint's numbers stay
         return None
     del backend
     write_decision(path, block)
     return out
+
+
+def attach_reference(backend: Any, block: dict[str, Any], data: str | None = None, split_csv: str | None = None,
+                     echo: Any = None) -> None:
+    """Store in ``block`` the compact validation reference (``sitecheck_reference``: validation OOD scores
+    under ``block``'s own OOD score, confusion and training counts) that ``edgecxr sitecheck`` and the
+    device's drift watch compare a site with, so a bare artifact carries it. One more pass over the
+    validation images through ``backend``; without them here the block is left as it is."""
+    from dataclasses import replace
+
+    from edgecxr.sitecheck_reference import resolve_reference
+
+    old = backend.contract
+    backend.contract = replace(old, decision=block)  # the scores of the OOD method this block refuses by
+    try:
+        ref = resolve_reference(backend, data, split_csv)
+        block["reference"] = ref.compact(f"{old.format} {old.precision}", block)
+    except EdgecxrError as exc:
+        if echo:
+            echo(f"no validation reference stored ({exc})")
+    finally:
+        backend.contract = old
 
 
 def quality_block_counts(problems: list[str]) -> dict[str, Any]:
