@@ -48,12 +48,37 @@ def ship_advice(doc: dict[str, Any]) -> list[dict[str, Any]]:
         entry = {"device": device, "arch": arch, "threads": threads, "artifact": best["artifact"], "runtime": best.get("runtime"),
                  "median_ms": latency_stats(best)["median_ms"], "delta_macro_f1_pp": best.get("delta_macro_f1_pp"),
                  "device_string": best.get("device_string", "")}
+        entry.update(cold_start_choice(ok, best))
         if fp and i8:
             f_best = min(latency_stats(r)["median_ms"] for r in fp)
             i_best = min(latency_stats(r)["median_ms"] for r in i8)
             entry["int8_vs_float"] = i_best / f_best
         out.append(entry)
     return out
+
+
+def cold_start_choice(ok: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
+    """Whether the cold start (process start to first verdict) picks another file than the steady-state median.
+
+    A runner restarted per patient (or after every reboot) lives on its cold start; a
+    runner left running lives on the median. Empty when no row measured cold starts.
+    """
+    timed = [r for r in ok if r.get("cold_start_median_ms") is not None]
+    if not timed or best.get("cold_start_median_ms") is None:
+        return {}
+    first = min(timed, key=lambda r: r["cold_start_median_ms"])
+    return {"cold_start_ms": best["cold_start_median_ms"], "cold_start_best": first["artifact"],
+            "cold_start_best_ms": first["cold_start_median_ms"], "cold_start_best_runtime": first.get("runtime_name")}
+
+
+def _cold_start_clause(e: dict[str, Any]) -> str:
+    if e.get("cold_start_best") is None:
+        return ""
+    if e["cold_start_best"] == e["artifact"]:
+        return f"; also the fastest cold start ({e['cold_start_ms']:.0f} ms to the first verdict)"
+    return (f"; cold start changes the choice where the runner is started per patient: {e['cold_start_best']} "
+            f"[{e.get('cold_start_best_runtime')}] gives its first verdict in {e['cold_start_best_ms']:.0f} ms "
+            f"against {e['cold_start_ms']:.0f} ms")
 
 
 def advice_lines(doc: dict[str, Any]) -> list[str]:
@@ -65,5 +90,6 @@ def advice_lines(doc: dict[str, Any]) -> list[str]:
         if ratio is not None:
             line += (f"; INT8 is slower here ({ratio:.2f}x the fastest float file)" if ratio > 1
                      else f"; INT8 runs at {ratio:.2f}x the fastest float file")
+        line += _cold_start_clause(e)
         lines.append(line)
     return lines

@@ -14,6 +14,8 @@ import time
 
 import click
 
+from edgecxr.bench.coldstart import add_cold_start
+from edgecxr.bench.sustained import sustained_command
 from edgecxr.bench.tables import COLUMN_SETS, TABLE_FORMATS
 from edgecxr.errors import EdgecxrError
 
@@ -90,10 +92,19 @@ def is_pi_like() -> bool:
               "params, MACs, accuracy and AUC with CIs, mean ± std, p99, min, load time, peak RSS. bench.csv and bench.json always hold every column.")
 @click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(0), help="Bootstrap resamples for the 95% CIs.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--sustained", type=click.FloatRange(min=1), is_flag=False, flag_value=600.0, metavar="[SECONDS]",
+              help="Instead of the table: each model file under sustained load for SECONDS (600 if none given; MLPerf "
+              "SingleStream), at the first --threads value, one file after another; per-minute p50/p90, early-stopping p90, "
+              "CPU temperature, clock and Pi throttle bits -> sustained.json, sustained.md, bench_sustained.png.")
+@click.option("--window", default=60.0, show_default=True, type=click.FloatRange(min=1), help="--sustained: seconds per statistics window.")
+@click.option("--cold-start", "cold_start", default=0, show_default=True, type=click.IntRange(0),
+              help="Also time N fresh runner processes per file and runtime (process start to first verdict: import, model "
+              "load, self-test, first inference) and the first inference in each; median in the table. 10 is a good N.")
 def bench_command(artifacts: tuple[str, ...], data: str | None, split: str, split_csv: str | None, threads: str, runtimes: str, warmup: int, runs: int,
                   min_seconds: float, reference: str | None, devices: tuple[str, ...], ssh_host: str | None,
                   identity: str | None, known_hosts: str | None, accept_new_host_key: bool, remote_python: str,
-                  remote_images: int, out: str, fmt: str, columns: str, bootstrap: int, quiet: bool) -> None:
+                  remote_images: int, out: str, fmt: str, columns: str, bootstrap: int, quiet: bool,
+                  sustained: float | None = None, window: float = 60.0, cold_start: int = 0) -> None:
     """Benchmark checkpoints, exported model files (every format in convert's table), or
     folders written by `edgecxr convert`.
 
@@ -126,14 +137,20 @@ def bench_command(artifacts: tuple[str, ...], data: str | None, split: str, spli
         from edgecxr.bench.remote import preflight
 
         preflight(**remote, paths=list(artifacts), runtimes=tuple(runtime_list or ()))
+    local_label = "rpi" if (not remote_needed and "rpi" in wanted and "host" not in wanted) else "host"
+    if sustained is not None:  # instead of the table
+        return sustained_command(list(artifacts), tuple(runtime_list), thread_list[0], sustained, window, warmup,
+                                 local_label if ("host" in wanted or not remote_needed) else None, remote, out)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="edgecxr-bench-") as workdir:
         doc = build_document(
             paths=list(artifacts), data=data, split=split, split_csv=split_csv, settings=settings, reference=reference,
             local="host" in wanted or (("rpi" in wanted) and not remote_needed),
-            local_label="rpi" if (not remote_needed and "rpi" in wanted and "host" not in wanted) else "host",
+            local_label=local_label,
             remote=remote,
             workdir=workdir, progress=not quiet)
+        if cold_start:  # the cold-start columns, measured after the table's own runs
+            add_cold_start(doc, cold_start, workdir, remote=remote, progress=not quiet)
     doc["command"] = ["edgecxr", "bench", *sys.argv[2:]] if len(sys.argv) > 1 and sys.argv[1] == "bench" else None
     doc["seconds"] = round(time.time() - started, 1)
     paths = write_outputs(doc, out, columns)

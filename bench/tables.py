@@ -28,7 +28,8 @@ CSV_COLUMNS = [
     "accuracy", "accuracy_ci_lo", "accuracy_ci_hi", "macro_f1", "macro_f1_ci_lo", "macro_f1_ci_hi",
     "auc_macro", "auc_macro_ci_lo", "auc_macro_ci_hi", "n_images", "reference", "delta_macro_f1_pp",
     "delta_macro_f1_ci_lo", "delta_macro_f1_ci_hi", "top1_agreement", *LATENCY_KEYS, "warmup", "load_ms", "peak_rss_mb",
-    "rss_before_load_mb", "latency_input", "selftest", "cpu_int8_target", "device_string", "pi_host_top1_agreement", "note", "accuracy_note", "error", "path",
+    "rss_before_load_mb", "latency_input", "selftest", "cold_start_median_ms", "cold_start_first_process_ms",
+    "first_inference_median_ms", "cpu_int8_target", "device_string", "pi_host_top1_agreement", "note", "accuracy_note", "error", "path",
 ]
 COLUMN_SETS = ("compact", "all")
 TABLE_FORMATS = ("text", "md", "csv", "json", "readme")
@@ -65,7 +66,8 @@ def _millions(v: Any) -> str:
 
 MD_HEADER = ["model", "format", "precision", "runtime", "device", "thr", "size MB", "params M", "MACs M",
              "accuracy [95% CI]", "macro-F1 [95% CI]", "AUC [95% CI]", "ΔF1 pp vs FP32 [95% CI]", "top-1 agree",
-             "median ms", "mean ± std ms", "p90 ms", "p99 ms", "min ms", "load ms", "peak RSS MB", "self-test"]
+             "median ms", "mean ± std ms", "p90 ms", "p99 ms", "min ms", "load ms", "peak RSS MB", "self-test",
+             "cold start ms", "1st inference ms"]
 
 
 def md_cells(row: dict[str, Any]) -> list[str]:
@@ -81,13 +83,24 @@ def md_cells(row: dict[str, Any]) -> list[str]:
         _f(row.get("top1_agreement"), "{:.3f}"),
         _f(s.get("median_ms")), f"{s['mean_ms']:.2f} ± {s['std_ms']:.2f}" if s else "n/a", _f(s.get("p90_ms")),
         _f(s.get("p99_ms")), _f(s.get("min_ms")), _f(row.get("load_ms"), "{:.0f}"), _f(row.get("peak_rss_mb"), "{:.0f}"),
-        selftest_cell(row.get("selftest")),
+        selftest_cell(row.get("selftest")), *cold_cells(row),
     ]
+
+
+def cold_cells(row: dict[str, Any]) -> list[str]:
+    """Cold start (median of fresh processes, start to first verdict) and the first warm inference, ms."""
+    if row.get("cold_start_error"):
+        return ["error", "n/a"]
+    return [_f(row.get("cold_start_median_ms"), "{:.0f}"), _f(row.get("first_inference_median_ms"))]
+
+
+def has_cold_start(rows: list[dict[str, Any]]) -> bool:
+    return any(r.get("cold_start_median_ms") is not None or r.get("cold_start_error") for r in rows)
 
 
 COMPACT_HEADER = ["model", "format", "prec", "runtime", "thr", "MB", "macro-F1", "ΔF1 pp [95% CI]", "agree",
                   "median", "p90", "self-test"]
-COMPACT_RIGHT = {"thr", "MB", "macro-F1", "ΔF1 pp [95% CI]", "agree", "median", "p90"}
+COMPACT_RIGHT = {"thr", "MB", "macro-F1", "ΔF1 pp [95% CI]", "agree", "median", "p90", "cold", "1st"}
 
 
 def model_labels(rows: list[dict[str, Any]]) -> dict[str, str]:
@@ -150,6 +163,11 @@ def compact_markdown(doc: dict[str, Any], style: str = "md") -> str:
     rows = doc["rows"]
     labels = model_labels(rows)
     header, cells = list(COMPACT_HEADER), [compact_cells(r, labels[r["path"]]) for r in rows]
+    if has_cold_start(rows):  # beside the steady-state median and p90
+        at = header.index("p90") + 1
+        header[at:at] = ["cold", "1st"]
+        for c, r in zip(cells, rows):
+            c[at:at] = cold_cells(r)
     if len({r.get("device", "host") for r in rows}) > 1:
         header.insert(4, "device")
         for c, r in zip(cells, rows):
@@ -182,6 +200,11 @@ def legend(doc: dict[str, Any], compact: bool = False, pointer: bool = False) ->
     out = [f"Latency (ms): batch 1, {s.get('warmup', '?')} warm-up runs not counted, then {s.get('runs', '?')} timed runs"
            + (f" (at least {s['min_seconds']} s)" if s.get("min_seconds") else "")
            + "; `perf_counter_ns` around invoke only; each artifact and thread count in its own process."]
+    if has_cold_start(doc["rows"]):
+        out.append(f"Cold start (ms): median of {s.get('cold_start_runs', '?')} fresh runner processes (`device/coldstart.py`), "
+                   "process start to the first verdict on stdout (import, runtime and model load, self-test, first inference), "
+                   "at the row group's lowest thread count, file cache warm after the first; 1st: that first inference "
+                   "(invoke on the image after the self-test), median over the processes.")
     if any(r.get("macro_f1") is not None for r in doc["rows"]):
         out.append(f"Accuracy: {s.get('split', '?')} split, 95% CIs from {s.get('bootstrap', '?')} bootstrap resamples; "
                    "ΔF1 is the paired macro-F1 change against the FP32 reference on the same images.")
@@ -231,6 +254,8 @@ def readme_markdown(doc: dict[str, Any]) -> str:
     threads = sorted({r["threads"] for r in doc["rows"] if r.get("threads")})
     head = ["model", "format", "precision", "runtime", "size MB", "params M", "MACs M", "macro-F1 [95% CI]", "ΔF1 pp vs FP32 [95% CI]",
             "top-1 agree", *[f"median ms {t}t (p90)" for t in threads], "load ms", "peak RSS MB", "self-test"]
+    cold = has_cold_start(doc["rows"])
+    head += ["cold start ms", "1st inference ms"] if cold else []
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in doc["rows"]:
@@ -247,7 +272,7 @@ def readme_markdown(doc: dict[str, Any]) -> str:
                                          _ci(r0, "macro_f1"), _delta(r0), _f(r0.get("top1_agreement"), "{:.3f}"), *lat,
                                          _f(r0.get("load_ms"), "{:.0f}"),
                                          _f(max((r.get("peak_rss_mb") or 0) for r in rows) or None, "{:.0f}"),
-                                         selftest_cell(r0.get("selftest"))]) + " |")
+                                         selftest_cell(r0.get("selftest")), *(cold_cells(r0) if cold else [])]) + " |")
     return "\n".join(lines) + "\n\n" + legend(doc, compact=True)
 
 
