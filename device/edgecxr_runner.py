@@ -58,7 +58,8 @@ from .runtime_help import list_runtimes_lines, model_help, runtime_help
 from .selftest import run_selftest, selftest_line
 from .signature import SignatureError
 from .sysinfo import device_info, device_string
-from .trust import TRUST_COMMANDS, TrustSession, add_trust_arguments, open_session, run_trust_command
+from .trust import TrustSession, add_trust_arguments, open_session
+from .trust_commands import TRUST_COMMANDS, run_trust_command
 
 EXIT_USAGE = 2
 EXIT_SELFTEST_FAILED = 3

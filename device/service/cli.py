@@ -1,0 +1,188 @@
+"""``edgecxr_runner.py serve``: the runner as a clinic service (DICOM in, SR out, nothing lost).
+
+    python3 edgecxr_runner.py serve --model m.tflite --port 11112 --aet EDGECXR --outbox out/ \\
+        [--inbox in/] [--pacs pacs.local:104:PACS] [--state state/] [--log results.jsonl]
+
+Start-up: open the model exactly as the runner does, run its golden-vector self-test (exit 3
+when it fails: a device that computes the model wrong answers nobody), check the intended-use
+block, re-queue what the journal says is unfinished, then listen. SIGTERM or Ctrl-C stop it
+between images. Every argument is defined in :func:`build_parser`, the one place to add flags.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+EXIT_USAGE = 2
+EXIT_SELFTEST_FAILED = 3
+
+
+class ServeError(ValueError):
+    """A user-fixable problem with serve's command line or folders."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgecxr_runner.py serve",
+        description="Classify chest X-rays as they arrive: a DICOM Storage SCP and/or a watched folder in, a DICOM "
+                    "TID 1500 SR (or a JSON result for non-DICOM files) out, every instance journaled so none is lost "
+                    "or answered twice. Needs pydicom, pynetdicom and highdicom (install.sh --service).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  %(prog)s --model m.tflite --port 11112 --aet EDGECXR --outbox results/ --pacs pacs:104:PACS\n"
+               "  storescu -aec EDGECXR 127.0.0.1 11112 chest.dcm   # send it an image",
+    )
+    p.add_argument("--model", required=True, help="the converted model (.tflite with its .json sidecar, .onnx, ...)")
+    p.add_argument("--port", type=int, help="DICOM port to listen on (the SCP is off without it)")
+    p.add_argument("--aet", default="EDGECXR", help="our AE title (default EDGECXR)")
+    p.add_argument("--bind", default="0.0.0.0", help="address to listen on (default all; 127.0.0.1 for local only)")
+    p.add_argument("--inbox", help="a folder to watch for PNG/JPEG/DICOM files (taken when complete, then removed)")
+    p.add_argument("--outbox", required=True, help="where results go: <SOPInstanceUID>.sr.dcm, or <key>.json for non-DICOM")
+    p.add_argument("--state", help="journal and spool folder (default OUTBOX/.edgecxr-state); keep it on the same disk")
+    p.add_argument("--pacs", metavar="HOST:PORT:AET", help="send every SR to this PACS by C-STORE (retried while it is down)")
+    p.add_argument("--pacs-backoff-max", type=float, default=30.0, help="longest wait between PACS retries, s (default 30)")
+    p.add_argument("--log", help="append the JSON line of every result here instead of stdout")
+    p.add_argument("--poll", type=float, default=0.5, help="inbox poll interval, s (default 0.5)")
+    p.add_argument("--top-k", type=int, default=3, help="classes in each JSON line's top_k (default 3)")
+    p.add_argument("--threads", type=int, help="interpreter threads (default: the runtime's choice)")
+    p.add_argument("--runtime", help="runtime to open the model with (see edgecxr_runner.py --list-runtimes)")
+    p.add_argument("--ignore-cpu-check", action="store_true", help="open a model even where its contract says this CPU computes it wrong")
+    p.add_argument("--verbose", action="store_true", help="also show pynetdicom's own log")
+    return p
+
+
+def _check(a: argparse.Namespace) -> None:
+    if a.port is None and not a.inbox:
+        raise ServeError("give --port PORT (DICOM network) and/or --inbox DIR (watched folder)")
+    if a.port is not None and not 0 < a.port < 65536:
+        raise ServeError(f"--port {a.port}: must be 1-65535")
+    if not a.aet or len(a.aet) > 16:
+        raise ServeError(f"--aet {a.aet!r}: an AE title is 1 to 16 characters")
+    if a.inbox and not os.path.isdir(a.inbox):
+        raise ServeError(f"--inbox {a.inbox}: no such folder")
+    if a.top_k < 1 or a.poll <= 0 or a.pacs_backoff_max <= 0:
+        raise ServeError("--top-k, --poll and --pacs-backoff-max must be positive")
+
+
+def log_line(message: str) -> None:
+    sys.stderr.write(f"edgecxr-serve: {message}\n")
+    sys.stderr.flush()
+
+
+def json_sink(path: str | None) -> Callable[[dict[str, Any]], None]:
+    """stdout, or a file opened for appending, one flushed line per result."""
+    from ..runner_io import emit
+
+    if not path:
+        return emit
+    fh = open(path, "a", encoding="utf-8")  # kept open for the process's life
+    return lambda rec: emit(rec, fh)
+
+
+def open_classifier(a: argparse.Namespace) -> Any:
+    """The model, opened exactly as the runner opens it, and its self-test."""
+    from ..backends import open_backend
+    from ..classify import Classifier
+    from ..edgecxr_runner import describe
+    from ..selftest import run_selftest, selftest_line
+
+    clf = Classifier(open_backend(a.model, a.threads, require_contract=True, check_cpu=not a.ignore_cpu_check,
+                                  runtime=a.runtime))
+    log_line(describe(clf))
+    result = run_selftest(clf.backend)
+    log_line(selftest_line(result))
+    return clf, result.get("passed") is not False
+
+
+def build_service(a: argparse.Namespace, clf: Any, configure: Callable[[Any], None] | None = None) -> tuple[Any, list[Callable[[], None]]]:
+    """Journal, worker, PACS sender, inbox and SCP wired together; returns the service and the
+    stop functions in the order to call them."""
+    from ..intended_use import block_in_force
+    from .journal import Journal
+    from .service import Service
+
+    block, origin = block_in_force(clf.decision)
+    log_line(f"intended use: {len(block['rules'])} header rules ({origin}): "
+             + ", ".join(r["field"] for r in block["rules"]))
+    state = a.state or os.path.join(a.outbox, ".edgecxr-state")
+    spool = os.path.join(state, "spool")
+    for d in (a.outbox, state, spool):
+        os.makedirs(d, exist_ok=True)
+    journal = Journal(os.path.join(state, "journal.sqlite"))
+    service = Service(clf, journal, a.outbox, a.top_k, log_line, json_sink(a.log))
+    stops: list[Callable[[], None]] = []
+    if a.pacs:
+        from .pacs import PacsSender, parse_pacs
+
+        service.sender = PacsSender(parse_pacs(a.pacs), a.aet, journal, log_line, service.remove_spool,
+                                    backoff_max=a.pacs_backoff_max)
+    if configure is not None:  # listeners first: none may miss a result, resumed ones included
+        configure(service)
+    todo, unsent = service.resume()
+    if todo or unsent:
+        log_line(f"journal: {todo} received but not answered, {unsent} answered but not at the PACS: resuming them")
+    service.start()
+    if service.sender is not None:
+        service.sender.start()
+    if a.inbox:
+        from .inbox import Inbox
+
+        inbox = Inbox(a.inbox, spool, journal, service.enqueue, log_line, a.poll)
+        inbox.start()
+        stops.append(inbox.stop)
+        log_line(f"watching {a.inbox}")
+    if a.port is not None:
+        from .scp import StoreHandler, start_scp
+
+        server = start_scp(a.aet, a.bind, a.port, StoreHandler(journal, spool, a.outbox, service.enqueue, log_line))
+        stops.append(server.shutdown)
+        log_line(f"listening on {a.bind}:{a.port} as AE {a.aet}")
+    stops.append(service.stop)
+    if service.sender is not None:
+        stops.append(service.sender.stop)
+    stops.append(journal.close)
+    return service, stops
+
+
+def run(a: argparse.Namespace, configure: Callable[[Any], None] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT. ``configure(service)`` may add listeners before the first image."""
+    logging.getLogger("pynetdicom").setLevel(logging.INFO if a.verbose else logging.CRITICAL)
+    clf, ok = open_classifier(a)
+    if not ok:
+        log_line("self-test failed: this device does not compute the model; not serving")
+        return EXIT_SELFTEST_FAILED
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    service, stops = build_service(a, clf, configure)
+    log_line("ready")
+    stop.wait()
+    log_line(f"stopping: {service.processed} result(s) written this run; {service.journal.counts()}")
+    for fn in stops:
+        fn()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, configure: Callable[[Any], None] | None = None) -> int:
+    from ..backends import ModelLoadError
+    from ..contract import ContractError
+    from ..decision import DecisionError
+    from ..intended_use import IntendedUseError
+    from .pacs import PacsError
+
+    args = build_parser().parse_args(argv)
+    try:
+        _check(args)
+        return run(args, configure)
+    except (ServeError, ModelLoadError, ContractError, DecisionError, IntendedUseError, PacsError, OSError) as exc:
+        print(f"edgecxr-runner: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_USAGE
+    except ImportError as exc:
+        print(f"edgecxr-runner: error: serve needs pydicom, pynetdicom and highdicom ({exc}): bash install.sh --service",
+              file=sys.stderr)
+        return EXIT_USAGE

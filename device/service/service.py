@@ -1,0 +1,170 @@
+"""The service's core: received instances in, one durable result each out, listeners told.
+
+One worker thread classifies (the interpreter is not shared between threads), through
+``gated.classify_path``: the intended-use gate, then the runner's own ``Classifier`` and
+decision, and ``runner_io.record`` for the JSON object, so the service can never answer
+differently from ``--image``. A DICOM source gets a TID 1500 SR (``sr.py``), anything else a
+JSON result; either is written atomically into the outbox, then journaled, then handed to the
+listeners (``listener(record, gray)``, gray is None when no image was decoded) and, with a
+PACS, to the sender. A listener that raises is logged, never stops the service.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..classify import Classifier
+from ..gated import classify_path, gated_record, is_dicom, refused_prediction
+from ..image_io import ImageError
+from ..intended_use import read_header
+from ..refusal import Refusal
+from ..runner_io import emit, record
+from . import sr
+from .journal import Entry, Journal
+from .scp import safe_name, write_durable
+
+Listener = Callable[[dict[str, Any], "np.ndarray | None"], None]
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_identity(clf: Classifier) -> dict[str, Any]:
+    """What the SR's algorithm identification names: the file, its sha256, the contract's sha256."""
+    b, c = clf.backend, clf.backend.contract
+    contract_json = json.dumps(c.to_dict(), sort_keys=True, separators=(",", ":"))
+    return {"name": os.path.basename(b.path), "model_sha256": file_sha256(b.path),
+            "contract_sha256": hashlib.sha256(contract_json.encode()).hexdigest(),
+            "edgecxr_version": c.versions.get("edgecxr", "unknown")}
+
+
+class Service:
+    """Owns the queue between receivers (SCP, inbox, restart) and the worker."""
+
+    def __init__(self, clf: Classifier, journal: Journal, outbox: str, top_k: int, log: Callable[[str], None],
+                 json_out: Callable[[dict[str, Any]], None] = emit) -> None:
+        self.clf, self.journal, self.outbox, self.top_k = clf, journal, outbox, top_k
+        self.log, self.json_out = log, json_out
+        self.model = model_identity(clf)
+        self.listeners: list[Listener] = []
+        self.sender = None  # a PacsSender, set before start() when --pacs is given
+        self.queue: queue.Queue[str | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="worker", daemon=True)
+        self.processed = 0
+
+    def add_listener(self, listener: Listener) -> None:
+        """Called with ``(record, gray)`` after each result is durably written (signing, audit, drift, web page)."""
+        self.listeners.append(listener)
+
+    def enqueue(self, key: str) -> None:
+        self.queue.put(key)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=30)
+
+    def resume(self) -> tuple[int, int]:
+        """After a restart: re-queue what was received but not answered, and what was answered but
+        not yet acknowledged by the PACS. Returns the two counts."""
+        from .journal import RECEIVED, WRITTEN
+
+        todo, unsent = self.journal.in_state(RECEIVED), self.journal.in_state(WRITTEN)
+        for e in todo:
+            self.enqueue(e.key)
+        for e in unsent:
+            if self.sender is not None:
+                self.sender.put(e.key)
+            else:
+                self.journal.written(e.key, str(e.result), done=True)
+        return len(todo), len(unsent)
+
+    def _run(self) -> None:
+        while True:
+            key = self.queue.get()
+            if key is None:
+                return
+            entry = self.journal.entry(key)
+            if entry is None or entry.state != "received":
+                continue
+            try:
+                self.process(entry)
+            except Exception as exc:  # one bad instance must not stop the service; it stays "received"
+                self.log(f"{key}: not answered ({type(exc).__name__}: {exc}); it is retried at the next start")
+
+    def classify(self, entry: Entry) -> tuple[dict[str, Any], np.ndarray | None]:
+        """The runner's record for one spooled file; an unreadable image becomes a refusal record."""
+        source = entry.origin.split(":", 1)[1] if entry.origin.startswith("inbox:") else entry.key
+        try:
+            pred, gate, gray = classify_path(self.clf, entry.spool, source)
+            rec = gated_record(pred, gate, self.top_k)
+        except ImageError as exc:
+            why = " ".join(str(exc).replace(entry.spool, source).split())
+            pred = refused_prediction(self.clf, source, Refusal("unreadable", f"image rejected: {why}"), {})
+            rec, gray = record(pred, self.top_k), None
+        rec.update(key=entry.key, origin=entry.origin, sha256=entry.sha256)
+        return rec, gray
+
+    def process(self, entry: Entry) -> None:
+        rec, gray = self.classify(entry)
+        result = self._write_result(entry, rec)
+        rec["result"] = os.path.basename(result)
+        self.journal.written(entry.key, result, done=self.sender is None or not result.endswith(".dcm"))
+        self.json_out(rec)
+        if rec.get("action") == "refuse":
+            self.log(f"{rec['file']}: {rec.get('decision')}")
+        for listener in self.listeners:
+            try:
+                listener(rec, gray)
+            except Exception as exc:  # a listener's bug is logged, never the service's end
+                self.log(f"listener {getattr(listener, '__name__', listener)!s} failed on {entry.key}: {type(exc).__name__}: {exc}")
+        if self.sender is not None and result.endswith(".dcm"):
+            self.sender.put(entry.key)
+        else:
+            self.remove_spool(entry.key)
+        self.processed += 1
+
+    def _write_result(self, entry: Entry, rec: dict[str, Any]) -> str:
+        """An SR where the source is DICOM with a readable header, else a JSON result."""
+        name = safe_name(entry.key.replace("file:", "file-"))
+        if is_dicom(entry.spool):
+            try:
+                ds = sr.build(read_header(entry.spool), rec, self.model)
+                path = os.path.join(self.outbox, f"{name}.sr.dcm")
+                sr.write_atomic(ds, path)
+                return path
+            except (ValueError, AttributeError, KeyError, TypeError) as exc:
+                self.log(f"{entry.key}: no SR (the source header lacks what an SR needs: {exc}); wrote a JSON result")
+                rec["sr_error"] = str(exc)
+        path = os.path.join(self.outbox, f"{name}.json")
+        write_durable(path, (json.dumps(rec, indent=1) + "\n").encode())
+        return path
+
+    def remove_spool(self, key: str) -> None:
+        entry = self.journal.entry(key)
+        if entry is not None and os.path.exists(entry.spool):
+            os.unlink(entry.spool)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once the queue is empty (tests and the benchmark; polling, no timed asserts)."""
+        end = time.time() + timeout
+        while time.time() < end:
+            if self.queue.empty():
+                return True
+            time.sleep(0.05)
+        return False
