@@ -54,11 +54,12 @@ class ServeProcess:
         if port is not None:
             args += ["--port", str(port)]
         folder.mkdir(parents=True, exist_ok=True)
+        self.log_start = self.err.stat().st_size if self.err.exists() else 0  # a restart appends to the same log
         with open(self.out, "ab") as out, open(self.err, "ab") as err:
             self.proc = subprocess.Popen(args, stdout=out, stderr=err, env={**os.environ, **(env or {})})
 
     def log(self) -> str:
-        return self.err.read_text(errors="replace")
+        return self.err.read_bytes().decode(errors="replace")
 
     def results(self) -> list[dict]:
         import json
@@ -66,7 +67,8 @@ class ServeProcess:
         return [json.loads(line) for line in self.out.read_text().splitlines() if line.strip()]
 
     def wait_ready(self, timeout: float = 180) -> None:
-        wait_for(lambda: "edgecxr-serve: ready" in self.log() or self.proc.poll() is not None, timeout, "serve to start")
+        wait_for(lambda: b"edgecxr-serve: ready" in self.err.read_bytes()[self.log_start:] or self.proc.poll() is not None, timeout,
+                 "serve to start")
         assert self.proc.poll() is None, f"serve exited {self.proc.returncode}:\n{self.log()[-3000:]}"
 
     def journal_counts(self) -> dict[str, int]:

@@ -39,10 +39,16 @@ def make_burst(folder: Path, n: int) -> dict[str, Path]:
     return out
 
 
-def referenced_uids(files: list[Path]) -> list[str]:
+def pacs_holdings(files: list[Path]) -> dict[str, str]:
+    """{SR SOP Instance UID: referenced source UID} over every file storescp wrote (+uf: one file per
+    C-STORE received, so an identical resend shows up as a second file with the same UID)."""
     from edgecxr.device.service.sr import read_back
 
-    return [read_back(str(f))["referenced_sop_instance_uid"] for f in files]
+    out = {}
+    for f in files:
+        back = read_back(str(f))
+        out[back["sop_instance_uid"]] = back["referenced_sop_instance_uid"]
+    return out
 
 
 def crash_run(tmp_path: Path, model: str, n: int, pacs_down: bool) -> dict:
@@ -71,16 +77,21 @@ def crash_run(tmp_path: Path, model: str, n: int, pacs_down: bool) -> dict:
     assert second.stop() == 0
     pacs.stop()
     files = pacs.files()
-    refs = referenced_uids(files)
-    return {"sent": n, "killed_at": killed_at, "srs": len(files), "refs": refs, "sent_uids": set(sent),
-            "log": first.log() + second.log()}
+    held = pacs_holdings(files)
+    return {"sent": n, "killed_at": killed_at, "stores": len(files), "srs": len(held), "refs": list(held.values()),
+            "sent_uids": set(sent), "log": first.log()}
 
 
 def _check_crash(r: dict, pacs_down: bool) -> None:
+    """Exactly one SR instance per source at the PACS, none answered twice. The SR in flight at the
+    SIGKILL (stored by the PACS, its ack not yet journaled) is sent again after the restart: the same
+    SOP Instance UID (derived from source and model), i.e. the same object, which a PACS keeps once."""
     dupes = len(r["refs"]) - len(set(r["refs"]))
-    print(f"CRASH sent {r['sent']}, journal at SIGKILL {r['killed_at']}, SRs at the PACS {r['srs']}, "
-          f"distinct sources {len(set(r['refs']))}, duplicates {dupes}, pacs_down={pacs_down}")
+    resends = r["stores"] - r["srs"]
+    print(f"CRASH pacs_down={pacs_down}: sent {r['sent']}, journal at SIGKILL {r['killed_at']}, SR instances at the PACS "
+          f"{r['srs']}, sources answered twice {dupes}, C-STOREs received {r['stores']} ({resends} identical resend)")
     assert r["srs"] == r["sent"] and dupes == 0 and set(r["refs"]) == r["sent_uids"]
+    assert resends <= 1  # one sender, one SR in flight at the kill
     assert "Traceback" not in r["log"]
     assert "resuming them" in r["log"]
     if pacs_down:
