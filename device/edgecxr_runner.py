@@ -274,10 +274,10 @@ def run_sustained_bench(clf: Classifier, a: argparse.Namespace, prepared: np.nda
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "serve":  # the clinic service has its own flags (device/service/cli.py)
-        from .service.cli import main as serve_main
+    if argv and argv[0] == "serve":  # the clinic service has its own flags (device/service/cli.py); trust and page: trust_commands.py
+        from .trust_commands import run_serve
 
-        return serve_main(argv[1:])
+        return run_serve(argv[1:])
     if argv and argv[0] in TRUST_COMMANDS:  # verify-audit, device-keygen, page (trust.py)
         return run_trust_command(argv)
     args = build_parser().parse_args(argv)

@@ -57,3 +57,39 @@ def run_trust_command(argv: Sequence[str]) -> int:
     except (SignatureError, AuditError, OSError) as exc:
         print(f"edgecxr-runner: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+
+
+def run_serve(argv: Sequence[str]) -> int:
+    """``serve`` with the trust options: the signature checked before the service opens the model,
+    then the audit log, the drift watch and (``--http``) the page added as the service's result listeners."""
+    from .service.cli import build_parser, log_line
+    from .service.cli import main as serve_main
+    from .trust import open_session
+
+    a, _unknown = build_parser().parse_known_args(argv)  # serve's own main reports what is wrong with the rest
+    try:
+        http = None
+        if a.http:
+            from .page.app import is_loopback
+            from .page.cli import parse_http
+
+            http = parse_http(a.http)
+            if not is_loopback(http[0]) and not a.token:
+                raise SignatureError(f"--http {a.http} is not localhost: give --token TOKEN (every request must then carry it)")
+        session = open_session(a)  # before serve opens the model
+    except (SignatureError, ValueError, OSError) as exc:
+        print(f"edgecxr-runner: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+
+    def configure(service: object) -> None:
+        session.attach(service.clf)
+        log_line(f"signature: {session.status}" + (f"; audit log {a.audit_log}" if a.audit_log else ""))
+        service.add_listener(session.listener)
+        if http is not None:
+            from .page.cli import start
+
+            state_dir = os.path.join(a.state or os.path.join(a.outbox, ".edgecxr-state"), "page")
+            _server, page = start(http[0], http[1], a.token, a.model, state_dir, session, a.trust, a.threads, log=log_line)
+            service.add_listener(page.listener)
+
+    return serve_main(argv, configure)

@@ -202,3 +202,44 @@ def test_a_real_browser_uploads_a_chest_xray_and_a_photo_and_reads_the_verdicts(
     keep = os.environ.get("EDGECXR_PAGE_SHOT")  # where to keep the screenshot (docs), if asked
     if keep:
         shutil.copyfile(shot, keep)
+
+
+def test_serve_with_trust_audit_log_and_the_page_as_listeners(signed_model, tmp_path):
+    """serve --inbox --trust --audit-log --http: a dropped image is answered, audited and shown on the page."""
+    pytest.importorskip("pynetdicom", reason="serve needs pynetdicom (install.sh --service)")
+    from serve_procs import ServeProcess, free_port, wait_for
+
+    from edgecxr.device.audit import device_keygen
+    from edgecxr.device.audit_verify import OK, verify_log
+
+    model, pub = signed_model
+    _priv, dev_pub = device_keygen(str(tmp_path / "state"))
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    port = free_port()
+    audit = tmp_path / "state" / "audit.log"
+    serve = ServeProcess(tmp_path / "svc", model, None, "--inbox", str(inbox), "--trust", pub, "--audit-log", str(audit),
+                         "--device-key", str(tmp_path / "state" / "device_ed25519.key"), "--http", f"127.0.0.1:{port}")
+    try:
+        serve.wait_ready()
+        (inbox / "chest.png").write_bytes(_png(200))
+        wait_for(lambda: len(serve.results()) == 1, 120, "one result")
+        page = Page.__new__(Page)
+        page.port = port
+        wait_for(lambda: '"source":"chest.png"' in page.request("GET", "/status.json")[1].replace(" ", ""), 60, "the page's listener")
+        status = json.loads(page.request("GET", "/status.json")[1])
+        assert status["model"]["signature"].startswith("signed") and status["decisions"][0]["origin"] == "service"
+    finally:
+        serve.stop()
+    log = serve.log()
+    assert "signature: signed, verified with key" in log and "page on http://127.0.0.1" in log
+    assert serve.results()[0]["signature"] == "signed"
+    rep = verify_log(str(audit), dev_pub)
+    assert rep.status == OK and rep.decisions == 1, rep.text()
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tmp_path / "model", tampered)
+    with open(tampered / "m.onnx", "ab") as fh:
+        fh.write(b"\0")
+    refused = subprocess.run([sys.executable, RUNNER, "serve", "--model", str(tampered / "m.onnx"), "--inbox", str(inbox),
+                              "--outbox", str(tmp_path / "o2"), "--trust", pub], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.startswith("edgecxr-runner: error: m.onnx: changed since it was signed"), refused.stderr

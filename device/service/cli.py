@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", help="runtime to open the model with (see edgecxr_runner.py --list-runtimes)")
     p.add_argument("--ignore-cpu-check", action="store_true", help="open a model even where its contract says this CPU computes it wrong")
     p.add_argument("--verbose", action="store_true", help="also show pynetdicom's own log")
+    p.add_argument("--http", metavar="HOST:PORT", help="also serve the clinic page here (device/page; a non-localhost address needs --token)")
+    p.add_argument("--token", help="--http: the token every request must carry (required on a non-localhost address)")
+    from ..trust import add_trust_arguments  # --trust, --audit-log, --device-key, --drift-window (wired in trust_commands.run_serve)
+
+    add_trust_arguments(p)
     return p
 
 
