@@ -13,7 +13,7 @@ h1{font-size:1.4em;margin:0 0 .3em} h2{font-size:1.1em;margin:1.2em 0 .4em}
 .ok{background:#eef8ee}.warn{background:#fff6e0}.bad{background:#fde8e8}.off{background:#f2f2f2}
 table{border-collapse:collapse;width:100%} td,th{border-bottom:1px solid #ddd;padding:.35em;vertical-align:top;text-align:left}
 .bar{background:#e6e6e6;width:14em;height:.9em;display:inline-block;vertical-align:middle}
-.bar span{display:block;height:100%;background:#3b7dd8} .act-refuse .bar span{background:#aaa} .p{display:inline-block;width:9em}
+.bar span{display:block;height:100%;background:#3b7dd8} .act-refuse .bar span{background:#aaa} .p{display:inline-block;width:13em}
 .answer{color:#1d6b1d;font-weight:600}.refer{color:#9a6700;font-weight:600}.refuse{color:#b42318;font-weight:600}
 img.thumb{width:96px;image-rendering:auto;background:#000}
 .small{color:#666;font-size:.85em}
