@@ -128,3 +128,26 @@ def test_runner_image_and_dir_apply_the_gate_to_dicom(export_dir, tmp_path):
     assert rows["pa.dcm"]["intended_use"]["status"] == ACCEPTED and rows["pa.dcm"]["probabilities"]
     assert rows["noview.dcm"]["intended_use"]["line"] == "intended use unverified: no ViewPosition"
     assert rows["noview.dcm"]["probabilities"] == rows["pa.dcm"]["probabilities"]  # the gate only adds refusals
+
+
+def test_calibrate_writes_the_intended_use_block_into_the_contract(trained_run, tmp_path):
+    import shutil
+
+    from helpers import run_cli
+
+    from edgecxr.decision_store import read_contract
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    rules = tmp_path / "iu.json"
+    rules.write_text(json.dumps({"rules": [{"field": "ViewPosition", "allowed": ["PA"]},
+                                           {"field": "PatientAge", "range": [16, 100]}]}))
+    run_cli("calibrate", str(run), "--intended-use", str(rules), "--coverage", "0.8", "--quiet")
+    block = read_contract(str(run / "best.pt")).decision["intended_use"]
+    assert block["rules"][0] == {"field": "ViewPosition", "allowed": ["PA"]} and block["schema"] == "edgecxr.intended_use/1"
+    run_cli("calibrate", str(run), "--coverage", "0.8", "--quiet")  # recalibrating keeps the block
+    assert read_contract(str(run / "best.pt")).decision["intended_use"] == block
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rules": [{"field": "ViewPosition"}]}))
+    proc = run_cli("calibrate", str(run), "--intended-use", str(bad), "--coverage", "0.8", "--quiet", check=False)
+    assert proc.returncode != 0 and "give 'allowed', 'regex' or 'range'" in proc.stderr and "Traceback" not in proc.stderr
