@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up the edgecxr device runner on a Raspberry Pi (64-bit Raspberry Pi OS bookworm).
 #
-#   bash install.sh [--venv DIR] [--onnx] [--openvino] [--ncnn] [--executorch] [--opencv] [--dicom] [--trust] [--page] [--legacy-tflite]
+#   bash install.sh [--venv DIR] [--onnx] [--openvino] [--ncnn] [--executorch] [--opencv] [--dicom] [--service] [--trust] [--page] [--legacy-tflite]
 #
 # Creates a virtual environment (default: ./venv next to this script) with numpy and
 # ai-edge-litert from requirements.txt, adds the optional packages asked for, and
@@ -13,6 +13,7 @@
 #   --executorch    running ExecuTorch .pte artifacts (pulls in torch: large on a Pi)
 #   --opencv        camera mode, JPEG/BMP input (PNG and the preprocessing work without it)
 #   --dicom         DICOM input
+#   --service       edgecxr_runner.py serve: DICOM network in, TID 1500 SR out
 #   --trust         signed models (--trust) and the signed audit log (--audit-log); makes the device key
 #   --page          the clinic's local page (page, serve --http)
 set -euo pipefail
@@ -29,10 +30,11 @@ while [ $# -gt 0 ]; do
     --executorch) EXTRAS+=(executorch torch); shift ;;
     --opencv) EXTRAS+=(opencv-python-headless); shift ;;
     --dicom) EXTRAS+=(pydicom); shift ;;
+    --service) EXTRAS+=(pydicom==3.0.2 pynetdicom==3.0.4 highdicom==0.28.2); shift ;;
     --trust) EXTRAS+=(cryptography==50.0.2); shift ;;
     --page) EXTRAS+=(starlette==1.10.0 uvicorn==0.55.0 python-multipart==0.0.34); shift ;;
     --legacy-tflite) LEGACY=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
