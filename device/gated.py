@@ -38,7 +38,7 @@ def is_dicom(path: str) -> bool:
 def refused_prediction(clf: Classifier, source: str, refusal: Refusal, timings: dict[str, float]) -> Prediction:
     """A result with no model run: NaN probabilities, the refusal as its verdict."""
     nan = np.full(len(clf.classes), np.nan)
-    return Prediction(source, clf.classes, nan, timings, refused(refusal, clf.classes))
+    return Prediction(source, clf.classes, nan, timings, refused(refusal, clf.classes), clf.signature)
 
 
 def _classify_file(clf: Classifier, path: str, source: str) -> tuple[Prediction, np.ndarray]:

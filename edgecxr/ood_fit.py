@@ -294,7 +294,8 @@ def refit_artifact_decision(path: str, threads: int | None = None, host_cpu: dic
             out.update({"ood_threshold_from_checkpoint": float(own["threshold"]), "ood_threshold": float(new_ood["threshold"]),
                         "ood_val_refused": float(new_ood["val_refused"])})
             block["ood"] = new_ood
-        attach_reference(backend, block)
+        if "ood" in block:  # refitted OOD cut: the drift watch's and sitecheck's reference under it, from this file
+            attach_reference(backend, block)
     except EdgecxrError:  # no split or images here: the checkpoint's numbers stay
         return None
     del backend
