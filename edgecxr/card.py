@@ -94,7 +94,9 @@ def gather(model: str, run_dir: str | None, ood_files: list[str] | None = None) 
             if data and "artifacts" in data:
                 inputs.convert_reports.append((path, data))
         if ood_files is None:
-            for path in sorted(glob.glob(os.path.join(folder, "**", "ood*.json"), recursive=True)):
+            found = glob.glob(os.path.join(folder, "**", "ood*.json"), recursive=True)
+            found += glob.glob(os.path.join(folder, "**", "decision_table*.json"), recursive=True)  # scripts/reproduce/decision_table.py
+            for path in sorted(found):
                 data = _read_json(path)
                 if data:
                     inputs.ood.append((path, data))

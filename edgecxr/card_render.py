@@ -164,22 +164,40 @@ def _numbers(obj: Any, prefix: str = "", depth: int = 0) -> list[str]:
 
 
 def ood_section(inp: CardInputs) -> list[str]:
-    lines = ["## Refusals: not a chest X-ray, unusable images", ""]
+    lines = ["## Refusals and referrals: not a chest X-ray, unfamiliar, uncertain, unusable", ""]
     block = inp.contract.decision or {}
-    lines.append(f"- OOD refusal in this model: {'yes' if block.get('ood') else 'no'}; image-quality refusal: "
-                 f"{'yes' if block.get('quality') else 'no'}")
+    lines.append(f"- 'not a chest X-ray' refusal in this model: {'yes' if block.get('ood') else 'no'}; 'unfamiliar image' "
+                 f"referral: {'yes' if block.get('unfamiliar') else 'no'}; image-quality refusal: {'yes' if block.get('quality') else 'no'}")
     if not inp.ood:
         return lines + ["- refusal rates: not measured (no ood*.json next to the run or the model); measure them with the "
                         "OOD evaluation (`scripts/reproduce/build_ood_set.py` builds the set; its evaluation command writes ood*.json), "
                         "or pass `--ood FILE` to `edgecxr card`", ""]
     for path, data in inp.ood:
         lines += ["", f"From `{_rel(path)}`" + (f" (command: `{data['command']}`)" if isinstance(data.get("command"), str) else "") + ":", ""]
+        if isinstance(data.get("results"), list) and data["results"] and "reason_kinds" in data:
+            lines += reasons_table(data)
+            continue
         if isinstance(data.get("results"), list) and data["results"]:
             lines += ood_eval_table(data)
             continue
         nums = _numbers(data)
         lines += [f"- {n}" for n in nums[:60]] + ([f"- ... {len(nums) - 60} more in the file"] if len(nums) > 60 else [])
     return lines + [""]
+
+
+def reasons_table(data: dict[str, Any]) -> list[str]:
+    """``scripts/reproduce/decision_table.py``'s report: per file and group of images, the share of each reason."""
+    kinds = data["reason_kinds"]
+    lines = ["| file | images | n | " + " | ".join(kinds) + " |", "|" + "---|" * (len(kinds) + 3)]
+    for r in data["results"]:
+        name = f"`{os.path.basename(str(r.get('model', '?')))}` ({r.get('runtime', '?')})"
+        for group, row in (r.get("groups") or {}).items():
+            lines.append(f"| {name} | {group} | {row.get('n', '?')} | " + " | ".join(
+                f"{100 * row[k]:.1f}%" if isinstance(row.get(k), float) else "-" for k in kinds) + " |")
+    cpu = data.get("cpu") or {}
+    if cpu:
+        lines += ["", f"CPU: {cpu.get('model', '?')} ({cpu.get('arch', '?')}; {' '.join(cpu.get('int8_features') or [])})."]
+    return lines
 
 
 def ood_eval_table(data: dict[str, Any]) -> list[str]:

@@ -12,27 +12,16 @@ energy, max-softmax and feature-space scores) are in docs/results/decision.md "R
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
 from edgecxr.device.ood import OOD_METHODS, QUALITY_DEFAULTS, ood_scores, quality_problem
 from edgecxr.errors import EdgecxrError
+from edgecxr.ood_cuts import DEFAULT_TPR, NOT_CXR_MARGIN, describe_cuts, fit_cuts, threshold_at_tpr
 
 DEFAULT_METHOD = "logit_mahalanobis"
-DEFAULT_TPR = 0.95
 DEFAULT_FIT_IMAGES = 900  # training images the class means and covariance are fitted on (stratified)
-
-
-def threshold_at_tpr(scores: np.ndarray, tpr: float = DEFAULT_TPR) -> float:
-    """The ``ceil((n + 1) * tpr)``-th smallest score (the largest where n is too small)."""
-    if not 0.0 < tpr < 1.0:
-        raise EdgecxrError(f"--ood-tpr must be between 0 and 1 (e.g. 0.95), got {tpr}")
-    s = np.sort(np.asarray(scores, dtype=np.float64))
-    if len(s) == 0:
-        raise EdgecxrError("the OOD threshold needs at least one validation image")
-    return float(s[min(len(s), math.ceil((len(s) + 1) * tpr)) - 1])
 
 
 def fit_logit_gaussians(logits: np.ndarray, y: np.ndarray, num_classes: int) -> dict[str, Any]:
@@ -187,12 +176,21 @@ def _threshold_on_val(backend: Any, index: Any, method: str, tpr: float) -> tupl
         val_problems += probs
     z_val = np.concatenate(zs)
     spec = fit_ood(np.zeros((0, contract.num_classes)), np.zeros(0, int), z_val, contract.num_classes, method, tpr)
-    return spec, val_problems
+    return spec, val_problems, z_val
+
+
+def two_cuts(spec: dict[str, Any], z_val: np.ndarray, margin: float | None = None) -> dict[str, Any]:
+    """``spec`` (one cut at its TPR) split into the not-a-CXR refusal and the unfamiliar referral
+    (``ood_cuts.fit_cuts``), provenance kept on both."""
+    cuts = fit_cuts(spec, z_val, float(spec.get("tpr", DEFAULT_TPR)), NOT_CXR_MARGIN if margin is None else margin)
+    keep = {k: v for k, v in spec.items() if k not in ("tpr", "val_refused", "threshold")}
+    return {"ood": {**keep, **cuts["ood"]}, "unfamiliar": {**keep, **cuts["unfamiliar"]}}
 
 
 def fit_refusals(path: str, backend: Any, data: str | None = None, split_csv: str | None = None, tpr: float = DEFAULT_TPR,
                  fit_images: int | None = None, progress: bool = False, echo: Any = print,
-                 method: str = "feature_mahalanobis", transform: str | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+                 method: str = "feature_mahalanobis", transform: str | None = None,
+                 margin: float | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """``({"ood": ..., "quality": ...}, head numbers or None)`` for the model at ``path``.
 
     A checkpoint: the feature-space head is fitted on its training images (all, or
@@ -229,7 +227,7 @@ def fit_refusals(path: str, backend: Any, data: str | None = None, split_csv: st
         echo(f"{path}: no OOD head in this file (it was converted from a checkpoint without one); only the quality checks "
              "are stored. Run `edgecxr calibrate` on the checkpoint and convert again to refuse non-CXR images")
         return {"quality": quality_block_counts(fit_problems)}, None
-    spec, val_problems = _threshold_on_val(backend, index, method, tpr)
+    spec, val_problems, z_val = _threshold_on_val(backend, index, method, tpr)
     spec.update({"n_fit": n_fit if numbers is not None else int(own.get("n_fit", 0)),
                  "fitted_with": f"{contract.format} {contract.precision}", "split": "val", "data_root": index.root})
     if numbers is not None:
@@ -237,7 +235,7 @@ def fit_refusals(path: str, backend: Any, data: str | None = None, split_csv: st
                      "features": numbers["transform"]})
     else:
         spec.update({k: own[k] for k in ("dims", "scale", "cap", "features") if k in own})
-    return {"ood": spec, "quality": quality_block_counts(fit_problems + val_problems)}, numbers
+    return {**two_cuts(spec, z_val, margin), "quality": quality_block_counts(fit_problems + val_problems)}, numbers
 
 
 def refit_artifact_decision(path: str, threads: int | None = None, host_cpu: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -287,13 +285,7 @@ def refit_artifact_decision(path: str, threads: int | None = None, host_cpu: dic
         if own.get("method") in ("feature_mahalanobis", "energy", "max_logit", "msp"):  # not: fitted on training logits
             if z_val is None:
                 z_val = validation_logits(backend)
-            k = contract.num_classes
-            spec = fit_ood(np.zeros((0, k)), np.zeros(0, int), z_val, k, own["method"], float(own.get("tpr", DEFAULT_TPR)))
-            new_ood = {**own, **{key: spec[key] for key in ("threshold", "n_threshold", "val_refused")},
-                       "fitted_with": f"{contract.format} {contract.precision}"}
-            out.update({"ood_threshold_from_checkpoint": float(own["threshold"]), "ood_threshold": float(new_ood["threshold"]),
-                        "ood_val_refused": float(new_ood["val_refused"])})
-            block["ood"] = new_ood
+            block.update(_refit_cuts(block, z_val, contract, out))
         if "ood" in block:  # refitted OOD cut: the drift watch's and sitecheck's reference under it, from this file
             attach_reference(backend, block)
     except EdgecxrError:  # no split or images here: the checkpoint's numbers stay
@@ -325,6 +317,28 @@ def attach_reference(backend: Any, block: dict[str, Any], data: str | None = Non
         backend.contract = old
 
 
+def _refit_cuts(block: dict[str, Any], z_val: np.ndarray, contract: Any, out: dict[str, Any]) -> dict[str, Any]:
+    """The file's own cuts on its validation outputs, by the rule its checkpoint's were fitted with:
+    two cuts (not a CXR, unfamiliar) where the block has both, else the one cut at its TPR (older models)."""
+    own, unfamiliar = block["ood"], block.get("unfamiliar")
+    fitted = {"fitted_with": f"{contract.format} {contract.precision}"}
+    k = contract.num_classes
+    if unfamiliar and "margin" in own:
+        spec = {**own, "tpr": float(unfamiliar.get("tpr", DEFAULT_TPR))}
+        new = two_cuts(spec, z_val, float(own["margin"]))
+        new = {key: {**v, **fitted} for key, v in new.items()}
+        out.update({"ood_threshold_from_checkpoint": float(own["threshold"]), "ood_threshold": new["ood"]["threshold"],
+                    "unfamiliar_threshold_from_checkpoint": float(unfamiliar["threshold"]),
+                    "unfamiliar_threshold": new["unfamiliar"]["threshold"], "unfamiliar_val_referred": new["unfamiliar"]["val_referred"],
+                    "ood_val_refused": new["ood"]["val_refused"]})
+        return new
+    spec = fit_ood(np.zeros((0, k)), np.zeros(0, int), z_val, k, own["method"], float(own.get("tpr", DEFAULT_TPR)))
+    new_ood = {**own, **{key: spec[key] for key in ("threshold", "n_threshold", "val_refused")}, **fitted}
+    out.update({"ood_threshold_from_checkpoint": float(own["threshold"]), "ood_threshold": float(new_ood["threshold"]),
+                "ood_val_refused": float(new_ood["val_refused"])})
+    return {"ood": new_ood}
+
+
 def quality_block_counts(problems: list[str]) -> dict[str, Any]:
     """The quality block with how many of the fit's real CXRs each check refused."""
     block: dict[str, Any] = dict(QUALITY_DEFAULTS)
@@ -340,7 +354,9 @@ def quality_block_counts(problems: list[str]) -> dict[str, Any]:
 def describe_refusals(blocks: dict[str, Any]) -> str:
     q = blocks["quality"].get("checked_on")
     lines = []
-    if "ood" in blocks:
+    if "unfamiliar" in blocks:
+        lines += describe_cuts(blocks)
+    elif "ood" in blocks:
         o = blocks["ood"]
         lines.append(f"OOD refusal {o['method']}: threshold {o['threshold']:.4f} at {o['tpr']:.0%} TPR on {o['n_threshold']} "
                      f"validation images ({o['val_refused']:.1%} of them refused)")

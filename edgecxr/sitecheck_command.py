@@ -21,8 +21,9 @@ _DEFAULTS = Rules()
                                              "adds accuracy, sensitivity per class and a refit of T and qhat on the site.")
 @click.option("--out", type=click.Path(file_okay=False), help="Folder for sitecheck.json and sitecheck.md "
                                                              "(default: beside the model, sitecheck_<site folder name>/).")
-@click.option("--stamp", is_flag=True, help="With --labels: write the site's T and qhat and their provenance into MODEL's "
-                                            "contract (decision.site); the runner then applies them.")
+@click.option("--stamp", is_flag=True, help="With --labels: write the site's T, qhat and OOD cuts (unfamiliar; not a chest "
+                                            "X-ray, raised only) and their provenance into MODEL's contract (decision.site); "
+                                            "the runner then applies them.")
 @click.option("--coverage", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="With --labels: conformal coverage of the site's refitted qhat (default: the model's own).")
 @click.option("--reference-data", type=click.Path(file_okay=False),
@@ -62,13 +63,13 @@ def sitecheck_command(model: str, site_dir: str, labels: bool, out: str | None, 
     """
     from edgecxr.atomic import write_json, write_text
     from edgecxr.decision_store import resolve_model
+    from edgecxr.device.site_rules import judge
     from edgecxr.errors import EdgecxrError
     from edgecxr.runtime import is_checkpoint, open_model
     from edgecxr.sitecheck import load_site, measure
     from edgecxr.sitecheck_reference import resolve_reference
     from edgecxr.sitecheck_refit import refit
     from edgecxr.sitecheck_report import as_jsonable, json_report, markdown
-    from edgecxr.device.site_rules import judge
 
     if stamp and not labels:
         raise EdgecxrError("--stamp writes T and qhat refitted on labelled images: add --labels (one subfolder per class)")
@@ -127,7 +128,8 @@ def _stamp_site(path: str, contract: Any, site: Any, ref: Any, m: dict[str, Any]
     block = site_block(site, m, refitted, judgement)
     write_stamp(path, block, ref.compact(f"{contract.format} {contract.precision}", contract.decision))
     t = _g(block["temperature"]) if "temperature" in block else "unchanged (the model's)"
-    line = (f"stamped site {block['name']} into {path}: T {t}, qhat {_g(block['conformal']['qhat'])}"
+    cuts = "".join(f", {k} cut {_g(block[k]['threshold'])}" for k in ("unfamiliar", "ood") if block.get(k))
+    line = (f"stamped site {block['name']} into {path}: T {t}, qhat {_g(block['conformal']['qhat'])}{cuts}"
             + (" (verdict NO-GO: the runner applies these numbers anyway)" if judgement["verdict"] == NO_GO else ""))
     return block, line
 

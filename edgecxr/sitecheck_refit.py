@@ -1,4 +1,4 @@
-"""A site's own temperature and conformal threshold, and the ``site`` block that carries them.
+"""A site's own temperature, conformal threshold and OOD cuts, and the ``site`` block that carries them.
 
 Refitted on the site's labelled images that reach the conformal step on the device
 (not refused), with the very functions ``edgecxr calibrate`` uses on the validation
@@ -59,7 +59,29 @@ def refit(m: dict[str, Any], block: dict[str, Any] | None, coverage: float | Non
                       f"(needs {math.ceil(coverage / (1 - coverage))}); add labelled images or pass a lower --coverage")
         return out
     out["conformal"] = fit_conformal(calibrated_probabilities(z, {"temperature": t}), y, coverage, method)
+    out.update(refit_cuts(m, block))
     return out
+
+
+def refit_cuts(m: dict[str, Any], block: dict[str, Any]) -> dict[str, Any]:
+    """The two OOD cuts on the site's own labelled radiographs (every image the quality checks pass),
+    by the rule the model's were fitted with (``ood_cuts.fit_cuts``): the site's CXRs are, by their
+    labels, chest X-rays and familiar there. The device never lowers the not-a-CXR cut below the
+    model's (``decision.in_force``); a model fitted with one cut (no ``unfamiliar`` block) gets none."""
+    from edgecxr.errors import EdgecxrError
+    from edgecxr.ood_cuts import DEFAULT_TPR, fit_cuts
+
+    own, unfamiliar = block.get("ood") or {}, block.get("unfamiliar") or {}
+    if not unfamiliar or "margin" not in own:
+        return {}
+    ran = np.array([a["reason_kind"] != "quality" for a in m["verdicts"]], dtype=bool)
+    try:
+        cuts = fit_cuts({**own}, m["logits"][ran], float(unfamiliar.get("tpr", DEFAULT_TPR)), float(own["margin"]))
+    except EdgecxrError as exc:
+        return {"cuts_why": str(exc)}
+    return {"ood": {"threshold": cuts["ood"]["threshold"], "model_threshold": float(own["threshold"])},
+            "unfamiliar": {"threshold": cuts["unfamiliar"]["threshold"], "model_threshold": float(unfamiliar["threshold"]),
+                           "tpr": cuts["unfamiliar"]["tpr"], "n": cuts["unfamiliar"]["n_threshold"]}}
 
 
 def files_sha256(files: list[str]) -> str:
@@ -87,6 +109,9 @@ def site_block(site: Any, m: dict[str, Any], refitted: dict[str, Any], judgement
     if refitted.get("conformal"):
         conf = refitted["conformal"]
         out["conformal"] = {"method": conf["method"], "coverage": conf["coverage"], "qhat": conf["qhat"], "n": conf["n"]}
+    for key in ("ood", "unfamiliar"):  # the two OOD cuts, refitted on the site's own radiographs
+        if refitted.get(key):
+            out[key] = {"threshold": float(refitted[key]["threshold"])}
     return out
 
 

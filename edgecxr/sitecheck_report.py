@@ -58,6 +58,11 @@ def sections(m: dict[str, Any], refitted: dict[str, Any] | None) -> list[tuple[s
                  _num(refitted.get("temperature")) if refitted.get("temperature") else refitted.get("temperature_kept", "-")]]
         conf = refitted.get("conformal")
         rows.append(["conformal qhat", _num(refitted.get("model_qhat")), _num(conf["qhat"]) if conf else f"not refitted: {refitted.get('why')}"])
+        for key, what in (("unfamiliar", "unfamiliar-image cut (refer above)"), ("ood", "not-a-CXR cut (refuse above)")):
+            if refitted.get(key):
+                rows.append([what, _num(refitted[key]["model_threshold"]), _num(refitted[key]["threshold"])
+                             + (" (the device keeps the model's: never lowered)" if key == "ood" and
+                                refitted[key]["threshold"] < refitted[key]["model_threshold"] else "")])
         if "model_coverage_on_site" in refitted:
             rows.append(["coverage on these images", _pct(refitted["model_coverage_on_site"]), _pct(conf["coverage"]) + " (target)" if conf else "-"])
         out.append((f"Refit on the {refitted['n']} labelled images the runner does not refuse", ["", "model", "site"], rows))
