@@ -28,12 +28,14 @@ import os
 import time
 from typing import Any
 
+from .signature import TrustError
+
 CHECKPOINT_EVERY = 100
 FP_HEX = 16  # fingerprint length in a checkpoint: 64 bits of the line's sha256
 KEY_NAME = "device_ed25519"
 
 
-class AuditError(ValueError):
+class AuditError(TrustError):
     """The audit log or the device key cannot be used: one line."""
 
 
@@ -104,6 +106,10 @@ def key_id(public_key: Any) -> str:
 
 def load_public_key(path: str) -> Any:
     return _load_key(path, private=False)
+
+
+def load_private_key(path: str) -> Any:
+    return _load_key(path, private=True)
 
 
 def checkpoint_valid(obj: dict[str, Any], public_key: Any) -> bool:

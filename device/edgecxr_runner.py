@@ -56,7 +56,7 @@ from .latency import latency_record, summarize, time_invocations
 from .runner_io import emit, warn, write_csv
 from .runtime_help import list_runtimes_lines, model_help, runtime_help
 from .selftest import run_selftest, selftest_line
-from .signature import SignatureError
+from .signature import TrustError
 from .sysinfo import device_info, device_string
 from .trust import TrustSession, add_trust_arguments, open_session
 from .trust_commands import TRUST_COMMANDS, run_trust_command
@@ -324,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warn(f"{why}: {counts['read']} frames read, {counts['classified']} classified ({rate:.1f}/s), "
              f"{counts['dropped']} dropped, {counts['bad']} bad")
         return 0
-    except (RunnerError, ImageError, ModelLoadError, ContractError, CameraError, DecisionError, SignatureError) as exc:
+    except (RunnerError, ImageError, ModelLoadError, ContractError, CameraError, DecisionError, TrustError) as exc:
         print(f"edgecxr-runner: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # `... | head`: the reader left; stop quietly like other Unix tools

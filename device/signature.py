@@ -30,7 +30,11 @@ KEY_SUFFIXES = (".pub", ".pem")
 UNSIGNED = "unsigned"
 
 
-class SignatureError(ValueError):
+class TrustError(ValueError):
+    """A signature, key or audit log problem the user can fix: one line (the runner exits 2)."""
+
+
+class SignatureError(TrustError):
     """The model does not match its signature, or cannot be checked: one line naming why."""
 
 

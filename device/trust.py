@@ -2,10 +2,10 @@
 audit trail) and the drift watch (the ``verify-audit``, ``device-keygen`` and ``page`` commands
 are in ``trust_commands.py``).
 
-Kept out of ``edgecxr_runner.py`` so the runner only calls three things: :func:`add_trust_arguments`,
-:class:`TrustSession` (verify before opening, then observe every
-result) and its ``close``. ``serve`` plugs the same pieces in as result listeners
-(``listener(record, gray)``). Nothing here imports ``cryptography`` unless a key is used, so a
+Kept out of ``edgecxr_runner.py`` so the runner only calls :func:`add_trust_arguments` and
+:class:`TrustSession` (verify before opening, then :meth:`~TrustSession.listener` for every result).
+``serve`` and the page plug the same listener in (``listener(record, gray)``), from their own
+threads, so it holds a lock. Nothing here imports ``cryptography`` unless a key is used, so a
 runner started without these options needs numpy and an interpreter alone, as before.
 """
 from __future__ import annotations
@@ -14,11 +14,12 @@ import argparse
 import atexit
 import os
 import sys
+import threading
 from typing import Any
 
 import numpy as np
 
-from .signature import UNSIGNED, SignatureError, sha256_file, verify_model
+from .signature import UNSIGNED, TrustError, sha256_file, verify_model
 
 
 def add_trust_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,11 +50,18 @@ class TrustSession:
     def __init__(self, model: str, trust: str | None, audit_log: str | None = None, device_key: str | None = None,
                  drift_window: int = 200, warn: Any = None) -> None:
         if drift_window < 10:
-            raise SignatureError("--drift-window must be at least 10 images")
+            raise TrustError("--drift-window must be at least 10 images")
         self.model, self.trust = model, trust
-        self.status, digests = signature_status(model, trust)  # before anything opens the model
-        self.model_sha256 = digests.get(os.path.basename(model)) or sha256_file(model)
-        self.audit_path, self.device_key, self.drift_window = audit_log, device_key, drift_window
+        self.status, self._digests = signature_status(model, trust)  # before anything opens the model
+        self.device_key = device_key or (os.path.join(os.path.dirname(os.path.abspath(audit_log)), "device_ed25519.key")
+                                         if audit_log else None)
+        if audit_log:
+            from .audit import load_private_key
+
+            load_private_key(self.device_key)  # a missing or wrong device key: one line now, not after the model is open
+        self.model_sha256 = ""
+        self.lock = threading.Lock()
+        self.audit_path, self.drift_window = audit_log, drift_window
         self.audit: Any = None
         self.runtime = ""
         self.drift: Any = None
@@ -73,8 +81,8 @@ class TrustSession:
         if self.audit_path:
             from .audit import AuditLog
 
-            key = self.device_key or os.path.join(os.path.dirname(os.path.abspath(self.audit_path)), "device_ed25519.key")
-            self.audit = AuditLog(self.audit_path, key, {"model": os.path.basename(b.path), "model_sha256": self.model_sha256,
+            self.model_sha256 = self._digests.get(os.path.basename(self.model)) or sha256_file(self.model)
+            self.audit = AuditLog(self.audit_path, self.device_key, {"model": os.path.basename(b.path), "model_sha256": self.model_sha256,
                                                           "signature": self.status, "runtime": b.runtime})
             atexit.register(self.close)  # the closing checkpoint, however the process ends short of a kill
         self.drift = DriftWatch.for_contract(b.contract, window=self.drift_window)
@@ -86,21 +94,22 @@ class TrustSession:
 
     def listener(self, rec: dict[str, Any], gray: np.ndarray | None = None, path: str | None = None) -> None:
         """What serve calls for every result (and the runner for --image/--dir): audit line, then drift."""
-        if self.audit is not None:
-            from .audit import decision_event
+        with self.lock:
+            if self.audit is not None:
+                from .audit import decision_event
 
-            self.audit.append(decision_event(rec, self.model_sha256, self.status, self.runtime, path))
-        if self.drift is not None:
-            event = self.drift.update(rec)
+                self.audit.append(decision_event(rec, self.model_sha256, self.status, self.runtime, path))
+            event = self.drift.update(rec) if self.drift is not None else None
             if event is not None:
                 self.warn(event["line"])
                 if self.audit is not None:
                     self.audit.append({**event, "kind": "drift"})
 
     def close(self) -> None:
-        if self.audit is not None:
-            self.audit.close()
-            self.audit = None
+        with self.lock:
+            if self.audit is not None:
+                self.audit.close()
+                self.audit = None
 
 
 def open_session(a: argparse.Namespace) -> TrustSession:

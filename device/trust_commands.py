@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .signature import SignatureError
+from .signature import TrustError
 
 TRUST_COMMANDS = ("verify-audit", "device-keygen", "page")
 
@@ -22,7 +22,7 @@ def _verify_audit(argv: Sequence[str]) -> int:
     p.add_argument("--trust", required=True, metavar="DEVICE_PUBKEY", help="the device's device_ed25519.pub")
     a = p.parse_args(argv)
     if not os.path.isfile(a.log):
-        raise SignatureError(f"{a.log}: no such audit log")
+        raise TrustError(f"{a.log}: no such audit log")
     rep = verify_log(a.log, a.trust)
     for line in rep.text():
         print(line)
@@ -43,8 +43,6 @@ def _device_keygen(argv: Sequence[str]) -> int:
 
 def run_trust_command(argv: Sequence[str]) -> int:
     """``verify-audit``, ``device-keygen`` or ``page``; one line and exit 2 for what the user can fix."""
-    from .audit import AuditError
-
     name, rest = argv[0], list(argv[1:])
     try:
         if name == "verify-audit":
@@ -54,7 +52,7 @@ def run_trust_command(argv: Sequence[str]) -> int:
         from .page.cli import main as page_main
 
         return page_main(rest)
-    except (SignatureError, AuditError, OSError) as exc:
+    except (TrustError, OSError) as exc:
         print(f"edgecxr-runner: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
 
@@ -75,9 +73,9 @@ def run_serve(argv: Sequence[str]) -> int:
 
             http = parse_http(a.http)
             if not is_loopback(http[0]) and not a.token:
-                raise SignatureError(f"--http {a.http} is not localhost: give --token TOKEN (every request must then carry it)")
+                raise TrustError(f"--http {a.http} is not localhost: give --token TOKEN (every request must then carry it)")
         session = open_session(a)  # before serve opens the model
-    except (SignatureError, ValueError, OSError) as exc:
+    except (ValueError, OSError) as exc:  # TrustError included
         print(f"edgecxr-runner: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
 

@@ -229,7 +229,8 @@ def test_labels_stamp_writes_a_site_block_the_runner_applies_and_the_selftest_st
     assert s["n_per_class"] == {"Normal": 33, "Opacity_Diffuse": 30, "Opacity_Focal": 27} and s["verdict"] == report["verdict"]
     assert s["date"] and s["tool"].startswith("edgecxr ") and s["replaces"]["qhat"] == before["conformal"]["qhat"]
     assert s["temperature"] > 1.0 and s["conformal"]["qhat"] > before["conformal"]["qhat"]  # three errors: softer, wider sets
-    assert {k: block[k] for k in before} == before  # the model's own numbers stay beside the site's
+    own = [k for k in before if k != "reference"]  # the validation reference is re-measured through this file by --stamp
+    assert {k: block[k] for k in own} == {k: before[k] for k in own}  # the model's own numbers stay beside the site's
     assert f"stamped site clinic_a into {onnx}" in output
 
     # the device: the bare runner (numpy + onnxruntime) applies the site's T and qhat; the golden vectors still pass
