@@ -66,7 +66,7 @@ def write_csv(path: str, classes: Iterable[str], rows: list[dict[str, Any]]) -> 
     half-written CSV never appears. Skipped files keep their reason in ``error``."""
     classes = list(classes)
     fields = ["file", "label", *[f"p_{c}" for c in classes], "action", "reason", "prediction_set", "latency_ms", "decode_ms",
-              "preprocess_ms", "error"]
+              "preprocess_ms", "error", "signature"]
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=folder)
@@ -85,7 +85,8 @@ def write_csv(path: str, classes: Iterable[str], rows: list[dict[str, Any]]) -> 
                                  "action": r.get("action", ""), "reason": r.get("reason", ""),
                                  "prediction_set": " ".join(r.get("prediction_set", [])),
                                  "latency_ms": f"{r['latency_ms']:.4f}", "decode_ms": f"{t.get('decode_ms', 0):.4f}",
-                                 "preprocess_ms": f"{t.get('preprocess_ms', 0) + t.get('quantize_ms', 0):.4f}", "error": ""})
+                                 "preprocess_ms": f"{t.get('preprocess_ms', 0) + t.get('quantize_ms', 0):.4f}", "error": "",
+                                 "signature": r.get("signature", "")})
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

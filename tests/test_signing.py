@@ -4,6 +4,7 @@ refusing a model whose files changed before it opens it. Offline throughout."""
 from __future__ import annotations
 
 import base64
+import csv
 import json
 import os
 import shutil
@@ -169,6 +170,8 @@ def test_without_trust_the_header_and_every_result_say_unsigned(tmp_path):
     assert text.returncode == 0, text.stderr
     header, *lines = text.stdout.strip().splitlines()
     assert header.endswith("signature: unsigned") and len(lines) == 2 and all(x.endswith("  unsigned") for x in lines)
+    with open(tmp_path / "p.csv", newline="") as fh:
+        assert [r["signature"] for r in csv.DictReader(fh)] == ["unsigned", "unsigned"]
     js = _runner("--model", model, "--image", str(tmp_path / "a.png"), "--json")
     assert json.loads(js.stdout)["signature"] == "unsigned"
 
