@@ -48,12 +48,11 @@ from .camera import CameraError, open_capture, run_camera
 from .classify import Classifier
 from .contract import ContractError
 from .decision import DecisionError
-from .decision import summary as decision_summary
 from .formats import RUNTIMES, model_suffixes
 from .gated import classify_path, gated_record, gated_text
 from .image_io import ImageError, is_image_file, load_gray
 from .latency import latency_record, summarize, time_invocations
-from .runner_io import emit, warn, write_csv
+from .runner_io import describe, emit, warn, write_csv
 from .runtime_help import list_runtimes_lines, model_help, runtime_help
 from .selftest import run_selftest, selftest_line
 from .signature import TrustError
@@ -135,14 +134,6 @@ def _check_args(a: argparse.Namespace) -> None:
         raise RunnerError("--bench times a still image; use it with --image, --dir or alone, not --camera")
     if a.csv and not a.dir:
         raise RunnerError("--csv is for --dir")
-
-
-def describe(clf: Classifier) -> str:
-    b, c = clf.backend, clf.backend.contract
-    shape = "x".join(str(v) for v in b.input_shape)
-    line = (f"model {os.path.basename(b.path)}: {c.arch} {b.format} {c.precision}, {len(clf.classes)} classes, "
-            f"input {shape} {b.input_dtype} {b.layout}, runtime {b.runtime}")
-    return f"{line}; {decision_summary(c.decision)}" if c.decision else line
 
 
 def _list_images(folder: str) -> tuple[list[str], int]:

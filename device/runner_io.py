@@ -12,7 +12,17 @@ import sys
 import tempfile
 from typing import IO, Any, Iterable
 
-from .classify import Prediction
+from .classify import Classifier, Prediction
+from .decision import summary as decision_summary
+
+
+def describe(clf: Classifier) -> str:
+    """The header line: model, format, precision, tensors, runtime, decision (serve logs it too)."""
+    b, c = clf.backend, clf.backend.contract
+    shape = "x".join(str(v) for v in b.input_shape)
+    line = (f"model {os.path.basename(b.path)}: {c.arch} {b.format} {c.precision}, {len(clf.classes)} classes, "
+            f"input {shape} {b.input_dtype} {b.layout}, runtime {b.runtime}")
+    return f"{line}; {decision_summary(c.decision)}" if c.decision else line
 
 
 def record(pred: Prediction, top_k: int) -> dict[str, Any]:

@@ -93,7 +93,7 @@ def open_classifier(a: argparse.Namespace) -> Any:
     """The model, opened exactly as the runner opens it, and its self-test."""
     from ..backends import open_backend
     from ..classify import Classifier
-    from ..edgecxr_runner import describe
+    from ..runner_io import describe
     from ..selftest import run_selftest, selftest_line
 
     clf = Classifier(open_backend(a.model, a.threads, require_contract=True, check_cpu=not a.ignore_cpu_check,
