@@ -13,7 +13,7 @@
 #   --executorch    running ExecuTorch .pte artifacts (pulls in torch: large on a Pi)
 #   --opencv        camera mode, JPEG/BMP input (PNG and the preprocessing work without it)
 #   --dicom         DICOM input
-#   --service       edgecxr_runner.py serve: DICOM network in, TID 1500 SR out
+#   --service       edgecxr_runner.py serve: DICOM network in, TID 1500 SR out, the --http page
 #   --trust         signed models (--trust) and the signed audit log (--audit-log); makes the device key
 #   --page          the clinic's local page (page, serve --http)
 set -euo pipefail
@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
     --executorch) EXTRAS+=(executorch torch); shift ;;
     --opencv) EXTRAS+=(opencv-python-headless); shift ;;
     --dicom) EXTRAS+=(pydicom); shift ;;
-    --service) EXTRAS+=(pydicom==3.0.2 pynetdicom==3.0.4 highdicom==0.28.2); shift ;;
+    --service) EXTRAS+=(pydicom==3.0.2 pynetdicom==3.0.4 highdicom==0.28.2 starlette==1.10.0 uvicorn==0.55.0 python-multipart==0.0.34); shift ;;
     --trust) EXTRAS+=(cryptography==50.0.2); shift ;;
     --page) EXTRAS+=(starlette==1.10.0 uvicorn==0.55.0 python-multipart==0.0.34); shift ;;
     --legacy-tflite) LEGACY=1; shift ;;

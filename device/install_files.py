@@ -23,7 +23,8 @@ REQUIRED = ("numpy==2.4.6", "ai-edge-litert==2.3.0")
 INPUT_EXTRAS = (
     ("--opencv", "opencv-python-headless", "camera mode, JPEG/BMP input (PNG and the preprocessing work without it)"),
     ("--dicom", "pydicom", "DICOM input"),
-    ("--service", "pydicom==3.0.2 pynetdicom==3.0.4 highdicom==0.28.2", "edgecxr_runner.py serve: DICOM network in, TID 1500 SR out"),
+    ("--service", "pydicom==3.0.2 pynetdicom==3.0.4 highdicom==0.28.2 starlette==1.10.0 uvicorn==0.55.0 python-multipart==0.0.34",
+     "edgecxr_runner.py serve: DICOM network in, TID 1500 SR out, the --http page"),
     ("--trust", "cryptography==50.0.2", "signed models (--trust) and the signed audit log (--audit-log); makes the device key"),
     ("--page", "starlette==1.10.0 uvicorn==0.55.0 python-multipart==0.0.34", "the clinic's local page (page, serve --http)"),
 )
