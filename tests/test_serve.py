@@ -275,8 +275,8 @@ def test_full_spool_answers_out_of_resources_and_keeps_nothing_it_did_not_store(
     shutil.rmtree(spool)
     spool.write_text("a file where the spool folder was: every write fails, as on a full disk\n")
     src = write(make_dataset(synthetic_gray(2, 48)), tmp_path / "x.dcm")
-    r = storescu(port, [src])
-    assert "Out of Resources" in r.stdout + r.stderr or "A700" in (r.stdout + r.stderr).upper(), r.stdout + r.stderr
+    r = storescu(port, [src], "-v")
+    assert "Received Store Response (Refused: OutOfResources)" in r.stdout + r.stderr, r.stdout + r.stderr
     spool.unlink()
     spool.mkdir()
     r = storescu(port, [src])

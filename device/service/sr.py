@@ -13,15 +13,16 @@ Needs highdicom (``install.sh --service``).
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 from typing import Any
 
 import highdicom as hd
 from highdicom.sr import CodedConcept
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
 SCHEME = "99EDGECXR"  # private coding scheme for the classes and the action (dciodvfy: a warning, not an error)
 UMLS_QUALITATIVE = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
@@ -29,6 +30,9 @@ ACTION = CodedConcept("ACTION", SCHEME, "edgecxr action")
 NO_UNITS = CodedConcept("1", "UCUM", "no units")
 PROCEDURE = CodedConcept("363679005", "SCT", "Imaging procedure")
 SERIES_NUMBER = 9901
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "StudyDate", "StudyTime",
+                 "ReferringPhysicianName", "StudyID", "AccessionNumber")  # Type 2 where absent: written empty
 
 
 def _code(value: str, meaning: str | None = None) -> CodedConcept:
@@ -71,7 +75,7 @@ def reason_text(rec: dict[str, Any]) -> str:
     return "; ".join(p for p in parts if p)[:1024]
 
 
-def build(source: Dataset, rec: dict[str, Any], model: dict[str, Any]) -> hd.sr.Comprehensive3DSR:
+def build(source: Dataset, rec: dict[str, Any], model: dict[str, Any]) -> Dataset:
     """The SR for one source image (``source``: its header; pixels are not needed)."""
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(entropy_srcs=["track", source.SOPInstanceUID]),
@@ -88,35 +92,44 @@ def build(source: Dataset, rec: dict[str, Any], model: dict[str, Any]) -> hd.sr.
     report = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(observer_person_context=None,
                                                                                  observer_device_context=observer),
                                      procedure_reported=PROCEDURE, imaging_measurements=[group])
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=[_known_class(source)], content=report, series_number=SERIES_NUMBER,
-        series_instance_uid=generate_uid(entropy_srcs=["series", source.StudyInstanceUID, model["model_sha256"]]),
-        sop_instance_uid=sr_uid(source.SOPInstanceUID, model["model_sha256"]), instance_number=1,
-        manufacturer="edgecxr", series_description="edgecxr classification", is_complete=True, is_final=False,
-        is_verified=False, institution_name=getattr(source, "InstitutionName", None))
-    for kind in ("CurrentRequestedProcedureEvidenceSequence", "PertinentOtherEvidenceSequence"):
-        for study in sr.get(kind, []):
-            for series in study.ReferencedSeriesSequence:
-                for ref in series.ReferencedSOPSequence:
-                    ref.ReferencedSOPClassUID = source.SOPClassUID  # the real class, also where _known_class stood in
-    return sr
+    return document(source, report, sr_uid(source.SOPInstanceUID, model["model_sha256"]),
+                    generate_uid(entropy_srcs=["series", source.StudyInstanceUID, model["model_sha256"]]))
 
 
-def _known_class(source: Dataset) -> Dataset:
-    """highdicom copies the patient and study modules by the source's IOD, so a storage class it
-    does not know (refused, but still answered with an SR) is presented as Secondary Capture for
-    that copy only; :func:`build` puts the real class back into the evidence."""
-    from highdicom._standard_utils import get_sop_class_iod_map  # the map highdicom's copy looks classes up in
-
-    if source.SOPClassUID in get_sop_class_iod_map():
-        return source
-    proxy = Dataset()
-    for elem in source:  # new dataset, shared elements except the class, which gets a new one
-        if elem.keyword not in ("SOPClassUID", "PixelData"):
-            proxy.add(elem)
-    proxy.file_meta = getattr(source, "file_meta", Dataset())
-    proxy.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    return proxy
+def document(source: Dataset, report: Any, sop_uid: str, series_uid: str) -> Dataset:
+    """The SR document around highdicom's content tree, assembled here: what
+    ``hd.sr.Comprehensive3DSR`` writes (patient and study copied from the source, an SR series,
+    the evidence, the flags), without its deep copies of the tree, which took 30-130 ms per image
+    on a loaded 2-core machine against 5-12 ms for the content itself. Every SR is still checked
+    by dciodvfy and DicomSRValidator in the tests."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = COMPREHENSIVE_3D_SR
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = sop_uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    now = datetime.datetime.now()
+    ds.InstanceCreationDate = ds.ContentDate = now.strftime("%Y%m%d")
+    ds.InstanceCreationTime = ds.ContentTime = now.strftime("%H%M%S.%f")
+    ds.StudyInstanceUID = source.StudyInstanceUID  # required: without it there is no study to answer in (JSON result)
+    for kw in PATIENT_STUDY:
+        setattr(ds, kw, source.get(kw, ""))
+    if source.get("InstitutionName"):
+        ds.InstitutionName = source.InstitutionName
+    ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = "SR", series_uid, SERIES_NUMBER, 1
+    ds.SeriesDescription, ds.Manufacturer = "edgecxr classification", "edgecxr"
+    ds.ReferencedPerformedProcedureStepSequence, ds.PerformedProcedureCodeSequence = [], []
+    ds.CompletionFlag, ds.VerificationFlag, ds.PreliminaryFlag = "COMPLETE", "UNVERIFIED", "PRELIMINARY"
+    ref = Dataset()
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
+    series = Dataset()
+    series.SeriesInstanceUID, series.ReferencedSOPSequence = source.SeriesInstanceUID, [ref]
+    study = Dataset()
+    study.StudyInstanceUID, study.ReferencedSeriesSequence = source.StudyInstanceUID, [series]
+    ds.CurrentRequestedProcedureEvidenceSequence = [study]
+    for elem in report[0]:  # the root CONTAINER's attributes are the document's own
+        ds.add(elem)
+    return ds
 
 
 def write_atomic(ds: Dataset, path: str) -> None:

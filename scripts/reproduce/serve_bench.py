@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""How fast is ``edgecxr_runner.py serve`` against ``--dir`` on the same images, in the same run?
+
+    .venv/bin/python scripts/reproduce/serve_bench.py --model runs/X/export/mobilenet_v2_int8.tflite \\
+        [--images ../shared/data/covid-radiography] [--n 1000] [--associations 1 4]
+
+Makes N DX PA adult DICOM files from the CXR PNGs (synthetic images where the folder is absent),
+then (1) runs the runner with ``--dir`` on them and (2) for each association count starts the
+service on 127.0.0.1, sends the N files with that many concurrent dcmtk ``storescu`` processes
+and waits until the journal says every instance is answered (SR written and fsynced; no PACS,
+so the numbers are the service's own). Prints a table: throughput (images/s), receipt-to-SR
+latency p50/p90/p99 (from the journal: receipt = the instance is on disk and journaled, before
+the C-STORE is acknowledged; SR = the SR is renamed into the outbox), the ratio service/--dir,
+the goals (>= 85% of --dir, p99 < 4 x one inference + 50 ms; one inference = the median
+``latency_ms`` of the --dir run), and the CPU with its integer features.
+
+--dir throughput counts from its first to its last result line (start-up excluded); the
+service's from the first receipt to the last SR. Needs dcmtk (storescu). A benchmark, not a
+test: the numbers depend on the machine and its load, and say so.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))  # the DICOM builders and process helpers the serve tests use
+from dicom_fixtures import make_dataset, synthetic_gray, write  # noqa: E402
+from serve_procs import RUNNER, ServeProcess, free_port, wait_for  # noqa: E402
+
+
+def cpu_line() -> str:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"model name\s*:\s*(.*)", text)
+    feats = sorted(set(re.findall(r"\b(avx2|avx512f|avx512_vnni|avx_vnni|amx_int8)\b", text)))
+    return f"{model.group(1) if model else platform.processor()}, {os.cpu_count()} cores, {' '.join(feats) or 'no AVX2'}"
+
+
+def source_grays(folder: Path | None, n: int) -> list[np.ndarray]:
+    """n grey images: the folder's PNGs (round robin over its class folders), else synthetic."""
+    if folder is None or not folder.is_dir():
+        return [synthetic_gray(i, 256) for i in range(n)]
+    import cv2
+
+    classes = sorted(d for d in folder.iterdir() if d.is_dir())
+    lists = [sorted(d.glob("*.png")) for d in classes]
+    picks = [lists[i % len(lists)][i // len(lists)] for i in range(n)]
+    return [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in picks]
+
+
+def make_dicoms(grays: list[np.ndarray], out: Path, groups: int) -> list[Path]:
+    """One DICOM per image, spread over ``groups`` subfolders (one per storescu)."""
+    for i, g in enumerate(grays):
+        write(make_dataset(g, patient_id=f"B{i % 50}"), out / f"g{i % groups}" / f"img{i:05d}.dcm")
+    return sorted(out.glob("g*"))
+
+
+def bench_dir(model: str, folder: Path, work: Path) -> dict:
+    """The runner on the folder: throughput from its first to its last JSON line."""
+    proc = subprocess.Popen([sys.executable, str(RUNNER), "--model", model, "--dir", str(folder), "--json", "--csv",
+                             str(work / "dir.csv")], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    stamps, lat = [], []
+    for line in proc.stdout:
+        if line.startswith("{"):
+            stamps.append(time.perf_counter())
+            lat.append(json.loads(line).get("latency_ms", float("nan")))
+    proc.wait()
+    n = len(stamps)
+    return {"n": n, "images_per_s": (n - 1) / (stamps[-1] - stamps[0]), "inference_ms": float(np.nanmedian(lat))}
+
+
+def bench_serve(model: str, groups: list[Path], work: Path, n: int) -> dict:
+    """The service with len(groups) concurrent storescu associations; latencies from its journal."""
+    port = free_port()
+    svc = ServeProcess(work, model, port, "--log", str(work / "results.jsonl"))
+    svc.wait_ready()
+    senders = [subprocess.Popen(["storescu", "-R", "-nh", "-aec", "EDGECXR", "+sd", "127.0.0.1", str(port), str(g)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for g in groups]
+    wait_for(lambda: svc.journal_counts().get("done", 0) >= n, 3600, f"{n} SRs", poll=0.5)
+    for s in senders:
+        s.wait(timeout=600)
+    svc.stop()
+    with sqlite3.connect(str(svc.state / "journal.sqlite")) as db:
+        rows = np.array(db.execute("SELECT received_at, result_at FROM instances").fetchall(), dtype=np.float64)
+    lat = (rows[:, 1] - rows[:, 0]) * 1000
+    return {"n": len(rows), "images_per_s": len(rows) / (rows[:, 1].max() - rows[:, 0].min()),
+            "p50_ms": float(np.percentile(lat, 50)), "p90_ms": float(np.percentile(lat, 90)),
+            "p99_ms": float(np.percentile(lat, 99)), "srs": len(list((work / "outbox").glob("*.sr.dcm")))}
+
+
+def table(base: dict, runs: dict[int, dict], model: str) -> str:
+    goal_ms = 4 * base["inference_ms"] + 50
+    lines = [f"model {model}; CPU {cpu_line()}; shared, noisy machine (other jobs running): timings vary between runs",
+             f"--dir: {base['n']} images, {base['images_per_s']:.1f} images/s, one inference (median invoke) "
+             f"{base['inference_ms']:.2f} ms -> p99 goal {goal_ms:.1f} ms",
+             "| associations | images | SRs | images/s | service / --dir | p50 ms | p90 ms | p99 ms | >= 85% | p99 goal |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for k, r in runs.items():
+        ratio = r["images_per_s"] / base["images_per_s"]
+        lines.append(f"| {k} | {r['n']} | {r['srs']} | {r['images_per_s']:.1f} | {ratio:.2f} | {r['p50_ms']:.1f} | "
+                     f"{r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {'yes' if ratio >= 0.85 else 'NO'} | "
+                     f"{'yes' if r['p99_ms'] < goal_ms else 'NO'} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "covid-radiography")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--associations", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--json", type=Path, help="also write the numbers here")
+    a = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="serve_bench_") as tmp:
+        work = Path(tmp)
+        grays = source_grays(a.images, a.n)
+        print(f"images: {len(grays)} from {a.images if a.images.is_dir() else 'synthetic'}", flush=True)
+        runs: dict[int, dict] = {}
+        base = None
+        for k in a.associations:
+            groups = make_dicoms(grays, work / f"dicom{k}", k)
+            base = base or bench_dir(a.model, work / f"dicom{k}", work)
+            runs[k] = bench_serve(a.model, groups, work / f"serve{k}", a.n)
+            print(f"{k} association(s): {runs[k]}", flush=True)
+        print(table(base, runs, os.path.basename(a.model)))
+        if a.json:
+            a.json.write_text(json.dumps({"cpu": cpu_line(), "dir": base, "serve": runs}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
