@@ -218,8 +218,11 @@ def _refit_decisions(run: Run, host_cpu: dict[str, Any], threads: int | None, ec
                 parts.append(f"T {refit['temperature_from_checkpoint']:.4f} -> {refit['temperature']:.4f}, "
                              f"qhat {refit['qhat_from_checkpoint']} -> {refit['qhat']}")
             if "ood_threshold" in refit:
-                parts.append(f"OOD threshold {refit['ood_threshold_from_checkpoint']:.4f} -> {refit['ood_threshold']:.4f} "
+                parts.append(f"not-a-CXR cut {refit['ood_threshold_from_checkpoint']:.4f} -> {refit['ood_threshold']:.4f} "
                              f"({refit['ood_val_refused']:.1%} of validation refused)")
+            if "unfamiliar_threshold" in refit:
+                parts.append(f"unfamiliar cut {refit['unfamiliar_threshold_from_checkpoint']:.4f} -> {refit['unfamiliar_threshold']:.4f} "
+                             f"({refit['unfamiliar_val_referred']:.1%} of validation referred)")
             echo(f"  {step.file}: refitted on its own validation outputs: " + "; ".join(parts))
 
 

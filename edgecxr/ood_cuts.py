@@ -46,18 +46,22 @@ def threshold_at_tpr(scores: np.ndarray, tpr: float = DEFAULT_TPR) -> float:
 
 
 def not_cxr_cut(val_scores: np.ndarray, margin: float = NOT_CXR_MARGIN, cap: float | None = None) -> float:
-    """``margin`` x the largest validation score; refused when above. A head that clips its score
-    at ``cap`` must leave room above the cut, or nothing could ever be refused."""
+    """``margin`` x the largest validation score; refused when above. A head that clips its score at
+    ``cap`` must leave room above the cut, or nothing could ever be refused: where ``margin`` would
+    reach it, the cut goes halfway between the largest validation score and the clip instead."""
     if margin < 1.0:
         raise EdgecxrError(f"the not-a-chest-X-ray margin must be at least 1 (got {margin}): below it real CXRs of the "
                            "validation split itself would be refused")
     s = np.asarray(val_scores, dtype=np.float64)
     if len(s) == 0:
         raise EdgecxrError("the not-a-chest-X-ray cut needs at least one validation image")
-    cut = float(margin * max(float(s.max()), 0.0))
+    top = max(float(s.max()), 0.0)
+    cut = float(margin * top)
     if cap is not None and cut >= cap:
-        raise EdgecxrError(f"the not-a-chest-X-ray cut {cut:.3g} ({margin:g} x the largest validation score) is at or above the "
-                           f"OOD head's clip {cap:g}: nothing could be refused; refit the head with a larger cap")
+        if top >= cap:
+            raise EdgecxrError(f"validation CXRs reach the OOD head's clip ({cap:g}): the head cannot tell them from anything "
+                               "else; train longer or refit the head (edgecxr calibrate) on more training images")
+        cut = (top + float(cap)) / 2.0
     return cut
 
 

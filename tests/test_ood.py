@@ -231,14 +231,16 @@ def calibrated_onnx(probe_models, tmp_path_factory):
 
 def test_convert_refits_each_int8_files_decision_on_its_own_validation_outputs(calibrated_onnx, tmp_path):
     """INT8 rounding shifts the score and the probabilities; the file keeps the checkpoint's
-    head and scale but cuts at the same TPR, and takes T and qhat, from what it itself
-    computes; its self-test still passes."""
+    head and scale but places both cuts by the same rules (unfamiliar at the same TPR, not a
+    chest X-ray at the same margin over its largest validation score), and takes T and qhat,
+    from what it itself computes; its self-test still passes."""
     from helpers import run_cli
 
     from edgecxr.decision_fit import fit_temperature
     from edgecxr.device.ood import ood_scores as scores_of
     from edgecxr.evaluate import resolve_samples
     from edgecxr.imageset import load_images
+    from edgecxr.ood_cuts import not_cxr_cut
     from edgecxr.ood_fit import threshold_at_tpr
     from edgecxr.runtime import open_model
 
@@ -253,7 +255,10 @@ def test_convert_refits_each_int8_files_decision_on_its_own_validation_outputs(c
     index = resolve_samples(int8.contract, None, "val", progress=False)
     val = load_images(index, index.of_split("val"), int8.contract.preprocess, progress=False)
     z = int8.predict(val.x)
-    assert ood["threshold"] == pytest.approx(threshold_at_tpr(scores_of(z, ood), ood["tpr"]), abs=1e-6)
+    unfamiliar, scores = int8.contract.decision["unfamiliar"], scores_of(z, ood)
+    assert unfamiliar["threshold"] == pytest.approx(threshold_at_tpr(scores, unfamiliar["tpr"]), abs=1e-6)
+    assert ood["threshold"] == pytest.approx(not_cxr_cut(scores, ood["margin"], ood["cap"]), abs=1e-6)
+    assert ood["threshold"] > unfamiliar["threshold"] and ood["val_refused"] == 0.0
     assert int8.contract.decision["temperature"] == pytest.approx(fit_temperature(z, val.y)["temperature"], rel=1e-6)
     refit = step["details"]["decision_refit"]
     assert refit["ood_threshold_from_checkpoint"] == pytest.approx(fp32_ood["threshold"])
@@ -371,3 +376,20 @@ def test_reason_shares_count_every_kind_once():
 
     s = reason_shares(["answer", "answer", "uncertain", "not_cxr"])
     assert set(s) == set(REASON_KINDS) and s["answer"] == 0.5 and s["unfamiliar"] == 0.0 and sum(s.values()) == pytest.approx(1.0)
+
+
+def test_the_not_a_cxr_cut_keeps_every_validation_cxr_and_stays_below_the_head_clip():
+    from edgecxr.errors import EdgecxrError
+    from edgecxr.ood_cuts import fit_cuts, not_cxr_cut
+
+    val = np.linspace(0.2, 1.5, 300)
+    assert not_cxr_cut(val, 2.0, cap=8.0) == pytest.approx(3.0)
+    assert not_cxr_cut(val, 2.0, cap=2.5) == pytest.approx(2.0)  # halfway between the largest score and the clip
+    with pytest.raises(EdgecxrError, match="reach the OOD head's clip"):
+        not_cxr_cut(np.array([0.5, 3.0]), 2.0, cap=3.0)
+    with pytest.raises(EdgecxrError, match="at least 1"):
+        not_cxr_cut(val, 0.5)
+    z = -np.repeat(val[:, None], 3, axis=1)  # the head's score rides in the logits' mean
+    cuts = fit_cuts({"method": "feature_mahalanobis", "cap": 8.0}, z, 0.95, 2.0)
+    assert cuts["ood"]["threshold"] == pytest.approx(3.0) and cuts["ood"]["val_refused"] == 0.0
+    assert cuts["unfamiliar"]["val_referred"] <= 0.05 and cuts["unfamiliar"]["threshold"] < cuts["ood"]["threshold"]

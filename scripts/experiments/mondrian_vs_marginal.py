@@ -41,8 +41,9 @@ def main(paths: list[str]) -> int:
         zt, yt = logits(backend, "test")
         pv, pt = calibrated_probabilities(zv, block), calibrated_probabilities(zt, block)
         print(f"\n{path} (T {block.get('temperature', 1.0):.4g}; {len(yv)} validation, {len(yt)} test images)")
-        for name, per_class in (("marginal", False), ("per class (Mondrian)", True)):
-            conf = fit_conformal(pv, yv, 0.95, "lac", per_class=per_class)
+        for name, per_class, delta in (("marginal", False, None), ("per class (Mondrian)", True, None),
+                                       ("per class, PAC d=0.1", True, 0.1), ("per class, PAC d=0.2", True, 0.2)):
+            conf = fit_conformal(pv, yv, 0.95, "lac", per_class=per_class, delta=delta)
             rep = coverage_report(pt, yt, classes, conf)
             per = ", ".join(f"{c} {v['coverage']:.3f} [{v['coverage_ci95'][0]:.3f}, {v['coverage_ci95'][1]:.3f}] refer {v['refer']:.1%}"
                             for c, v in rep["per_class"].items())
