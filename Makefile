@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test test-slow lint bench-readme train-reference clean-venv
+.PHONY: demo test test-slow check-instructions lint bench-readme train-reference clean-venv
 
 $(BIN)/edgecxr: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,9 @@ test: $(BIN)/edgecxr          ## the default test suite (well under 20 minutes o
 
 test-slow: $(BIN)/edgecxr     ## end-to-end runs on ../shared data, aarch64 emulation
 	$(BIN)/python -m pytest -q -m slow
+
+check-instructions: $(BIN)/edgecxr  ## instructions per inference under valgrind vs scripts/dev/instruction_baseline.json (fails on +3%)
+	$(BIN)/python scripts/dev/instruction_counts.py --check
 
 lint: $(BIN)/edgecxr
 	$(BIN)/ruff check edgecxr train convert bench device tests scripts

@@ -17,16 +17,21 @@ def _f(v: Any, fmt: str = "{:.2f}") -> str:
     return "n/a" if v is None else fmt.format(v)
 
 
+def _span(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
 def window_table(run: dict[str, Any]) -> list[str]:
-    head = ["minute", "queries", "p50 ms", "p90 ms", "early-stop p90 ms", "max temp C", "min clock MHz", "throttle bits"]
+    per_minute = run["window_s"] == 60
+    head = ["minute" if per_minute else "window, s", "queries", "p50 ms", "p90 ms", "early-stop p90 ms", "max temp C", "min clock MHz", "throttle bits"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" for _ in head) + "|"]
     temp_ok = any(w.get("temp_c_max") is not None for w in run["windows"])
     clock_ok = any(w.get("clock_mhz_min") is not None for w in run["windows"])
     thr_ok = run.get("throttle", {}).get("readable")
     for w in run["windows"]:
-        span = f"{w['from_s'] / 60:.2f}-" if run["window_s"] != 60 else ""
+        label = str(w["minute"]) if per_minute else f"{w['from_s']:g}-{w['from_s'] + run['window_s']:g}"
         bits = (", ".join(w["throttled_bits"]) or "none") if thr_ok else "not readable"
-        lines.append("| " + " | ".join([f"{span}{w['minute']}", str(w["n"]), _f(w["p50_ms"], "{:.3f}"), _f(w["p90_ms"], "{:.3f}"),
+        lines.append("| " + " | ".join([label, str(w["n"]), _f(w["p50_ms"], "{:.3f}"), _f(w["p90_ms"], "{:.3f}"),
                                          _f(w["early_stop_p90_ms"], "{:.3f}"),
                                          _f(w["temp_c_max"], "{:.1f}") if temp_ok else "not readable",
                                          _f(w["clock_mhz_min"], "{:.0f}") if clock_ok else "not readable", bits]) + " |")
@@ -39,7 +44,7 @@ def run_lines(run: dict[str, Any]) -> list[str]:
     if run.get("error"):
         return [title, "", f"error: {run['error']}"]
     d, thr, src = run["drift"], run["throttle"], run.get("sources", {})
-    ratio = (f"last {d['span_s'] / 60:.1f} min p90 {d['last_p90_ms']:.3f} ms / first {d['span_s'] / 60:.1f} min p90 "
+    ratio = (f"last {_span(d['span_s'])} p90 {d['last_p90_ms']:.3f} ms / first {_span(d['span_s'])} p90 "
              f"{d['first_p90_ms']:.3f} ms = **{d['ratio']:.3f}**") if d.get("ratio") is not None else "n/a (run too short)"
     overall = run.get("overall_early_stop_p90", {})
     lines = [title, "", f"Device: {run.get('device', '?')}",

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 DEFAULT_DIMS = 256  # PCA dimensions of the within-class feature residuals (measured: docs/results/decision.md "Refusing what is not a chest X-ray")
-CAP = 8.0  # r is clipped here: room above the not-a-CXR cut (2 x the largest validation score; ood_cuts.py)
+CAP = 4.0  # r is clipped here: enough to refuse, small enough not to widen the INT8 output range much (the not-a-CXR cut stays below it: ood_cuts.not_cxr_cut)
 METHOD = "feature_mahalanobis"
 TRANSFORMS = ("none", "sqrt", "l2", "sqrt_l2")
 DEFAULT_TRANSFORM = "sqrt_l2"

@@ -8,6 +8,7 @@ them). The 300-instance crash test is behind the slow marker; the default suite 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -216,7 +217,6 @@ def test_service_answers_exactly_what_the_runner_answers(served, model):
 
 def test_written_sr_passes_dciodvfy_and_pixelmed_and_round_trips(served, model):
     import hashlib
-    import os
 
     import highdicom as hd
     import pydicom
@@ -284,3 +284,55 @@ def test_full_spool_answers_out_of_resources_and_keeps_nothing_it_did_not_store(
     wait_for(lambda: svc.journal_counts().get("done", 0) == 1, 120, "the resent instance to be answered")
     assert svc.stop() == 0
     assert "out of resources" in svc.log() and len(svc.results()) == 1
+
+
+AARCH64_CACHE = Path(os.environ.get("EDGECXR_AARCH64_CACHE", Path.home() / ".cache" / "edgecxr-aarch64"))
+SERVICE_WHEELS = ("pydicom==3.0.2", "pynetdicom==3.0.4", "highdicom==0.28.2", "pillow==13.0.0", "pyjpegls==1.5.1",
+                  "packaging==26.4", "typing-extensions==4.16.0")
+
+
+def _aarch64_service_site() -> Path:
+    """PyPI's aarch64 wheels of serve's packages, once, beside aarch64_check.sh's cache."""
+    site = AARCH64_CACHE / "site-service-pydicom3.0.2-pynetdicom3.0.4-highdicom0.28.2"
+    if (site / ".complete").exists():
+        return site
+    plats = [a for n in (17, 24, 26, 27, 28) for a in ("--platform", f"manylinux_2_{n}_aarch64")]
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(site), "--only-binary=:all:",
+                           "--no-deps", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", *plats,
+                           "--platform", "manylinux2014_aarch64", *SERVICE_WHEELS], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        pytest.skip(f"pip could not fetch the aarch64 wheels for serve: {proc.stderr.strip().splitlines()[-1:]}")
+    (site / ".complete").touch()
+    return site
+
+
+@pytest.mark.slow
+@pytest.mark.aarch64
+def test_serve_on_emulated_cortex_a72_answers_a_burst_like_x86(model, tmp_path):
+    """The service itself (numpy, ai-edge-litert, pydicom, pynetdicom, highdicom: aarch64 wheels) under
+    qemu-aarch64-static -cpu cortex-a72, fed by storescu on the host: one SR per instance and the
+    INT8 TFLite probabilities of the x86 runner, bit for bit. Correctness only, never timed."""
+    qemu, root = shutil.which("qemu-aarch64-static"), AARCH64_CACHE / "root"
+    numpy_site = next(iter(sorted(AARCH64_CACHE.glob("site-numpy*-litert*"))), None)
+    if qemu is None or not (root / "usr/bin/python3.11").exists() or numpy_site is None:
+        pytest.skip("needs qemu-aarch64-static and the arm64 Python of scripts/reproduce/aarch64_check.sh (run it once)")
+    site = _aarch64_service_site()
+    sent = make_burst(tmp_path / "src", 6)
+    env = {"PYTHONPATH": f"{numpy_site}:{site}", "EDGECXR_EMULATED": "1"}
+    svc = ServeProcess(tmp_path / "svc", model, free_port(), python=[qemu, "-L", str(root), "-cpu", "cortex-a72",
+                                                                      str(root / "usr/bin/python3.11"), "-S"], env=env)
+    svc.wait_ready(timeout=900)
+    assert storescu(int(svc.proc.args[svc.proc.args.index("--port") + 1]), tmp_path / "src").returncode == 0
+    wait_for(lambda: svc.journal_counts().get("done", 0) == len(sent), 900, "the emulated service to answer the burst")
+    assert svc.stop() == 0
+    arm = {r["key"]: r for r in svc.results()}
+    from serve_procs import RUNNER
+
+    proc = subprocess.run([sys.executable, str(RUNNER), "--model", model, "--dir", str(tmp_path / "src"), "--json",
+                           "--csv", str(tmp_path / "x86.csv")], capture_output=True, text=True, timeout=300)
+    x86 = {_uid(tmp_path / "src" / r["file"]): r for r in map(json.loads, proc.stdout.splitlines())}
+    assert set(arm) == set(x86) == set(sent)
+    for uid in sent:
+        assert arm[uid]["probabilities"] == x86[uid]["probabilities"] and arm[uid]["action"] == x86[uid]["action"]
+    assert len(list(svc.outbox.glob("*.sr.dcm"))) == len(sent) and "Traceback" not in svc.log()
+    print(f"AARCH64 serve under qemu cortex-a72: {len(sent)} sent, {len(arm)} SRs, probabilities identical to x86")

@@ -4,9 +4,13 @@
 Every latency in the README comes from a shared, noisy machine, so no timed test can
 notice that a change made an artifact slower. Counted instructions can (PyTorch's
 ``benchmarks/instruction_counts`` does the same): each artifact runs under
-``valgrind --tool=cachegrind`` in a fresh process with one thread and a fixed input,
-once for N inferences and once for N+M; (count(N+M) - count(N)) / M is the count of
-one warm inference, start-up and loading cancelled out.
+``valgrind --tool=callgrind`` in a fresh process with one thread and a fixed input;
+after N warm inferences callgrind starts counting (``CALLGRIND_TOGGLE_COLLECT`` from a
+five-line C helper built with gcc) and stops after M more, so the count is
+count(N+M) - count(N) taken in one process, and (that) / M is one warm inference.
+Two processes (N, then N+M) do not cancel start-up here: ONNX Runtime's session
+set-up alone differed by 21 M instructions between identical runs (1.8% of all),
+which left 8.5% between repeats of a per-inference count at M = 8.
 
 Counts depend on the kernels the runtimes pick from CPUID, so a count means nothing
 without the instruction set it ran on. Valgrind does not emulate AVX-512 (3.19 shows
@@ -49,13 +53,13 @@ BUILD = os.path.join(ROOT, "build", "instruction_counts")
 RECIPE = "mobilenet_v2 64px, synthetic data 3x20 seed 0, train 1 epoch seed 0, convert --int8 --formats onnx,tflite"
 NAMES = ("mobilenet_v2_fp32.onnx", "mobilenet_v2_int8.onnx", "mobilenet_v2_fp32.tflite", "mobilenet_v2_int8.tflite")
 TOLERANCE = 0.03
-ENV = {"PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0"}
+ENV = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0"}
 
 
 # --- the counted process -------------------------------------------------------------------------
 
-def harness(model: str, runs: int) -> None:
-    """Open ``model`` with one thread, prepare a fixed input, invoke it ``runs`` times."""
+def harness(model: str, warm: int, runs: int) -> None:
+    """Open ``model`` with one thread, prepare a fixed input, invoke it ``warm`` times uncounted, then ``runs`` times counted."""
     import numpy as np
 
     from edgecxr.device.backends import open_backend
@@ -63,30 +67,62 @@ def harness(model: str, runs: int) -> None:
     backend = open_backend(model, 1, require_contract=True, check_cpu=False)
     x = np.random.default_rng(0).standard_normal(backend.contract.model_input_shape()).astype(np.float32)
     prepared = backend.prepare(x)
+    for _ in range(warm):
+        backend.invoke(prepared)
+    toggle = _toggle()
+    toggle()  # callgrind starts counting here ...
     for _ in range(runs):
         backend.invoke(prepared)
+    toggle()  # ... and stops here
+
+
+def _toggle():
+    """CALLGRIND_TOGGLE_COLLECT from the small C helper (a client request is an instruction
+    sequence Python cannot issue itself); a no-op outside valgrind."""
+    import ctypes
+
+    lib = os.environ.get("EDGECXR_CALLGRIND_HELPER")
+    return ctypes.CDLL(lib).edgecxr_callgrind_toggle if lib else (lambda: None)
+
+
+HELPER_C = """#include <valgrind/callgrind.h>
+void edgecxr_callgrind_toggle(void) { CALLGRIND_TOGGLE_COLLECT; }
+"""
+
+
+def build_helper(folder: str) -> str:
+    """Compile the toggle helper (needs gcc and valgrind's own callgrind.h, both in Debian's valgrind/gcc)."""
+    so = os.path.join(folder, "callgrind_toggle.so")
+    src = os.path.join(folder, "callgrind_toggle.c")
+    with open(src, "w", encoding="utf-8") as fh:
+        fh.write(HELPER_C)
+    proc = subprocess.run(["gcc", "-O1", "-shared", "-fPIC", "-o", so, src], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"cannot build the callgrind helper: {proc.stderr.strip()[:200]}")
+    return so
 
 
 def _valgrind(argv: list[str], workdir: str) -> int:
-    """Instructions executed by ``argv`` under cachegrind (``summary:`` line of its output file)."""
+    """Instructions ``argv`` executes while its harness has callgrind collecting (the counted inferences)."""
     out = os.path.join(workdir, f"cg.{time.monotonic_ns()}.out")
-    proc = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}", *argv],
-                          capture_output=True, text=True, env={**os.environ, **ENV}, timeout=1800)
+    env = {**os.environ, **ENV, "EDGECXR_CALLGRIND_HELPER": build_helper(workdir)}
+    proc = subprocess.run(["valgrind", "--tool=callgrind", "--collect-atstart=no", f"--callgrind-out-file={out}", *argv],
+                          capture_output=True, text=True, env=env, timeout=1800)
     if proc.returncode != 0 or not os.path.exists(out):
         raise RuntimeError(f"valgrind {' '.join(argv[-3:])} exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
-    with open(out, encoding="utf-8") as fh:
-        m = re.search(r"^summary:\s+(\d+)", fh.read(), re.M)
+    with open(out, encoding="utf-8", errors="replace") as fh:
+        m = re.search(r"^(?:summary|totals):\s+(\d+)", fh.read(), re.M)
     os.unlink(out)
-    if not m:
-        raise RuntimeError(f"no summary line in cachegrind's output for {argv[-2]}")
+    if not m or not int(m.group(1)):
+        raise RuntimeError(f"callgrind counted nothing for {argv[-3]}")
     return int(m.group(1))
 
 
 def per_inference(model: str, n: int, m: int, workdir: str) -> dict[str, Any]:
-    """(count(N+M) - count(N)) / M for one artifact."""
-    base = [sys.executable, os.path.abspath(__file__), "--harness", model]
-    c_n, c_nm = _valgrind([*base, str(n)], workdir), _valgrind([*base, str(n + m)], workdir)
-    return {"instructions": (c_nm - c_n) / m, "count_n": c_n, "count_n_plus_m": c_nm, "n": n, "m": m}
+    """Instructions of inferences N+1 .. N+M, divided by M: count(N+M) - count(N) read from one process
+    (callgrind collects only between the harness's two toggles), so no start-up enters it."""
+    total = _valgrind([sys.executable, os.path.abspath(__file__), "--harness", model, str(n), str(m)], workdir)
+    return {"instructions": total / m, "counted": total, "n": n, "m": m}
 
 
 # --- which CPU the counts belong to ---------------------------------------------------------------
@@ -291,7 +327,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--update", action="store_true", help="write these counts as the baseline for this key")
     p.add_argument("--variant", choices=["slower"], help="slower: count the FP32 ONNX with an extra conv under its own name")
     p.add_argument("--json", help="also write the counts and the key here")
-    p.add_argument("--harness", nargs=2, metavar=("MODEL", "RUNS"), help=argparse.SUPPRESS)
+    p.add_argument("--harness", nargs=3, metavar=("MODEL", "WARM", "RUNS"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.n < 1 or a.m < 1 or a.repeat < 1:
         p.error("--n, --m and --repeat must be at least 1")
@@ -301,7 +337,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     if a.harness:
-        harness(a.harness[0], int(a.harness[1]))
+        harness(a.harness[0], int(a.harness[1]), int(a.harness[2]))
         return 0
     if shutil.which("valgrind") is None:
         print("instruction_counts: valgrind is not installed (apt-get install valgrind): nothing counted, check SKIPPED")
