@@ -326,11 +326,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--check", action="store_true", help="compare with the baseline for this key; exit 1 on a rise over its tolerance")
     p.add_argument("--update", action="store_true", help="write these counts as the baseline for this key")
     p.add_argument("--variant", choices=["slower"], help="slower: count the FP32 ONNX with an extra conv under its own name")
+    p.add_argument("--only", help="count only the artifacts whose file name contains this text (e.g. fp32.onnx)")
     p.add_argument("--json", help="also write the counts and the key here")
     p.add_argument("--harness", nargs=3, metavar=("MODEL", "WARM", "RUNS"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.n < 1 or a.m < 1 or a.repeat < 1:
         p.error("--n, --m and --repeat must be at least 1")
+    if a.update and (a.only or a.variant):
+        p.error("--update records the whole artifact set: not with --only or --variant")
     return a
 
 
@@ -346,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.variant == "slower":
         fp32 = next(p for p in paths if p.endswith("_fp32.onnx"))
         paths[paths.index(fp32)] = make_slower_onnx(fp32, os.path.join(a.build, "slower", os.path.basename(fp32)))
+    paths = [p for p in paths if not a.only or a.only in os.path.basename(p)]
     with tempfile.TemporaryDirectory(prefix="instruction-counts-") as workdir:
         key = cpu_key(workdir)
         counts = count_all(paths, a.n, a.m, a.repeat, workdir)
