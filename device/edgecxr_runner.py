@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  %(prog)s --model m.tflite --dir xrays/ --json --csv predictions.csv\n"
             "  %(prog)s --model m.tflite --camera 0 --every 5 --max-frames 1000\n"
             "  %(prog)s --model m.tflite --bench --warmup 10 --runs 100 --threads 4\n"
+            "  %(prog)s --model m.tflite --bench --sustained 600 --threads 4   # a clinic day: per-minute p90, heat, throttling\n"
             "  %(prog)s --model m.onnx --selftest      # golden images: does this CPU compute the model? exit 3 if not\n"
         ),
     )
