@@ -41,8 +41,8 @@ from edgecxr.ood_cuts import NOT_CXR_MARGIN
                    "current block, else the CXR defaults (CR/DX/DR, chest, PA/AP, age 18-120, 8-16 bit MONOCHROME1/2).")
 @click.option("--not-cxr-margin", default=NOT_CXR_MARGIN, show_default=True, type=click.FloatRange(1.0),
               help="'Not a chest X-ray' is refused above this many times the largest validation OOD score, so real "
-                   "radiographs are (almost) never refused; between the validation 95th percentile and that cut a CXR is "
-                   "referred as unfamiliar (docs/results/decision.md 'Two questions').")
+                   "radiographs are (almost) never refused; between the validation 95th percentile and that cut an image is "
+                   "referred as unfamiliar, never answered (docs/results/decision.md 'Two questions').")
 @click.option("--dry-run", is_flag=True, help="Fit and print, write nothing.")
 @click.option("--threads", type=click.IntRange(1), help="Runtime threads.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")

@@ -111,7 +111,8 @@ def _header(path: str, backend: Any, site: Any, ref: Any, m: dict[str, Any]) -> 
             f"model {path} ({contract.arch} {contract.format} {contract.precision}, {backend.runtime})",
             f"reference: {ref.origin}; training mix from {sum(ref.train_counts.values())} images",
             f"decision in force: T {_g(force['temperature'])}, qhat {_g(force['qhat'])} at coverage {_g(force['coverage'])}, "
-            f"OOD threshold {_g(force['ood_threshold'])}" + (f" (site {force['site_block']}'s T and qhat)" if force["site_block"] else "")]
+            f"not-a-CXR cut {_g(force['ood_threshold'])}, unfamiliar cut {_g(force.get('unfamiliar_threshold'))}"
+            + (f" (site {force['site_block']}'s numbers)" if force["site_block"] else "")]
 
 
 def _stamp_site(path: str, contract: Any, site: Any, ref: Any, m: dict[str, Any], refitted: dict[str, Any] | None,
