@@ -41,6 +41,17 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str, poll: float = 
     raise AssertionError(f"gave up waiting ({timeout:.0f} s) for {what}")
 
 
+STARTED: list = []  # every ServeProcess and Pacs started, so a failed test's teardown can stop them (stop_all)
+
+
+def stop_all() -> None:
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.proc.poll() is None:
+            proc.proc.kill()
+            proc.proc.wait(timeout=30)
+
+
 class ServeProcess:
     """``edgecxr_runner.py serve`` as a subprocess; stdout (JSON lines) and stderr (log) go to files."""
 
@@ -57,6 +68,7 @@ class ServeProcess:
         self.log_start = self.err.stat().st_size if self.err.exists() else 0  # a restart appends to the same log
         with open(self.out, "ab") as out, open(self.err, "ab") as err:
             self.proc = subprocess.Popen(args, stdout=out, stderr=err, env={**os.environ, **(env or {})})
+        STARTED.append(self)
 
     def log(self) -> str:
         return self.err.read_bytes().decode(errors="replace")
@@ -104,6 +116,7 @@ class Pacs:
         self.log = open(folder.parent / f"storescp_{port}.log", "ab")
         self.proc = subprocess.Popen(["storescp", "+uf", "-od", str(folder), "-aet", aet, str(port)], stdout=self.log,
                                      stderr=subprocess.STDOUT)
+        STARTED.append(self)
         wait_for(self._listening, 30, "storescp to listen")
 
     def _listening(self) -> bool:

@@ -17,11 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from dicom_fixtures import bad_inputs, make_dataset, synthetic_gray, write, write_rle
-from serve_procs import VALIDATOR_ENV, Pacs, ServeProcess, free_port, missing_tools, storescu, wait_for
+from serve_procs import VALIDATOR_ENV, Pacs, ServeProcess, free_port, missing_tools, stop_all, storescu, wait_for
 
 pytest_plugins = ["bench_fixtures"]  # export_dir: a converted TFLite with its contract
 
 NEED = ("storescu", "storescp")
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind():
+    """A failed test still stops the services and PACS it started."""
+    yield
+    stop_all()
 
 
 @pytest.fixture(scope="module")

@@ -62,7 +62,10 @@ class Service:
         self.listeners: list[Listener] = []
         self.sender = None  # a PacsSender, set before start() when --pacs is given
         self.queue: queue.Queue[str | None] = queue.Queue()
+        # classified, waiting to be written: the next image is classified while this one's SR is fsynced
+        self.written_queue: queue.Queue[tuple[Entry, dict[str, Any], np.ndarray | None] | None] = queue.Queue(maxsize=8)
         self.thread = threading.Thread(target=self._run, name="worker", daemon=True)
+        self.writer = threading.Thread(target=self._write_loop, name="writer", daemon=True)
         self.processed = 0
 
     def add_listener(self, listener: Listener) -> None:
@@ -74,10 +77,12 @@ class Service:
 
     def start(self) -> None:
         self.thread.start()
+        self.writer.start()
 
     def stop(self) -> None:
         self.queue.put(None)
         self.thread.join(timeout=30)
+        self.writer.join(timeout=30)
 
     def resume(self) -> tuple[int, int]:
         """After a restart: re-queue what was received but not answered, and what was answered but
@@ -95,17 +100,30 @@ class Service:
         return len(todo), len(unsent)
 
     def _run(self) -> None:
+        """Worker: classify, then hand over to the writer (in order)."""
         while True:
             key = self.queue.get()
             if key is None:
+                self.written_queue.put(None)
                 return
             entry = self.journal.entry(key)
             if entry is None or entry.state != "received":
                 continue
             try:
-                self.process(entry)
+                self.written_queue.put((entry, *self.classify(entry)))
             except Exception as exc:  # one bad instance must not stop the service; it stays "received"
                 self.log(f"{key}: not answered ({type(exc).__name__}: {exc}); it is retried at the next start")
+
+    def _write_loop(self) -> None:
+        """Writer: the result file, the journal, the JSON line, the listeners, the PACS queue."""
+        while True:
+            item = self.written_queue.get()
+            if item is None:
+                return
+            try:
+                self.finish(*item)
+            except Exception as exc:  # not journaled as written: answered again at the next start
+                self.log(f"{item[0].key}: result not written ({type(exc).__name__}: {exc}); it is retried at the next start")
 
     def classify(self, entry: Entry) -> tuple[dict[str, Any], np.ndarray | None]:
         """The runner's record for one spooled file; an unreadable image becomes a refusal record."""
@@ -121,7 +139,10 @@ class Service:
         return rec, gray
 
     def process(self, entry: Entry) -> None:
-        rec, gray = self.classify(entry)
+        """One entry start to end, in the caller's thread."""
+        self.finish(entry, *self.classify(entry))
+
+    def finish(self, entry: Entry, rec: dict[str, Any], gray: np.ndarray | None) -> None:
         result = self._write_result(entry, rec)
         rec["result"] = os.path.basename(result)
         self.journal.written(entry.key, result, done=self.sender is None or not result.endswith(".dcm"))

@@ -8,7 +8,8 @@ Makes N DX PA adult DICOM files from the CXR PNGs (synthetic images where the fo
 then (1) runs the runner with ``--dir`` on them and (2) for each association count starts the
 service on 127.0.0.1, sends the N files with that many concurrent dcmtk ``storescu`` processes
 and waits until the journal says every instance is answered (SR written and fsynced; no PACS,
-so the numbers are the service's own). Prints a table: throughput (images/s), receipt-to-SR
+so the numbers are the service's own), then sends 100 of them one by one at ``--paced`` per second
+(the latency of an image that finds the service idle; a burst's latency is mostly queueing). Prints a table: throughput (images/s), receipt-to-SR
 latency p50/p90/p99 (from the journal: receipt = the instance is on disk and journaled, before
 the C-STORE is acknowledged; SR = the SR is renamed into the outbox), the ratio service/--dir,
 the goals (>= 85% of --dir, p99 < 4 x one inference + 50 ms; one inference = the median
@@ -80,13 +81,31 @@ def bench_dir(model: str, folder: Path, work: Path) -> dict:
     return {"n": n, "images_per_s": (n - 1) / (stamps[-1] - stamps[0]), "inference_ms": float(np.nanmedian(lat))}
 
 
-def bench_serve(model: str, groups: list[Path], work: Path, n: int) -> dict:
-    """The service with len(groups) concurrent storescu associations; latencies from its journal."""
+def send_burst(port: int, groups: list[Path]) -> list[subprocess.Popen]:
+    """Everything at once: one storescu (one association) per group folder."""
+    return [subprocess.Popen(["storescu", "-R", "-nh", "-aec", "EDGECXR", "+sd", "127.0.0.1", str(port), str(g)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for g in groups]
+
+
+def send_paced(port: int, files: list[Path], rate: float) -> list[subprocess.Popen]:
+    """One image per association every 1/rate s: the latency of an image that finds the service idle."""
+    procs = []
+    for f in files:
+        t = time.perf_counter()
+        procs.append(subprocess.Popen(["storescu", "-R", "-aec", "EDGECXR", "127.0.0.1", str(port), str(f)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(max(0.0, 1.0 / rate - (time.perf_counter() - t)))
+    return procs
+
+
+def bench_serve(model: str, groups: list[Path], work: Path, n: int, rate: float | None = None) -> dict:
+    """The service fed by storescu (a burst over len(groups) associations, or paced at ``rate``/s);
+    latencies from its journal."""
     port = free_port()
     svc = ServeProcess(work, model, port, "--log", str(work / "results.jsonl"))
     svc.wait_ready()
-    senders = [subprocess.Popen(["storescu", "-R", "-nh", "-aec", "EDGECXR", "+sd", "127.0.0.1", str(port), str(g)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for g in groups]
+    files = sorted(f for g in groups for f in g.rglob("*.dcm"))[:n]
+    senders = send_paced(port, files, rate) if rate else send_burst(port, groups)
     wait_for(lambda: svc.journal_counts().get("done", 0) >= n, 3600, f"{n} SRs", poll=0.5)
     for s in senders:
         s.wait(timeout=600)
@@ -99,7 +118,7 @@ def bench_serve(model: str, groups: list[Path], work: Path, n: int) -> dict:
             "p99_ms": float(np.percentile(lat, 99)), "srs": len(list((work / "outbox").glob("*.sr.dcm")))}
 
 
-def table(base: dict, runs: dict[int, dict], model: str) -> str:
+def table(base: dict, runs: dict, model: str) -> str:
     goal_ms = 4 * base["inference_ms"] + 50
     lines = [f"model {model}; CPU {cpu_line()}; shared, noisy machine (other jobs running): timings vary between runs",
              f"--dir: {base['n']} images, {base['images_per_s']:.1f} images/s, one inference (median invoke) "
@@ -120,19 +139,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "covid-radiography")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--associations", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--paced", type=float, default=5.0, help="then 100 images one by one at this rate (/s; 0: skip)")
     p.add_argument("--json", type=Path, help="also write the numbers here")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="serve_bench_") as tmp:
         work = Path(tmp)
         grays = source_grays(a.images, a.n)
         print(f"images: {len(grays)} from {a.images if a.images.is_dir() else 'synthetic'}", flush=True)
-        runs: dict[int, dict] = {}
+        runs: dict = {}
         base = None
         for k in a.associations:
             groups = make_dicoms(grays, work / f"dicom{k}", k)
             base = base or bench_dir(a.model, work / f"dicom{k}", work)
             runs[k] = bench_serve(a.model, groups, work / f"serve{k}", a.n)
             print(f"{k} association(s): {runs[k]}", flush=True)
+        if a.paced:
+            runs[f"paced {a.paced:g}/s"] = bench_serve(a.model, [work / f"dicom{a.associations[0]}"], work / "paced",
+                                                      min(100, a.n), a.paced)
         print(table(base, runs, os.path.basename(a.model)))
         if a.json:
             a.json.write_text(json.dumps({"cpu": cpu_line(), "dir": base, "serve": runs}, indent=1))
