@@ -57,6 +57,13 @@ class Evaluated:
     eval_set: EvalSet | None
     probs: np.ndarray | None
     note: str | None = None
+    logits: np.ndarray | None = None  # what the device decides from (its reasons: bench.json "decision.reasons")
+
+    @classmethod
+    def from_logits(cls, eval_set: EvalSet | None, logits: np.ndarray | None, note: str | None = None) -> Evaluated:
+        from edgecxr.device.decision import softmax
+
+        return cls(eval_set, None if logits is None else softmax(logits), note, logits)
 
 
 def evaluation_set(a: Artifact, cache: EvalCache) -> tuple[EvalSet | None, str | None]:
@@ -86,9 +93,9 @@ def measure_all(artifacts: list[Artifact], settings: Settings, cache: EvalCache,
                                         probs_out=probs_out)
                 records[(a.path, runtime, t)] = rec
                 if j == 0:
-                    probs = np.load(probs_out) if probs_out and "probs_file" in rec else None
-                    why = note if (es is None or probs is not None) else (note or f"accuracy n/a: {rec.get('error', 'no predictions')}")
-                    evaluated[(a.path, runtime)] = Evaluated(es, probs, why)
+                    logits = np.load(probs_out) if probs_out and "probs_file" in rec else None
+                    why = note if (es is None or logits is not None) else (note or f"accuracy n/a: {rec.get('error', 'no predictions')}")
+                    evaluated[(a.path, runtime)] = Evaluated.from_logits(es, logits, why)
     return records, evaluated
 
 
@@ -102,12 +109,12 @@ def predict_only(a: Artifact, cache: EvalCache, workdir: str, threads: int) -> E
                             latency_input=es.npy, eval_inputs=es.npy, probs_out=probs_out)
     if "probs_file" not in rec:
         return Evaluated(es, None, f"reference failed: {rec.get('error', 'no predictions')}")
-    return Evaluated(es, np.load(probs_out), None)
+    return Evaluated.from_logits(es, np.load(probs_out), None)
 
 
 def accuracy_columns(a: Artifact, ev: Evaluated, ref: Evaluated | None, n_boot: int) -> dict[str, Any]:
     """Accuracy, macro-F1, AUC with 95% CIs, and the paired change against the reference."""
-    from edgecxr.decision_report import from_probabilities
+    from edgecxr.decision_report import from_probabilities, reasons_section
     from edgecxr.metrics import classification_report, compare_to_reference
 
     out: dict[str, Any] = {"accuracy": None, "macro_f1": None, "auc_macro": None, "n_images": None,
@@ -121,7 +128,10 @@ def accuracy_columns(a: Artifact, ev: Evaluated, ref: Evaluated | None, n_boot: 
     out["per_class"] = rep["per_class"]
     out["data_root"], out["split"] = es.root, es.split
     # ECE / Brier / NLL before and after the contract's temperature, coverage of its conformal sets
-    out["decision"] = from_probabilities(ev.probs, es.y, es.classes, a.contract.decision if a.contract else None, n_boot)
+    block = a.contract.decision if a.contract else None
+    out["decision"] = from_probabilities(ev.probs, es.y, es.classes, block, n_boot)
+    if ev.logits is not None:  # answered / uncertain / unfamiliar / not a CXR, as the device decides
+        out["decision"]["reasons"] = reasons_section(ev.logits, es.y, es.classes, block)
     if a.reference is None:
         out["accuracy_note"] = "no FP32 reference found (pass --reference FP32_MODEL)"
         return out

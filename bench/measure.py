@@ -75,7 +75,6 @@ def synthetic_input(backend: Any, seed: int = 0) -> np.ndarray:
 def measure(model: str, threads: int, warmup: int, runs: int, min_seconds: float,
             latency_input: str | None = None, eval_inputs: str | None = None, probs_out: str | None = None,
             batch_size: int = 32, runtime: str | None = None) -> dict[str, Any]:
-    from edgecxr.device.decision import softmax
     from edgecxr.device.latency import latency_record, time_invocations
     from edgecxr.runtime import open_model, runtimes_for
 
@@ -109,7 +108,8 @@ def measure(model: str, threads: int, warmup: int, runs: int, min_seconds: float
     })
     if eval_inputs and probs_out and has_contract:
         xs = np.load(eval_inputs, mmap_mode="r")
-        out = [softmax(backend.predict(np.asarray(xs[i : i + batch_size])).astype(np.float64)) for i in range(0, len(xs), batch_size)]
+        # the raw logits: softmax is derived from them, and the decision's OOD score rides in their mean
+        out = [backend.predict(np.asarray(xs[i : i + batch_size])).astype(np.float64) for i in range(0, len(xs), batch_size)]
         np.save(probs_out, np.concatenate(out))
         record["probs_file"] = probs_out
     return record
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-seconds", type=float, default=0.0)
     p.add_argument("--latency-input", help=".npy with preprocessed NCHW float32 images; the first is timed")
     p.add_argument("--eval-inputs", help=".npy with the preprocessed evaluation batch")
-    p.add_argument("--probs-out", help="where to save the softmax outputs of --eval-inputs")
+    p.add_argument("--probs-out", help="where to save the outputs (logits) of --eval-inputs")
     p.add_argument("--out", required=True, help="result JSON")
     a = p.parse_args(argv)
     try:

@@ -142,6 +142,13 @@ def from_probabilities(probs: np.ndarray, y: np.ndarray, classes: list[str], blo
     return {"calibration": cal, "conformal": conformal_section(logits, y, classes, block)}
 
 
+def _reasons_cell(sec: dict[str, Any] | None) -> str:
+    if not sec:
+        return "-"
+    o = sec["overall"]
+    return " / ".join(f"{100 * o[k]:.1f}%" for k in ("answer", "uncertain", "unfamiliar", "not_cxr"))
+
+
 def bench_markdown(rows: list[dict[str, Any]]) -> str:
     """bench.md's calibration table: one row per model file with accuracy measured."""
     lines = []
@@ -155,12 +162,13 @@ def bench_markdown(rows: list[dict[str, Any]]) -> str:
         cells = [os.path.basename(r["path"]), t, _metric(cal["before"]["ece"]), _metric(after["ece"]) if after else "-",
                  _metric(after["adaptive_ece"]) if after else "-", f"{(after or cal['before'])['brier']['value']:.4f}",
                  f"{(after or cal['before'])['nll']['value']:.4f}",
-                 f"{conf['coverage']:.3f}" if conf else "-", f"{conf['mean_set_size']:.3f}" if conf else "-"]
+                 f"{conf['coverage']:.3f}" if conf else "-", f"{conf['mean_set_size']:.3f}" if conf else "-", _reasons_cell(sec.get("reasons"))]
         lines.append((r["path"], "| " + " | ".join(cells) + " |"))
     if not lines:
         return ""
     head = ["", "Calibration (test images; 15-bin ECE with 95% bootstrap CI; after = softmax(logits / T) with the model's T; "
             "coverage of its conformal sets):", "",
-            "| model file | T | ECE before | ECE after | adaptive ECE after | Brier | NLL | coverage | mean set size |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "| model file | T | ECE before | ECE after | adaptive ECE after | Brier | NLL | coverage | mean set size "
+            "| answered / uncertain / unfamiliar / not a CXR |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     return "\n".join(head + [line for _p, line in lines]) + "\n"

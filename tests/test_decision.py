@@ -177,6 +177,12 @@ def test_bench_calibration_from_saved_softmax_equals_evals_from_logits():
     assert from_probs["conformal"]["coverage"] == from_logits["conformal"]["coverage"]
     table = bench_markdown([{"path": "/x/m_int8.tflite", "decision": from_probs}])
     assert "| m_int8.tflite | 1.700 |" in table and f"{from_probs['conformal']['coverage']:.3f}" in table
+    # bench keeps the logits too: the device's reasons, counted as eval counts them
+    reasons = from_logits["reasons"]
+    assert reasons["n"] == 300 and sum(reasons["overall"].values()) == pytest.approx(1.0)
+    assert reasons["overall"]["answer"] == pytest.approx(1 - from_logits["conformal"]["refer"])
+    table = bench_markdown([{"path": "/x/m_int8.tflite", "decision": {**from_probs, "reasons": reasons}}])
+    assert f"{100 * reasons['overall']['answer']:.1f}% / " in table
 
 
 def test_per_class_conformal_covers_every_class_within_its_binomial_bounds():
