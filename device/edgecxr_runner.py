@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  %(prog)s --model m.tflite --bench --warmup 10 --runs 100 --threads 4\n"
             "  %(prog)s --model m.tflite --bench --sustained 600 --threads 4   # a clinic day: per-minute p90, heat, throttling\n"
             "  %(prog)s --model m.onnx --selftest      # golden images: does this CPU compute the model? exit 3 if not\n"
+            "  %(prog)s serve --model m.tflite --port 11112 --outbox out/   # DICOM in, TID 1500 SR out (serve --help)\n"
         ),
     )
     p.add_argument("--model", help=model_help())
