@@ -271,7 +271,8 @@ def test_dir_mode_reports_and_skips_bad_files_and_writes_csv(models, images, bad
     rc, out, err = _run_inline(capsys, "--model", str(models["tflite_int8"]), "--dir", str(folder), "--csv", str(out_csv))
     assert rc == 0
     assert "skipped" in err and "corrupt.png" in err and "empty.png" in err
-    assert re.search(r"2 image\(s\) classified( \(\d+ answered, \d+ refer, \d+ refused[^)]*\))?, 2 skipped, ignored 1 non-image file\(s\)", err), err
+    assert re.search(r"2 image\(s\) classified( \(\d+ answered, \d+ refer: \d+ uncertain, \d+ unfamiliar; \d+ refused[^)]*\))?, "
+                     r"2 skipped, ignored 1 non-image file\(s\)", err), err
     rows = list(csv.DictReader(out_csv.open()))
     assert [r["file"] for r in rows] == ["a.png", "corrupt.png", "empty.png", os.path.join("sub", "b.png")]
     ok = [r for r in rows if not r["error"]]
