@@ -15,7 +15,8 @@ gives the answer the evaluation measured:
    refer" (none).
 
 Every verdict carries one ``reason`` (the answer itself, or why there is none) and its
-``reason_kind`` (``answer``, ``uncertain``, ``unfamiliar``, ``not_cxr``, ``quality``):
+``reason_kind`` (``answer``, ``uncertain``, ``unfamiliar``, ``not_cxr``, ``quality``, and
+``intended_use`` where a DICOM header is outside the model's intended use, ``device/gated.py``):
 the runner prints it, and every report counts the shares of each kind.
 
 Schema (``contract["decision"]``, every key optional; absent means "not fitted"):
@@ -73,7 +74,7 @@ SCORE_SLACK = 1e-9
 
 ANSWER, REFER, REFUSE = "answer", "refer", "refuse"
 # Why a verdict is what it is: the kinds every report counts (``reason_kind``), in display order.
-REASON_KINDS = ("answer", "uncertain", "unfamiliar", "not_cxr", "quality")
+REASON_KINDS = ("answer", "uncertain", "unfamiliar", "not_cxr", "quality", "intended_use")  # intended_use: DICOM header gate
 _REFUSAL_KINDS = {"ood": "not_cxr", "quality": "quality"}
 
 

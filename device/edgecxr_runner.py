@@ -163,9 +163,10 @@ def verdict_counts(rows: list[dict[str, Any]]) -> str:
         return ""
     n = kinds.count
     refer = n("uncertain") + n("unfamiliar")
-    refused = n("quality") + n("not_cxr")
+    refused = n("quality") + n("not_cxr") + n("intended_use")
     return (f" ({n('answer')} answered, {refer} refer: {n('uncertain')} uncertain, {n('unfamiliar')} unfamiliar; "
-            f"{refused} refused: {n('quality')} image quality, {n('not_cxr')} not a chest X-ray)")
+            f"{refused} refused: {n('quality')} image quality, {n('not_cxr')} not a chest X-ray, "
+            f"{n('intended_use')} outside intended use)")
 
 
 def run_image(clf: Classifier, a: argparse.Namespace, session: TrustSession) -> int:

@@ -150,7 +150,8 @@ def _g(x: float | None) -> str:
 def summary(results: list[dict[str, Any]]) -> str:
     """One row per file: the goals' numbers."""
     head = ["file", "test answered (accuracy)", "test refused as not a CXR, worst class", "coverage, worst class",
-            "TB refer / refused", "other-hospital normals answered / refer / refused", "non-CXR refused, worst group"]
+            "TB refer / refused", "other-hospital normals answered / refer / refused", "non-CXR refused, worst group",
+            "non-CXR answered, worst group"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         g = r["groups"]
@@ -165,7 +166,8 @@ def summary(results: list[dict[str, Any]]) -> str:
                  _pct(worst_refused), _g(worst_cov),
                  f"{_pct(tb['uncertain'] + tb['unfamiliar'])} / {_pct(tb['not_cxr'])}" if tb else "-",
                  f"{_pct(other['answer'])} / {_pct(other['uncertain'] + other['unfamiliar'])} / {_pct(other['not_cxr'])}" if other else "-",
-                 _pct(min(v["not_cxr"] + v["quality"] for v in non)) if non else "-"]
+                 _pct(min(v["not_cxr"] + v["quality"] for v in non)) if non else "-",
+                 _pct(max(v["answer"] for v in non)) if non else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
