@@ -5,8 +5,8 @@ numbers (``edgecxr calibrate``) that the device applies in a fixed order, so the
 gives the answer the evaluation measured:
 
 1. image-quality refusal (blank, saturated, tiny, near-constant): needs no model;
-2. "not a chest X-ray" refusal (``ood``): a score far beyond every validation CXR,
-   set with a margin so that (almost) no real radiograph is told it is not one;
+2. "not a chest X-ray" refusal (``ood``): a score above every validation CXR's (times a
+   margin, default 1), so that (almost) no real radiograph is told it is not one;
 3. "unfamiliar image" referral (``unfamiliar``): a chest X-ray unlike the ones the
    model was validated on is referred, never refused, with its score in the reason;
 4. calibrated probabilities, ``softmax(logits / T)``;
