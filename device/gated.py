@@ -66,6 +66,8 @@ def classify_path(clf: Classifier, path: str, source: str | None = None) -> tupl
         raise ImageError(str(exc)) from exc
     block, origin = block_in_force(clf.decision)
     gate = check(header, block, origin)
+    gate.uids.update({key: str(header.get(tag)) for key, tag in (("sop_instance_uid", "SOPInstanceUID"),
+                                                                 ("study_instance_uid", "StudyInstanceUID")) if header.get(tag)})
     gate_ms = (time.perf_counter_ns() - t) / 1e6
     if gate.status == REFUSED:
         return refused_prediction(clf, source, Refusal("intended_use", str(gate.reason)), {"gate_ms": gate_ms}), gate, None
@@ -81,6 +83,7 @@ def gated_record(pred: Prediction, gate: GateResult | None, top_k: int) -> dict[
     out = record(pred, top_k)
     if gate is not None:
         out["intended_use"] = gate.to_dict()
+        out.update(gate.uids)  # what the audit line records for a DICOM input (device/audit.py)
     return out
 
 

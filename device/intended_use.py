@@ -65,6 +65,7 @@ class GateResult:
     missing: tuple[str, ...] = ()
     source: str = "contract"  # "contract" or "default": where the rules came from
     values: dict[str, str] = field(default_factory=dict)
+    uids: dict[str, str] = field(default_factory=dict)  # SOP / Study instance UIDs: for the audit line, never names
 
     def line(self) -> str:
         if self.status == REFUSED:

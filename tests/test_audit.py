@@ -136,6 +136,8 @@ def test_a_decision_line_holds_hashes_and_uids_never_names_or_pixels(tmp_path):
     assert event["input_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert "Doe" not in json.dumps(event) and "file" not in event
     assert input_identity({"sha256": "ab", "key": "9.8.7"})["sop_instance_uid"] == "9.8.7"  # serve's record
+    # serve's record carries the Study UID the intended-use gate read from the header (gated_record)
+    assert input_identity({"sha256": "ab", "key": "9.8.7", "study_instance_uid": "1.2.4"})["study_instance_uid"] == "1.2.4"
     assert "sop_instance_uid" not in input_identity({"sha256": "ab", "key": "file:ab"})
 
 

@@ -151,3 +151,21 @@ def test_calibrate_writes_the_intended_use_block_into_the_contract(trained_run, 
     bad.write_text(json.dumps({"rules": [{"field": "ViewPosition"}]}))
     proc = run_cli("calibrate", str(run), "--intended-use", str(bad), "--coverage", "0.8", "--quiet", check=False)
     assert proc.returncode != 0 and "give 'allowed', 'regex' or 'range'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+
+def test_a_gated_dicom_record_carries_its_sop_and_study_uids_for_the_audit_line(tmp_path):
+    """serve, --image and --dir hand the audit log the instance's UIDs from the header the gate already read."""
+    from decision_fixtures import toy_onnx
+    from dicom_fixtures import make_dataset, synthetic_gray, write
+
+    from edgecxr.device.backends import open_backend
+    from edgecxr.device.classify import Classifier
+    from edgecxr.device.gated import classify_path, gated_record
+
+    ds = make_dataset(synthetic_gray())
+    path = write(ds, tmp_path / "a.dcm")
+    clf = Classifier(open_backend(toy_onnx(str(tmp_path / "toy_fp32.onnx"), None)))
+    pred, gate, _gray = classify_path(clf, str(path))
+    rec = gated_record(pred, gate, 3)
+    assert rec["sop_instance_uid"] == str(ds.SOPInstanceUID) and rec["study_instance_uid"] == str(ds.StudyInstanceUID)
