@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from .digest import file_sha256 as sha256_file
 from .formats import device_format_of
 
 SIG_SUFFIX = ".sig"
@@ -70,14 +71,6 @@ def candidate_files(model_path: str) -> list[str]:
 def covered_files(model_path: str) -> list[str]:
     """The candidates that exist now: what ``edgecxr sign`` puts in the statement."""
     return [p for p in candidate_files(model_path) if os.path.isfile(p)]
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:

@@ -7,7 +7,6 @@ This module writes and reads payloads only; turning one into a model is
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any
 
@@ -16,6 +15,7 @@ from torch import nn
 
 from edgecxr.atomic import atomic_path
 from edgecxr.device.contract import Contract, ContractError, TensorSpec
+from edgecxr.device.digest import file_sha256  # noqa: F401  (re-exported: convert and the tests name it here)
 from edgecxr.device.preprocess import PreprocessSpec
 from edgecxr.errors import EdgecxrError
 from edgecxr.versions import TRAINING, tool_versions
@@ -72,9 +72,3 @@ def contract_from_payload(payload: dict[str, Any], path: str = "checkpoint") -> 
         raise EdgecxrError(f"{path}: broken contract ({exc})") from exc
 
 
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -10,11 +10,11 @@ pydicom for the DICOM header.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections.abc import Callable
 
+from ..digest import file_sha256
 from ..gated import is_dicom
 from .journal import Journal
 from .scp import safe_name, write_durable
@@ -34,14 +34,6 @@ def inbox_key(path: str, sha: str) -> str:
         except Exception:  # an unreadable header: the file is still answered (refused), by content
             pass
     return f"file:{sha}"
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Inbox:

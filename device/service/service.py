@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..classify import Classifier
+from ..digest import file_sha256
 from ..gated import classify_path, gated_record, is_dicom, refused_prediction
 from ..image_io import ImageError
 from ..intended_use import read_header
@@ -32,14 +33,6 @@ from .journal import Entry, Journal
 from .scp import safe_name, write_durable
 
 Listener = Callable[[dict[str, Any], "np.ndarray | None"], None]
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def model_identity(clf: Classifier) -> dict[str, Any]:
