@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import os
+import io
 from typing import Any
 
 import highdicom as hd
@@ -23,6 +23,8 @@ from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+
+from .scp import write_durable
 
 SCHEME = "99EDGECXR"  # private coding scheme for the classes and the action (dciodvfy: a warning, not an error)
 UMLS_QUALITATIVE = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
@@ -133,21 +135,11 @@ def document(source: Dataset, report: Any, sop_uid: str, series_uid: str) -> Dat
 
 
 def write_atomic(ds: Dataset, path: str) -> None:
-    """Temporary file, fsync, rename, fsync the folder: the SR is either whole on disk or absent."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".tmp-{os.path.basename(path)}")
-    ds.save_as(tmp, enforce_file_format=True)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """The SR is either whole on disk or absent: encoded in memory, then ``scp.write_durable``
+    (temporary file, fsync, rename, fsync the folder), as every other file the service writes."""
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    write_durable(path, buf.getvalue())
 
 
 def read_back(path: str) -> dict[str, Any]:
