@@ -22,8 +22,28 @@ RUNNER = ROOT / "device" / "edgecxr_runner.py"
 VALIDATOR_ENV = {"JAVA_TOOL_OPTIONS": "-Djdk.xml.xpathExprOpLimit=0 -Djdk.xml.xpathTotalOpLimit=0 -Djdk.xml.xpathExprGrpLimit=0"}
 
 
+DCMTK = ("storescu", "storescp")
+
+
+def native_tool(name: str) -> str | None:
+    """The first ``name`` on PATH that is a compiled program: pynetdicom installs Python apps called
+    ``storescu``/``storescp`` into the venv, which ``make test`` puts ahead of dcmtk's on PATH."""
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            with open(path, "rb") as fh:
+                if fh.read(4) == b"\x7fELF":
+                    return path
+    return None
+
+
+def tool(name: str) -> str | None:
+    """dcmtk's tools by their compiled binary, any other by PATH."""
+    return native_tool(name) if name in DCMTK else shutil.which(name)
+
+
 def missing_tools(*names: str) -> list[str]:
-    return [n for n in names if shutil.which(n) is None]
+    return [n for n in names if tool(n) is None]
 
 
 def free_port() -> int:
@@ -114,7 +134,7 @@ class Pacs:
         self.folder, self.port, self.aet = folder, port, aet
         folder.mkdir(parents=True, exist_ok=True)
         self.log = open(folder.parent / f"storescp_{port}.log", "ab")
-        self.proc = subprocess.Popen(["storescp", "+uf", "-od", str(folder), "-aet", aet, str(port)], stdout=self.log,
+        self.proc = subprocess.Popen([str(tool("storescp")), "+uf", "-od", str(folder), "-aet", aet, str(port)], stdout=self.log,
                                      stderr=subprocess.STDOUT)
         STARTED.append(self)
         wait_for(self._listening, 30, "storescp to listen")
@@ -138,7 +158,7 @@ def storescu(port: int, files: list[Path] | Path, *options: str, wait: bool = Tr
     files need, ``-nh`` keeps going after a refused instance; ``options`` e.g. ``-xv`` to propose
     JPEG 2000 (else storescu converts, or fails to convert, a compressed file to uncompressed)."""
     paths = [str(files)] if isinstance(files, Path) else [str(f) for f in files]
-    args = ["storescu", "-R", "-nh", *options, "-aec", aet, *(["+sd"] if isinstance(files, Path) else []), "127.0.0.1", str(port), *paths]
+    args = [str(tool("storescu")), "-R", "-nh", *options, "-aec", aet, *(["+sd"] if isinstance(files, Path) else []), "127.0.0.1", str(port), *paths]
     if wait:
         return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -38,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))  # the DICOM builders and process helpers the serve tests use
 from dicom_fixtures import make_dataset, synthetic_gray, write  # noqa: E402
-from serve_procs import RUNNER, ServeProcess, free_port, wait_for  # noqa: E402
+from serve_procs import RUNNER, ServeProcess, free_port, tool, wait_for  # noqa: E402
 
 
 def cpu_line() -> str:
@@ -83,7 +83,7 @@ def bench_dir(model: str, folder: Path, work: Path) -> dict:
 
 def send_burst(port: int, groups: list[Path]) -> list[subprocess.Popen]:
     """Everything at once: one storescu (one association) per group folder."""
-    return [subprocess.Popen(["storescu", "-R", "-nh", "-aec", "EDGECXR", "+sd", "127.0.0.1", str(port), str(g)],
+    return [subprocess.Popen([str(tool("storescu")), "-R", "-nh", "-aec", "EDGECXR", "+sd", "127.0.0.1", str(port), str(g)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for g in groups]
 
 
@@ -92,7 +92,7 @@ def send_paced(port: int, files: list[Path], rate: float) -> list[subprocess.Pop
     procs = []
     for f in files:
         t = time.perf_counter()
-        procs.append(subprocess.Popen(["storescu", "-R", "-aec", "EDGECXR", "127.0.0.1", str(port), str(f)],
+        procs.append(subprocess.Popen([str(tool("storescu")), "-R", "-aec", "EDGECXR", "127.0.0.1", str(port), str(f)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         time.sleep(max(0.0, 1.0 / rate - (time.perf_counter() - t)))
     return procs
