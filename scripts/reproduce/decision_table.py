@@ -162,7 +162,7 @@ def summary(results: list[dict[str, Any]]) -> str:
         tb = next((v for k, v in g.items() if k.lower().startswith("tb")), None)
         other = next((v for k, v in g.items() if "shenzhen" in k.lower()), None)
         non = [v for k, v in g.items() if k in ("photos", "documents", "synthetic", "medical_other")]
-        cells = [f"{os.path.basename(r['model'])} ({r['format']} {r['precision']})", f"{_pct(test.get('answer'))} ({_g(test.get('answered_accuracy'))})",
+        cells = [f"{os.path.basename(r['model'])}", f"{_pct(test.get('answer'))} ({_g(test.get('answered_accuracy'))})",
                  _pct(worst_refused), _g(worst_cov),
                  f"{_pct(tb['uncertain'] + tb['unfamiliar'])} / {_pct(tb['not_cxr'])}" if tb else "-",
                  f"{_pct(other['answer'])} / {_pct(other['uncertain'] + other['unfamiliar'])} / {_pct(other['not_cxr'])}" if other else "-",
