@@ -183,7 +183,8 @@ def two_cuts(spec: dict[str, Any], z_val: np.ndarray, margin: float | None = Non
     """``spec`` (one cut at its TPR) split into the not-a-CXR refusal and the unfamiliar referral
     (``ood_cuts.fit_cuts``), provenance kept on both."""
     cuts = fit_cuts(spec, z_val, float(spec.get("tpr", DEFAULT_TPR)), NOT_CXR_MARGIN if margin is None else margin)
-    keep = {k: v for k, v in spec.items() if k not in ("tpr", "val_refused", "threshold")}
+    cut_keys = ("tpr", "threshold", "val_refused", "val_referred", "rule", "margin", "val_max", "n_threshold")
+    keep = {k: v for k, v in spec.items() if k not in cut_keys}  # provenance only: each block gets its own cut's numbers
     return {"ood": {**keep, **cuts["ood"]}, "unfamiliar": {**keep, **cuts["unfamiliar"]}}
 
 
