@@ -16,8 +16,8 @@ Which rules decide depends on what is known about the site:
 The rules:
 
 - ``max_refused`` (0.10): share of readable images the runner would refuse
-  (unusable image or "not a chest X-ray"). The not-a-CXR cut sits well beyond every
-  validation CXR, so the expected share on real radiographs is about 0.
+  (unusable image or "not a chest X-ray"). The not-a-CXR cut sits above every validation
+  CXR's score, so the expected share on real radiographs like them is about 0.
 - ``max_ks`` (0.20) with ``ks_alpha`` (0.01): the OOD score moved toward *less
   familiar* (one-sided KS, :func:`ks_shift`); a site whose images score lower than
   validation is more familiar, not less, and never fails this rule. Both numbers must
