@@ -208,11 +208,9 @@ def labelled_section(z: np.ndarray, site: SiteImages, acts: list[dict[str, Any]]
         # sensitivity as 0 and stretch the interval down to 0
         lo, hi = bootstrap_ci(y[mine], probs[mine], len(classes), n_boot)["sensitivity"] if n_boot else ([np.nan] * len(classes),) * 2
         sens = {"value": rep["per_class"][c]["sensitivity"]["value"], "ci95": [float(lo[i]), float(hi[i])]}
-        per_class[c] = {"n": n, "sensitivity": sens,
-                        "called": called, "refer": sum(a["action"] == "refer" for a in rows) / n,
-                        "refused_quality": sum(a["refusal"] == "quality" for a in rows) / n,
-                        "refused_ood": sum(a["refusal"] == "ood" for a in rows) / n,
-                        "reasons": reason_shares([a["reason_kind"] for a in rows])}
+        shares = reason_shares([a["reason_kind"] for a in rows])
+        per_class[c] = {"n": n, "sensitivity": sens, "called": called, "refer": shares["uncertain"] + shares["unfamiliar"],
+                        "refused_quality": shares["quality"], "refused_ood": shares["not_cxr"], "reasons": shares}
     counts = Counter(site.labels or [])
     return {"n": len(y), "accuracy": rep["accuracy"], "accuracy_ci95": rep["accuracy_ci95"], "per_class": per_class,
             "class_mix": {c: counts[c] / len(y) for c in classes}, "y": y}
