@@ -17,10 +17,10 @@ import numpy as np
 from . import _npimage
 from .backends import Backend
 from .decision import REFUSE, Verdict, decide, quality_refusal, refused
-from .drift import score_spec
 from .image_io import ImageError, load_gray, to_uint8
 from .ood import ood_scores
 from .preprocess import preprocess
+from .site_rules import score_spec
 
 
 @dataclass

@@ -21,17 +21,11 @@ import numpy as np
 
 from .label_shift import bbse
 from .ood import ood_scores
-from .site_rules import GO, NO_GO, Rules, judge, ks_shift
+from .site_rules import GO, NO_GO, Rules, judge, ks_shift, score_spec
 
 DEFAULT_WINDOW = 200
 REFERENCE_SCHEMA = "edgecxr.reference/1"
-FALLBACK_SCORE = {"method": "energy"}  # sitecheck's stand-in score for a model without an OOD block
 BOOTSTRAP = 1000  # sitecheck's default resamples for the BBSE intervals
-
-
-def score_spec(block: dict[str, Any] | None) -> dict[str, Any]:
-    """The OOD score sitecheck measures shifts with (``edgecxr.sitecheck.score_spec``)."""
-    return (block or {}).get("ood") or FALLBACK_SCORE
 
 
 def stored_reference(block: dict[str, Any] | None) -> tuple[dict[str, Any] | None, str]:

@@ -38,6 +38,13 @@ from typing import Any
 import numpy as np
 
 GO, NO_GO = "GO", "NO-GO"
+FALLBACK_SCORE = {"method": "energy"}  # for a model without an OOD block: a logit-only score, for the shift test only
+
+
+def score_spec(block: dict[str, Any] | None) -> dict[str, Any]:
+    """The OOD score a site's shift is measured with (sitecheck and the drift watch): the one the
+    runner refuses and refers by, or a logit-only stand-in where the model has none."""
+    return (block or {}).get("ood") or FALLBACK_SCORE
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,8 @@ from edgecxr.device.decision import REFUSE, decide, in_force, reason_shares
 from edgecxr.device.image_io import ImageError, is_image_file, load_gray
 from edgecxr.device.ood import ood_scores, quality_problem
 from edgecxr.device.preprocess import normalize, prepare_gray
-from edgecxr.device.site_rules import ks_shift
+from edgecxr.device.site_rules import ks_shift, score_spec
 from edgecxr.errors import EdgecxrError
-
-FALLBACK_SCORE = {"method": "energy"}  # for a model without an OOD block: a logit-only score, for the shift test only
 
 
 @dataclass
@@ -117,11 +115,6 @@ def logits_of(backend: Any, gray: np.ndarray, spec: Any, batch: int = 64) -> np.
     out = [model_logits(backend, np.stack([normalize(g, spec) for g in gray[i : i + batch]]).astype(np.float32))
            for i in range(0, len(gray), batch)]
     return np.concatenate(out) if out else np.zeros((0, len(backend.contract.classes)))
-
-
-def score_spec(block: dict[str, Any] | None) -> dict[str, Any]:
-    """The OOD score the runner refuses by, or a logit-only stand-in where the model has none."""
-    return (block or {}).get("ood") or FALLBACK_SCORE
 
 
 # --- the measurements --------------------------------------------------------------------------

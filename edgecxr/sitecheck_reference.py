@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from edgecxr.device.ood import ood_scores
+from edgecxr.device.site_rules import score_spec
 from edgecxr.errors import EdgecxrError
-from edgecxr.sitecheck import decode_images, logits_of, score_spec
+from edgecxr.sitecheck import decode_images, logits_of
 
 REFERENCE_SCHEMA = "edgecxr.reference/1"
 
