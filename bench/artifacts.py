@@ -16,7 +16,7 @@ from edgecxr.convert.formats import FORMATS, PRECISIONS, find_artifacts, format_
 from edgecxr.device.contract import Contract, ContractError
 from edgecxr.device.formats import model_bytes
 from edgecxr.errors import EdgecxrError
-from edgecxr.runtime import known_suffixes
+from edgecxr.models.runtime import known_suffixes
 
 
 @dataclass

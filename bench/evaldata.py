@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgecxr.data.imageset import LabelledImages
 from edgecxr.device.contract import Contract
 from edgecxr.errors import EdgecxrError
-from edgecxr.imageset import LabelledImages
 
 
 @dataclass
@@ -69,8 +69,8 @@ class EvalCache:
 
     def get(self, contract: Contract) -> EvalSet:
         """The set for ``contract``; raises :class:`EdgecxrError` (cached) when there are no images."""
-        from edgecxr.evaluate import resolve_samples
-        from edgecxr.imageset import load_images
+        from edgecxr.data.imageset import load_images
+        from edgecxr.eval.evaluate import resolve_samples
 
         key, _csv, _root = data_key(contract, self.data, self.split, self.split_csv)
         if key in self._errors:

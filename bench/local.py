@@ -40,7 +40,7 @@ def default_runtime(path: str) -> str:
 
 def selected_runtimes(path: str, wanted: tuple[str, ...]) -> list[str]:
     """The runtimes a benchmark runs a file with: ``--runtimes`` intersected with those that open it."""
-    from edgecxr.runtime import runtimes_for
+    from edgecxr.models.runtime import runtimes_for
 
     available = list(runtimes_for(path))
     if not wanted:
@@ -114,8 +114,8 @@ def predict_only(a: Artifact, cache: EvalCache, workdir: str, threads: int) -> E
 
 def accuracy_columns(a: Artifact, ev: Evaluated, ref: Evaluated | None, n_boot: int) -> dict[str, Any]:
     """Accuracy, macro-F1, AUC with 95% CIs, and the paired change against the reference."""
-    from edgecxr.decision_report import from_probabilities, reasons_section
-    from edgecxr.metrics import classification_report, compare_to_reference
+    from edgecxr.decide.report import from_probabilities, reasons_section
+    from edgecxr.eval.metrics import classification_report, compare_to_reference
 
     out: dict[str, Any] = {"accuracy": None, "macro_f1": None, "auc_macro": None, "n_images": None,
                            "reference": None, "delta_macro_f1_pp": None, "delta_macro_f1_ci95": None, "top1_agreement": None}

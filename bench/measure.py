@@ -76,7 +76,7 @@ def measure(model: str, threads: int, warmup: int, runs: int, min_seconds: float
             latency_input: str | None = None, eval_inputs: str | None = None, probs_out: str | None = None,
             batch_size: int = 32, runtime: str | None = None) -> dict[str, Any]:
     from edgecxr.device.latency import latency_record, time_invocations
-    from edgecxr.runtime import open_model, runtimes_for
+    from edgecxr.models.runtime import open_model, runtimes_for
 
     runtime = runtime or runtimes_for(model)[0]
     _preimport(runtime)

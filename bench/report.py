@@ -166,7 +166,7 @@ def write_outputs(doc: dict[str, Any], out: str, columns: str = "compact") -> li
     from edgecxr.atomic import write_json, write_text
     from edgecxr.bench.plot import save_plot
     from edgecxr.bench.tables import csv_text, markdown
-    from edgecxr.decision_report import bench_markdown
+    from edgecxr.decide.report import bench_markdown
 
     os.makedirs(out, exist_ok=True)
     paths = [os.path.join(out, n) for n in ("bench.json", "bench.csv", "bench.md", "bench.png")]

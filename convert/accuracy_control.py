@@ -87,7 +87,7 @@ def holdout_samples(split_csv: str, root: str, classes: list[str], exclude_files
     """(index, samples): ``n`` train rows of ``split_csv``, stratified, none of ``exclude_files``
     (absolute paths: the calibration images) and none whose pixels occur outside the train split."""
     from edgecxr.convert.calibration import _stratified
-    from edgecxr.data import read_split_csv
+    from edgecxr.data.folders import read_split_csv
 
     index = read_split_csv(split_csv, root, classes)
     elsewhere = {s.pixel_sha256 for s in index.samples if s.split != "train" and s.pixel_sha256}
@@ -106,7 +106,7 @@ def holdout_slice(contract: Any, calib: Any, vset: Any, n: int, seed: int = HOLD
     appear in another split are dropped, and so is any image identical, after
     preprocessing, to a verification image (``--verify-data`` may point anywhere).
     """
-    from edgecxr.imageset import LabelledImages, load_images
+    from edgecxr.data.imageset import LabelledImages, load_images
 
     split_csv, root = contract.source.get("split_csv"), contract.source.get("data_root")
     if not split_csv or not root or not os.path.exists(split_csv) or not os.path.isdir(root):
@@ -143,7 +143,7 @@ def mean_kl(ref_logits: np.ndarray, logits: np.ndarray) -> float:
 
 def judge(ref_logits: np.ndarray, logits: np.ndarray, y: np.ndarray, classes: list[str], s: ControlSettings) -> dict[str, Any]:
     """Held-out numbers of one INT8 model and whether it holds the limit."""
-    from edgecxr.metrics import compare_to_reference
+    from edgecxr.eval.metrics import compare_to_reference
 
     k = len(classes)
     c = compare_to_reference(np.asarray(y, dtype=int), softmax(ref_logits), softmax(logits), k, n_boot=200)

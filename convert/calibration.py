@@ -16,10 +16,10 @@ import os
 
 import numpy as np
 
-from edgecxr.data import DatasetIndex, Sample, list_images, read_split_csv, stratified_subset
+from edgecxr.data.folders import DatasetIndex, Sample, list_images, read_split_csv, stratified_subset
+from edgecxr.data.imageset import LabelledImages, load_images
 from edgecxr.device.contract import Contract
 from edgecxr.errors import EdgecxrError
-from edgecxr.imageset import LabelledImages, load_images
 
 MIN_CALIB_IMAGES = 16
 DEFAULT_CALIB_N = 300

@@ -106,7 +106,7 @@ def convert_command(ckpt: str, out_dir: str, int8: bool, fp16: bool, formats: st
     )
     report = convert_checkpoint(ckpt, out_dir, options, progress=not quiet, echo=click.echo)
     if sign_key:
-        from edgecxr.signing import sign_report_artifacts
+        from edgecxr.models.signing import sign_report_artifacts
 
         sign_report_artifacts(out_dir, report, sign_key, click.echo)
     click.echo("")

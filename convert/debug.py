@@ -41,7 +41,7 @@ def _fp32_onnx_and_contract(model_path: str, tmp: str) -> tuple[str, Contract]:
     fmt = format_of(model_path)
     if fmt is not None and fmt.source:
         from edgecxr.convert.formats.onnx.export import export_fp32, onnx_contract
-        from edgecxr.models import load_model
+        from edgecxr.models.factory import load_model
 
         model, contract = load_model(model_path)
         path = os.path.join(tmp, "fp32.onnx")

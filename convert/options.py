@@ -52,7 +52,7 @@ class ConvertOptions:
     threads: int | None = None
     """Threads for torch and the runtimes during verification; None: their defaults."""
     sign_key: str | None = None
-    """EC private key (``edgecxr keygen``): sign every file written (``ARTIFACT.sig``, ``edgecxr.signing``); None: unsigned."""
+    """EC private key (``edgecxr keygen``): sign every file written (``ARTIFACT.sig``, ``edgecxr.models.signing``); None: unsigned."""
 
     def __post_init__(self) -> None:
         # tuples: a frozen value stays hashable and a generator is not consumed twice

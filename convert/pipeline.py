@@ -43,7 +43,7 @@ def plan(arch: str, formats: Iterable[str], precisions: tuple[str, ...]) -> dict
 
 def _load_checkpoint(ckpt: str, split_csv: str | None, threads: int | None) -> tuple[Any, Any]:
     """The model and its contract; ``split_csv`` replaces the recorded split (the run folder moved)."""
-    from edgecxr.models import load_model
+    from edgecxr.models.factory import load_model
 
     torch_model, contract = load_model(ckpt)
     if split_csv:
@@ -94,7 +94,7 @@ def _load_sources(ckpt: str, opts: ConvertOptions, progress: bool, echo: Echo) -
     """Everything read or judged before the first file is written, so a refusal (no images,
     an unreachable split) costs no export. The contract comes back with the checkpoint's
     decision block (temperature, conformal sets) that every export carries."""
-    from edgecxr.calibrate import ensure_decision
+    from edgecxr.decide.calibrate import ensure_decision
 
     torch_model, contract = _load_checkpoint(ckpt, opts.split_csv, opts.threads)
     echo(f"convert {ckpt}: {contract.arch}, {contract.num_classes} classes {list(contract.classes)}, {contract.input_size} px")
@@ -113,8 +113,8 @@ def _production(ckpt: str, out_dir: str, opts: ConvertOptions, src: _Sources, ho
     """What every format's ``produce`` reads: the model, its contract, the provenance stamped
     into each file (the checkpoint's hash; for INT8 also its calibration and kept-float
     nodes) and the INT8 scheme. Creates ``out_dir``."""
-    from edgecxr.checkpoint import file_sha256
     from edgecxr.convert.formats.onnx.int8_target import plain_block
+    from edgecxr.models.checkpoint import file_sha256
     from edgecxr.versions import tool_versions
 
     calib = src.calib
@@ -197,8 +197,8 @@ def _refit_decisions(run: Run, host_cpu: dict[str, Any], threads: int | None, ec
     checkpoint's: they compute its outputs to ~1e-3, and a refit would only add the noise
     of 300 images. A file this CPU computes wrong (its contract's target), or one that
     failed, keeps the checkpoint's numbers too."""
+    from edgecxr.decide.ood_fit import refit_artifact_decision
     from edgecxr.device.formats import model_bytes
-    from edgecxr.ood_fit import refit_artifact_decision
 
     for step in run.steps:
         if step.precision != "int8" or step.status != "ok":
@@ -270,7 +270,7 @@ def _verify_one(run: Run, step: Step, vset: Any, ref_logits: Any, gold: Any, hos
     from edgecxr.device.cpufeatures import unmet_requirement
     from edgecxr.device.formats import model_bytes
     from edgecxr.device.selftest import probabilities
-    from edgecxr.runtime import open_model
+    from edgecxr.models.runtime import open_model
 
     path = run.path(step)
     backend = open_model(path, threads, check_cpu=False)  # one session: target, host outputs, contract to stamp

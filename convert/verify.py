@@ -1,6 +1,6 @@
 """Prove each artifact still computes the checkpoint's model.
 
-Every artifact is opened through ``edgecxr.runtime.open_model`` (the code path of
+Every artifact is opened through ``edgecxr.models.runtime.open_model`` (the code path of
 ``edgecxr eval``, bench and, for ONNX/TFLite, the Pi runner), run on the same
 preprocessed verification images as the PyTorch model, and compared with it:
 logit differences, top-1 agreement, and accuracy / macro-F1 with the macro-F1
@@ -17,12 +17,12 @@ import numpy as np
 
 from edgecxr.convert.reference import BATCH
 from edgecxr.convert.reference import torch_logits as torch_logits  # callers compare against it here
-from edgecxr.decision_report import ece_change
-from edgecxr.decision_store import read_contract
+from edgecxr.data.imageset import LabelledImages
+from edgecxr.decide.report import ece_change
+from edgecxr.decide.store import read_contract
 from edgecxr.device.contract import Contract
 from edgecxr.device.decision import softmax
 from edgecxr.errors import EdgecxrError
-from edgecxr.imageset import LabelledImages
 
 DELTA_BOOTSTRAP = 1000
 # The default tolerance every artifact must meet to be "ok" (``convert --help`` states it).
@@ -40,8 +40,8 @@ def load_verify_set(contract: Contract, verify_data: str | None, progress: bool 
     """``--verify-data DIR`` (every image in it), else the run's test split; ``None`` when neither exists."""
     import os
 
-    from edgecxr.evaluate import resolve_samples
-    from edgecxr.imageset import load_images
+    from edgecxr.data.imageset import load_images
+    from edgecxr.eval.evaluate import resolve_samples
 
     if verify_data:
         index = resolve_samples(contract, verify_data, "all")
@@ -58,7 +58,7 @@ def load_verify_set(contract: Contract, verify_data: str | None, progress: bool 
 
 
 def backend_logits(path: str, x: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, str]:
-    from edgecxr.runtime import open_model
+    from edgecxr.models.runtime import open_model
 
     backend = open_model(path, threads, check_cpu=False)  # measure it even where it is known wrong
     out = [backend.predict(x[i : i + BATCH]) for i in range(0, len(x), BATCH)]
@@ -67,7 +67,7 @@ def backend_logits(path: str, x: np.ndarray, threads: int | None = None) -> tupl
 
 def compare(ref_logits: np.ndarray, logits: np.ndarray, y: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """The numbers the report shows for one artifact against the PyTorch reference."""
-    from edgecxr.metrics import compare_to_reference, point_metrics
+    from edgecxr.eval.metrics import compare_to_reference, point_metrics
 
     if logits.shape != ref_logits.shape:
         raise EdgecxrError(f"artifact returns logits of shape {logits.shape}, the checkpoint {ref_logits.shape}")
@@ -101,7 +101,7 @@ def degradation(v: dict[str, Any], min_agreement: float = MIN_AGREEMENT, max_dro
 
 
 def reference_metrics(ref_logits: np.ndarray, y: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    from edgecxr.metrics import point_metrics
+    from edgecxr.eval.metrics import point_metrics
 
     m = point_metrics(y, softmax(ref_logits.astype(np.float64)), len(classes))
     return {"images": int(len(y)), "accuracy": float(m["accuracy"]), "macro_f1": float(m["macro_f1"])}

@@ -5,7 +5,7 @@ Callers always hand over preprocessed float32 NCHW images (what
 (NCHW/NHWC) and integer quantization of the input and output are handled here from
 the contract, so eval, bench, convert's verification and the Pi runner cannot
 disagree about them. Each runtime (``runtimes/``) subclasses :class:`Backend`;
-``edgecxr.runtime`` adds a torch backend with the same methods.
+``edgecxr.models.runtime`` adds a torch backend with the same methods.
 
 Timing hooks: ``prepare`` does all input conversion up front, ``invoke`` runs the
 model and nothing else, ``decode`` turns raw output into logits.

@@ -55,7 +55,7 @@ model's own split (``edgecxr eval``) keep the model's numbers.
     ood_refusal(logits: np.ndarray, features: np.ndarray | None, spec: dict) -> Refusal | None
 
 Only the runner's numbers live here; fitting them is the workstation's job
-(``edgecxr/decision_fit.py``). numpy + stdlib only.
+(``edgecxr/decide/fit.py``). numpy + stdlib only.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The one file digest of the project: sha256 read in 1 MB blocks (model files are tens of MB).
 
 In ``device/`` so the runner, the service, the signature check and the workstation's
-checkpoint provenance (``edgecxr.checkpoint``) all hash a file the same way. stdlib only.
+checkpoint provenance (``edgecxr.models.checkpoint``) all hash a file the same way. stdlib only.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ at 95% true-positive rate on validation CXRs. Methods (``ood["method"]``):
   the graph and carried in the logits themselves: the exported head outputs
   centred logits minus the score (softmax does not change), so the score is
   ``-mean(logits)`` here, in every format, from the one output they all have
-  (``edgecxr/ood_head.py`` builds that head). Units: 1.0 is the training
+  (``edgecxr/decide/ood_head.py`` builds that head). Units: 1.0 is the training
   images' 95th percentile;
 - ``logit_mahalanobis``: the same distance on the logit vector (per-class means,
   shared covariance, numbers in the block), for a model without that head;

@@ -1,4 +1,4 @@
 """``python -m edgecxr`` (also what ``torchrun -m edgecxr train`` runs)."""
-from edgecxr.cli import main
+from edgecxr.cli.main import main
 
 main()

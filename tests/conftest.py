@@ -11,8 +11,8 @@ from helpers import COVID, run_cli
 
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory) -> Path:
-    """3 classes x 30 synthetic 64 px PNGs (edgecxr.synthetic)."""
-    from edgecxr.synthetic import write_dataset
+    """3 classes x 30 synthetic 64 px PNGs (edgecxr.data.synthetic)."""
+    from edgecxr.data.synthetic import write_dataset
 
     return Path(write_dataset(str(tmp_path_factory.mktemp("synthetic") / "data"), n_per_class=30, size=64))
 
@@ -47,11 +47,11 @@ def probe_models(trained_run: Path, synthetic_data: Path, tmp_path_factory) -> t
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from edgecxr.checkpoint import save_checkpoint
-    from edgecxr.evaluate import resolve_samples
-    from edgecxr.imageset import load_images
-    from edgecxr.models import load_model
-    from edgecxr.registry import create_model
+    from edgecxr.data.imageset import load_images
+    from edgecxr.eval.evaluate import resolve_samples
+    from edgecxr.models.checkpoint import save_checkpoint
+    from edgecxr.models.factory import load_model
+    from edgecxr.models.registry import create_model
 
     _, contract = load_model(str(trained_run / "best.pt"))
     torch.manual_seed(0)

@@ -37,7 +37,7 @@ def _tiny_builder(pretrained: bool):
 @pytest.fixture(scope="module")
 def tiny_arch():
     """A three-conv backbone in the registry for this module only (convert runs in-process here)."""
-    from edgecxr.registry import BACKBONES, BackboneConfig
+    from edgecxr.models.registry import BACKBONES, BackboneConfig
 
     BACKBONES[TINY_ARCH] = BackboneConfig(TINY_ARCH, "test", _tiny_builder, input_size=32, dropout=0.0)
     yield TINY_ARCH
@@ -58,11 +58,11 @@ def fragile_model(tiny_arch: str, synthetic_data: Path, tmp_path_factory) -> Pat
     """
     import torch
 
-    from edgecxr.checkpoint import make_contract, save_checkpoint
-    from edgecxr.data import build_index, write_split_csv
+    from edgecxr.data.folders import build_index, write_split_csv
+    from edgecxr.data.imageset import load_images
     from edgecxr.device.preprocess import PreprocessSpec
-    from edgecxr.imageset import load_images
-    from edgecxr.registry import create_model
+    from edgecxr.models.checkpoint import make_contract, save_checkpoint
+    from edgecxr.models.registry import create_model
 
     folder = tmp_path_factory.mktemp("fragile")
     index = build_index(str(synthetic_data), progress=False)
@@ -160,7 +160,7 @@ def test_a_layer_kept_in_float_stays_float_when_onnx_runtime_opens_the_file(frag
 def test_an_unreachable_limit_says_so_in_one_line_and_exits_non_zero(fragile_model, tmp_path):
     from click.testing import CliRunner
 
-    from edgecxr.cli import cli
+    from edgecxr.cli.main import cli
 
     res = CliRunner().invoke(cli, ["convert", str(fragile_model), "--out", str(tmp_path / "no"), "--int8", "--formats", "onnx",
                                    "--calib-n", "16", "--max-drop", "5", "--min-agreement", "0.9", "--accuracy-control",
@@ -175,7 +175,7 @@ def test_an_unreachable_limit_says_so_in_one_line_and_exits_non_zero(fragile_mod
 def test_accuracy_control_needs_int8_and_a_limit(fragile_model, tmp_path):
     from click.testing import CliRunner
 
-    from edgecxr.cli import cli
+    from edgecxr.cli.main import cli
     from edgecxr.convert.pipeline import ConvertOptions, convert_checkpoint
 
     res = CliRunner().invoke(cli, ["convert", str(fragile_model), "--out", str(tmp_path / "x"), "--int8", "--accuracy-control"])
@@ -191,7 +191,7 @@ def test_the_held_out_slice_never_holds_test_val_or_calibration_images(fragile_m
     import csv
 
     from edgecxr.convert.accuracy_control import holdout_samples
-    from edgecxr.models import load_model
+    from edgecxr.models.factory import load_model
 
     _, contract = load_model(str(fragile_model))
     with open(contract.source["split_csv"], newline="") as fh:
@@ -221,10 +221,10 @@ def test_the_held_out_slice_drops_images_identical_to_verification_images(fragil
     import cv2
 
     from edgecxr.convert.accuracy_control import holdout_slice
-    from edgecxr.evaluate import resolve_samples
-    from edgecxr.imageset import load_images
-    from edgecxr.models import load_model
-    from edgecxr.synthetic import make_image
+    from edgecxr.data.imageset import load_images
+    from edgecxr.data.synthetic import make_image
+    from edgecxr.eval.evaluate import resolve_samples
+    from edgecxr.models.factory import load_model
 
     _, contract = load_model(str(fragile_model))
     everything = holdout_slice(contract, None, None, 1000, progress=False)
@@ -243,7 +243,7 @@ def test_the_held_out_slice_drops_images_identical_to_verification_images(fragil
 
 @pytest.mark.slow
 def test_accuracy_control_keeps_exactly_the_fragile_layer_in_float_in_tflite(fragile_model, tmp_path):
-    from edgecxr.tflite_graph import graph_interpreter
+    from edgecxr.models.tflite_graph import graph_interpreter
 
     rep = _convert(fragile_model, tmp_path / "ac", ("tflite",))
     int8 = _int8(rep, "tflite")

@@ -7,7 +7,7 @@ import json
 from click.testing import CliRunner
 from decision_fixtures import BLOCK, toy_onnx
 
-from edgecxr.synthetic import SYNTHETIC_CLASSES
+from edgecxr.data.synthetic import SYNTHETIC_CLASSES
 
 
 def _invoke(command, *args: str):
@@ -17,7 +17,7 @@ def _invoke(command, *args: str):
 
 
 def test_eval_reports_calibration_before_and_after_and_coverage_per_class(synthetic_data, tmp_path):
-    from edgecxr.eval_command import eval_command
+    from edgecxr.cli.eval import eval_command
 
     model = toy_onnx(str(tmp_path / "toy_fp32.onnx"), BLOCK, SYNTHETIC_CLASSES, {"data_root": str(synthetic_data)})
     out = tmp_path / "eval"
@@ -48,7 +48,7 @@ def test_eval_reports_calibration_before_and_after_and_coverage_per_class(synthe
 
 
 def test_card_without_optional_inputs_says_what_is_not_measured(synthetic_data, tmp_path):
-    from edgecxr.card_command import card_command
+    from edgecxr.cli.card import card_command
 
     model = toy_onnx(str(tmp_path / "toy_fp32.onnx"), None, SYNTHETIC_CLASSES, {"data_root": str(synthetic_data)})
     _invoke(card_command, model, "--out", str(tmp_path / "card.md"))
@@ -59,8 +59,8 @@ def test_card_without_optional_inputs_says_what_is_not_measured(synthetic_data, 
 
 
 def test_card_with_eval_and_ood_results_reports_their_numbers_and_commands(synthetic_data, tmp_path):
-    from edgecxr.card_command import card_command
-    from edgecxr.eval_command import eval_command
+    from edgecxr.cli.card import card_command
+    from edgecxr.cli.eval import eval_command
 
     model = toy_onnx(str(tmp_path / "toy_fp32.onnx"), BLOCK, SYNTHETIC_CLASSES, {"data_root": str(synthetic_data)})
     _invoke(eval_command, model, "--split", "all", "--out", str(tmp_path / "eval_toy_all"), "--bootstrap", "50", "--quiet")
@@ -76,7 +76,7 @@ def test_card_with_eval_and_ood_results_reports_their_numbers_and_commands(synth
 
 
 def test_the_card_renders_the_ood_evaluation_as_a_table_per_file_and_group():
-    from edgecxr.card_render import ood_eval_table
+    from edgecxr.card.render import ood_eval_table
 
     report = {"tpr": 0.95, "cpu": {"model": "AMD EPYC", "arch": "x86_64", "int8_features": ["avx2", "avx512_vnni"]},
               "results": [{"model": "runs/x/export/m_int8.tflite", "runtime": "ai-edge-litert 2.3.0",

@@ -24,7 +24,7 @@ SIX = [("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"), ("tflite", "fp32"),
 
 
 def _cli(*args: str):
-    from edgecxr.cli import cli
+    from edgecxr.cli.main import cli
 
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
@@ -85,10 +85,10 @@ def test_convert_writes_all_six_artifacts_verified_with_report(full_export):
 
 
 def test_every_artifact_carries_its_contract(full_export, trained_run):
-    from edgecxr.checkpoint import file_sha256
     from edgecxr.device.backends import import_interpreter
     from edgecxr.device.contract import read_onnx_contract, read_sidecar
-    from edgecxr.models import load_model
+    from edgecxr.models.checkpoint import file_sha256
+    from edgecxr.models.factory import load_model
 
     out, _report, _ = full_export
     _, ckpt_contract = load_model(str(trained_run / "best.pt"))
@@ -157,8 +157,8 @@ def test_every_artifact_passes_its_selftest_here_and_int8_on_emulated_avx2(full_
 # --- refusals and gates ---------------------------------------------------------------------
 
 def _without_data_sources(ckpt: Path, dest: Path) -> Path:
-    from edgecxr.checkpoint import save_checkpoint
-    from edgecxr.models import load_model
+    from edgecxr.models.checkpoint import save_checkpoint
+    from edgecxr.models.factory import load_model
 
     model, contract = load_model(str(ckpt))
     save_checkpoint(str(dest), model, replace(contract, source={}))
@@ -282,7 +282,7 @@ def test_debug_quant_lists_tensors_worst_first(probe_models, synthetic_data, tmp
 
 def test_truncated_or_corrupt_model_files_give_one_line_errors(full_export, trained_run, tmp_path):
     from edgecxr.convert.debug import debug_quant
-    from edgecxr.runtime import open_model
+    from edgecxr.models.runtime import open_model
 
     out, _, _ = full_export
     ckpt = tmp_path / "trunc.pt"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecxr.registry import list_models
+from edgecxr.models.registry import list_models
 
 LIGHT = list_models(lightweight_only=True)
 
@@ -22,9 +22,9 @@ LIGHT = list_models(lightweight_only=True)
 def _checkpoint(arch: str, trained_run: Path, folder: Path) -> Path:
     import torch
 
-    from edgecxr.checkpoint import save_checkpoint
-    from edgecxr.models import load_model
-    from edgecxr.registry import create_model
+    from edgecxr.models.checkpoint import save_checkpoint
+    from edgecxr.models.factory import load_model
+    from edgecxr.models.registry import create_model
 
     _, contract = load_model(str(trained_run / "best.pt"))  # 32 px, synthetic classes and data
     torch.manual_seed(0)

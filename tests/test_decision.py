@@ -11,11 +11,11 @@ import pytest
 from decision_fixtures import BLOCK, CLASSES, png, toy_contract, toy_onnx
 from scipy.stats import binom
 
-from edgecxr.decision_fit import coverage_report, fit_conformal, fit_temperature, split_halves
+from edgecxr.decide.fit import coverage_report, fit_conformal, fit_temperature, split_halves
+from edgecxr.decide.reliability import adaptive_ece, brier, calibration_metrics, ece, nll
 from edgecxr.device.contract import Contract
 from edgecxr.device.decision import CONFORMAL_METHODS, calibrated_probabilities, decide, prediction_set
 from edgecxr.errors import EdgecxrError
-from edgecxr.reliability import adaptive_ece, brier, calibration_metrics, ece, nll
 
 
 def _calibrated_toy(n: int, seed: int, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +84,7 @@ def test_conformal_refuses_a_coverage_too_few_images_can_certify():
 
 
 def test_validation_halves_are_disjoint_stratified_and_reproducible():
-    from edgecxr.data import Sample
+    from edgecxr.data.folders import Sample
 
     samples = [Sample(f"{c}/{i}.png", c, "val") for c in CLASSES for i in range(11)]
     a, b = split_halves(samples)
@@ -110,7 +110,7 @@ def test_a_set_of_two_classes_is_a_refer_decision_and_one_class_an_answer():
 # ---------------------------------------------------------------- contracts and the runner
 def test_decision_block_round_trips_through_onnx_and_tflite_contracts(tmp_path):
     from edgecxr.convert.formats import get_format
-    from edgecxr.decision_store import read_contract, write_decision
+    from edgecxr.decide.store import read_contract, write_decision
     from edgecxr.device.backends import open_backend
 
     onnx_path = toy_onnx(str(tmp_path / "toy_fp32.onnx"), None)
@@ -132,8 +132,8 @@ def test_decision_block_round_trips_through_onnx_and_tflite_contracts(tmp_path):
 def test_decision_block_is_kept_in_the_checkpoint_and_carried_by_its_contract(tmp_path):
     import torch
 
-    from edgecxr.checkpoint import save_checkpoint
-    from edgecxr.decision_store import read_contract, write_decision
+    from edgecxr.decide.store import read_contract, write_decision
+    from edgecxr.models.checkpoint import save_checkpoint
 
     path = str(tmp_path / "m.pt")
     save_checkpoint(path, torch.nn.Linear(2, 3), toy_contract(None))
@@ -165,7 +165,7 @@ def test_runner_prints_the_set_for_a_clear_image_and_refers_a_torn_one(tmp_path,
 
 
 def test_bench_calibration_from_saved_softmax_equals_evals_from_logits():
-    from edgecxr.decision_report import bench_markdown, decision_sections, from_probabilities
+    from edgecxr.decide.report import bench_markdown, decision_sections, from_probabilities
 
     z, y = _calibrated_toy(300, seed=7)
     block = {"temperature": 1.7, "conformal": {"method": "lac", "coverage": 0.9, "qhat": 0.5}}
@@ -210,7 +210,7 @@ def _convert_with_block(trained_run, tmp_path, **precisions) -> tuple[dict, list
     import shutil
 
     from edgecxr.convert.pipeline import ConvertOptions, convert_checkpoint
-    from edgecxr.decision_store import write_decision
+    from edgecxr.decide.store import write_decision
 
     ckpt = tmp_path / "best.pt"
     shutil.copy(trained_run / "best.pt", ckpt)
@@ -222,7 +222,7 @@ def _convert_with_block(trained_run, tmp_path, **precisions) -> tuple[dict, list
 
 
 def test_convert_carries_the_checkpoints_decision_block_and_reports_ece_change(trained_run, tmp_path):
-    from edgecxr.decision_store import read_contract
+    from edgecxr.decide.store import read_contract
 
     rep, lines = _convert_with_block(trained_run, tmp_path, fp16=True)
     assert any("from the checkpoint" in line for line in lines)
@@ -239,7 +239,7 @@ def test_convert_carries_the_checkpoints_decision_block_and_reports_ece_change(t
 def test_an_int8_refit_whose_temperature_hits_its_bound_keeps_the_checkpoints_numbers(trained_run, tmp_path):
     """The two-epoch run predicts one class: its validation NLL falls as T grows without limit,
     so a refit of T on the INT8 file's outputs lands on the search bound and must not be taken."""
-    from edgecxr.decision_store import read_contract
+    from edgecxr.decide.store import read_contract
 
     rep, lines = _convert_with_block(trained_run, tmp_path, int8=True)
     int8 = next(a for a in rep["artifacts"] if a["precision"] == "int8")

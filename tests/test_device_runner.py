@@ -68,9 +68,9 @@ def _bare(bare: dict, *args: str, opencv: bool = True, check: bool = True) -> su
 
 
 def _reference_probs(model: Path, files: list[Path]) -> np.ndarray:
-    """What the workstation toolkit computes: edgecxr.runtime + evaluate.predict_probs."""
-    from edgecxr.evaluate import predict_probs
-    from edgecxr.runtime import open_model
+    """What the workstation toolkit computes: edgecxr.models.runtime + evaluate.predict_probs."""
+    from edgecxr.eval.evaluate import predict_probs
+    from edgecxr.models.runtime import open_model
 
     backend = open_model(str(model))
     x = np.stack([preprocess(load_gray(str(f)), backend.contract.preprocess) for f in files])

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from helpers import run_cli
 
-from edgecxr.checkpoint import file_sha256
-from edgecxr.data import read_split_csv
+from edgecxr.data.folders import read_split_csv
 from edgecxr.device.preprocess import PreprocessSpec
+from edgecxr.models.checkpoint import file_sha256
 from edgecxr.train.dataset import AugmentSpec, CXRDataset
 from edgecxr.train.distill import distillation_loss
 from edgecxr.train.teacher import WithTeacher
@@ -136,7 +136,7 @@ def test_torchrun_distillation_shares_the_teacher_cache(trained_run, synthetic_d
 
 def test_training_from_scratch_gives_mobilenet_v3_batch_norm_the_default_momentum():
     """torchvision's MobileNetV3 BN momentum 0.01 left evaluation at chance after short from-scratch runs."""
-    from edgecxr.models import build_model
+    from edgecxr.models.factory import build_model
     from edgecxr.train.supervised import scratch_batch_norm
 
     model = build_model("mobilenet_v3_small", 3)

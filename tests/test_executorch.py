@@ -76,7 +76,7 @@ def test_runner_passes_the_selftest_then_classifies_an_image_like_eval(precision
     from edgecxr.device.decision import softmax
     from edgecxr.device.image_io import load_gray
     from edgecxr.device.preprocess import preprocess
-    from edgecxr.runtime import open_model
+    from edgecxr.models.runtime import open_model
 
     image = sorted(synthetic_data.rglob("*.png"))[0]
     model = str(et_export[0] / f"mobilenet_v2_{precision}.pte")

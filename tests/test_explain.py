@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import run_cli
 
-from edgecxr.registry import list_models
+from edgecxr.models.registry import list_models
 
 
 def _export_onnx(checkpoint: Path, dest: Path) -> Path:
@@ -18,7 +18,7 @@ def _export_onnx(checkpoint: Path, dest: Path) -> Path:
     import torch
 
     from edgecxr.device.contract import CONTRACT_KEY, TensorSpec
-    from edgecxr.models import load_model
+    from edgecxr.models.factory import load_model
 
     model, contract = load_model(str(checkpoint))
     size = contract.preprocess.size
@@ -69,10 +69,10 @@ def _responsive_checkpoint(data: Path, dest: Path, size: int = 48) -> Path:
     """
     import torch
 
-    from edgecxr.checkpoint import make_contract, save_checkpoint
     from edgecxr.device.image_io import load_gray
     from edgecxr.device.preprocess import PreprocessSpec, preprocess
-    from edgecxr.registry import create_model
+    from edgecxr.models.checkpoint import make_contract, save_checkpoint
+    from edgecxr.models.registry import create_model
 
     torch.manual_seed(0)
     spec = PreprocessSpec(size=size)
@@ -111,7 +111,7 @@ def test_gradcam_runs_on_every_lightweight_backbone_at_small_size(arch):
     import torch
 
     from edgecxr.explain.gradcam import gradcam_map
-    from edgecxr.registry import create_model
+    from edgecxr.models.registry import create_model
 
     torch.manual_seed(0)
     model = create_model(arch, 3).eval()
@@ -144,7 +144,7 @@ def test_lime_explains_an_onnx_model_on_the_raw_image_and_reports_time(models, t
 def test_lime_with_the_same_seed_and_segments_sees_identical_perturbations(models):
     from edgecxr.device.image_io import load_gray
     from edgecxr.explain.lime_explain import lime_map, segment_image
-    from edgecxr.runtime import open_model
+    from edgecxr.models.runtime import open_model
 
     gray = load_gray(str(models["image"]))
     segs = segment_image(gray, 12)

@@ -67,7 +67,7 @@ def test_a_registered_format_is_converted_verified_benchmarked_and_evaluated(ort
     from edgecxr.bench.artifacts import collect
     from edgecxr.convert.formats import find_artifacts
     from edgecxr.convert.pipeline import ConvertOptions, convert_checkpoint
-    from edgecxr.runtime import open_model
+    from edgecxr.models.runtime import open_model
 
     out = tmp_path / "exp"
     rep = convert_checkpoint(str(trained_run / "best.pt"), str(out), ConvertOptions(formats=("onnx", "ort")),

@@ -135,7 +135,7 @@ def test_calibrate_writes_the_intended_use_block_into_the_contract(trained_run, 
 
     from helpers import run_cli
 
-    from edgecxr.decision_store import read_contract
+    from edgecxr.decide.store import read_contract
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)

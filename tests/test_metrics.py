@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgecxr.metrics import classification_report, paired_delta_ci
+from edgecxr.eval.metrics import classification_report, paired_delta_ci
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_paired_delta_is_zero_for_identical_models_and_negative_for_a_worse_one(
 def test_vectorised_bootstrap_definitions_equal_sklearn_on_random_resamples():
     from sklearn.metrics import f1_score, precision_recall_fscore_support, roc_auc_score
 
-    from edgecxr.metrics import auc_batch, confusion_batch, metrics_from_confusion
+    from edgecxr.eval.metrics import auc_batch, confusion_batch, metrics_from_confusion
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 4, (12, 40))

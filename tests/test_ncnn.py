@@ -76,7 +76,7 @@ def test_int8_weights_are_the_ones_ncnns_own_quantizer_makes(ncnn_export, traine
     from edgecxr.convert.calibration import load_calibration
     from edgecxr.convert.formats.ncnn import int8 as ncnn_int8
     from edgecxr.device.runtimes.ncnn_cpu import NcnnBackend
-    from edgecxr.models import load_model
+    from edgecxr.models.factory import load_model
 
     out, _ = ncnn_export
     _, contract = load_model(str(trained_run / "best.pt"))
@@ -144,7 +144,7 @@ def test_weights_file_is_a_companion_counted_and_listed(ncnn_export):
 
 def test_missing_weights_file_is_one_clear_error(ncnn_export, tmp_path):
     from edgecxr.errors import EdgecxrError
-    from edgecxr.runtime import open_model
+    from edgecxr.models.runtime import open_model
 
     out, _ = ncnn_export
     lone = tmp_path / "mobilenet_v2_fp32.ncnn.param"

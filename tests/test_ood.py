@@ -13,15 +13,15 @@ import pytest
 from helpers import run_bare_runner
 from scipy.stats import betabinom
 
+from edgecxr.decide.ood_fit import auroc, fit_logit_gaussians, fit_ood, fpr_at_tpr, quality_block, threshold_at_tpr
 from edgecxr.device.decision import decide, quality_refusal
 from edgecxr.device.ood import QUALITY_DEFAULTS, OodSpecError, ood_refusal, ood_scores, quality_problem
-from edgecxr.ood_fit import auroc, fit_logit_gaussians, fit_ood, fpr_at_tpr, quality_block, threshold_at_tpr
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cxr_like(size: int = 256, seed: int = 0) -> np.ndarray:
-    from edgecxr.synthetic import make_image
+    from edgecxr.data.synthetic import make_image
 
     return make_image("Normal", seed, size=size)
 
@@ -140,8 +140,8 @@ def test_the_decision_refuses_before_any_label():
 def test_the_ood_head_keeps_probabilities_and_carries_the_score_in_the_logits_mean():
     import torch
 
-    from edgecxr.ood_head import attach, fit_numbers, raw_scores
-    from edgecxr.registry import CXRClassifier
+    from edgecxr.decide.ood_head import attach, fit_numbers, raw_scores
+    from edgecxr.models.registry import CXRClassifier
 
     rng = np.random.default_rng(0)
     centers = rng.normal(0, 3, (3, 40))
@@ -168,8 +168,8 @@ def test_the_ood_head_keeps_probabilities_and_carries_the_score_in_the_logits_me
 def test_every_feature_transform_scores_the_same_in_the_graph_as_in_numpy(transform):
     import torch
 
-    from edgecxr.ood_head import attach, fit_numbers, raw_scores
-    from edgecxr.registry import CXRClassifier
+    from edgecxr.decide.ood_head import attach, fit_numbers, raw_scores
+    from edgecxr.models.registry import CXRClassifier
 
     rng = np.random.default_rng(1)
     y = rng.integers(0, 3, 400)
@@ -187,7 +187,7 @@ def test_every_feature_transform_scores_the_same_in_the_graph_as_in_numpy(transf
 def test_unit_length_transforms_ignore_the_feature_scale_and_raw_ones_do_not():
     """Why sqrt_l2 is the default: a brighter or larger image scales the pooled features;
     only the direction of the feature vector should say whether it is a CXR."""
-    from edgecxr.ood_head import fit_numbers, raw_scores
+    from edgecxr.decide.ood_head import fit_numbers, raw_scores
 
     rng = np.random.default_rng(2)
     y = rng.integers(0, 3, 400)
@@ -199,7 +199,7 @@ def test_unit_length_transforms_ignore_the_feature_scale_and_raw_ones_do_not():
 
 
 def test_a_head_stored_before_transforms_existed_still_scores_raw_features():
-    from edgecxr.ood_head import fit_numbers, raw_scores
+    from edgecxr.decide.ood_head import fit_numbers, raw_scores
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 3, 300)
@@ -217,7 +217,7 @@ def calibrated_onnx(probe_models, tmp_path_factory):
     from helpers import run_cli
 
     from edgecxr.convert.formats.onnx.export import export_fp32, onnx_contract
-    from edgecxr.models import load_model
+    from edgecxr.models.factory import load_model
 
     folder = tmp_path_factory.mktemp("ood_onnx")
     ckpt = folder / "probe.pt"
@@ -236,13 +236,13 @@ def test_convert_refits_each_int8_files_decision_on_its_own_validation_outputs(c
     from what it itself computes; its self-test still passes."""
     from helpers import run_cli
 
-    from edgecxr.decision_fit import fit_temperature
+    from edgecxr.data.imageset import load_images
+    from edgecxr.decide.fit import fit_temperature
+    from edgecxr.decide.ood_cuts import not_cxr_cut
+    from edgecxr.decide.ood_fit import threshold_at_tpr
     from edgecxr.device.ood import ood_scores as scores_of
-    from edgecxr.evaluate import resolve_samples
-    from edgecxr.imageset import load_images
-    from edgecxr.ood_cuts import not_cxr_cut
-    from edgecxr.ood_fit import threshold_at_tpr
-    from edgecxr.runtime import open_model
+    from edgecxr.eval.evaluate import resolve_samples
+    from edgecxr.models.runtime import open_model
 
     ckpt = calibrated_onnx.parent / "probe.pt"
     out = tmp_path / "export"
@@ -281,7 +281,7 @@ def test_a_photo_is_refused_by_the_bare_runner(calibrated_onnx, synthetic_data, 
     from edgecxr.device.contract import read_onnx_contract
     from edgecxr.device.image_io import load_gray
     from edgecxr.device.preprocess import preprocess
-    from edgecxr.runtime import open_model
+    from edgecxr.models.runtime import open_model
 
     block = read_onnx_contract(str(calibrated_onnx)).decision
     assert block["ood"]["method"] == "feature_mahalanobis" and block["quality"]["checked_on"]["refused"] == {}
@@ -324,9 +324,9 @@ def test_a_photo_is_refused_by_the_bare_runner(calibrated_onnx, synthetic_data, 
 
 def test_a_checkpoint_naming_the_feature_score_without_its_head_is_refused(probe_models, tmp_path):
     """Without the head the score read back as -mean(logits) is always 0: every image would pass."""
-    from edgecxr.decision_store import write_decision
+    from edgecxr.decide.store import write_decision
     from edgecxr.errors import EdgecxrError
-    from edgecxr.models import load_model
+    from edgecxr.models.factory import load_model
 
     ckpt = tmp_path / "probe.pt"
     shutil.copy(probe_models[0], ckpt)
@@ -379,8 +379,8 @@ def test_reason_shares_count_every_kind_once():
 
 
 def test_the_not_a_cxr_cut_keeps_every_validation_cxr_and_stays_below_the_head_clip():
+    from edgecxr.decide.ood_cuts import fit_cuts, not_cxr_cut
     from edgecxr.errors import EdgecxrError
-    from edgecxr.ood_cuts import fit_cuts, not_cxr_cut
 
     val = np.linspace(0.2, 1.5, 300)
     assert not_cxr_cut(val, 2.0, cap=8.0) == pytest.approx(3.0)

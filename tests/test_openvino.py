@@ -72,7 +72,7 @@ def test_openvino_ir_passes_its_own_selftest_in_the_runner(ov_export):
 def test_the_onnx_file_opened_by_openvino_agrees_with_onnxruntime(ov_export, synthetic_data):
     from edgecxr.device.image_io import load_gray
     from edgecxr.device.preprocess import preprocess
-    from edgecxr.runtime import open_model, runtimes_for
+    from edgecxr.models.runtime import open_model, runtimes_for
 
     onnx = str(ov_export[0] / "mobilenet_v2_fp32.onnx")
     assert runtimes_for(onnx) == ("onnxruntime", "openvino")[: len(runtimes_for(onnx))] and "openvino" in runtimes_for(onnx)
@@ -151,7 +151,7 @@ def register_ghost():
 def test_a_format_whose_runtime_is_not_installed_is_skipped_with_its_pip_command(register_ghost, trained_run, tmp_path):
     from click.testing import CliRunner
 
-    from edgecxr.cli import cli
+    from edgecxr.cli.main import cli
 
     register_ghost("edgecxr_ghost_runtime_absent")
     res = CliRunner().invoke(cli, ["convert", str(trained_run / "best.pt"), "--out", str(tmp_path / "exp"), "--formats", "onnx,ghost",

@@ -18,7 +18,7 @@ import pytest
 from decision_fixtures import BLOCK, toy_onnx
 from helpers import COVID, ROOT
 
-from edgecxr.signing import keygen, sign_artifact
+from edgecxr.models.signing import keygen, sign_artifact
 
 RUNNER = str(ROOT / "device" / "edgecxr_runner.py")
 TOKEN = "s3cret-token-for-tests"
@@ -164,7 +164,7 @@ def _photo(path: Path) -> str:
 def _cxr(tmp_path: Path) -> str:
     if COVID.is_dir():
         return str(sorted((COVID / "Normal").glob("*.png"))[0])
-    from edgecxr.synthetic import write_dataset  # no real CXRs here: a synthetic one
+    from edgecxr.data.synthetic import write_dataset  # no real CXRs here: a synthetic one
 
     root = Path(write_dataset(str(tmp_path / "syn"), n_per_class=1, size=128, seed=0))
     return str(sorted(root.rglob("*.png"))[0])

@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgecxr.data import Sample
+from edgecxr.data.folders import Sample
 from edgecxr.device.preprocess import PreprocessSpec, normalize, prepare_gray, preprocess, preprocess_file
 from edgecxr.train.dataset import CXRDataset
 

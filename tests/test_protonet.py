@@ -8,10 +8,10 @@ import pytest
 import torch
 from helpers import run_cli
 
-from edgecxr.data import Sample
-from edgecxr.episodes import EpisodeDataset, EpisodeSpec, check_episode_fit, mean_ci95, per_class_subset
+from edgecxr.data.episodes import EpisodeDataset, EpisodeSpec, check_episode_fit, mean_ci95, per_class_subset
+from edgecxr.data.folders import Sample
 from edgecxr.errors import EdgecxrError
-from edgecxr.proto_encoder import ProtoEncoder, squared_distances
+from edgecxr.models.proto_encoder import ProtoEncoder, squared_distances
 from edgecxr.train.proto_model import fold_into_classifier
 
 
@@ -135,8 +135,8 @@ def proto_run(synthetic_data, tmp_path_factory):
 
 
 def test_protonet_run_writes_an_ordinary_checkpoint_and_the_prototypes(proto_run):
-    from edgecxr.models import load_model
-    from edgecxr.proto_encoder import load_protonet
+    from edgecxr.models.factory import load_model
+    from edgecxr.models.proto_encoder import load_protonet
 
     out, proc = proto_run
     assert "done: 2 epochs" in proc.stdout
@@ -162,7 +162,7 @@ def test_protonet_checkpoint_goes_through_eval_like_any_model(proto_run):
 
 
 def test_episode_report_gives_mean_accuracy_with_ci_on_any_split(proto_run):
-    from edgecxr.episodes import episode_report
+    from edgecxr.data.episodes import episode_report
 
     out, _ = proto_run
     rep = episode_report(str(out / "protonet.pt"), split="val", episodes=4)
@@ -209,7 +209,7 @@ def test_kshot_split_gives_supervised_training_the_same_images_as_train_shots(tm
     import importlib.util
     from pathlib import Path
 
-    from edgecxr.data import DatasetIndex, read_split_csv, write_split_csv
+    from edgecxr.data.folders import DatasetIndex, read_split_csv, write_split_csv
 
     spec = importlib.util.spec_from_file_location("protonet_table", Path(__file__).resolve().parents[1] / "scripts" / "reproduce" / "protonet_table.py")
     mod = importlib.util.module_from_spec(spec)

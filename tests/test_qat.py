@@ -27,7 +27,7 @@ def test_per_channel_fake_quant_lands_on_the_folded_int8_grid():
 
 def _probe_model():
     """A MobileNetV2 with non-trivial batch-norm statistics, so the fold matters."""
-    from edgecxr.registry import create_model
+    from edgecxr.models.registry import create_model
 
     torch.manual_seed(0)
     model = create_model("mobilenet_v2", 3)
@@ -61,11 +61,11 @@ def test_enable_then_remove_leaves_the_float_model_and_its_keys_untouched():
 def test_simulated_int8_is_closer_to_onnx_runtime_int8_than_float_is(tmp_path):
     """QAT simulates the scheme convert deploys by default (portable: u8 x u8), which
     ONNX Runtime computes exactly on every CPU; simulating the other weight grid is worse."""
-    from edgecxr.checkpoint import make_contract
     from edgecxr.convert.formats.onnx.export import INPUT_NAME, export_fp32
     from edgecxr.convert.formats.onnx.int8_target import resolve_target
     from edgecxr.convert.formats.onnx.quantize import quantize_int8
     from edgecxr.device.preprocess import PreprocessSpec
+    from edgecxr.models.checkpoint import make_contract
     from edgecxr.train.qat import enable_qat
 
     ort = pytest.importorskip("onnxruntime")
@@ -102,7 +102,7 @@ def test_simulated_int8_is_closer_to_onnx_runtime_int8_than_float_is(tmp_path):
 
 
 def test_train_qat_writes_a_plain_float_checkpoint(trained_run, synthetic_data, tmp_path):
-    from edgecxr.models import load_model
+    from edgecxr.models.factory import load_model
 
     out = tmp_path / "qat"
     run_cli("train", "--data", str(synthetic_data), "--arch", "mobilenet_v2", "--out", str(out), "--epochs", "1",

@@ -10,14 +10,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgecxr.registry import BACKBONES, get_config
+from edgecxr.models.registry import BACKBONES, get_config
 
 SMALL_INPUT = 64  # every backbone's total stride is 32: 2x2 features, enough to run each layer
 
 
 @pytest.fixture(scope="module", params=list(BACKBONES))
 def built(request):
-    from edgecxr.registry import create_model
+    from edgecxr.models.registry import create_model
 
     torch.manual_seed(0)
     return request.param, create_model(request.param, 3).eval()

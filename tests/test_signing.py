@@ -18,7 +18,7 @@ from decision_fixtures import BLOCK, png, toy_onnx
 from helpers import ROOT, run_bare_runner, run_cli
 
 from edgecxr.device.signature import SignatureError, candidate_files, covered_files, verify_model
-from edgecxr.signing import keygen, sign_artifact, sign_report_artifacts, verify_with_model_signing
+from edgecxr.models.signing import keygen, sign_artifact, sign_report_artifacts, verify_with_model_signing
 
 RUNNER = str(ROOT / "device" / "edgecxr_runner.py")
 

@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 from helpers import ROOT, SHARED_DATA, run_bare_runner
 
-from edgecxr.cli import cli
-from edgecxr.label_shift import bbse
+from edgecxr.cli.main import cli
+from edgecxr.site.label_shift import bbse
 
 CONFUSION = np.array([[0.80, 0.15, 0.10],  # P(pred = i | y = j): columns are true classes
                       [0.15, 0.75, 0.10],
@@ -62,12 +62,12 @@ def site_model(tmp_path_factory) -> Path:
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from edgecxr.checkpoint import make_contract, save_checkpoint
-    from edgecxr.data import build_index, write_split_csv
+    from edgecxr.data.folders import build_index, write_split_csv
+    from edgecxr.data.imageset import load_images
+    from edgecxr.data.synthetic import write_dataset
     from edgecxr.device.preprocess import PreprocessSpec
-    from edgecxr.imageset import load_images
-    from edgecxr.registry import create_model
-    from edgecxr.synthetic import write_dataset
+    from edgecxr.models.checkpoint import make_contract, save_checkpoint
+    from edgecxr.models.registry import create_model
 
     folder = tmp_path_factory.mktemp("site_model")
     root = write_dataset(str(folder / "data"), n_per_class=100, size=64, seed=1)
@@ -122,7 +122,7 @@ def test_bbse_recovers_an_injected_prevalence_within_its_ci():
 
 
 def test_bbse_estimates_the_class_mix_of_a_test_split_resampled_to_70_20_10(site_model, tmp_path):
-    from edgecxr.data import read_split_csv
+    from edgecxr.data.folders import read_split_csv
 
     index = read_split_csv(str(site_model / "split.csv"), str(site_model / "data"))
     rng = np.random.default_rng(0)
@@ -206,12 +206,12 @@ def test_labels_stamp_writes_a_site_block_the_runner_applies_and_the_selftest_st
     from dataclasses import replace
 
     from edgecxr.convert.formats import format_of
-    from edgecxr.decision_store import read_contract
+    from edgecxr.decide.store import read_contract
     from edgecxr.device.decision import calibrated_probabilities, in_force, prediction_set
     from edgecxr.device.image_io import load_gray
     from edgecxr.device.preprocess import preprocess
-    from edgecxr.runtime import open_model
-    from edgecxr.sitecheck_reference import _reference_from_block, resolve_reference
+    from edgecxr.models.runtime import open_model
+    from edgecxr.site.reference import _reference_from_block, resolve_reference
 
     res = _invoke("convert", str(site_model / "model.pt"), "--out", str(tmp_path / "export"), "--formats", "onnx", "--threads", "1", "--quiet")
     assert res.exit_code == 0, res.output
@@ -311,9 +311,9 @@ def test_user_mistakes_are_one_line_and_exit_code_2(site_model, tmp_path):
 
 
 def test_site_shifts_are_deterministic_and_keep_the_image_shape():
+    from edgecxr.data.synthetic import make_image
     from edgecxr.errors import EdgecxrError
-    from edgecxr.site_sim import SHIFTS, apply_shift, apply_shifts
-    from edgecxr.synthetic import make_image
+    from edgecxr.site.sim import SHIFTS, apply_shift, apply_shifts
 
     img = make_image("Normal", 0, size=96)
     for name in SHIFTS:

@@ -11,10 +11,10 @@ import pytest
 import torch
 from helpers import run_cli
 
-from edgecxr.data import HOLDOUT, Sample, assign_splits, build_index, read_split_csv, write_split_csv
+from edgecxr.data.folders import HOLDOUT, Sample, assign_splits, build_index, read_split_csv, write_split_csv
+from edgecxr.data.synthetic import make_image
 from edgecxr.device.preprocess import PreprocessSpec, finish_gray, prepare_gray, resize_gray
 from edgecxr.errors import EdgecxrError
-from edgecxr.synthetic import make_image
 from edgecxr.train.dataset import CXRDataset
 from edgecxr.train.sampling import BalancedSampler, balance_weights
 from edgecxr.train.site_augment import SiteAugmentSpec, image_cdf, match_cdf, site_augment

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgecxr.data import Sample, assign_splits, build_index, parse_ratios, read_split_csv, write_split_csv
+from edgecxr.data.folders import Sample, assign_splits, build_index, parse_ratios, read_split_csv, write_split_csv
 from edgecxr.errors import EdgecxrError
 
 

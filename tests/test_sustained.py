@@ -205,7 +205,7 @@ def test_sustained_and_cold_start_run_on_an_emulated_cortex_a72(export_dir, tmp_
     assert "EMULATED (qemu)" in markdown({"settings": {"seconds": 3, "window_s": 1}, "runs": [{**rec, "artifact": "m", "where": "rpi"}]})
     import cv2
 
-    from edgecxr.synthetic import make_image
+    from edgecxr.data.synthetic import make_image
 
     img = str(tmp_path / "img.png")
     cv2.imwrite(img, make_image("Normal", 0, 64, 0))

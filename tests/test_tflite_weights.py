@@ -25,10 +25,10 @@ def _tflite_probs(interp, x_nhwc_pm1: np.ndarray) -> np.ndarray:
 
 @needs_reference
 def test_imported_mobilenet_v2_reproduces_the_tflite_imagenet_classifier():
+    from edgecxr.data.synthetic import SYNTHETIC_CLASSES, make_image
     from edgecxr.device.backends import import_interpreter
-    from edgecxr.registry import create_model
-    from edgecxr.synthetic import SYNTHETIC_CLASSES, make_image
-    from edgecxr.tflite_weights import mobilenet_v2_state_from_tflite, read_tflite_convolutions, tf_same_padding
+    from edgecxr.models.registry import create_model
+    from edgecxr.models.tflite_weights import mobilenet_v2_state_from_tflite, read_tflite_convolutions, tf_same_padding
 
     model = create_model("mobilenet_v2", 1001)
     model.load_state_dict(mobilenet_v2_state_from_tflite(str(REFERENCE), model), strict=False)
@@ -55,9 +55,9 @@ def test_imported_mobilenet_v2_reproduces_the_tflite_imagenet_classifier():
 
 @needs_reference
 def test_unfolded_batch_norm_keeps_eval_output_and_live_training_activations():
-    from edgecxr.models import build_model
-    from edgecxr.registry import create_model
-    from edgecxr.tflite_weights import mobilenet_v2_state_from_tflite, xray_like_batch
+    from edgecxr.models.factory import build_model
+    from edgecxr.models.registry import create_model
+    from edgecxr.models.tflite_weights import mobilenet_v2_state_from_tflite, xray_like_batch
 
     folded = create_model("mobilenet_v2", 3)
     folded.load_state_dict(mobilenet_v2_state_from_tflite(str(REFERENCE), folded), strict=False)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from edgecxr.registry import BACKBONES
+from edgecxr.models.registry import BACKBONES
 
 
 @click.command("train")

@@ -12,7 +12,7 @@ from edgecxr.device.preprocess import PreprocessSpec
 
 @dataclass
 class TrainConfig:
-    data: str | list[str]  # one dataset folder, or several: one per source (edgecxr.data.list_sources)
+    data: str | list[str]  # one dataset folder, or several: one per source (edgecxr.data.folders.list_sources)
     arch: str
     out: str
     epochs: int = 20

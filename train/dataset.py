@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from edgecxr.data import Sample
+from edgecxr.data.folders import Sample
 from edgecxr.device.image_io import ImageError, load_gray
 from edgecxr.device.preprocess import PreprocessSpec, finish_gray, normalize, prepare_gray, resize_gray
 from edgecxr.train.site_augment import SiteAugmentSpec, image_cdf, site_augment

@@ -7,7 +7,7 @@ The last term is the same for every class, so it cancels in softmax and argmax; 
 rest is linear in ``f``: ``W = 2 P W_e`` and ``b = 2 P b_e - ||p_c||^2``. The result is
 a plain :class:`CXRClassifier`, which ``eval``, ``convert``, ``bench`` and the device
 runner use with no special case. ``protonet.pt`` keeps the encoder and prototypes
-for episode evaluation; the encoder and that file are ``edgecxr.proto_encoder``,
+for episode evaluation; the encoder and that file are ``edgecxr.models.proto_encoder``,
 because ``eval`` reads them too.
 """
 from __future__ import annotations
@@ -21,9 +21,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from edgecxr.errors import EdgecxrError
-from edgecxr.models import build_model
-from edgecxr.proto_encoder import ProtoEncoder
-from edgecxr.registry import CXRClassifier, get_config
+from edgecxr.models.factory import build_model
+from edgecxr.models.proto_encoder import ProtoEncoder
+from edgecxr.models.registry import CXRClassifier, get_config
 
 
 def build_encoder(arch: str, num_classes: int, embed_dim: int = 128, pretrained: bool = False, weights: str | None = None) -> ProtoEncoder:

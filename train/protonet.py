@@ -12,8 +12,8 @@ encoder and prototypes; ``metrics.json`` adds the mean test-episode accuracy wit
 Run files: ``best.pt``, ``protonet.pt``, ``protonet_last.pt`` (for ``--resume``),
 ``split.csv``, ``metrics.json``, ``epochs.csv``, ``train.log``, ``curves.png``. What
 one epoch means lives here; the run around it is ``edgecxr.train.run``, the
-episodes and the encoder file are the core modules ``edgecxr.episodes`` and
-``edgecxr.proto_encoder`` (``eval`` uses them too).
+episodes and the encoder file are the core modules ``edgecxr.data.episodes`` and
+``edgecxr.models.proto_encoder`` (``eval`` uses them too).
 """
 from __future__ import annotations
 
@@ -28,9 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from edgecxr.checkpoint import read_payload, save_checkpoint
-from edgecxr.device.contract import Contract
-from edgecxr.episodes import (
+from edgecxr.data.episodes import (
     TEST_SEED_OFFSET,
     VAL_SEED_OFFSET,
     EpisodeDataset,
@@ -39,8 +37,10 @@ from edgecxr.episodes import (
     per_class_subset,
     run_episodes,
 )
+from edgecxr.device.contract import Contract
 from edgecxr.errors import EdgecxrError
-from edgecxr.proto_encoder import PROTONET_FORMAT, load_protonet, save_protonet, squared_distances, support_prototypes
+from edgecxr.models.checkpoint import read_payload, save_checkpoint
+from edgecxr.models.proto_encoder import PROTONET_FORMAT, load_protonet, save_protonet, squared_distances, support_prototypes
 from edgecxr.train.config import TrainConfig
 from edgecxr.train.dataset import CXRDataset
 from edgecxr.train.proto_model import build_encoder, class_prototypes, embed_dataset, fold_into_classifier, precise_bn

@@ -30,8 +30,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from edgecxr.nn_utils import conv_batch_norms
-from edgecxr.registry import get_config
+from edgecxr.models.nn_utils import conv_batch_norms
+from edgecxr.models.registry import get_config
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.GELU)
 WEIGHT_QMAX = 127  # the symmetric 8-bit grid (TFLite, ONNX --target x86-vnni/arm64)

@@ -30,8 +30,7 @@ import torch
 from torch import nn
 
 from edgecxr.atomic import write_json, write_text
-from edgecxr.checkpoint import make_contract
-from edgecxr.data import (
+from edgecxr.data.folders import (
     HOLDOUT,
     DatasetIndex,
     Sample,
@@ -45,8 +44,9 @@ from edgecxr.data import (
 from edgecxr.device.contract import Contract
 from edgecxr.device.preprocess import PreprocessSpec
 from edgecxr.errors import EdgecxrError
-from edgecxr.metrics import macro_f1
-from edgecxr.registry import get_config
+from edgecxr.eval.metrics import macro_f1
+from edgecxr.models.checkpoint import make_contract
+from edgecxr.models.registry import get_config
 from edgecxr.train.config import TrainConfig
 from edgecxr.train.dataset import AugmentSpec, CXRDataset
 from edgecxr.train.distributed import Dist

@@ -34,8 +34,8 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from edgecxr import site_sim  # the simulated sites' transforms, here with random parameters
 from edgecxr.errors import EdgecxrError
+from edgecxr.site import sim as site_sim  # the simulated sites' transforms, here with random parameters
 
 MARKER_TEXTS = ("L", "R", "AP", "PA", "PORTABLE", "SUPINE", "ERECT")
 

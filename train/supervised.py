@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from edgecxr.checkpoint import load_checkpoint, save_checkpoint
 from edgecxr.errors import EdgecxrError
-from edgecxr.models import build_model
+from edgecxr.models.checkpoint import load_checkpoint, save_checkpoint
+from edgecxr.models.factory import build_model
 from edgecxr.train.config import TrainConfig
 from edgecxr.train.dataset import CXRDataset
 from edgecxr.train.run import (

@@ -27,10 +27,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from edgecxr.checkpoint import file_sha256
 from edgecxr.device.contract import Contract
 from edgecxr.errors import EdgecxrError
-from edgecxr.models import load_model
+from edgecxr.models.checkpoint import file_sha256
+from edgecxr.models.factory import load_model
 from edgecxr.train.dataset import CXRDataset
 from edgecxr.train.distill import DistillLoss
 from edgecxr.train.distributed import Dist

@@ -77,6 +77,6 @@ def explain(backend: Backend, gray: np.ndarray, method: str, target: int | None 
 
 
 def _cam_layer_name(backend: Backend) -> str:
-    from edgecxr.registry import get_config
+    from edgecxr.models.registry import get_config
 
     return get_config(backend.contract.arch).cam_layer

@@ -66,7 +66,7 @@ def _single(model: str, image: str, method: str, class_name: str | None, lime, t
     from edgecxr.device.image_io import load_gray
     from edgecxr.explain.api import default_method, explain, target_index
     from edgecxr.explain.render import render_explanation, save_npy
-    from edgecxr.runtime import open_model
+    from edgecxr.models.runtime import open_model
 
     gray = load_gray(image)
     backend = open_model(model, threads)
@@ -97,7 +97,7 @@ def _compare(models: tuple[str, str], data: str | None, split: str, split_csv: s
     from edgecxr.atomic import write_json, write_text
     from edgecxr.errors import EdgecxrError
     from edgecxr.explain.compare import compare_models, format_table, images_from_folder, images_from_split, pick_images
-    from edgecxr.runtime import open_model
+    from edgecxr.models.runtime import open_model
 
     for m in models:
         if not os.path.exists(m):

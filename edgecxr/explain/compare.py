@@ -77,7 +77,7 @@ def images_from_folder(folder: str) -> list[tuple[str, str]]:
 
 
 def images_from_split(contract, split: str, split_csv: str | None = None) -> list[tuple[str, str]]:
-    from edgecxr.evaluate import resolve_samples
+    from edgecxr.eval.evaluate import resolve_samples
 
     index = resolve_samples(contract, None, split, split_csv)
     return [(os.path.join(index.root, s.file), s.label) for s in index.of_split(split)]
@@ -88,8 +88,8 @@ def compare_models(fp32_path: str, int8_path: str, images: list[tuple[str, str]]
     """Per-image agreement rows and their means; see module docstring."""
     from edgecxr.explain.api import default_method
     from edgecxr.explain.lime_explain import segment_image, working_image
+    from edgecxr.models.runtime import open_model
     from edgecxr.progress import progress as progress_bar
-    from edgecxr.runtime import open_model
 
     a, b = open_model(fp32_path, threads), open_model(int8_path, threads)
     if tuple(a.contract.classes) != tuple(b.contract.classes):

@@ -10,7 +10,7 @@ import numpy as np
 from torch import nn
 
 from edgecxr.errors import EdgecxrError
-from edgecxr.registry import get_config
+from edgecxr.models.registry import get_config
 
 
 def cam_layer(model: nn.Module, arch: str) -> nn.Module:

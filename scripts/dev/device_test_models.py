@@ -99,7 +99,7 @@ def write_onnx(out: str, checkpoint: str) -> str:
     import torch
 
     from edgecxr.device.contract import CONTRACT_KEY
-    from edgecxr.models import load_model
+    from edgecxr.models.factory import load_model
 
     model, contract = load_model(checkpoint)
     size, ch = contract.preprocess.size, contract.preprocess.channels

@@ -175,7 +175,7 @@ def build_artifacts(build: str) -> list[str]:
     paths = [os.path.join(export, n) for n in NAMES]
     if os.path.exists(stamp) and open(stamp, encoding="utf-8").read() == RECIPE and all(map(os.path.exists, paths)):
         return paths
-    from edgecxr.synthetic import write_dataset
+    from edgecxr.data.synthetic import write_dataset
 
     shutil.rmtree(build, ignore_errors=True)
     data = write_dataset(os.path.join(build, "data"), n_per_class=20, size=64, seed=0)

@@ -3,7 +3,7 @@
 
 The copy has one subfolder per class (what ``edgecxr sitecheck --labels`` reads), PNG
 files (lossless, so a ``jpeg`` shift stays exactly as decoded) and a ``SITE.json``
-naming the source, split and shifts. Shifts are ``edgecxr/site_sim.py``'s, applied in
+naming the source, split and shifts. Shifts are ``edgecxr/site/sim.py``'s, applied in
 the order given::
 
     python scripts/dev/simulate_site.py --data ../shared/data/covid-radiography --split-csv runs/mnv2/split.csv \\
@@ -34,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     import cv2
 
     from edgecxr.atomic import atomic_path, write_json
-    from edgecxr.data import index_unsplit, read_split_csv
+    from edgecxr.data.folders import index_unsplit, read_split_csv
     from edgecxr.device.image_io import ImageError, load_gray
     from edgecxr.errors import EdgecxrError
-    from edgecxr.site_sim import apply_shifts, parse_shift
+    from edgecxr.site.sim import apply_shifts, parse_shift
 
     try:
         out = os.path.abspath(a.out)

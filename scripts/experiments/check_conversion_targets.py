@@ -54,8 +54,8 @@ def sample_input(report: dict, size: int) -> np.ndarray:
     from edgecxr.device.contract import Contract
 
     try:
-        from edgecxr.evaluate import resolve_samples
-        from edgecxr.imageset import load_images
+        from edgecxr.data.imageset import load_images
+        from edgecxr.eval.evaluate import resolve_samples
 
         art = next(a for a in report["artifacts"] if a["format"] == "onnx" and a["precision"] == "fp32")
         from edgecxr.device.contract import read_onnx_contract

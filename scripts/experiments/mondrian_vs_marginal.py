@@ -16,9 +16,9 @@ import numpy as np
 
 
 def logits(backend, split: str) -> tuple[np.ndarray, np.ndarray]:
-    from edgecxr.decision_report import model_logits
-    from edgecxr.evaluate import resolve_samples
-    from edgecxr.imageset import load_images
+    from edgecxr.data.imageset import load_images
+    from edgecxr.decide.report import model_logits
+    from edgecxr.eval.evaluate import resolve_samples
 
     contract = backend.contract
     index = resolve_samples(contract, None, split, progress=False)
@@ -27,10 +27,10 @@ def logits(backend, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main(paths: list[str]) -> int:
-    from edgecxr.decision_fit import coverage_report, fit_conformal
+    from edgecxr.decide.fit import coverage_report, fit_conformal
     from edgecxr.device.cpufeatures import cpu_description
     from edgecxr.device.decision import calibrated_probabilities
-    from edgecxr.runtime import open_model
+    from edgecxr.models.runtime import open_model
 
     print(f"CPU: {cpu_description()}")
     for path in paths:

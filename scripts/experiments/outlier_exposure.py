@@ -24,7 +24,7 @@ def main() -> None:
     a = p.parse_args()
     from sklearn.linear_model import LogisticRegression
 
-    from edgecxr import ood_head
+    from edgecxr.decide import ood_head
 
     feats = dict(np.load(a.cache))
     t = {k[2:]: ood_head.transform_features(v, a.transform) for k, v in feats.items() if k.startswith("f_")}

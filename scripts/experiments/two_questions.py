@@ -19,7 +19,7 @@ import numpy as np
 
 
 def _features(model, files: list[str], spec) -> np.ndarray:
-    from edgecxr import ood_head
+    from edgecxr.decide import ood_head
     from edgecxr.device.image_io import ImageError, load_gray
     from edgecxr.device.preprocess import normalize, prepare_gray
 
@@ -36,7 +36,7 @@ def _features(model, files: list[str], spec) -> np.ndarray:
 
 
 def _sets(contract, ood_set: str, near: list[str]) -> dict[str, tuple[list[str], np.ndarray | None]]:
-    from edgecxr.data import read_split_csv
+    from edgecxr.data.folders import read_split_csv
     from edgecxr.device.image_io import is_image_file
 
     index = read_split_csv(contract.source["split_csv"], contract.source["data_root"], list(contract.classes))
@@ -61,9 +61,9 @@ def cache_features(ckpt: str, ood_set: str, near: list[str], cache: str) -> dict
         return dict(np.load(cache, allow_pickle=False))
     import torch
 
-    from edgecxr.checkpoint import load_checkpoint
-    from edgecxr.models import load_model
-    from edgecxr.registry import create_model
+    from edgecxr.models.checkpoint import load_checkpoint
+    from edgecxr.models.factory import load_model
+    from edgecxr.models.registry import create_model
 
     _, contract = load_model(ckpt)
     model = create_model(contract.arch, contract.num_classes)
@@ -85,7 +85,7 @@ def cache_features(ckpt: str, ood_set: str, near: list[str], cache: str) -> dict
 
 def candidate_scores(a: dict[str, np.ndarray], numbers: dict) -> dict[str, dict[str, np.ndarray]]:
     """Every candidate score for every set: name -> set -> scores (larger = stranger)."""
-    from edgecxr import ood_head
+    from edgecxr.decide import ood_head
 
     names = sorted(k[2:] for k in a if k.startswith("f_"))
     W, b = a["W"], a["b"]
@@ -151,9 +151,9 @@ def main() -> None:
     p.add_argument("--near", action="append", default=[], metavar="NAME=DIR")
     p.add_argument("--cache", required=True)
     a = p.parse_args()
-    from edgecxr.checkpoint import load_checkpoint
-    from edgecxr.models import load_model
-    from edgecxr.ood_head import from_payload
+    from edgecxr.decide.ood_head import from_payload
+    from edgecxr.models.checkpoint import load_checkpoint
+    from edgecxr.models.factory import load_model
 
     arrays = cache_features(a.ckpt, a.ood_set, a.near, a.cache)
     numbers = from_payload(load_checkpoint(a.ckpt)["ood_head"])

@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from edgecxr.decision_fit import coverage_report, fit_conformal, fit_images, fit_temperature
-from edgecxr.decision_report import model_logits
+from edgecxr.data.imageset import load_images
+from edgecxr.decide.fit import coverage_report, fit_conformal, fit_images, fit_temperature
+from edgecxr.decide.reliability import point_calibration
+from edgecxr.decide.report import model_logits
 from edgecxr.device.decision import CONFORMAL_METHODS, calibrated_probabilities
-from edgecxr.evaluate import resolve_samples
-from edgecxr.imageset import load_images
-from edgecxr.reliability import point_calibration
-from edgecxr.runtime import open_model
+from edgecxr.eval.evaluate import resolve_samples
+from edgecxr.models.runtime import open_model
 
 
 def measure(path: str, coverage: float, threads: int | None, disjoint: bool) -> dict:

@@ -76,7 +76,7 @@ def _group_rows(kinds: list[str], labels: list[str | None], truth: list[str | No
 
 
 def coverage(z: np.ndarray, y: np.ndarray, classes: tuple[str, ...], block: dict[str, Any]) -> dict[str, Any] | None:
-    from edgecxr.decision_fit import coverage_report
+    from edgecxr.decide.fit import coverage_report
     from edgecxr.device.decision import calibrated_probabilities, in_force
 
     force = in_force(block) or {}
@@ -90,7 +90,7 @@ def coverage(z: np.ndarray, y: np.ndarray, classes: tuple[str, ...], block: dict
 
 def evaluate(path: str, near: list[tuple[str, str]], roots: dict[str, str], ood_items: list[tuple[str, str]],
              threads: int | None, cache: dict[str, Images]) -> dict[str, Any]:
-    from edgecxr.runtime import open_model
+    from edgecxr.models.runtime import open_model
 
     backend = open_model(path, threads)
     contract = backend.contract

@@ -30,7 +30,7 @@ def _eval_predictions(run: str) -> tuple[list[str], np.ndarray, np.ndarray, int]
 
 
 def paired(a: str, b: str) -> None:
-    from edgecxr.metrics import paired_delta_ci
+    from edgecxr.eval.metrics import paired_delta_ci
 
     fa, ya, pa, k = _eval_predictions(a)
     fb, yb, pb, _ = _eval_predictions(b)
@@ -43,8 +43,8 @@ def paired(a: str, b: str) -> None:
 def softness(ckpt: str, data: str, split_csv: str) -> None:
     import torch
 
-    from edgecxr.data import read_split_csv
-    from edgecxr.models import load_model
+    from edgecxr.data.folders import read_split_csv
+    from edgecxr.models.factory import load_model
     from edgecxr.train.dataset import CXRDataset
 
     model, contract = load_model(ckpt)
@@ -64,7 +64,7 @@ def softness(ckpt: str, data: str, split_csv: str) -> None:
 def cost(arch: str, size: int, teacher_ckpt: str, n: int) -> None:
     import torch
 
-    from edgecxr.models import build_model, load_model
+    from edgecxr.models.factory import build_model, load_model
 
     torch.set_num_threads(1)
     student = build_model(arch, 3).to(memory_format=torch.channels_last).train()

@@ -106,8 +106,8 @@ def main() -> int:
     from edgecxr.convert.formats.onnx.quantize import quantize_int8
     from edgecxr.device.cpufeatures import features_string
     from edgecxr.device.decision import softmax
-    from edgecxr.metrics import compare_to_reference
-    from edgecxr.models import load_model
+    from edgecxr.eval.metrics import compare_to_reference
+    from edgecxr.models.factory import load_model
 
     os.makedirs(a.out, exist_ok=True)
     model, contract = load_model(a.ckpt)

@@ -6,7 +6,7 @@ in-distribution folder (``--near``) and the OOD set (``scripts/reproduce/build_o
 keeps pooled features and logits, and scores every candidate: max-softmax, max-logit,
 energy, Mahalanobis on the logits, class-conditional Mahalanobis on the pooled
 features (full, PCA-reduced on raw features, PCA-reduced on within-class residuals,
-and class-agnostic), the shipped head (``edgecxr/ood_head.py``, 256 PCA dims) under each
+and class-agnostic), the shipped head (``edgecxr/decide/ood_head.py``, 256 PCA dims) under each
 feature transform (none, sqrt, l2, sqrt_l2), KNN on normalised features, feature norm. Each is fitted on
 the training images and thresholded at 95% TPR on validation CXRs; the table gives
 AUROC (test CXRs vs group) / share of the group accepted at that threshold, and the
@@ -15,7 +15,7 @@ share of test CXRs and near images refused.
     python scripts/reproduce/ood_candidates.py --ckpt runs/mnv2/best.pt --ood-set runs/ood_set \\
         --near ../shared/data/tbcxr --cache /tmp/mnv2_feats.npz [--train-images 900]
 
-The measurements behind ``edgecxr/ood_head.py`` (docs/results/decision.md "Refusing what is not a chest X-ray") were made with it.
+The measurements behind ``edgecxr/decide/ood_head.py`` (docs/results/decision.md "Refusing what is not a chest X-ray") were made with it.
 
 ``--write-head`` then does what ``edgecxr calibrate`` adds to a checkpoint (OOD head from
 the cached training features, threshold at 95% TPR on the cached validation features,
@@ -38,8 +38,8 @@ def extract(ckpt: str, ood_set: str, near: str | None, train_images: int | None,
 
     from edgecxr.device.image_io import load_gray
     from edgecxr.device.preprocess import preprocess
-    from edgecxr.evaluate import resolve_samples
-    from edgecxr.models import load_model
+    from edgecxr.eval.evaluate import resolve_samples
+    from edgecxr.models.factory import load_model
 
     model, contract = load_model(ckpt)
     if hasattr(model.head, "score"):
@@ -49,7 +49,7 @@ def extract(ckpt: str, ood_set: str, near: str | None, train_images: int | None,
     for split in ("train", "val", "test"):
         samples = index.of_split(split)
         if split == "train" and train_images:
-            from edgecxr.data import stratified_subset
+            from edgecxr.data.folders import stratified_subset
 
             samples = stratified_subset(samples, train_images)
         items += [(os.path.join(index.root, s.file), f"cxr_{split}", s.label) for s in samples]
@@ -95,7 +95,7 @@ def _gauss(x: np.ndarray, y: np.ndarray, k: int | None, classcond: bool = True, 
 
 
 def candidates(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from edgecxr import ood_head
+    from edgecxr.decide import ood_head
 
     f, z, g, lab = d["feats"].astype(np.float64), d["logits"].astype(np.float64), d["groups"], d["labels"]
     classes = list(d["classes"])
@@ -120,7 +120,7 @@ def candidates(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def table(d: dict[str, np.ndarray], scores: dict[str, np.ndarray]) -> str:
-    from edgecxr.ood_fit import auroc, threshold_at_tpr
+    from edgecxr.decide.ood_fit import auroc, threshold_at_tpr
 
     g = d["groups"]
     groups = [x for x in dict.fromkeys(g) if not x.startswith("cxr_") and x != "near"]
@@ -137,12 +137,12 @@ def table(d: dict[str, np.ndarray], scores: dict[str, np.ndarray]) -> str:
 
 def write_head(d: dict[str, np.ndarray], ckpt: str) -> dict:
     """Fit the head on the cached training features and store it plus ``ood``/``quality`` in ``ckpt``."""
-    from edgecxr import ood_head
-    from edgecxr.decision_store import read_contract, write_decision
+    from edgecxr.decide import ood_head
+    from edgecxr.decide.ood_fit import fit_ood, quality_block_counts, store_head
+    from edgecxr.decide.store import read_contract, write_decision
     from edgecxr.device.image_io import load_gray
     from edgecxr.device.ood import QUALITY_DEFAULTS, quality_problem
-    from edgecxr.evaluate import resolve_samples
-    from edgecxr.ood_fit import fit_ood, quality_block_counts, store_head
+    from edgecxr.eval.evaluate import resolve_samples
 
     contract = read_contract(ckpt)
     g, f = d["groups"], d["feats"].astype(np.float64)

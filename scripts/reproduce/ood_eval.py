@@ -36,13 +36,13 @@ from typing import Any
 import numpy as np
 
 from edgecxr.atomic import atomic_path, write_json
-from edgecxr.decision_report import model_logits
+from edgecxr.decide.ood_fit import auroc, fpr_at_tpr
+from edgecxr.decide.report import model_logits
 from edgecxr.device.cpufeatures import cpu_description
 from edgecxr.device.image_io import ImageError, load_gray
 from edgecxr.device.ood import ood_scores, ood_threshold, quality_problem
 from edgecxr.device.preprocess import PreprocessSpec, normalize, prepare_gray
 from edgecxr.errors import EdgecxrError
-from edgecxr.ood_fit import auroc, fpr_at_tpr
 
 TPR = 0.95
 
@@ -68,7 +68,7 @@ def folder_files(root: str, group: str) -> list[tuple[str, str]]:
 
 def test_cxr_files(contract: Any) -> tuple[list[tuple[str, str]], dict[str, int]]:
     """The model's test split and each file's class index (for accuracy among the answered)."""
-    from edgecxr.evaluate import resolve_samples
+    from edgecxr.eval.evaluate import resolve_samples
 
     index = resolve_samples(contract, None, "test", progress=False)
     files = [(os.path.join(index.root, s.file), "test_cxr") for s in index.of_split("test")]
@@ -130,7 +130,7 @@ def evaluate_model(path: str, cache: dict[str, Images], ood_items: list[tuple[st
                    threads: int | None, cache_dir: str | None = None) -> dict[str, Any]:
     """One model file through the runner's steps; decoded images are shared by every model with
     the same preprocessing and quality numbers (and kept in ``cache_dir`` between runs, if given)."""
-    from edgecxr.runtime import open_model
+    from edgecxr.models.runtime import open_model
 
     backend = open_model(path, threads)
     contract = backend.contract

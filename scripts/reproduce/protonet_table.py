@@ -96,8 +96,8 @@ def table(runs: str, archs: list[str], supervised: dict[str, str] | None = None)
 
 
 def kshot_split(split_csv: str, k: int, out_csv: str, seed: int) -> None:
-    from edgecxr.data import Sample, read_split_csv, write_split_csv
-    from edgecxr.episodes import per_class_subset
+    from edgecxr.data.episodes import per_class_subset
+    from edgecxr.data.folders import Sample, read_split_csv, write_split_csv
 
     index = read_split_csv(split_csv, ".")  # only the rows are rewritten; the data root does not matter here
     keep = {s.file for s in per_class_subset(index.of_split("train"), k, seed)}

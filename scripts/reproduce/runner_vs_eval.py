@@ -40,9 +40,9 @@ def _run(cmd: list[str], what: str) -> subprocess.CompletedProcess:
 
 def pick_images(checkpoint: str, image: str | None, folder: str, split_csv: str | None = None) -> list[str]:
     """One real X-ray per class, linked into FOLDER/<class>/ as `eval --split all` expects."""
-    from edgecxr.checkpoint import load_checkpoint
-    from edgecxr.data import read_split_csv
+    from edgecxr.data.folders import read_split_csv
     from edgecxr.device.contract import Contract
+    from edgecxr.models.checkpoint import load_checkpoint
 
     contract = Contract.from_dict(load_checkpoint(checkpoint)["contract"])
     root, csv_path = contract.source.get("data_root"), split_csv or contract.source.get("split_csv")
@@ -67,7 +67,7 @@ def pick_images(checkpoint: str, image: str | None, folder: str, split_csv: str 
 
 
 def ensure_export(checkpoint: str, export: str) -> list[str]:
-    from edgecxr.checkpoint import load_checkpoint
+    from edgecxr.models.checkpoint import load_checkpoint
 
     arch = load_checkpoint(checkpoint)["contract"]["arch"]
     names = [f"{arch}_{p}.{f}" for f in ("onnx", "tflite") for p in ("fp32", "fp16", "int8")]

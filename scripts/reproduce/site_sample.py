@@ -40,8 +40,8 @@ def _link(src: str, dest: str) -> None:
 
 def layout(data: str, site_class: str, n: int, seed: int, out: str) -> dict:
     """Make the three folders; returns what SITE.json records. The images of a class and the
-    source's name are edgecxr's own (``edgecxr.data``), so the layout is read as the data was."""
-    from edgecxr.data import list_images, source_name
+    source's name are edgecxr's own (``edgecxr.data.folders``), so the layout is read as the data was."""
+    from edgecxr.data.folders import list_images, source_name
     from edgecxr.errors import EdgecxrError
 
     try:

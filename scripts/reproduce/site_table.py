@@ -17,7 +17,7 @@ Per run:
   a source the model never saw;
 - **unseen Normal**: share of the held-out Normal images called each class, referred, refused;
 - **TB (unseen, no such class)**: share of ``--tb`` images called COVID and refused;
-- **shifted sites**: macro-F1 of the test images after each ``--shift`` (edgecxr.site_sim).
+- **shifted sites**: macro-F1 of the test images after each ``--shift`` (edgecxr.site.sim).
 
 Every run is compared with the first run given on the same test images (macro-F1), and runs
 that share a fold (the same held-out images) with the first run of that fold (share of the
@@ -41,7 +41,7 @@ N_BOOT = 1000
 
 def _classifier(run: str, threads: int):
     from edgecxr.device.classify import Classifier
-    from edgecxr.runtime import open_model
+    from edgecxr.models.runtime import open_model
 
     return Classifier(open_model(os.path.join(run, "best.pt"), threads))
 
@@ -93,9 +93,9 @@ def _load(files: list[str]) -> list[np.ndarray]:
 
 
 def measure(run: str, tb_dir: str | None, shifts: tuple[str, ...], threads: int) -> dict:
-    from edgecxr.data import HOLDOUT, read_split_csv
+    from edgecxr.data.folders import HOLDOUT, read_split_csv
     from edgecxr.device.image_io import is_image_file
-    from edgecxr.site_sim import apply_shift
+    from edgecxr.site.sim import apply_shift
 
     clf = _classifier(run, threads)
     contract = clf.backend.contract
@@ -157,7 +157,7 @@ def cached_measure(run: str, tb_dir: str | None, shifts: tuple[str, ...], thread
     """:func:`measure`, kept in ``RUN/site_measure.json`` and reused while the checkpoint, the TB folder
     and the shifts are the same (rerunning the table measures only new or retrained runs)."""
     from edgecxr.atomic import write_json
-    from edgecxr.checkpoint import file_sha256
+    from edgecxr.models.checkpoint import file_sha256
 
     key = {"checkpoint_sha256": file_sha256(os.path.join(run, "best.pt")), "tb": tb_dir, "shifts": list(shifts)}
     cache = os.path.join(run, "site_measure.json")
@@ -266,7 +266,7 @@ def markdown(rows: list[dict], cpu: str) -> str:
         ]) + " |")
     shifts = list(rows[0]["shifts"]) if rows else []
     if shifts:
-        lines += ["", "Simulated sites (the test images after each shift, `edgecxr.site_sim`; `none` is unshifted): "
+        lines += ["", "Simulated sites (the test images after each shift, `edgecxr.site.sim`; `none` is unshifted): "
                   "macro-F1 / share of the Normal images called COVID / share of all images refused.", "",
                   "| run | " + " | ".join(shifts) + " |", "|" + "|".join(["---"] * (len(shifts) + 1)) + "|"]
         for r in rows:

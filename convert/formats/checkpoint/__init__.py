@@ -2,7 +2,7 @@
 
 It is a format in all but production: it has a contract (in the payload), graph
 statistics (counted from the torch modules), a runtime (``torch``, through
-``edgecxr.runtime``) and a place in every table, so readers ask the table instead of
+``edgecxr.models.runtime``) and a place in every table, so readers ask the table instead of
 testing for ``.pt``. ``source=True``: convert reads it and never writes it, ``--formats``
 does not offer it, and bench shows it first in tables and uses it as the reference.
 """
@@ -16,7 +16,7 @@ from edgecxr.device.formats import DeviceFormat
 
 
 def read_contract(path: str) -> Contract:
-    from edgecxr.checkpoint import contract_from_payload, load_checkpoint
+    from edgecxr.models.checkpoint import contract_from_payload, load_checkpoint
 
     return contract_from_payload(load_checkpoint(path), path)
 
@@ -26,7 +26,7 @@ def write_contract(path: str, contract: Contract) -> None:
     import torch
 
     from edgecxr.atomic import atomic_path
-    from edgecxr.checkpoint import load_checkpoint
+    from edgecxr.models.checkpoint import load_checkpoint
 
     payload = load_checkpoint(path)
     payload["contract"] = contract.to_dict()
@@ -45,7 +45,7 @@ def torch_stats(path: str) -> Stats:
     import torch
     from torch import nn
 
-    from edgecxr.models import load_model
+    from edgecxr.models.factory import load_model
 
     model, contract = load_model(path)
     macs = 0

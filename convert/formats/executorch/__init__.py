@@ -66,8 +66,8 @@ def graph_stats(path: str) -> Stats:
     """Parameters and MACs of the checkpoint the contract names (same SHA-256 only): the
     program is one XNNPACK blob that states no layer shapes, and lowering changes neither count
     (its parameters include BatchNorm's, about 1% above a folded graph's)."""
-    from edgecxr.checkpoint import file_sha256
     from edgecxr.convert.formats.checkpoint import torch_stats
+    from edgecxr.models.checkpoint import file_sha256
 
     contract = read_sidecar(path)
     source = contract.source if contract is not None else {}

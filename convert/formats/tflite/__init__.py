@@ -75,7 +75,7 @@ write_contract = write_sidecar
 
 def graph_stats(path: str) -> Stats:
     """Weights and MACs of CONV_2D/DEPTHWISE_CONV_2D/FULLY_CONNECTED, from the file's own graph."""
-    from edgecxr.tflite_graph import graph_interpreter
+    from edgecxr.models.tflite_graph import graph_interpreter
 
     interp = graph_interpreter(path)
     details = interp.get_tensor_details()

@@ -52,7 +52,7 @@ def _sample_images(gray: np.ndarray | None) -> np.ndarray:
     if gray is not None and len(gray):
         picked = [gray[i % len(gray)].astype(np.float32) / 255.0 for i in range(20)]
     else:
-        from edgecxr.synthetic import SYNTHETIC_CLASSES, make_image
+        from edgecxr.data.synthetic import SYNTHETIC_CLASSES, make_image
 
         picked = [make_image(SYNTHETIC_CLASSES[i % len(SYNTHETIC_CLASSES)], i, size=128).astype(np.float32) / 255.0 for i in range(20)]
     out = np.stack([cv2.resize(g, (128, 128), interpolation=cv2.INTER_AREA) for g in picked])

@@ -1,0 +1,1 @@
+"""Dataset folders, sources, the split, synthetic images and few-shot episodes."""

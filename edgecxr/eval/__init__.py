@@ -1,0 +1,1 @@
+"""Judging a model on labelled images: metrics, the evaluation loop, its plots."""
