@@ -19,7 +19,7 @@ def latency_stats(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _acceptable(r: dict[str, Any]) -> bool:
-    from edgecxr.convert.verify import MAX_DROP_PP, MIN_AGREEMENT
+    from edgecxr.eval.tolerance import MAX_DROP_PP, MIN_AGREEMENT
 
     if r.get("error") or not r.get("has_contract") or not latency_stats(r):
         return False

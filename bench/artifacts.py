@@ -1,8 +1,9 @@
 """Which files to benchmark, what each one is, and which FP32 model it is judged against.
 
-Export folders and files are read through the formats table (``convert/formats``:
-``find_artifacts``, ``format_of``, each format's ``read_contract``), so a format
-added there is benchmarked without a change here. Any other model file in a
+Export folders are read through the formats table (``convert/formats``:
+``find_artifacts``) and every file through the device's one door (``device/formats.py``:
+its format row and its contract), so a format added there is benchmarked without a
+change here. Any other model file in a
 folder, or named on the command line, is benchmarked too: without a contract it is
 a foreign model (latency and size only, accuracy n/a), never an error.
 """
@@ -12,9 +13,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgecxr.convert.formats import FORMATS, PRECISIONS, find_artifacts, format_of, parse_artifact_name
+from edgecxr.convert.formats import FORMATS, PRECISIONS, find_artifacts, parse_artifact_name
 from edgecxr.device.contract import Contract, ContractError
-from edgecxr.device.formats import model_bytes
+from edgecxr.device.formats import format_of, model_bytes
+from edgecxr.device.formats import read_contract as stored_contract
 from edgecxr.errors import EdgecxrError
 from edgecxr.models.runtime import known_suffixes
 
@@ -53,9 +55,8 @@ def format_name(path: str) -> str:
 
 
 def read_contract(path: str) -> Contract | None:
-    """The contract without starting a runtime (the parent process stays light)."""
-    fmt = format_of(path)
-    return fmt.read_contract(path) if fmt is not None else None
+    """The contract without starting a runtime (the parent process stays light); ``None`` for a foreign file."""
+    return stored_contract(path) if format_of(path) is not None else None
 
 
 def describe(path: str) -> Artifact:
@@ -79,7 +80,7 @@ def _folder_models(folder: str) -> list[str]:
     """Convert's artifacts in table order, then any other model files, sorted."""
     named = [p for p, _ in find_artifacts(folder)]
     others = sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                    if f.lower().endswith(known_suffixes()) and not f.startswith(".") and os.path.join(folder, f) not in named)
+                    if format_of(f) is not None and not f.startswith(".") and os.path.join(folder, f) not in named)
     return named + others
 
 
@@ -93,7 +94,7 @@ def collect(paths: list[str]) -> list[Artifact]:
                 raise EdgecxrError(f"{p}: no model files ({', '.join(known_suffixes())}) in this folder; run `edgecxr convert CKPT --out {p}` first")
             files.extend(found)
         elif os.path.isfile(p):
-            if not p.lower().endswith(known_suffixes()):
+            if format_of(p) is None:
                 raise EdgecxrError(f"{p}: not a model file; expected one of {', '.join(known_suffixes())} or an export folder")
             files.append(p)
         else:

@@ -1,7 +1,7 @@
 """Benchmark on this machine: one measurement process per (artifact, thread count).
 
 The parent only reads files and computes statistics; every model is loaded and run
-in a child (``bench/measure.py``). The first child of each artifact also runs the
+in a child (``edgecxr/eval/measure.py``). The first child of each artifact also runs the
 evaluation images and saves the softmax outputs, from which accuracy, macro-F1,
 AUC, the bootstrap CIs and the paired comparison with the FP32 reference follow.
 """
@@ -15,8 +15,8 @@ import numpy as np
 
 from edgecxr.bench.artifacts import Artifact
 from edgecxr.bench.evaldata import EvalCache, EvalSet
-from edgecxr.bench.measure import run_in_subprocess
 from edgecxr.errors import EdgecxrError
+from edgecxr.eval.measure import run_in_subprocess
 
 
 @dataclass

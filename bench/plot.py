@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgecxr.atomic import atomic_path
 from edgecxr.bench.tables import latency_stats
+from edgecxr.device.atomic import atomic_path
 
 
 def markers() -> dict[str, str]:

@@ -163,10 +163,10 @@ def _remote_rows(artifacts: list[Artifact], stats: dict[str, Any], acc: dict[Key
 
 def write_outputs(doc: dict[str, Any], out: str, columns: str = "compact") -> list[str]:
     """bench.json and bench.csv with everything; bench.md with the ``columns`` asked for; the plot."""
-    from edgecxr.atomic import write_json, write_text
     from edgecxr.bench.plot import save_plot
     from edgecxr.bench.tables import csv_text, markdown
     from edgecxr.decide.report import bench_markdown
+    from edgecxr.device.atomic import write_json, write_text
 
     os.makedirs(out, exist_ok=True)
     paths = [os.path.join(out, n) for n in ("bench.json", "bench.csv", "bench.md", "bench.png")]

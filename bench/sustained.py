@@ -90,8 +90,8 @@ def run_all(paths: list[str], *, runtimes: tuple[str, ...], threads: int, second
 
 
 def write_outputs(doc: dict[str, Any], out: str) -> list[str]:
-    from edgecxr.atomic import write_json, write_text
     from edgecxr.bench.sustained_report import markdown, save_plot
+    from edgecxr.device.atomic import write_json, write_text
 
     os.makedirs(out, exist_ok=True)
     paths = [os.path.join(out, n) for n in ("sustained.json", "sustained.md", "bench_sustained.png")]

@@ -89,7 +89,7 @@ def save_plot(doc: dict[str, Any], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from edgecxr.atomic import atomic_path
+    from edgecxr.device.atomic import atomic_path
 
     runs = [r for r in doc["runs"] if not r.get("error")]
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7), sharex=True, gridspec_kw={"height_ratios": [3, 2]})

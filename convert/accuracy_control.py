@@ -216,7 +216,7 @@ def bench_steps(record: dict[str, Any], workdir: str, echo: Echo) -> None:
     """Median latency of every step's file (bench's own measurement process and protocol),
     and what each added float layer cost against the step before it. Files are dropped
     from the record afterwards: they live in a work folder that is about to go."""
-    from edgecxr.bench.measure import run_in_subprocess
+    from edgecxr.eval.measure import run_in_subprocess
 
     s = record["settings"]
     prev = None

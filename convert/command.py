@@ -186,8 +186,8 @@ def debug_quant_command(model: str, data: str | None, n: int, calib_method: str,
       edgecxr debug-quant runs/mnv2/export/mobilenet_v2_fp32.onnx --data data/covid-radiography --n 64
       edgecxr debug-quant best.pt --keep-float /head/head.1/Gemm   # what changes if the head stays float
     """
-    from edgecxr.atomic import write_json
     from edgecxr.convert.debug import debug_quant, format_table
+    from edgecxr.device.atomic import write_json
 
     result = debug_quant(model, data, n, calib_method, tuple(_split_list(keep_float)), progress=not quiet)
     out_file = out_file or os.path.join(os.path.dirname(os.path.abspath(model)), "debug_quant.json")

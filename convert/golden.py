@@ -89,21 +89,9 @@ def _torch_probs(torch_model: Any, grays: list[np.ndarray], spec: Any) -> np.nda
     return softmax(torch_logits(torch_model, np.stack([preprocess(g, spec) for g in grays])).astype(np.float64))
 
 
-def stamp(path: str, contract: Any, golden: Golden, host_probs: np.ndarray | None, host_cpu: dict[str, Any]) -> int:
-    """Rewrite the artifact's contract (``contract``, as read from it) with its golden vectors;
-    returns the bytes they add."""
+def with_golden(contract: Any, golden: Golden, host_probs: np.ndarray | None, host_cpu: dict[str, Any]) -> Any:
+    """``contract`` with the golden vectors the device's self-test checks (written with the
+    rest of the contract, once)."""
     block = golden_block(golden.grays, golden.labels, golden.fp32_probs, host_probs, host_cpu)
     block["files"] = golden.files
-    updated = replace(contract, selftest=block)
-    write_contract(path, updated)
-    return len(updated.to_json()) - len(contract.to_json())
-
-
-def write_contract(path: str, contract: Any) -> None:
-    """Replace a converted file's contract where its format keeps it (the formats table knows)."""
-    from edgecxr.convert.formats import format_of
-
-    fmt = format_of(path)
-    if fmt is None:
-        raise ValueError(f"{path}: not a file of a registered export format")
-    fmt.write_contract(path, contract)
+    return replace(contract, selftest=block)

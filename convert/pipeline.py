@@ -113,8 +113,8 @@ def _production(ckpt: str, out_dir: str, opts: ConvertOptions, src: _Sources, ho
     """What every format's ``produce`` reads: the model, its contract, the provenance stamped
     into each file (the checkpoint's hash; for INT8 also its calibration and kept-float
     nodes) and the INT8 scheme. Creates ``out_dir``."""
-    from edgecxr.convert.formats.onnx.int8_target import plain_block
     from edgecxr.models.checkpoint import file_sha256
+    from edgecxr.models.int8_target import plain_block
     from edgecxr.versions import tool_versions
 
     calib = src.calib
@@ -168,8 +168,8 @@ def convert_checkpoint(ckpt: str, out_dir: str, options: ConvertOptions | None =
     ``accuracy_control.failures(report)``. The CLI exits non-zero for each.
     """
     from edgecxr.convert import report as report_mod
-    from edgecxr.convert.formats.onnx.int8_target import resolve_target
     from edgecxr.device.cpufeatures import cpu_description
+    from edgecxr.models.int8_target import resolve_target
 
     opts = options or ConvertOptions()
     t_start = time.perf_counter()
@@ -183,102 +183,140 @@ def convert_checkpoint(ckpt: str, out_dir: str, options: ConvertOptions | None =
     steps = plan(src.contract.arch, fmts, opts.precisions)
     _produce_all(prod, steps)
 
-    _refit_decisions(prod.run, host_cpu, opts.threads, echo)  # before verification: its ECE change and golden vectors use the refit
     vset = src.vset
-    ref = _verify_steps(prod.run, vset, src.torch_model, src.contract, host_cpu, opts.threads, progress, echo) if vset is not None else None
+    ref = _finish(prod.run, vset, src.torch_model, src.contract, host_cpu, opts.threads, progress, echo)
     rep = _build_report(ckpt, out_dir, opts, prod, steps, vset, ref, host_cpu, time.perf_counter() - t_start)
     report_mod.write_report(rep, out_dir)
     return rep
 
 
-def _refit_decisions(run: Run, host_cpu: dict[str, Any], threads: int | None, echo: Echo) -> None:
-    """Each INT8 file gets the temperature, conformal and OOD thresholds of its own
-    validation outputs (``ood_fit.refit_artifact_decision``). FP32 and FP16 files keep the
-    checkpoint's: they compute its outputs to ~1e-3, and a refit would only add the noise
-    of 300 images. A file this CPU computes wrong (its contract's target), or one that
-    failed, keeps the checkpoint's numbers too."""
-    from edgecxr.decide.ood_fit import refit_artifact_decision
-    from edgecxr.device.formats import model_bytes
-
-    for step in run.steps:
-        if step.precision != "int8" or step.status != "ok":
-            continue
-        try:
-            refit = refit_artifact_decision(run.path(step), threads, host_cpu)
-        except Exception as exc:  # the file stays as verified, with the checkpoint's numbers
-            echo(f"  {step.file}: decision not refitted ({fail_reason(exc)})")
-            continue
-        if refit:
-            step.details["decision_refit"] = refit
-            step.bytes = model_bytes(run.path(step))
-            parts = []
-            if "kept_checkpoint_temperature" in refit:
-                parts.append(f"checkpoint's T kept (refit {refit['kept_checkpoint_temperature']})")
-            if "temperature" in refit:
-                parts.append(f"T {refit['temperature_from_checkpoint']:.4f} -> {refit['temperature']:.4f}, "
-                             f"qhat {refit['qhat_from_checkpoint']} -> {refit['qhat']}")
-            if "ood_threshold" in refit:
-                parts.append(f"not-a-CXR cut {refit['ood_threshold_from_checkpoint']:.4f} -> {refit['ood_threshold']:.4f} "
-                             f"({refit['ood_val_refused']:.1%} of validation refused)")
-            if "unfamiliar_threshold" in refit:
-                parts.append(f"unfamiliar cut {refit['unfamiliar_threshold_from_checkpoint']:.4f} -> {refit['unfamiliar_threshold']:.4f} "
-                             f"({refit['unfamiliar_val_referred']:.1%} of validation referred)")
-            echo(f"  {step.file}: refitted on its own validation outputs: " + "; ".join(parts))
-
-
-def _verify_steps(run: Run, vset: Any, torch_model: Any, contract: Any, host_cpu: dict[str, Any], threads: int | None,
-                  progress: bool, echo: Echo) -> dict[str, Any]:
-    """Stamp golden vectors into each artifact, run it on the verification images, judge it.
-
-    An artifact outside the default tolerance becomes ``degraded``; one whose contract
-    says this CPU computes it wrong is measured anyway but ``unverified``: its numbers
-    here say nothing about the CPUs it was made for (its self-test will, there).
-    """
+def _finish(run: Run, vset: Any, torch_model: Any, contract: Any, host_cpu: dict[str, Any], threads: int | None,
+            progress: bool, echo: Echo) -> dict[str, Any] | None:
+    """Each produced file, opened once with the contract staged for it: its INT8 decision
+    refit, its golden vectors and its verification, then that contract written once,
+    atomically, through the one door (``device/formats.py``). Returns the PyTorch
+    reference's numbers (None without verification images)."""
     from edgecxr.convert import golden as golden_mod
-    from edgecxr.convert import report as report_mod
     from edgecxr.convert import verify as verify_mod
     from edgecxr.progress import progress as progress_bar
 
-    t0 = time.perf_counter()
-    ref_logits = verify_mod.torch_logits(torch_model, vset.x)
-    ref = verify_mod.reference_metrics(ref_logits, vset.y, vset.classes)
-    ref["seconds"] = time.perf_counter() - t0
-    echo(f"verify: PyTorch reference on {len(vset.y)} images: accuracy {ref['accuracy']:.4f}, macro-F1 {ref['macro_f1']:.4f}")
-    gold = golden_mod.build(vset, torch_model, contract.preprocess)
+    ref_logits, ref, gold = None, None, None
+    if vset is not None:
+        t0 = time.perf_counter()
+        ref_logits = verify_mod.torch_logits(torch_model, vset.x)
+        ref = verify_mod.reference_metrics(ref_logits, vset.y, vset.classes)
+        ref["seconds"] = time.perf_counter() - t0
+        echo(f"verify: PyTorch reference on {len(vset.y)} images: accuracy {ref['accuracy']:.4f}, macro-F1 {ref['macro_f1']:.4f}")
+        gold = golden_mod.build(vset, torch_model, contract.preprocess)
     for step in progress_bar([s for s in run.steps if s.status == "ok"], desc="verifying", unit="model", enabled=progress):
-        try:
-            wrong_here = _verify_one(run, step, vset, ref_logits, gold, host_cpu, threads)
-        except Exception as exc:  # an artifact that cannot be run is a failed artifact
-            step.status, step.reason, step.verify = "failed", f"verification failed: {fail_reason(exc)}", None
-            echo(report_mod.verify_line(step.to_dict()))
-            continue
-        problem = verify_mod.degradation(step.verify)
-        if wrong_here:
-            step.status, step.reason = "unverified", f"not exact on this CPU, so not judged here: {wrong_here}; run --selftest on the target"
-        elif problem:
-            step.status, step.reason = "degraded", problem
-        echo(report_mod.verify_line(step.to_dict()))
+        _finish_one(run, step, vset, ref_logits, gold, host_cpu, threads, echo)
     if gold is not None:
         echo(f"golden vectors: {len(gold.grays)} verification images stamped into each artifact for --selftest")
     return ref
 
 
-def _verify_one(run: Run, step: Step, vset: Any, ref_logits: Any, gold: Any, host_cpu: dict[str, Any], threads: int | None) -> str | None:
-    """Stamp, then verify one artifact; returns why this CPU computes it wrong, if it does."""
+def _finish_one(run: Run, step: Step, vset: Any, ref_logits: Any, gold: Any, host_cpu: dict[str, Any], threads: int | None,
+                echo: Echo) -> None:
+    """Refit (INT8), stamp and judge one file in one session; write its contract once, even
+    when judging it failed (the file stays, and says what it is).
+
+    An artifact outside the default tolerance becomes ``degraded``; one whose contract
+    says this CPU computes it wrong is measured anyway but ``unverified``: its numbers
+    here say nothing about the CPUs it was made for (its self-test will, there).
+    """
+    from edgecxr.convert import report as report_mod
+    from edgecxr.convert import verify as verify_mod
+    from edgecxr.convert.formats import get_format
+    from edgecxr.device.formats import model_bytes, write_contract
+
+    path, contract = run.path(step), run.contract(step)
+    try:
+        contract, wrong_here = _judge(step, path, contract, vset, ref_logits, gold, host_cpu, threads, echo)
+    except Exception as exc:  # an artifact that cannot be run is a failed artifact, where it was to be verified
+        wrong_here = None
+        if vset is None:  # only a refit needed a session: the checkpoint's numbers stay
+            echo(f"  {step.file}: decision not refitted ({fail_reason(exc)})")
+        else:
+            step.status, step.reason, step.verify = "failed", f"verification failed: {fail_reason(exc)}", None
+    if contract is not None:
+        finish = get_format(step.format).finish_contract
+        write_contract(path, finish(contract) if finish else contract)
+        step.bytes = model_bytes(path)
+    if vset is None:
+        return
+    problem = verify_mod.degradation(step.verify) if step.verify else None
+    if wrong_here:
+        step.status, step.reason = "unverified", f"not exact on this CPU, so not judged here: {wrong_here}; run --selftest on the target"
+    elif problem:
+        step.status, step.reason = "degraded", problem
+    echo(report_mod.verify_line(step.to_dict()))
+
+
+def _judge(step: Step, path: str, contract: Any, vset: Any, ref_logits: Any, gold: Any, host_cpu: dict[str, Any],
+           threads: int | None, echo: Echo) -> tuple[Any, str | None]:
+    """One session on ``path`` with ``contract``: the INT8 refit, the golden vectors and the
+    verification; returns the contract to write and why this CPU computes the file wrong, if it does."""
+
     from edgecxr.convert import golden as golden_mod
     from edgecxr.convert import verify as verify_mod
     from edgecxr.device.cpufeatures import unmet_requirement
-    from edgecxr.device.formats import model_bytes
     from edgecxr.device.selftest import probabilities
     from edgecxr.models.runtime import open_model
 
-    path = run.path(step)
-    backend = open_model(path, threads, check_cpu=False)  # one session: target, host outputs, contract to stamp
-    wrong_here = unmet_requirement(backend.contract.target, host_cpu, backend.runtime)
-    if gold is not None:
+    refit = step.precision == "int8" and contract is not None and bool(contract.decision)
+    if vset is None and not refit:  # nothing to run the file for
+        return contract, None
+    backend = open_model(path, threads, require_contract=False, check_cpu=False, contract=contract)
+    contract = backend.contract
+    wrong_here = unmet_requirement(contract.target, host_cpu, backend.runtime) if contract is not None else None
+    if refit:
+        contract = _refit(step, backend, host_cpu, echo)
+        backend.contract = contract
+    if vset is None:
+        return contract, wrong_here
+    if gold is not None and contract is not None:
         host_probs = None if wrong_here else probabilities(backend, gold.grays)  # the device path, on this host
-        step.details["golden_bytes"] = golden_mod.stamp(path, backend.contract, gold, host_probs, host_cpu)
-        step.bytes = model_bytes(path)
-    del backend
-    step.verify = verify_mod.verify_artifact(path, vset, ref_logits, threads)  # reopens: proves the stamped file loads
-    return wrong_here
+        stamped = golden_mod.with_golden(contract, gold, host_probs, host_cpu)
+        step.details["golden_bytes"] = len(stamped.to_json()) - len(contract.to_json())
+        contract = backend.contract = stamped
+    step.verify = verify_mod.verify_artifact(backend, vset, ref_logits)
+    return contract, wrong_here
+
+
+def _refit(step: Step, backend: Any, host_cpu: dict[str, Any], echo: Echo) -> Any:
+    """Each INT8 file gets the temperature, conformal and OOD thresholds of its own
+    validation outputs (``ood_fit.refit_decision``). FP32 and FP16 files keep the
+    checkpoint's: they compute its outputs to ~1e-3, and a refit would only add the noise
+    of 300 images. A file this CPU computes wrong (its contract's target), or one whose
+    refit fails, keeps the checkpoint's numbers too. Returns the contract to carry."""
+    from dataclasses import replace
+
+    from edgecxr.decide.ood_fit import refit_decision
+
+    try:
+        refitted = refit_decision(backend, host_cpu)
+    except Exception as exc:  # the file stays as verified, with the checkpoint's numbers
+        echo(f"  {step.file}: decision not refitted ({fail_reason(exc)})")
+        return backend.contract
+    if not refitted:
+        return backend.contract
+    block, refit = refitted
+    step.details["decision_refit"] = refit
+    echo(f"  {step.file}: refitted on its own validation outputs: " + "; ".join(_refit_parts(refit)))
+    return replace(backend.contract, decision=block)
+
+
+def _refit_parts(refit: dict[str, Any]) -> list[str]:
+    parts = []
+    if "kept_checkpoint_temperature" in refit:
+        parts.append(f"checkpoint's T kept (refit {refit['kept_checkpoint_temperature']})")
+    if "temperature" in refit:
+        parts.append(f"T {refit['temperature_from_checkpoint']:.4f} -> {refit['temperature']:.4f}, "
+                     f"qhat {refit['qhat_from_checkpoint']} -> {refit['qhat']}")
+    if "ood_threshold" in refit:
+        parts.append(f"not-a-CXR cut {refit['ood_threshold_from_checkpoint']:.4f} -> {refit['ood_threshold']:.4f} "
+                     f"({refit['ood_val_refused']:.1%} of validation refused)")
+    if "unfamiliar_threshold" in refit:
+        parts.append(f"unfamiliar cut {refit['unfamiliar_threshold_from_checkpoint']:.4f} -> {refit['unfamiliar_threshold']:.4f} "
+                     f"({refit['unfamiliar_val_referred']:.1%} of validation referred)")
+    return parts

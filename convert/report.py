@@ -10,7 +10,7 @@ import datetime as _dt
 import os
 from typing import Any
 
-from edgecxr.atomic import write_json, write_text
+from edgecxr.device.atomic import write_json, write_text
 from edgecxr.device.contract import Contract
 
 REPORT_JSON = "convert_report.json"
@@ -43,7 +43,7 @@ def build_report(*, ckpt: str, sha256: str, contract: Contract, out_dir: str, st
                  versions: dict[str, str], seconds: float, host_cpu: dict[str, Any] | None = None,
                  int8_target: dict[str, Any] | None = None, options: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
     """``options``: how each artifact was produced, from the formats table, for a reader of the report."""
-    from edgecxr.convert.verify import MAX_DROP_PP, MIN_AGREEMENT
+    from edgecxr.eval.tolerance import MAX_DROP_PP, MIN_AGREEMENT
 
     return {
         "schema": SCHEMA,

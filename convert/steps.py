@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgecxr.device.contract import Contract
 from edgecxr.device.formats import model_bytes
 from edgecxr.errors import EdgecxrError
 
@@ -46,20 +47,35 @@ class Run:
     def __init__(self, out_dir: str, echo: Echo, threads: int | None) -> None:
         self.out_dir, self.echo, self.threads = out_dir, echo, threads
         self.steps: list[Step] = []
+        # Each produced file's contract, held in memory until it is verified and written once
+        # (``pipeline._finish``): a file is never stamped, reopened and restamped.
+        self.staged: dict[str, Contract] = {}
+
+    def stage(self, path: str, contract: Contract) -> None:
+        """The contract ``path`` will carry, written after verification."""
+        self.staged[os.path.abspath(path)] = contract
+
+    def contract(self, step: Step) -> Contract | None:
+        return self.staged.get(os.path.abspath(self.path(step)))
 
     def path(self, step: Step) -> str:
         return os.path.join(self.out_dir, step.file)
 
-    def do(self, step: Step, fn: Callable[[], dict[str, Any] | None], extra_seconds: float = 0.0) -> bool:
+    def do(self, step: Step, fn: Callable[[], dict[str, Any] | None], extra_seconds: float = 0.0,
+           contract: Contract | None = None) -> bool:
         """Run one step; a failure is recorded and printed, never raised.
 
         ``extra_seconds``: time already spent on this artifact elsewhere (a shared
         child process), so the printed and reported time is the whole cost.
+        ``contract``: the file's contract, staged when the step succeeds (a ``fn``
+        that builds it from the produced file stages it itself).
         """
         self.steps.append(step)
         t0 = time.perf_counter() - extra_seconds
         try:
             step.details = fn() or {}
+            if contract is not None:
+                self.stage(self.path(step), contract)
             step.status = "ok"
             step.bytes = model_bytes(self.path(step))
         except Exception as exc:  # each format fails alone; the reason goes into the report

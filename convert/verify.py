@@ -19,20 +19,12 @@ from edgecxr.convert.reference import BATCH
 from edgecxr.convert.reference import torch_logits as torch_logits  # callers compare against it here
 from edgecxr.data.imageset import LabelledImages
 from edgecxr.decide.report import ece_change
-from edgecxr.decide.store import read_contract
 from edgecxr.device.contract import Contract
 from edgecxr.device.decision import softmax
 from edgecxr.errors import EdgecxrError
+from edgecxr.eval.tolerance import MAX_DROP_PP, MIN_AGREEMENT
 
 DELTA_BOOTSTRAP = 1000
-# The default tolerance every artifact must meet to be "ok" (``convert --help`` states it).
-# Measured on real CXRs: healthy INT8 files agree with PyTorch on 96.3-100% of test
-# images and lose at most about 1 macro-F1 point (the weakest was a non-QAT MobileNetV2
-# as TFLite INT8, 96.3%, -0.96 pp); full-range INT8 run on an AVX2-only CPU agreed on
-# 74-81% and lost about 20 points. A single flipped image never condemns a file: one
-# image near the decision boundary flips under any rounding.
-MIN_AGREEMENT = 0.95
-MAX_DROP_PP = 2.0
 MIN_FLIPS = 2
 
 
@@ -57,12 +49,9 @@ def load_verify_set(contract: Contract, verify_data: str | None, progress: bool 
     return load_images(index, samples, contract.preprocess, origin, progress=progress)
 
 
-def backend_logits(path: str, x: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, str]:
-    from edgecxr.models.runtime import open_model
-
-    backend = open_model(path, threads, check_cpu=False)  # measure it even where it is known wrong
+def backend_logits(backend: Any, x: np.ndarray) -> np.ndarray:
     out = [backend.predict(x[i : i + BATCH]) for i in range(0, len(x), BATCH)]
-    return np.concatenate(out).astype(np.float32), backend.runtime
+    return np.concatenate(out).astype(np.float32)
 
 
 def compare(ref_logits: np.ndarray, logits: np.ndarray, y: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -107,11 +96,13 @@ def reference_metrics(ref_logits: np.ndarray, y: np.ndarray, classes: list[str])
     return {"images": int(len(y)), "accuracy": float(m["accuracy"]), "macro_f1": float(m["macro_f1"])}
 
 
-def verify_artifact(path: str, vset: LabelledImages, ref_logits: np.ndarray, threads: int | None = None) -> dict[str, Any]:
+def verify_artifact(backend: Any, vset: LabelledImages, ref_logits: np.ndarray) -> dict[str, Any]:
+    """The file open in ``backend`` (opened even where its contract says this CPU computes it
+    wrong: that is measured here) against the PyTorch reference, with the contract it will carry."""
     t0 = time.perf_counter()
-    logits, runtime = backend_logits(path, vset.x, threads)
+    logits = backend_logits(backend, vset.x)
     out = compare(ref_logits, logits, vset.y, vset.classes)
-    out["calibration"] = ece_change(ref_logits, logits, vset.y, read_contract(path).decision)  # INT8/FP16 ECE vs FP32
-    out["runtime"] = runtime
+    out["calibration"] = ece_change(ref_logits, logits, vset.y, backend.contract.decision)  # INT8/FP16 ECE vs FP32
+    out["runtime"] = backend.runtime
     out["seconds"] = time.perf_counter() - t0
     return out

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 
 from .backend import Backend, ModelLoadError, WrongCpuError
-from .contract import ContractError
+from .contract import Contract, ContractError
 from .cpufeatures import cpu_description, unmet_requirement
-from .formats import DEVICE_FORMATS, RUNTIMES, device_format_of
+from .formats import RUNTIMES, device_format_of, format_of, model_suffixes
 from .runtimes.litert import TFLiteBackend, import_interpreter
 from .runtimes.onnxruntime_cpu import OnnxBackend
 
@@ -20,27 +20,31 @@ __all__ = ["Backend", "ModelLoadError", "OnnxBackend", "TFLiteBackend", "WrongCp
 
 
 def open_backend(path: str, threads: int | None = None, require_contract: bool = False, check_cpu: bool = True,
-                 runtime: str | None = None) -> Backend:
+                 runtime: str | None = None, contract: Contract | None = None) -> Backend:
     """Open a model file with ``runtime`` (default: its format's first runtime).
 
     ``require_contract`` refuses files without a contract. ``check_cpu`` refuses a
     file whose contract names CPUs it is exact on when this CPU is not one of them (a
     full-range INT8 file on an x86 CPU without VNNI): a silently wrong answer is
     worse than none. Only verification turns it off, to measure how wrong such a
-    file is.
+    file is. ``contract`` is used instead of the stored one: convert verifies a file with
+    the contract it is about to write, and writes it once, after.
     """
     if not os.path.exists(path):
         raise ModelLoadError(f"{path}: model file not found")
     fmt = device_format_of(path)
+    row = format_of(path)
+    if fmt is None and row is not None:
+        raise ModelLoadError(f"{path}: a {row.name} file: no runtime on this device runs it; convert it with `edgecxr convert`")
     if fmt is None:
         ext = os.path.splitext(path)[1].lower()
-        known = ", ".join(f.suffix for f in DEVICE_FORMATS.values())
+        known = ", ".join(model_suffixes())
         raise ModelLoadError(f"{path}: unknown model type {ext or '(no extension)'}; expected one of {known}")
     name = runtime or fmt.runtimes[0]
     if name not in fmt.runtimes:
         raise ModelLoadError(f"{path}: runtime {name!r} does not open {fmt.name} files; choose one of {', '.join(fmt.runtimes)}")
     try:
-        backend: Backend = RUNTIMES[name].open(path, threads)
+        backend: Backend = RUNTIMES[name].open(path, threads, **({"contract": contract} if contract is not None else {}))
     except ContractError as exc:
         raise ModelLoadError(f"{path}: {exc}") from exc
     if check_cpu and backend.contract is not None and backend.contract.target.get("valid_on"):  # probe the CPU only when it matters

@@ -9,7 +9,8 @@ An optional ``decision`` block (temperature, conformal threshold, refusals; see
 ``decision.py``) travels the same way; contracts without it read as before.
 
 Storage: checkpoints hold ``contract`` as a dict; ONNX files hold the JSON in
-``metadata_props[CONTRACT_KEY]``; TFLite files get a sidecar ``<file>.json``.
+``metadata_props[CONTRACT_KEY]``; TFLite files get a sidecar ``<file>.json``. Which is
+which is each format's row (``runtimes/``), read and written through ``formats.py``.
 """
 from __future__ import annotations
 
@@ -159,17 +160,62 @@ def read_sidecar(model_path: str) -> Contract | None:
         return Contract.from_json(fh.read())
 
 
-def read_onnx_contract(model_path: str) -> Contract | None:
-    """Reads ``metadata_props`` through onnxruntime, so the device needs no onnx package."""
-    import onnxruntime as ort
+def write_sidecar(model_path: str, contract: Contract) -> None:
+    """The contract beside the file as ``<file>.json``, atomically."""
+    from .atomic import write_text
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
-    meta = sess.get_modelmeta().custom_metadata_map
+    write_text(sidecar_path(model_path), contract.to_json() + "\n")
+
+
+def read_onnx_contract(model_path: str) -> Contract | None:
+    """From ``metadata_props``: with the onnx package where it is installed (no session is
+    started), else through onnxruntime, so the device needs no onnx package; a sidecar when
+    the file holds none."""
+    try:
+        import onnx
+    except ImportError:
+        onnx = None
+    meta = None
+    if onnx is not None:
+        try:
+            meta = {m.key: m.value for m in onnx.load(model_path, load_external_data=False).metadata_props}
+        except Exception:  # protobuf errors for a truncated or foreign file (or an ORT flatbuffer): ask the runtime
+            meta = None
+    if meta is None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        try:
+            meta = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+        except Exception as exc:  # ORT raises its own exception types for bad files
+            raise ContractError(f"not a readable ONNX file ({type(exc).__name__})") from exc
     if CONTRACT_KEY not in meta:
         return read_sidecar(model_path)
     return Contract.from_json(meta[CONTRACT_KEY])
+
+
+def embed_onnx_contract(model: Any, contract: Contract) -> None:
+    """Put the contract JSON into an in-memory ONNX model's ``metadata_props`` (replacing an older one)."""
+    keep = [p for p in model.metadata_props if p.key != CONTRACT_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = CONTRACT_KEY, contract.to_json()
+
+
+def write_onnx_contract(model_path: str, contract: Contract) -> None:
+    """Replace the contract in ``metadata_props`` (the graph untouched) and rewrite the file
+    atomically; needs the onnx package (a workstation's, not a Pi's)."""
+    import onnx
+
+    from .atomic import atomic_path
+
+    model = onnx.load(model_path)
+    embed_onnx_contract(model, contract)
+    onnx.checker.check_model(model)
+    with atomic_path(model_path) as tmp:
+        onnx.save(model, tmp)
 
 
 def check_matches(contract: Contract, input_shape: tuple[int, ...], input_dtype: str, output_shape: tuple[int, ...]) -> None:

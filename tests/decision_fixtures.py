@@ -24,7 +24,8 @@ def toy_onnx(path: str, decision: dict | None, classes: tuple[str, ...] = CLASSE
     confidently the first class; a mid-grey one (m = 0) is torn between the first two."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgecxr.convert.formats.onnx.export import embed_contract, save_onnx
+    from edgecxr.convert.formats.onnx.export import save_onnx
+    from edgecxr.device.contract import embed_onnx_contract
 
     w = numpy_helper.from_array(np.array([[8.0, 0.0, 0.0]], np.float32), "w")
     b = numpy_helper.from_array(np.array([0.0, 0.0, -10.0], np.float32), "b")
@@ -39,7 +40,7 @@ def toy_onnx(path: str, decision: dict | None, classes: tuple[str, ...] = CLASSE
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])], [w, b, axes, shape])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
-    embed_contract(model, toy_contract(decision, classes, source))
+    embed_onnx_contract(model, toy_contract(decision, classes, source))
     save_onnx(model, path)
     return path
 

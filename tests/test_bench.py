@@ -291,14 +291,13 @@ def test_missing_split_csv_gives_accuracy_na_and_split_csv_flag_restores_it(expo
 
     import onnx
 
-    from edgecxr.convert.formats.onnx.export import embed_contract
-    from edgecxr.device.contract import read_onnx_contract
+    from edgecxr.device.contract import embed_onnx_contract, read_onnx_contract
 
     src = export_dir / "mobilenet_v2_int8.onnx"
     contract = read_onnx_contract(str(src))
     moved = dataclasses.replace(contract, source={**contract.source, "split_csv": str(tmp_path / "gone" / "split.csv")})
     model = onnx.load(str(src))
-    embed_contract(model, moved)
+    embed_onnx_contract(model, moved)
     dest = tmp_path / "mobilenet_v2_int8.onnx"
     onnx.save(model, str(dest))
     common = ["--threads", "1", "--runs", "2", "--warmup", "0", "--bootstrap", "10", "--format", "json", "--quiet"]

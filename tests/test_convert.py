@@ -324,3 +324,41 @@ def test_float_only_tflite_conversion_needs_no_calibration_images(trained_run, t
     assert (out / "mobilenet_v2_fp32.tflite").stat().st_size > 0, proc.stdout
     report = json.loads((out / "convert_report.json").read_text())
     assert [(a["format"], a["precision"], a["status"]) for a in report["artifacts"]] == [("onnx", "fp32", "ok"), ("tflite", "fp32", "ok")]
+
+
+def test_convert_writes_each_contract_once_and_opens_each_file_once(trained_run, synthetic_data, tmp_path, monkeypatch):
+    """One door, one write: every contract of a ``convert --int8 --formats tflite`` is built in
+    memory (production, INT8 refit, golden vectors) and written once, after verification, with
+    each file opened by one runtime session; the files then carry complete contracts."""
+    from edgecxr.convert.pipeline import ConvertOptions, convert_checkpoint
+    from edgecxr.device.formats import read_contract
+    from edgecxr.device.runtimes.litert import TFLiteBackend
+    from edgecxr.device.runtimes.onnxruntime_cpu import OnnxBackend
+    from edgecxr.device.runtimes.spec import DeviceFormat
+
+    writes: dict[str, int] = {}
+    opens: dict[str, int] = {}
+
+    def counting(cls, method, counter, key):
+        real = getattr(cls, method)
+
+        def wrapper(*args, **kwargs):
+            name = os.path.basename(str(args[key]))
+            counter[name] = counter.get(name, 0) + 1
+            return real(*args, **kwargs)
+        monkeypatch.setattr(cls, method, wrapper)
+
+    counting(DeviceFormat, "write_contract", writes, 1)
+    counting(TFLiteBackend, "__init__", opens, 1)
+    counting(OnnxBackend, "__init__", opens, 1)
+    out = tmp_path / "exp"
+    rep = convert_checkpoint(str(trained_run / "best.pt"), str(out), ConvertOptions(int8=True, formats=("tflite",), calib_n=16),
+                             progress=False, echo=lambda s: None)
+    made = sorted(a["file"] for a in rep["artifacts"] if a["status"] in ("ok", "degraded"))
+    assert "mobilenet_v2_int8.tflite" in made and "mobilenet_v2_fp32.onnx" in made  # the ONNX export is the source
+    assert writes == {name: 1 for name in made}, f"contract writes per file: {writes}"
+    assert opens == {name: 1 for name in made}, f"runtime sessions per file: {opens}"
+    int8 = read_contract(str(out / "mobilenet_v2_int8.tflite"))
+    assert int8.selftest and int8.selftest["images"] and int8.precision == "int8"  # golden vectors in the one write
+    assert "mobilenet_v2_int8.tflite" in {a["file"] for a in rep["artifacts"] if a["details"].get("decision_refit")} or \
+        not (int8.decision or {}).get("ood")  # the refit, when there is one, went into the same write

@@ -112,6 +112,7 @@ def test_decision_block_round_trips_through_onnx_and_tflite_contracts(tmp_path):
     from edgecxr.convert.formats import get_format
     from edgecxr.decide.store import read_contract, write_decision
     from edgecxr.device.backends import open_backend
+    from edgecxr.device.formats import write_contract
 
     onnx_path = toy_onnx(str(tmp_path / "toy_fp32.onnx"), None)
     write_decision(onnx_path, BLOCK)
@@ -119,7 +120,7 @@ def test_decision_block_round_trips_through_onnx_and_tflite_contracts(tmp_path):
     assert open_backend(onnx_path).contract.decision == BLOCK  # what the device reads, through onnxruntime
     tfl = get_format("tflite")
     tfl_path = str(tmp_path / "toy_int8.tflite")
-    tfl.write_contract(tfl_path, toy_contract(None).with_io(format="tflite", precision="int8", input=toy_contract(None).input,
+    write_contract(tfl_path, toy_contract(None).with_io(format="tflite", precision="int8", input=toy_contract(None).input,
                                                            output=toy_contract(None).output))
     write_decision(tfl_path, BLOCK)
     assert tfl.read_contract(tfl_path).decision == BLOCK

@@ -13,16 +13,16 @@ from typing import Any
 
 import pytest
 
-from edgecxr.convert.formats.base import ExportFormat, Production, Stats, write_sidecar
-from edgecxr.device.contract import Contract, read_sidecar
+from edgecxr.convert.formats.base import ExportFormat, Production, Stats
+from edgecxr.device.contract import Contract
 from edgecxr.device.formats import DeviceFormat
 
 
 def _produce(p: Production, steps: dict[str, Any]) -> None:
     import onnxruntime as ort
 
-    from edgecxr.atomic import atomic_path
     from edgecxr.convert.formats.onnx.export import onnx_contract
+    from edgecxr.device.atomic import atomic_path
 
     def make(dest: str) -> dict[str, Any]:
         opts = ort.SessionOptions()
@@ -31,7 +31,7 @@ def _produce(p: Production, steps: dict[str, Any]) -> None:
             opts.optimized_model_filepath = tmp
             ort.InferenceSession(p.fp32_onnx, opts, providers=["CPUExecutionProvider"])
         c = onnx_contract(p.contract, "fp32", p.source, p.versions, p.plain_target)
-        write_sidecar(dest, Contract.from_dict({**c.to_dict(), "format": "ort"}))
+        p.run.stage(dest, Contract.from_dict({**c.to_dict(), "format": "ort"}))  # written once, after verification
         return {"from": os.path.basename(p.fp32_onnx)}
 
     for step in steps.values():
@@ -48,7 +48,7 @@ def _stats(path: str) -> Stats:
 ORT_DEVICE = DeviceFormat("ort", ".ort", ("onnxruntime",), contract_in_file=False)
 ORT_FORMAT = ExportFormat(device=ORT_DEVICE, precisions=("fp32",), layout="NCHW", description="ONNX Runtime .ort flatbuffer",
                           options={"fp32": "onnxruntime session.save_model_format=ORT"}, marker="P", produce=_produce,
-                          read_contract=read_sidecar, write_contract=write_sidecar, graph_stats=_stats)
+                          graph_stats=_stats)
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ def test_features_come_from_cpuid_when_proc_cpuinfo_describes_another_cpu():
 
 
 def test_host_target_picks_full_range_only_where_it_is_exact():
-    from edgecxr.convert.formats.onnx.int8_target import resolve_target
+    from edgecxr.models.int8_target import resolve_target
 
     vnni = {"arch": "x86_64", "int8_features": ["avx2", "avx512f", "avx512bw", "avx512_vnni"]}
     avx2 = {"arch": "x86_64", "int8_features": ["avx2"]}
@@ -51,8 +51,8 @@ def test_host_target_picks_full_range_only_where_it_is_exact():
 
 
 def test_a_full_range_file_is_refused_only_on_x86_without_vnni():
-    from edgecxr.convert.formats.onnx.int8_target import PORTABLE, X86_VNNI
     from edgecxr.device.cpufeatures import unmet_requirement
+    from edgecxr.models.int8_target import PORTABLE, X86_VNNI
 
     block = X86_VNNI.contract_block({"model": "workstation"})
     avx2 = {"model": "AMD EPYC", "arch": "x86_64", "int8_features": ["avx2"], "target": "x86-avx2"}

@@ -217,6 +217,7 @@ def calibrated_onnx(probe_models, tmp_path_factory):
     from helpers import run_cli
 
     from edgecxr.convert.formats.onnx.export import export_fp32, onnx_contract
+    from edgecxr.device.formats import write_contract
     from edgecxr.models.factory import load_model
 
     folder = tmp_path_factory.mktemp("ood_onnx")
@@ -226,6 +227,7 @@ def calibrated_onnx(probe_models, tmp_path_factory):
     model, contract = load_model(str(ckpt))
     path = folder / "probe_fp32.onnx"
     export_fp32(model, onnx_contract(contract, "fp32"), str(path))
+    write_contract(str(path), onnx_contract(contract, "fp32"))  # convert writes it after verification
     return path
 
 

@@ -108,7 +108,6 @@ def test_runner_names_the_package_when_openvino_is_missing(ov_export, tmp_path):
 def _ghost_format(requires: tuple[Any, ...]) -> Any:
     """A format run by the runtime ``ghost-rt`` (registered by the fixture), produced as a copy of the FP32 ONNX."""
     from edgecxr.convert.formats.base import ExportFormat
-    from edgecxr.device.contract import read_sidecar
     from edgecxr.device.formats import DeviceFormat
 
     def produce(p, steps):
@@ -116,8 +115,8 @@ def _ghost_format(requires: tuple[Any, ...]) -> Any:
             p.run.do(step, lambda s=step: {"copied": shutil.copyfile(p.fp32_onnx, p.run.path(s))})
 
     return ExportFormat(device=DeviceFormat("ghost", ".ghost", ("ghost-rt",)), precisions=("fp32", "int8"), layout="NCHW",
-                        description="a format for tests", options={}, marker="x", produce=produce, read_contract=read_sidecar,
-                        write_contract=lambda path, c: None, graph_stats=lambda path: {}, requires=requires)
+                        description="a format for tests", options={}, marker="x", produce=produce,
+                        graph_stats=lambda path: {}, requires=requires)
 
 
 @pytest.fixture

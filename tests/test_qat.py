@@ -62,10 +62,10 @@ def test_simulated_int8_is_closer_to_onnx_runtime_int8_than_float_is(tmp_path):
     """QAT simulates the scheme convert deploys by default (portable: u8 x u8), which
     ONNX Runtime computes exactly on every CPU; simulating the other weight grid is worse."""
     from edgecxr.convert.formats.onnx.export import INPUT_NAME, export_fp32
-    from edgecxr.convert.formats.onnx.int8_target import resolve_target
     from edgecxr.convert.formats.onnx.quantize import quantize_int8
     from edgecxr.device.preprocess import PreprocessSpec
     from edgecxr.models.checkpoint import make_contract
+    from edgecxr.models.int8_target import resolve_target
     from edgecxr.train.qat import enable_qat
 
     ort = pytest.importorskip("onnxruntime")

@@ -205,9 +205,9 @@ def test_a_site_block_replaces_t_and_qhat_in_the_runners_decision_and_nothing_el
 def test_labels_stamp_writes_a_site_block_the_runner_applies_and_the_selftest_still_passes(site_model, tmp_path):
     from dataclasses import replace
 
-    from edgecxr.convert.formats import format_of
     from edgecxr.decide.store import read_contract
     from edgecxr.device.decision import calibrated_probabilities, in_force, prediction_set
+    from edgecxr.device.formats import write_contract
     from edgecxr.device.image_io import load_gray
     from edgecxr.device.preprocess import preprocess
     from edgecxr.models.runtime import open_model
@@ -257,7 +257,7 @@ def test_labels_stamp_writes_a_site_block_the_runner_applies_and_the_selftest_st
     bare.parent.mkdir()
     shutil.copy(onnx, bare)
     moved = read_contract(str(bare))
-    format_of(str(bare)).write_contract(str(bare), replace(moved, source={**moved.source, "data_root": str(tmp_path / "gone")}))
+    write_contract(str(bare), replace(moved, source={**moved.source, "data_root": str(tmp_path / "gone")}))
     _code, output, _report = _sitecheck(bare, site, "--labels")
     assert "(stored in the model by an earlier sitecheck --stamp)" in output
 

@@ -1,7 +1,7 @@
 """Loss and accuracy curves, so a run can be judged at a glance."""
 from __future__ import annotations
 
-from edgecxr.atomic import atomic_path
+from edgecxr.device.atomic import atomic_path
 
 
 def plot_curves(history: list[dict], path: str, title: str = "") -> None:

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecxr.atomic import write_json, write_text
 from edgecxr.data.folders import (
     HOLDOUT,
     DatasetIndex,
@@ -41,6 +40,7 @@ from edgecxr.data.folders import (
     read_split_csv,
     write_split_csv,
 )
+from edgecxr.device.atomic import write_json, write_text
 from edgecxr.device.contract import Contract
 from edgecxr.device.preprocess import PreprocessSpec
 from edgecxr.errors import EdgecxrError

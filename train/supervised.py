@@ -65,7 +65,7 @@ def train(cfg: TrainConfig) -> dict:
     model, opt, sched, progress = prepare_model(model, cfg, run.resume_payload, "state_dict", run.dist.device)
     qat = None
     if cfg.qat:
-        from edgecxr.convert.formats.onnx.int8_target import resolve_target
+        from edgecxr.models.int8_target import resolve_target
         from edgecxr.train.qat import enable_qat
 
         qat = enable_qat(model, cfg.arch, weight_grid=resolve_target(cfg.qat_target).weight_grid)

@@ -3,8 +3,8 @@
 A format folder's ``__init__.py`` (``onnx/``, ``tflite/``) builds one
 :class:`ExportFormat` from the device's row (``device/runtimes/``: suffix, runtimes,
 companion files) plus what only the workstation does: how to produce each
-precision, read and write the contract, count parameters and MACs, and how it is
-drawn. ``convert``, ``bench``, ``eval``, ``explain`` and ``debug-quant`` ask the table
+precision, count parameters and MACs, and how it is drawn. Where its contract lives
+and how it is read and written is the device row's (one door for a model file). ``convert``, ``bench``, ``eval``, ``explain`` and ``debug-quant`` ask the table
 (``edgecxr.convert.formats``), never the file suffix.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr.device.contract import Contract, sidecar_path
+from edgecxr.device.contract import Contract
 from edgecxr.device.formats import DEVICE_FORMATS, DeviceFormat
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -58,16 +58,16 @@ class ExportFormat:
     description: str
     options: dict[str, str]  # how each precision is produced; copied into the convert report
     marker: str  # bench plot marker
-    produce: Callable[[Production, dict[str, Any]], None]  # fills the Steps it is given, one per precision
-    read_contract: Callable[[str], Contract | None]  # without starting a runtime
-    write_contract: Callable[[str, Contract], None]  # atomically, where the format keeps it
+    produce: Callable[[Production, dict[str, Any]], None]  # fills the Steps it is given, stages each file's contract
     graph_stats: Callable[[str], Stats]  # {"params", "macs", "stats_from", "weight_precision"}
     # Packages producing it needs beyond its runtime (which is always needed); a missing one
     # makes convert skip those precisions with the pip command (formats/availability.py).
     requires: tuple[Requirement, ...] = ()
     # The checkpoint row: convert's input, never its output (not in ``export_formats()`` or ``--formats``).
     source: bool = False
-    extra_suffixes: tuple[str, ...] = ()  # other names of the same format (``.pth`` beside ``.pt``)
+    # What a verified file's contract needs from this format before its one write (ncnn: a
+    # wider self-test tolerance for INT8); None: nothing.
+    finish_contract: Callable[[Contract], Contract] | None = None
 
     @property
     def name(self) -> str:
@@ -85,18 +85,14 @@ class ExportFormat:
 
     @property
     def suffixes(self) -> tuple[str, ...]:
-        return (self.suffix, *self.extra_suffixes)
+        return self.device.suffixes
+
+    def read_contract(self, path: str) -> Contract | None:
+        """Through the device's row (``device/formats.py``, the one door), without starting a runtime."""
+        return DEVICE_FORMATS.get(self.name, self.device).read_contract(path)
 
     def artifact_name(self, arch: str, precision: str) -> str:
         return f"{arch}_{precision}{self.suffix}"
-
-
-def write_sidecar(path: str, contract: Contract) -> None:
-    """The contract beside the file as ``<file>.json``, atomically: the ``write_contract`` of every
-    format whose files cannot hold it (TFLite, ncnn, ExecuTorch); ``read_sidecar`` reads it back."""
-    from edgecxr.atomic import write_text
-
-    write_text(sidecar_path(path), contract.to_json() + "\n")
 
 
 def prod(shape: Any) -> int:

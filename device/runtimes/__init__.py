@@ -8,7 +8,10 @@ the runner's ``--runtime``/``--model`` help and ``--list-runtimes``, bench's rem
 checks, convert's "is this format producible" check, and the generated ``install.sh``,
 ``requirements.txt`` and the runtime table of ``device/README.md``
 (``install_files.py``). Adding a runtime is one module plus one line below, or, for a
-plugin, one :func:`register` call.
+plugin, one :func:`register` call. Each format row also reads and writes its files'
+contract (``DeviceFormat.read_contract``/``write_contract``), so ``formats.py`` is the one
+door to a model file; the PyTorch checkpoint has a row too (``pytorch_checkpoint.py``),
+with no runtime on the device.
 
 The Pi cannot import ``convert/`` (no torch, no TensorFlow), so the device rows live
 here and the workstation's export-format table (``edgecxr.convert.formats``) refers to
@@ -21,11 +24,11 @@ from __future__ import annotations
 from dataclasses import replace
 from types import ModuleType
 
-from . import executorch_xnnpack, litert, ncnn_cpu, onnxruntime_cpu, openvino_cpu
+from . import executorch_xnnpack, litert, ncnn_cpu, onnxruntime_cpu, openvino_cpu, pytorch_checkpoint
 from .spec import DeviceFormat, Runtime
 
 # Table order: a format's default runtime is the first here that opens it.
-TABLE: list[ModuleType] = [onnxruntime_cpu, litert, openvino_cpu, ncnn_cpu, executorch_xnnpack]
+TABLE: list[ModuleType] = [onnxruntime_cpu, litert, openvino_cpu, ncnn_cpu, executorch_xnnpack, pytorch_checkpoint]
 
 # Filled from TABLE and kept as the same objects when it grows, so importers hold live views.
 RUNTIMES: dict[str, Runtime] = {}

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import Backend, ModelLoadError
-from ..contract import Contract, read_sidecar
+from ..contract import Contract
 from .spec import DeviceFormat, Runtime
 
 # torch ScalarType codes in ExecuTorch's TensorInfo.dtype()
@@ -80,7 +80,7 @@ class ExecuTorchBackend(Backend):
         if self.method is None:
             raise ModelLoadError(f"{path}: the ExecuTorch program has no 'forward' method")
         if contract is None and read_contract:
-            contract = read_sidecar(path)
+            contract = FORMATS[0].read_contract(path)  # this format's row: where its files keep the contract
         super().__init__(path, contract)
         self.runtime = f"executorch {ver}"
         meta = self.method.method_meta()
@@ -101,6 +101,6 @@ FORMATS = (DeviceFormat("executorch", ".pte", contract_in_file=False),)
 RUNTIMES = (
     Runtime("executorch", "executorch", "pip install executorch torch",
             "ExecuTorch runtime (pybindings) with the XNNPACK delegate; threadpool size set per process", opens=("executorch",),
-            open=lambda path, threads: ExecuTorchBackend(path, threads), install_flag="--executorch",
+            open=lambda path, threads, contract=None: ExecuTorchBackend(path, threads, contract), install_flag="--executorch",
             needed_for="running ExecuTorch .pte artifacts (pulls in torch: large on a Pi)"),
 )

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import Backend, ModelLoadError, np_dtype_name
-from ..contract import Contract, read_sidecar
+from ..contract import Contract
 from .spec import DeviceFormat, Runtime
 
 
@@ -68,7 +68,7 @@ class TFLiteBackend(Backend):
         except Exception as exc:  # the interpreter raises ValueError/RuntimeError for bad files
             raise ModelLoadError(f"{path}: not a loadable TFLite model ({str(exc).splitlines()[0][:160]})") from exc
         if contract is None and read_contract:
-            contract = read_sidecar(path)
+            contract = FORMATS[0].read_contract(path)  # this format's row: where its files keep the contract
         super().__init__(path, contract)
         inp = self.interpreter.get_input_details()[0]
         out = self.interpreter.get_output_details()[0]
@@ -97,10 +97,10 @@ FORMATS = (DeviceFormat("tflite", ".tflite", contract_in_file=False),)
 RUNTIMES = (
     Runtime("litert", "ai_edge_litert", "pip install ai-edge-litert",
             "TFLite interpreter (ai-edge-litert, else tflite-runtime) with its default XNNPACK delegate", opens=("tflite",),
-            open=lambda path, threads: TFLiteBackend(path, threads), fallbacks=("tflite_runtime.interpreter",),
+            open=lambda path, threads, contract=None: TFLiteBackend(path, threads, contract), fallbacks=("tflite_runtime.interpreter",),
             needed_for="running .tflite artifacts (required)"),
     Runtime("litert-builtin", "ai_edge_litert", "pip install ai-edge-litert",
             "TFLite interpreter with its built-in kernels only (no XNNPACK): what a delegate-less build runs", opens=("tflite",),
-            open=lambda path, threads: TFLiteBackend(path, threads, builtin_kernels=True),
+            open=lambda path, threads, contract=None: TFLiteBackend(path, threads, contract, builtin_kernels=True),
             needed_for="running .tflite artifacts without XNNPACK (same package as litert)"),
 )

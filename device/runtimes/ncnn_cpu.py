@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import Backend, ModelLoadError
-from ..contract import Contract, read_sidecar
+from ..contract import Contract
 from .spec import DeviceFormat, Runtime
 
 
@@ -59,7 +59,7 @@ class NcnnBackend(Backend):
     def __init__(self, path: str, threads: int | None = None, contract: Contract | None = None, read_contract: bool = True) -> None:
         ncnn = import_ncnn()
         if contract is None and read_contract:
-            contract = read_sidecar(path)
+            contract = FORMATS[0].read_contract(path)  # this format's row: where its files keep the contract
         super().__init__(path, contract)
         bin_path = weights_path(path)
         if not os.path.exists(bin_path):
@@ -104,6 +104,6 @@ FORMATS = (DeviceFormat("ncnn", ".ncnn.param", companions=("{stem}.ncnn.bin",), 
 RUNTIMES = (
     Runtime("ncnn", "ncnn", "pip install ncnn",
             "Tencent ncnn on the CPU: light mode, no Vulkan, fp16 storage only for FP16 files", opens=("ncnn",),
-            open=lambda path, threads: NcnnBackend(path, threads), install_flag="--ncnn",
+            open=lambda path, threads, contract=None: NcnnBackend(path, threads, contract), install_flag="--ncnn",
             needed_for="running ncnn .ncnn.param/.ncnn.bin artifacts"),
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import Backend, ModelLoadError
-from ..contract import Contract, read_onnx_contract
+from ..contract import Contract, read_onnx_contract, write_onnx_contract
 from .spec import DeviceFormat, Runtime
 
 
@@ -34,7 +34,7 @@ class OnnxBackend(Backend):
         except Exception as exc:  # ORT raises its own exception types for bad files
             raise ModelLoadError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0][:160]})") from exc
         if contract is None and read_contract:
-            contract = read_onnx_contract(path)
+            contract = FORMATS[0].read_contract(path)  # this format's row: where its files keep the contract
         super().__init__(path, contract)
         self.runtime = f"onnxruntime {ort.__version__}"
         inp = self.session.get_inputs()[0]
@@ -57,8 +57,8 @@ class OnnxBackend(Backend):
         return self.session.run([self.output_name], {self.input_name: prepared})[0]
 
 
-FORMATS = (DeviceFormat("onnx", ".onnx"),)
+FORMATS = (DeviceFormat("onnx", ".onnx", read=read_onnx_contract, write=write_onnx_contract),)
 RUNTIMES = (
     Runtime("onnxruntime", "onnxruntime", "pip install onnxruntime", "ONNX Runtime, CPU execution provider", opens=("onnx",),
-            open=lambda path, threads: OnnxBackend(path, threads), install_flag="--onnx", needed_for="running .onnx artifacts"),
+            open=lambda path, threads, contract=None: OnnxBackend(path, threads, contract), install_flag="--onnx", needed_for="running .onnx artifacts"),
 )

@@ -16,12 +16,15 @@ appear under ``framework``. numpy and openvino only: the Pi runner imports it.
 """
 from __future__ import annotations
 
+import os
+import tempfile
+import xml.etree.ElementTree as ET
 from typing import Any
 
 import numpy as np
 
 from ..backend import Backend, ModelLoadError
-from ..contract import CONTRACT_KEY, Contract, read_sidecar
+from ..contract import CONTRACT_KEY, Contract, ContractError, read_sidecar
 from .spec import DeviceFormat, Runtime
 
 # No thread pinning (OpenVINO's Linux default pins): ONNX Runtime with explicit threads and
@@ -61,7 +64,7 @@ class OpenVINOBackend(Backend):
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses for bad or half-copied files
             raise ModelLoadError(f"{path}: not a model OpenVINO can read ({str(exc).splitlines()[0][:160]})") from exc
         if contract is None and read_contract:
-            contract = rt_info_contract(model) or read_sidecar(path)
+            contract = rt_info_contract(model) or read_sidecar(path)  # IR or ONNX: in the model; else a sidecar
         super().__init__(path, contract)
         self.format = "onnx" if path.lower().endswith(".onnx") else "openvino"
         config: dict[str, Any] = dict(COMPILE_CONFIG)
@@ -89,10 +92,44 @@ class OpenVINOBackend(Backend):
         return self.request.get_output_tensor(0).data.copy()
 
 
-FORMATS = (DeviceFormat("openvino", ".xml", companions=("{stem}.bin",)),)
+def bin_path(xml_path: str) -> str:
+    return os.path.splitext(xml_path)[0] + ".bin"
+
+
+def read_ir_contract(path: str) -> Contract | None:
+    """From the ``.xml``'s ``rt_info`` with the standard library's XML parser (no runtime)."""
+    try:
+        entry = ET.parse(path).getroot().find(f"rt_info/{CONTRACT_KEY}")
+    except ET.ParseError as exc:
+        raise ContractError(f"not a readable OpenVINO IR file ({exc})") from exc
+    return Contract.from_json(entry.get("value", "")) if entry is not None else None
+
+
+def save_ir(model: Any, contract: Contract | None, dest: str, compress_to_fp16: bool = False) -> None:
+    """Write ``.bin`` then ``.xml`` by rename from a temporary folder beside them: a half-written
+    pair never appears under the artifact's name (the ``.xml`` is what is looked for)."""
+    ov = import_openvino()
+    if contract is not None:
+        model.set_rt_info(contract.to_json(), CONTRACT_KEY)
+    folder = os.path.dirname(os.path.abspath(dest))
+    with tempfile.TemporaryDirectory(prefix=".openvino-work-", dir=folder) as tmp:
+        xml = os.path.join(tmp, "model.xml")
+        ov.save_model(model, xml, compress_to_fp16=compress_to_fp16)
+        os.replace(os.path.join(tmp, "model.bin"), bin_path(dest))
+        os.replace(xml, dest)
+
+
+def write_ir_contract(path: str, contract: Contract) -> None:
+    """Rewrites the IR with the new ``rt_info`` (weights unchanged, stored as they were)."""
+    if not os.path.exists(bin_path(path)):
+        raise ContractError(f"its weights file {os.path.basename(bin_path(path))} is missing")
+    save_ir(import_openvino().Core().read_model(path), contract, path)
+
+
+FORMATS = (DeviceFormat("openvino", ".xml", companions=("{stem}.bin",), read=read_ir_contract, write=write_ir_contract),)
 RUNTIMES = (
     Runtime("openvino", "openvino", "pip install openvino",
             "OpenVINO CPU plugin: f32 inference precision, latency hint, one stream", opens=("openvino", "onnx"),
-            open=lambda path, threads: OpenVINOBackend(path, threads), install_flag="--openvino",
+            open=lambda path, threads, contract=None: OpenVINOBackend(path, threads, contract), install_flag="--openvino",
             needed_for="running OpenVINO .xml/.bin artifacts (and .onnx with --runtime openvino)"),
 )

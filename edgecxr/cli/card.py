@@ -22,10 +22,10 @@ def card_command(model: str, out: str | None, run_dir: str | None, ood_files: tu
     """
     import os
 
-    from edgecxr.atomic import write_text
     from edgecxr.card.build import gather
     from edgecxr.card.render import render
     from edgecxr.decide.store import resolve_model
+    from edgecxr.device.atomic import write_text
 
     path = resolve_model(model)
     inputs = gather(path, run_dir, list(ood_files) or None)

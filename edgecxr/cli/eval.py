@@ -35,8 +35,8 @@ def eval_command(model: str, data: str | None, split: str, split_csv: str | None
     n_images; calibration before/after the model's temperature; conformal coverage
     and set sizes per class), confusion_matrix.png, roc.png and reliability.png.
     """
-    from edgecxr.atomic import write_json
     from edgecxr.data.imageset import load_images
+    from edgecxr.device.atomic import write_json
     from edgecxr.device.cpufeatures import cpu_description
     from edgecxr.device.selftest import run_selftest, selftest_line
     from edgecxr.eval.evaluate import resolve_samples

@@ -61,8 +61,8 @@ def sitecheck_command(model: str, site_dir: str, labels: bool, out: str | None, 
       edgecxr sitecheck runs/mnv2/export/mobilenet_v2_int8.tflite --data clinic_a_sorted/ --labels --stamp
       python scripts/dev/simulate_site.py --data DATA --split-csv runs/mnv2/split.csv --shift gamma:0.5 --out /tmp/site_gamma
     """
-    from edgecxr.atomic import write_json, write_text
     from edgecxr.decide.store import resolve_model
+    from edgecxr.device.atomic import write_json, write_text
     from edgecxr.device.site_rules import judge
     from edgecxr.errors import EdgecxrError
     from edgecxr.models.runtime import is_checkpoint, open_model

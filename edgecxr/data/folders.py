@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from edgecxr.atomic import write_text
+from edgecxr.device.atomic import write_text
 from edgecxr.device.image_io import ImageError, is_image_file, load_gray
 from edgecxr.errors import EdgecxrError
 

@@ -239,11 +239,13 @@ def fit_refusals(path: str, backend: Any, data: str | None = None, split_csv: st
     return {**two_cuts(spec, z_val, margin), "quality": quality_block_counts(fit_problems + val_problems)}, numbers
 
 
-def refit_artifact_decision(path: str, threads: int | None = None, host_cpu: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """Refit ``path``'s temperature, conformal threshold and OOD threshold on its own
-    validation outputs and store them; before/after numbers, or None when the file has no
-    decision block, its validation images are not here, or its contract says ``host_cpu``
-    computes it wrong (its outputs here are not the device's).
+def refit_decision(backend: Any, host_cpu: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Refit the temperature, conformal threshold and OOD thresholds of the file open in
+    ``backend`` (with the contract it will carry) on its own validation outputs; returns the
+    new decision block and the before/after numbers, or None when the contract has no
+    decision block, its validation images are not here, or it says ``host_cpu`` computes it
+    wrong (its outputs here are not the device's). Nothing is written: convert writes the
+    contract once, after verification.
 
     A rounded file is a slightly different model. Measured (docs/results/decision.md "Calibrated
     probabilities" and "Refusing what is not a chest X-ray"): with its FP32 model's
@@ -257,11 +259,8 @@ def refit_artifact_decision(path: str, threads: int | None = None, host_cpu: dic
     taken: the checkpoint's T and qhat stay.
     """
     from edgecxr.decide.calibrate import fit_decision_and_logits, validation_logits
-    from edgecxr.decide.store import write_decision
     from edgecxr.device.cpufeatures import unmet_requirement
-    from edgecxr.models.runtime import open_model
 
-    backend = open_model(path, threads, check_cpu=False)
     contract = backend.contract
     block = dict(contract.decision or {})
     if "temperature" not in block and "ood" not in block:
@@ -291,9 +290,7 @@ def refit_artifact_decision(path: str, threads: int | None = None, host_cpu: dic
             attach_reference(backend, block)
     except EdgecxrError:  # no split or images here: the checkpoint's numbers stay
         return None
-    del backend
-    write_decision(path, block)
-    return out
+    return block, out
 
 
 def attach_reference(backend: Any, block: dict[str, Any], data: str | None = None, split_csv: str | None = None,
@@ -370,8 +367,8 @@ def store_head(path: str, numbers: dict[str, Any]) -> None:
     """Put the OOD head's numbers into the checkpoint at ``path`` (atomically); ``load_model`` attaches them."""
     import torch
 
-    from edgecxr.atomic import atomic_path
     from edgecxr.decide.ood_head import to_payload
+    from edgecxr.device.atomic import atomic_path
     from edgecxr.models.checkpoint import load_checkpoint
 
     payload = load_checkpoint(path)

@@ -2,8 +2,8 @@
 
 A checkpoint keeps it in its payload's contract (so every later ``convert`` carries
 it into each export through ``Contract.with_io``); an export keeps it where its
-format keeps the contract (ONNX metadata, TFLite sidecar), through the format
-table's ``write_contract``. Every write is atomic.
+format keeps the contract (ONNX metadata, TFLite sidecar). Both go through the
+device's one door to a model file (``device/formats.py``); every write is atomic.
 """
 from __future__ import annotations
 
@@ -29,10 +29,13 @@ def resolve_model(path: str) -> str:
 
 def read_contract(path: str) -> Contract:
     """The contract of any model file, checkpoint or export, through its row of the formats table."""
-    from edgecxr.convert.formats import format_of
+    from edgecxr.device.contract import ContractError
+    from edgecxr.device.formats import read_contract as stored_contract
 
-    fmt = format_of(path)
-    contract = fmt.read_contract(path) if fmt else None
+    try:
+        contract = stored_contract(path)
+    except ContractError as exc:
+        raise EdgecxrError(str(exc) if str(exc).startswith(path) else f"{path}: {exc}") from exc
     if contract is None:
         raise EdgecxrError(f"{path}: no edgecxr contract in or beside this file; convert it with `edgecxr convert`")
     return contract
@@ -40,9 +43,11 @@ def read_contract(path: str) -> Contract:
 
 def write_decision(path: str, block: dict[str, Any]) -> None:
     """Replace the decision block in ``path``'s contract (atomically), nothing else."""
-    from edgecxr.convert.formats import format_of
+    from edgecxr.device.contract import ContractError
+    from edgecxr.device.formats import write_contract
 
-    fmt = format_of(path)
-    if fmt is None:
-        raise EdgecxrError(f"{path}: not a model file edgecxr can write a contract into")
-    fmt.write_contract(path, replace(read_contract(path), decision=block))
+    contract = replace(read_contract(path), decision=block)
+    try:
+        write_contract(path, contract)
+    except ContractError as exc:
+        raise EdgecxrError(f"{path}: {exc}") from exc

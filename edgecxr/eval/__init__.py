@@ -1,1 +1,2 @@
-"""Judging a model on labelled images: metrics, the evaluation loop, its plots."""
+"""Judging a model: metrics, the evaluation loop and its plots, the tolerance a converted file must
+meet, and one file measured in a process of its own (bench and convert both time files with it)."""

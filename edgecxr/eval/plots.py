@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgecxr.atomic import atomic_path
+from edgecxr.device.atomic import atomic_path
 
 
 def _plt():

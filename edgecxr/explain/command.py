@@ -62,7 +62,7 @@ def explain_command(model: str | None, image: str | None, method: str, class_nam
 
 
 def _single(model: str, image: str, method: str, class_name: str | None, lime, threads: int | None, out: str | None, quiet: bool) -> None:
-    from edgecxr.atomic import write_json
+    from edgecxr.device.atomic import write_json
     from edgecxr.device.image_io import load_gray
     from edgecxr.explain.api import default_method, explain, target_index
     from edgecxr.explain.render import render_explanation, save_npy
@@ -94,7 +94,7 @@ def _single(model: str, image: str, method: str, class_name: str | None, lime, t
 
 def _compare(models: tuple[str, str], data: str | None, split: str, split_csv: str | None, n: int, method: str, lime, top: float, threads: int | None,
              out: str | None, quiet: bool) -> None:
-    from edgecxr.atomic import write_json, write_text
+    from edgecxr.device.atomic import write_json, write_text
     from edgecxr.errors import EdgecxrError
     from edgecxr.explain.compare import compare_models, format_table, images_from_folder, images_from_split, pick_images
     from edgecxr.models.runtime import open_model

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgecxr.atomic import atomic_path
+from edgecxr.device.atomic import atomic_path
 
 
 def resize_map(heat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

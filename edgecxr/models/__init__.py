@@ -1,1 +1,2 @@
-"""Backbones and their weights: the registry, checkpoints, weight import, signing, and opening any model file."""
+"""Backbones and their weights: the registry, checkpoints, weight import, signing, the INT8 target
+(which CPUs an INT8 file is exact on), and opening any model file."""

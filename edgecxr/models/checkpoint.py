@@ -13,14 +13,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgecxr.atomic import atomic_path
+from edgecxr.device.atomic import atomic_path
 from edgecxr.device.contract import Contract, ContractError, TensorSpec
 from edgecxr.device.digest import file_sha256  # noqa: F401  (re-exported: convert and the tests name it here)
 from edgecxr.device.preprocess import PreprocessSpec
+from edgecxr.device.runtimes.pytorch_checkpoint import PAYLOAD_FORMAT
 from edgecxr.errors import EdgecxrError
 from edgecxr.versions import TRAINING, tool_versions
 
-FORMAT = "edgecxr-checkpoint"
+FORMAT = PAYLOAD_FORMAT
 FORMAT_VERSION = 1
 
 
@@ -49,16 +50,16 @@ def save_checkpoint(path: str, model: nn.Module, contract: Contract, **extra: An
 
 
 def read_payload(path: str, fmt: str, what: str, hint: str) -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` of an edgecxr file whose ``format`` is ``fmt``; one-line errors."""
+    """An edgecxr payload whose ``format`` is ``fmt``, read by the checkpoint's row of the device's
+    formats table (``torch.load(weights_only=True)``); one-line errors."""
+    from edgecxr.device.runtimes.pytorch_checkpoint import read_payload as row_read_payload
+
     if not os.path.exists(path):
         raise EdgecxrError(f"{path}: {what} not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises pickle, zip and runtime errors for bad files
-        raise EdgecxrError(f"{path}: not a readable {what}: corrupt, truncated or not a torch file ({type(exc).__name__})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != fmt:
-        raise EdgecxrError(f"{path}: not an edgecxr {what}{hint}")
-    return payload
+        return row_read_payload(path, fmt, what, hint)
+    except ContractError as exc:
+        raise EdgecxrError(f"{path}: {exc}") from exc
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
@@ -66,9 +67,10 @@ def load_checkpoint(path: str) -> dict[str, Any]:
 
 
 def contract_from_payload(payload: dict[str, Any], path: str = "checkpoint") -> Contract:
+    """The contract of a payload already read (with its weights), parsed by the checkpoint's row."""
+    from edgecxr.device.runtimes.pytorch_checkpoint import contract_of_payload
+
     try:
-        return Contract.from_dict(payload["contract"])
-    except (ContractError, KeyError) as exc:
+        return contract_of_payload(payload)
+    except ContractError as exc:
         raise EdgecxrError(f"{path}: broken contract ({exc})") from exc
-
-

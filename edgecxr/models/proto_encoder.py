@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgecxr.atomic import atomic_path
+from edgecxr.device.atomic import atomic_path
 from edgecxr.errors import EdgecxrError
 from edgecxr.models.checkpoint import read_payload
 from edgecxr.models.registry import get_config

@@ -13,20 +13,22 @@ import os
 import numpy as np
 
 from edgecxr.device.backends import Backend, ModelLoadError, open_backend
-from edgecxr.device.formats import model_suffixes
+from edgecxr.device.contract import Contract
+from edgecxr.device.formats import format_of, model_suffixes
 from edgecxr.errors import EdgecxrError
 
-CHECKPOINT_SUFFIXES = (".pt", ".pth")
+TORCH_FORMAT = "pytorch"  # the checkpoint's row of the device's table (device/runtimes/pytorch_checkpoint.py)
 
 
 def known_suffixes() -> tuple[str, ...]:
-    """Checkpoints plus every suffix the device's formats table knows (read at call time:
-    a format registered later counts)."""
-    return CHECKPOINT_SUFFIXES + model_suffixes()
+    """Every suffix of the formats table, the checkpoint's included (read at call time: a
+    format registered later counts)."""
+    return model_suffixes(all_rows=True)
 
 
 def is_checkpoint(path: str) -> bool:
-    return os.path.splitext(path)[1].lower() in CHECKPOINT_SUFFIXES
+    fmt = format_of(path)
+    return fmt is not None and fmt.name == TORCH_FORMAT
 
 
 class TorchBackend(Backend):
@@ -63,31 +65,30 @@ class TorchBackend(Backend):
 
 
 def open_model(path: str, threads: int | None = None, require_contract: bool = True, check_cpu: bool = True,
-               runtime: str | None = None) -> Backend:
+               runtime: str | None = None, contract: Contract | None = None) -> Backend:
     """Open any supported model file; errors are :class:`EdgecxrError` one-liners.
 
     ``runtime`` picks one of the runtimes that open the file's format (default: the
     first). ``check_cpu=False`` opens a file even where its contract says it computes
-    wrong results (convert's verification, which must measure exactly that).
+    wrong results (convert's verification, which must measure exactly that). ``contract``
+    replaces the stored one (convert verifies with the contract it writes after).
     """
-    ext = os.path.splitext(path)[1].lower()
-    if not path.lower().endswith(known_suffixes()):  # endswith: two-part suffixes such as .ncnn.param
+    if format_of(path) is None:
+        ext = os.path.splitext(path)[1].lower()
         raise EdgecxrError(f"{path}: unknown model type {ext or '(none)'}; expected one of {', '.join(known_suffixes())}")
     if is_checkpoint(path):
         if runtime not in (None, "torch"):
             raise EdgecxrError(f"{path}: a checkpoint runs on torch, not {runtime!r}")
         return TorchBackend(path, threads)
     try:
-        return open_backend(path, threads, require_contract=require_contract, check_cpu=check_cpu, runtime=runtime)
+        return open_backend(path, threads, require_contract=require_contract, check_cpu=check_cpu, runtime=runtime, contract=contract)
     except ModelLoadError as exc:
         raise EdgecxrError(str(exc)) from exc
 
 
 def runtimes_for(path: str) -> tuple[str, ...]:
     """The runtimes that can open ``path`` (the default first); checkpoints run on torch."""
-    from edgecxr.device.formats import device_format_of
-
     if is_checkpoint(path):
         return ("torch",)
-    fmt = device_format_of(path)
+    fmt = format_of(path)
     return fmt.runtimes if fmt else ()

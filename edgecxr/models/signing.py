@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from edgecxr.atomic import atomic_path
+from edgecxr.device.atomic import atomic_path
 from edgecxr.device.signature import covered_files, signature_path
 from edgecxr.errors import EdgecxrError
 

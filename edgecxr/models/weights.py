@@ -43,7 +43,10 @@ def load_weights_file(model: nn.Module, path: str, arch: str = "", input_size: i
     only if the class count matches). A ``.tflite`` file is read for ``mobilenet_v2``
     only; its folded batch norms are unfolded on X-ray-like images of ``input_size``.
     """
-    if path.lower().endswith(".tflite"):
+    from edgecxr.device.formats import format_of
+
+    fmt = format_of(path)
+    if fmt is not None and fmt.name == "tflite":
         if arch != "mobilenet_v2":
             raise EdgecxrError(f"{path}: weights can be read from a TFLite file for mobilenet_v2 only, not {arch or 'this model'}")
         from edgecxr.models.tflite_weights import mobilenet_v2_state_from_tflite, unfold_batch_norm, xray_like_batch

@@ -49,6 +49,8 @@ def _calibration(data: str | None, spec: PreprocessSpec, n: int = 24) -> np.ndar
 def write_tflite(out: str, base: Contract, data: str | None) -> list[str]:
     import tensorflow as tf
 
+    from edgecxr.device.formats import write_contract
+
     size, ch, k = base.preprocess.size, base.preprocess.channels, base.num_classes
     rng = np.random.default_rng(0)
     w1 = tf.constant(rng.normal(0, 0.4, (3, 3, ch, 8)).astype(np.float32))
@@ -88,17 +90,15 @@ def write_tflite(out: str, base: Contract, data: str | None) -> list[str]:
             output=TensorSpec(o["name"], tuple(int(v) for v in o["shape"]), np.dtype(o["dtype"]).name, None,
                               float(o["quantization"][0]) if q else None, int(o["quantization"][1]) if q else None))
         contract = Contract.from_dict({**contract.to_dict(), "arch": "tiny_cnn"})
-        with open(path + ".json", "w", encoding="utf-8") as fh:
-            fh.write(contract.to_json())
+        write_contract(path, contract)  # the one door: a sidecar for TFLite
         written.append(path)
     return written
 
 
 def write_onnx(out: str, checkpoint: str) -> str:
-    import onnx
     import torch
 
-    from edgecxr.device.contract import CONTRACT_KEY
+    from edgecxr.device.formats import write_contract
     from edgecxr.models.factory import load_model
 
     model, contract = load_model(checkpoint)
@@ -106,12 +106,9 @@ def write_onnx(out: str, checkpoint: str) -> str:
     path = os.path.join(out, "model_fp32.onnx")
     torch.onnx.export(model, torch.zeros(1, ch, size, size), path, input_names=["input"], output_names=["logits"],
                       opset_version=17, dynamo=False)
-    m = onnx.load(path)
     c = contract.with_io(format="onnx", precision="fp32", input=TensorSpec("input", (1, ch, size, size), "float32", "NCHW"),
                          output=TensorSpec("logits", (1, contract.num_classes)))
-    entry = m.metadata_props.add()
-    entry.key, entry.value = CONTRACT_KEY, c.to_json()
-    onnx.save(m, path)
+    write_contract(path, c)
     return path
 
 
@@ -136,9 +133,9 @@ def main() -> None:
         subprocess.run([sys.executable, __file__, a.out, "--checkpoint", a.checkpoint, "--no-tflite"], check=True,
                        stdout=subprocess.DEVNULL)
         onnx_path = os.path.join(a.out, "model_fp32.onnx")
-        from edgecxr.device.contract import read_onnx_contract
+        from edgecxr.device.formats import read_contract
 
-        base = read_onnx_contract(onnx_path)
+        base = read_contract(onnx_path)
         files.append(onnx_path)
     if not a.no_tflite:
         files = write_tflite(a.out, base, a.data) + files

@@ -1,4 +1,10 @@
-"""Print import cycles between the modules of the edgecxr package; exit 1 if there is any.
+"""Print import cycles and upward arrows between the modules of the edgecxr package; exit 1 if there is any.
+
+Arrows go downhill only: the device (``edgecxr.device``, what a Pi runs) imports nothing
+above it; the core (``edgecxr.*``: data, models, decide, site, card, eval, explain) imports
+the device and itself, never a stage; a stage (``train``, ``convert``, ``bench``) imports
+the core and the device, and a sibling stage only through the format table
+(``edgecxr.convert.formats``); the command line (``edgecxr.cli``, ``__main__``) sits on top.
 
 By default only module-level imports count (an import inside a function runs when
 the function does, so it cannot break package initialisation); ``--lazy`` adds the
@@ -142,18 +148,52 @@ def _cycle_in(comp: list[str], graph: dict[str, set[str]]) -> list[str]:
     return comp
 
 
+STAGES = ("train", "convert", "bench")
+# What a stage may import from a sibling stage: the format table, read by convert and bench alike.
+FORMAT_TABLE = ("edgecxr.convert", "edgecxr.convert.formats", "edgecxr.convert.formats.base")
+
+
+def layer(mod: str) -> tuple[int, str]:
+    """(height, group): 0 device, 1 core, 2 a stage (the group is its name), 3 the command line."""
+    part = (mod.split(".") + [""])[1]
+    if part == "device":
+        return 0, "device"
+    if part in STAGES:
+        return 2, part
+    if part in ("cli", "__main__"):
+        return 3, "cli"
+    return 1, "core"
+
+
+def upward_arrows(graph: dict[str, set[str]]) -> list[str]:
+    """``importer -> imported`` for every import that goes up a layer, or sideways between two
+    stages other than into the format table."""
+    found = []
+    for mod in sorted(graph):
+        (h, g) = layer(mod)
+        for target in sorted(graph[mod]):
+            (th, tg) = layer(target)
+            if th > h or (th == h == 2 and tg != g and target not in FORMAT_TABLE):
+                found.append(f"{mod} -> {target}")
+    return found
+
+
 def main(argv: list[str]) -> int:
     lazy = "--lazy" in argv
     known = modules()
     graph = {mod: module_imports(mod, path, known, lazy) for mod, path in known.items()}
     knots = find_cycles(graph)
+    arrows = upward_arrows(graph)
+    for arrow in arrows:
+        print(f"upward arrow: {arrow}")
     for comp in knots:
         print(f"{len(comp)} modules import each other: " + ", ".join(comp))
         print("  e.g. " + " -> ".join(_cycle_in(comp, graph)))
     edges = sum(len(v) for v in graph.values())
     kind = "module- and function-level" if lazy else "module-level"
-    print(f"{len(known)} modules, {edges} {kind} imports within edgecxr, {len(knots)} import circle(s)")
-    return 1 if knots else 0
+    print(f"{len(known)} modules, {edges} {kind} imports within edgecxr, {len(knots)} import circle(s), "
+          f"{len(arrows)} upward arrow(s)")
+    return 1 if knots or arrows else 0
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import cv2
 
-    from edgecxr.atomic import atomic_path, write_json
     from edgecxr.data.folders import index_unsplit, read_split_csv
+    from edgecxr.device.atomic import atomic_path, write_json
     from edgecxr.device.image_io import ImageError, load_gray
     from edgecxr.errors import EdgecxrError
     from edgecxr.site.sim import apply_shifts, parse_shift

@@ -58,9 +58,9 @@ def sample_input(report: dict, size: int) -> np.ndarray:
         from edgecxr.eval.evaluate import resolve_samples
 
         art = next(a for a in report["artifacts"] if a["format"] == "onnx" and a["precision"] == "fp32")
-        from edgecxr.device.contract import read_onnx_contract
+        from edgecxr.device.formats import read_contract
 
-        contract: Contract = read_onnx_contract(os.path.join(report["out_dir"], art["file"]))
+        contract: Contract = read_contract(os.path.join(report["out_dir"], art["file"]))
         index = resolve_samples(contract, None, "test")
         return load_images(index, index.of_split("test")[:1], contract.preprocess, progress=False).x
     except Exception as exc:  # data missing: latency does not depend on pixel values much
@@ -100,7 +100,7 @@ def measure(models: dict[str, str], x: np.ndarray, threads: int, rounds: int, ru
     return {n: {**summarize(t), "runtime": backends[n].runtime, "path": models[n]} for n, t in times.items()}
 
 
-def main() -> int:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ckpt", default=os.path.join(ROOT, "runs", "mobilenet_v2_qat", "best.pt"))
     ap.add_argument("--out", help="export folder (default: <ckpt folder>/export)")
@@ -110,26 +110,11 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5, help="timed runs per model per round")
     ap.add_argument("--reference", default=REFERENCE)
     ap.add_argument("convert_args", nargs="*", help="extra arguments for edgecxr convert, after --")
-    args = ap.parse_args()
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "export")
-    if not os.path.exists(args.ckpt) and not args.skip_convert:
-        sys.exit(f"{args.ckpt}: checkpoint not found (train it first, see scripts/reproduce/train_reference_models.sh)")
+    return ap.parse_args()
 
-    convert_s = None if args.skip_convert else convert(args.ckpt, out, args.convert_args)
-    with open(os.path.join(out, "convert_report.json"), encoding="utf-8") as fh:
-        report = json.load(fh)
-    arts = {(a["format"], a["precision"]): a for a in report["artifacts"]}
-    missing = [f"{f} {p}" for f in ("onnx", "tflite") for p in ("fp32", "fp16", "int8") if arts.get((f, p), {}).get("status") != "ok"]
-    if missing:
-        print("not produced: " + ", ".join(missing))
 
-    models = {f"{f}_{p}": os.path.join(out, arts[(f, p)]["file"]) for f in ("onnx", "tflite") for p in ("fp32", "int8")
-              if arts.get((f, p), {}).get("status") == "ok"}
-    if os.path.exists(args.reference):
-        models["reference_tflite_int8"] = args.reference
-    print(f"latency: batch 1, {args.threads} thread(s), {args.rounds} interleaved rounds x {args.runs} runs", flush=True)
-    lat = measure(models, sample_input(report, report["input_size"]), args.threads, args.rounds, args.runs)
-
+def _checks(arts: dict, lat: dict, convert_s: float | None) -> list[tuple[str, float | None, str, float]]:
+    """Each target: (name, measured value or None, comparison, goal)."""
     def med(n: str) -> float | None:
         return lat[n]["median_ms"] if n in lat else None
 
@@ -148,7 +133,7 @@ def main() -> int:
         d = ver(f, p, "delta_macro_f1_pp")
         return None if d is None else abs(d)
 
-    checks = [
+    return [
         ("INT8/FP32 latency, ONNX", ratio(med("onnx_int8"), med("onnx_fp32")), "<=", 0.55),
         ("INT8/FP32 latency, TFLite", ratio(med("tflite_int8"), med("tflite_fp32")), "<=", 0.55),
         ("INT8 TFLite / reference TF2 PTQ latency", ratio(med("tflite_int8"), med("reference_tflite_int8")), "<=", 1.05),
@@ -162,25 +147,51 @@ def main() -> int:
         ("FP16 TFLite |macro-F1 change| (pp)", within("tflite", "fp16"), "<=", 0.1),
         ("convert, all six + verification (s)", convert_s, "<=", 180.0),
     ]
-    print("\nmedian latency (ms): " + ", ".join(f"{n} {v['median_ms']:.2f}" for n, v in lat.items()))
-    ref = report.get("verification") or {}
-    if ref:
-        print(f"verification: {ref['images']} images from {ref['origin']}; PyTorch macro-F1 {ref['reference']['macro_f1']:.4f}")
+
+
+def _judge(checks: list[tuple[str, float | None, str, float]]) -> list[dict]:
+    """Print one line per target and return them as records."""
     print(f"\n{'target':<42}{'measured':>10}  {'goal':<10}result")
     results = []
     for name, value, op, goal in checks:
         if value is None:
-            verdict = "n/a"
-            shown = "-"
+            verdict, shown = "n/a", "-"
         else:
             ok = value <= goal if op == "<=" else value >= goal
-            verdict = "PASS" if ok else "FAIL"
-            shown = f"{value:.3f}"
+            verdict, shown = ("PASS" if ok else "FAIL"), f"{value:.3f}"
         print(f"{name:<42}{shown:>10}  {op} {goal:<7g}{verdict}")
         results.append({"target": name, "value": value, "op": op, "goal": goal, "result": verdict})
+    return results
+
+
+def main() -> int:
+    args = _args()
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "export")
+    if not os.path.exists(args.ckpt) and not args.skip_convert:
+        sys.exit(f"{args.ckpt}: checkpoint not found (train it first, see scripts/reproduce/train_reference_models.sh)")
+
+    convert_s = None if args.skip_convert else convert(args.ckpt, out, args.convert_args)
+    with open(os.path.join(out, "convert_report.json"), encoding="utf-8") as fh:
+        report = json.load(fh)
+    arts = {(a["format"], a["precision"]): a for a in report["artifacts"]}
+    missing = [f"{f} {p}" for f in ("onnx", "tflite") for p in ("fp32", "fp16", "int8") if arts.get((f, p), {}).get("status") != "ok"]
+    if missing:
+        print("not produced: " + ", ".join(missing))
+
+    models = {f"{f}_{p}": os.path.join(out, arts[(f, p)]["file"]) for f in ("onnx", "tflite") for p in ("fp32", "int8")
+              if arts.get((f, p), {}).get("status") == "ok"}
+    if os.path.exists(args.reference):
+        models["reference_tflite_int8"] = args.reference
+    print(f"latency: batch 1, {args.threads} thread(s), {args.rounds} interleaved rounds x {args.runs} runs", flush=True)
+    lat = measure(models, sample_input(report, report["input_size"]), args.threads, args.rounds, args.runs)
+    print("\nmedian latency (ms): " + ", ".join(f"{n} {v['median_ms']:.2f}" for n, v in lat.items()))
+    ref = report.get("verification") or {}
+    if ref:
+        print(f"verification: {ref['images']} images from {ref['origin']}; PyTorch macro-F1 {ref['reference']['macro_f1']:.4f}")
+    results = _judge(_checks(arts, lat, convert_s))
     dest = os.path.join(out, "targets.json")
     with open(dest, "w", encoding="utf-8") as fh:
-        json.dump({"checks": results, "latency": {n: {k: v for k, v in d.items()} for n, d in lat.items()},
+        json.dump({"checks": results, "latency": {n: dict(d) for n, d in lat.items()},
                    "threads": args.threads, "rounds": args.rounds, "runs": args.runs, "convert_seconds": convert_s}, fh, indent=2)
     print(f"\nwrote {dest}")
     return 0

@@ -51,7 +51,7 @@ def harness_loop(invoke, x, n: int) -> tuple[float, float]:
 
 
 def measure(path: str, threads: int, rounds: int, calls: int, warmup: int) -> dict:
-    from edgecxr.bench.measure import synthetic_input
+    from edgecxr.eval.measure import synthetic_input
     from edgecxr.models.runtime import open_model
 
     backend = open_model(path, threads, require_contract=False)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from ood_eval import Images, folder_files, logits_of, ood_set_files, test_cxr_files
 
-from edgecxr.atomic import write_json, write_text
+from edgecxr.device.atomic import write_json, write_text
 from edgecxr.device.cpufeatures import cpu_description
 from edgecxr.device.decision import REASON_KINDS, decide, reason_shares
 from edgecxr.errors import EdgecxrError

@@ -85,10 +85,7 @@ def latency(paths: list[str], x1: np.ndarray, rounds: int, runs: int) -> list[fl
     return [float(np.median(t)) for t in times]
 
 
-def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(sys.argv[4:], sys.argv[2], sys.argv[3])
-        return 0
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--export", required=True, help="convert's output folder (FP32 ONNX, FP32/INT8 TFLite)")
@@ -99,22 +96,15 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--reuse", action="store_true", help="reuse the logits saved in OUT by an earlier run of the same files")
     ap.add_argument("--keep-float", default="", help="ONNX nodes kept float in every scheme (as convert --keep-float)")
-    a = ap.parse_args()
+    return ap.parse_args()
 
-    from edgecxr.convert import calibration, verify
+
+def _scheme_files(a: argparse.Namespace, contract: object, fp32_onnx: str) -> tuple[list[str], list[str], bool, tuple[str, str]]:
+    """One INT8 ONNX file per scheme (made once), then convert's INT8 TFLite where it exists."""
+    from edgecxr.convert import calibration
     from edgecxr.convert.formats.onnx.export import INPUT_NAME
     from edgecxr.convert.formats.onnx.quantize import quantize_int8
-    from edgecxr.device.cpufeatures import features_string
-    from edgecxr.device.decision import softmax
-    from edgecxr.eval.metrics import compare_to_reference
-    from edgecxr.models.factory import load_model
 
-    os.makedirs(a.out, exist_ok=True)
-    model, contract = load_model(a.ckpt)
-    vset = verify.load_verify_set(contract, None, progress=False)
-    ref = verify.torch_logits(model, vset.x)
-    arch = contract.arch
-    fp32_onnx = os.path.join(a.export, f"{arch}_fp32.onnx")
     calib = calibration.load_calibration(contract, None, a.calib_n, progress=False).nchw(contract.preprocess)
     names, paths = [], []
     for i, (name, act, w, rr) in enumerate(SCHEMES):
@@ -124,11 +114,53 @@ def main() -> int:
             quantize_int8(fp32_onnx, dest, calib, "minmax", keep, INPUT_NAME, reduce_range=rr, activations=act, weights=w)
         names.append("ONNX INT8 " + name)
         paths.append(dest)
-    tfl32, tfl8 = (os.path.join(a.export, f"{arch}_{p}.tflite") for p in ("fp32", "int8"))
-    has_tflite = os.path.exists(tfl32) and os.path.exists(tfl8)
+    tfl = tuple(os.path.join(a.export, f"{contract.arch}_{p}.tflite") for p in ("fp32", "int8"))
+    has_tflite = all(os.path.exists(p) for p in tfl)
     if has_tflite:
         names.append("TFLite INT8 (s8 x s8, XNNPACK)")
-        paths.append(tfl8)
+        paths.append(tfl[1])
+    return names, paths, has_tflite, tfl
+
+
+def _cell(j: dict | None) -> str:
+    if not j:
+        return "n/a"
+    lo, hi = j["delta_macro_f1_ci95"]
+    return f"{100 * j['top1_agreement']:.1f}% / {j['delta_macro_f1_pp']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def _print_table(rows: list[dict], cpu: dict, emu_cpu: dict | None, lat: list[float], has_tflite: bool, n_test: int) -> None:
+    from edgecxr.device.cpufeatures import features_string
+
+    print(f"Native CPU: {cpu['model']}, {features_string(cpu)}"
+          + (f"; emulated: qemu -cpu Haswell, seen as {features_string(emu_cpu)}" if emu_cpu else ""))
+    print(f"FP32 median, 1 thread: ONNX Runtime {lat[0]:.2f} ms" + (f", TFLite {lat[-2]:.2f} ms" if has_tflite else "") + "\n")
+    n_emu = rows[0].get("haswell", {}).get("images", 0)
+    print(f"| INT8 scheme | native, {n_test} test images: top-1 agree / dF1 pp [95% CI] | native, first {n_emu} | "
+          f"qemu Haswell (AVX2), same {n_emu}: top-1 agree / dF1 pp | max abs logit diff Haswell vs native | native median ms (x FP32) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        diff = r.get("haswell_vs_native_max_abs_logit_diff")
+        print(f"| {r['scheme']} | {_cell(r['native'])} | {_cell(r.get('native_subset'))} | {_cell(r.get('haswell'))} | "
+              f"{'n/a' if diff is None else f'{diff:.4f}'} | {r['median_ms']:.2f} ({r['vs_fp32']:.2f}x) |")
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[4:], sys.argv[2], sys.argv[3])
+        return 0
+    a = _args()
+    from edgecxr.convert import verify
+    from edgecxr.device.decision import softmax
+    from edgecxr.eval.metrics import compare_to_reference
+    from edgecxr.models.factory import load_model
+
+    os.makedirs(a.out, exist_ok=True)
+    model, contract = load_model(a.ckpt)
+    vset = verify.load_verify_set(contract, None, progress=False)
+    ref = verify.torch_logits(model, vset.x)
+    fp32_onnx = os.path.join(a.export, f"{contract.arch}_fp32.onnx")
+    names, paths, has_tflite, (tfl32, _) = _scheme_files(a, contract, fp32_onnx)
 
     def judge(logits: np.ndarray, n: int) -> dict:
         p_ref, p = softmax(ref[:n].astype(np.float64)), softmax(logits.astype(np.float64))
@@ -144,8 +176,7 @@ def main() -> int:
             # the same images natively, and how far the emulated AVX2 CPU's logits are from this CPU's
             r["native_subset"], r["haswell"] = judge(nat[:n], n), judge(lg, n)
             r["haswell_vs_native_max_abs_logit_diff"] = float(np.abs(lg - nat[:n]).max())
-    onnx_paths = paths[:len(SCHEMES)]
-    lat = latency([fp32_onnx, *onnx_paths, *([tfl32, tfl8] if has_tflite else [])], vset.x[:1], a.rounds, a.runs)
+    lat = latency([fp32_onnx, *paths[:len(SCHEMES)], *([tfl32, paths[-1]] if has_tflite else [])], vset.x[:1], a.rounds, a.runs)
     for i, r in enumerate(rows[:len(SCHEMES)]):
         r["median_ms"], r["vs_fp32"] = lat[1 + i], lat[1 + i] / lat[0]
     if has_tflite:
@@ -154,24 +185,7 @@ def main() -> int:
            "fp32_ms": {"onnx": lat[0], **({"tflite": lat[-2]} if has_tflite else {})}, "rows": rows}
     with open(os.path.join(a.out, "int8_schemes.json"), "w", encoding="utf-8") as fh:
         json.dump(doc, fh, indent=2)
-
-    def cell(j: dict | None) -> str:
-        if not j:
-            return "n/a"
-        lo, hi = j["delta_macro_f1_ci95"]
-        return f"{100 * j['top1_agreement']:.1f}% / {j['delta_macro_f1_pp']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
-
-    print(f"Native CPU: {cpu['model']}, {features_string(cpu)}"
-          + (f"; emulated: qemu -cpu Haswell, seen as {features_string(emu_cpu)}" if emu_cpu else ""))
-    print(f"FP32 median, 1 thread: ONNX Runtime {lat[0]:.2f} ms" + (f", TFLite {lat[-2]:.2f} ms" if has_tflite else "") + "\n")
-    n_emu = rows[0].get("haswell", {}).get("images", 0)
-    print(f"| INT8 scheme | native, {len(vset.y)} test images: top-1 agree / dF1 pp [95% CI] | native, first {n_emu} | "
-          f"qemu Haswell (AVX2), same {n_emu}: top-1 agree / dF1 pp | max abs logit diff Haswell vs native | native median ms (x FP32) |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        diff = r.get("haswell_vs_native_max_abs_logit_diff")
-        print(f"| {r['scheme']} | {cell(r['native'])} | {cell(r.get('native_subset'))} | {cell(r.get('haswell'))} | "
-              f"{'n/a' if diff is None else f'{diff:.4f}'} | {r['median_ms']:.2f} ({r['vs_fp32']:.2f}x) |")
+    _print_table(rows, cpu, emu_cpu, lat, has_tflite, len(vset.y))
     return 0
 
 

@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr.atomic import atomic_path, write_json
 from edgecxr.decide.ood_fit import auroc, fpr_at_tpr
 from edgecxr.decide.report import model_logits
+from edgecxr.device.atomic import atomic_path, write_json
 from edgecxr.device.cpufeatures import cpu_description
 from edgecxr.device.image_io import ImageError, load_gray
 from edgecxr.device.ood import ood_scores, ood_threshold, quality_problem

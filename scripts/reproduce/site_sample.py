@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.path.commonpath([out, ROOT]) == ROOT:
         raise SystemExit(f"--out {a.out} is inside the repository; the data must never be copied or linked into it")
     record = layout(a.data, a.site_class, a.n, a.seed, out)
-    from edgecxr.atomic import write_json
+    from edgecxr.device.atomic import write_json
 
     write_json(os.path.join(out, "SITE.json"), record)
     print(f"{out}: site/{a.site_class} {a.n} images, site_rest/{a.site_class} {record['rest']}, "

@@ -156,7 +156,7 @@ def _site_aug(variant: dict) -> str:
 def cached_measure(run: str, tb_dir: str | None, shifts: tuple[str, ...], threads: int) -> dict:
     """:func:`measure`, kept in ``RUN/site_measure.json`` and reused while the checkpoint, the TB folder
     and the shifts are the same (rerunning the table measures only new or retrained runs)."""
-    from edgecxr.atomic import write_json
+    from edgecxr.device.atomic import write_json
     from edgecxr.models.checkpoint import file_sha256
 
     key = {"checkpoint_sha256": file_sha256(os.path.join(run, "best.pt")), "tb": tb_dir, "shifts": list(shifts)}
@@ -290,7 +290,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", required=True, help="output path without suffix: OUT.json and OUT.md")
     args = ap.parse_args()
-    from edgecxr.atomic import write_json, write_text
+    from edgecxr.device.atomic import write_json, write_text
     from edgecxr.device.cpufeatures import cpu_description
 
     rows = []

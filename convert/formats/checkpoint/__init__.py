@@ -11,28 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgecxr.convert.formats.base import ExportFormat, Production, Stats, prod
-from edgecxr.device.contract import Contract
-from edgecxr.device.formats import DeviceFormat
-
-
-def read_contract(path: str) -> Contract:
-    from edgecxr.models.checkpoint import contract_from_payload, load_checkpoint
-
-    return contract_from_payload(load_checkpoint(path), path)
-
-
-def write_contract(path: str, contract: Contract) -> None:
-    """Replace the payload's contract, weights untouched, atomically."""
-    import torch
-
-    from edgecxr.atomic import atomic_path
-    from edgecxr.models.checkpoint import load_checkpoint
-
-    payload = load_checkpoint(path)
-    payload["contract"] = contract.to_dict()
-    Contract.from_dict(payload["contract"])  # never write a contract that would not read back
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+from edgecxr.device.formats import DEVICE_FORMATS
 
 
 def _produce(p: Production, steps: dict[str, Any]) -> None:
@@ -74,16 +53,13 @@ def torch_stats(path: str) -> Stats:
 
 
 FORMAT = ExportFormat(
-    device=DeviceFormat("pytorch", ".pt", runtimes=("torch",)),
+    device=DEVICE_FORMATS["pytorch"],
     precisions=("fp32",),
     layout="NCHW",
     description="PyTorch checkpoint: weights and contract (the source of every export)",
     options={"fp32": "edgecxr train"},
     marker="^",
     produce=_produce,
-    read_contract=read_contract,
-    write_contract=write_contract,
     graph_stats=torch_stats,
     source=True,
-    extra_suffixes=(".pth",),
 )

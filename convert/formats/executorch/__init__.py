@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from edgecxr.convert.formats.base import PRECISIONS, ExportFormat, Production, Requirement, Stats, write_sidecar
-from edgecxr.device.contract import Contract, TensorSpec, read_sidecar
-from edgecxr.device.formats import DEVICE_FORMATS
+from edgecxr.convert.formats.base import PRECISIONS, ExportFormat, Production, Requirement, Stats
+from edgecxr.device.contract import Contract, TensorSpec
+from edgecxr.device.formats import DEVICE_FORMATS, read_contract
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
@@ -54,12 +54,10 @@ def _make(p: Production, precision: str, dest: str) -> dict[str, Any]:
     details.update(ete.lower(module, shape, dest))
     is_int8 = precision == "int8"
     target = dict(p.plain_target, runtime="executorch", int8_scheme=details["scheme"]) if is_int8 else p.plain_target
-    write_contract(dest, pte_contract(c, precision, p.int8_source if is_int8 else p.source, p.versions, target))
+    p.run.stage(dest, pte_contract(c, precision, p.int8_source if is_int8 else p.source, p.versions, target))
     return details
 
 
-read_contract = read_sidecar  # the contract is a sidecar, <file>.json
-write_contract = write_sidecar
 
 
 def graph_stats(path: str) -> Stats:
@@ -69,7 +67,7 @@ def graph_stats(path: str) -> Stats:
     from edgecxr.convert.formats.checkpoint import torch_stats
     from edgecxr.models.checkpoint import file_sha256
 
-    contract = read_sidecar(path)
+    contract = read_contract(path)
     source = contract.source if contract is not None else {}
     ckpt = source.get("checkpoint")
     if not ckpt or not os.path.exists(ckpt) or file_sha256(ckpt) != source.get("checkpoint_sha256"):
@@ -92,8 +90,6 @@ FORMAT = ExportFormat(
     },
     marker="X",
     produce=produce,
-    read_contract=read_contract,
-    write_contract=write_contract,
     graph_stats=graph_stats,
     requires=(Requirement("torchao", "pip install executorch", ("int8",)),),
 )

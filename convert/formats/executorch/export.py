@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr.atomic import atomic_path
+from edgecxr.device.atomic import atomic_path
 from edgecxr.errors import EdgecxrError
 
 INT8_SCHEME = "PT2E XNNPACKQuantizer: symmetric per-channel s8 weights, per-tensor s8 activations, static"

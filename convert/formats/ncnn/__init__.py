@@ -17,9 +17,9 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from edgecxr.convert.formats.base import PRECISIONS, ExportFormat, Production, Stats, write_sidecar
-from edgecxr.device.contract import Contract, TensorSpec, read_sidecar
-from edgecxr.device.formats import DEVICE_FORMATS
+from edgecxr.convert.formats.base import PRECISIONS, ExportFormat, Production, Stats
+from edgecxr.device.contract import Contract, TensorSpec
+from edgecxr.device.formats import DEVICE_FORMATS, read_contract
 from edgecxr.errors import EdgecxrError
 
 INSTALL = "pip install pnnx ncnn"
@@ -90,7 +90,8 @@ def produce(p: Production, steps: dict[str, Any]) -> None:
             target = dict(p.plain_target, runtime="ncnn", int8_scheme=details["scheme"]) if is_int8 else p.plain_target
             contract = ncnn_contract(c, param, precision, p.int8_source if is_int8 else p.source, p.versions, target)
             dest = run.path(steps[precision])
-            ncnn_export.install(param, weights, dest, lambda d: write_contract(d, contract))
+            ncnn_export.install(param, weights, dest)
+            run.stage(dest, contract)
             return {**details, "pnnx_seconds": round(time.perf_counter() - t0, 2)}
 
         for precision, step in steps.items():
@@ -102,11 +103,8 @@ def produce(p: Production, steps: dict[str, Any]) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-read_contract = read_sidecar  # the contract is a sidecar, <file>.ncnn.param.json
-
-
-def write_contract(path: str, contract: Contract) -> None:
-    """The sidecar; INT8 golden vectors get ncnn's cross-CPU tolerance (``INT8_MAX_PROB_DIFF``)."""
+def finish_contract(contract: Contract) -> Contract:
+    """INT8 golden vectors get ncnn's cross-CPU tolerance (``INT8_MAX_PROB_DIFF``)."""
     from dataclasses import replace
 
     tol = (contract.selftest or {}).get("tolerance")
@@ -114,7 +112,7 @@ def write_contract(path: str, contract: Contract) -> None:
         tol = {**tol, "max_prob_diff": INT8_MAX_PROB_DIFF,
                "why": "ncnn's AVX-512 VNNI int8 depthwise kernel is not exact; ARM and AVX2 are (measured spread 0.057)"}
         contract = replace(contract, selftest={**contract.selftest, "tolerance": tol})
-    write_sidecar(path, contract)
+    return contract
 
 
 def graph_stats(path: str) -> Stats:
@@ -126,7 +124,7 @@ def graph_stats(path: str) -> Stats:
 
     graph = read_param(path)
     weighted = [la for la in graph.layers if la.type in WEIGHTED]
-    contract = read_sidecar(path)
+    contract = read_contract(path)
     if not weighted or contract is None:
         return {"params": None, "macs": None, "stats_from": "n/a (no weighted layers or no contract sidecar)"}
     ncnn = import_ncnn()
@@ -160,7 +158,6 @@ FORMAT = ExportFormat(
     },
     marker="D",
     produce=produce,
-    read_contract=read_contract,
-    write_contract=write_contract,
+    finish_contract=finish_contract,
     graph_stats=graph_stats,
 )

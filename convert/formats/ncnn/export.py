@@ -173,12 +173,12 @@ def run_pnnx(traced: str, input_shape: tuple[int, ...], work: str, fp16: bool, t
     return out["ncnnparam"], out["ncnnbin"]
 
 
-def install(param: str, weights: str, dest: str, write_sidecar: Any) -> None:
-    """Sidecar, weights, then the graph: a reader who sees the ``.ncnn.param`` finds the rest."""
-    from edgecxr.atomic import atomic_path
+def install(param: str, weights: str, dest: str) -> None:
+    """Weights, then the graph: a reader who sees the ``.ncnn.param`` finds the weights (the
+    contract sidecar is written once, after verification)."""
+    from edgecxr.device.atomic import atomic_path
     from edgecxr.device.runtimes.ncnn_cpu import weights_path
 
-    write_sidecar(dest)
     for src, to in ((weights, weights_path(dest)), (param, dest)):
         with atomic_path(to) as tmp:
             shutil.copyfile(src, tmp)

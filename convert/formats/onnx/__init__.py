@@ -2,14 +2,13 @@
 
 FP32 by ``torch.onnx.export`` + onnxsim, FP16 by onnxconverter-common, INT8 by
 ONNX Runtime static QDQ quantization on the INT8 target's weight grid
-(``int8_target.py``). The contract lives inside the file (``metadata_props``).
+(``edgecxr/models/int8_target.py``). The contract lives inside the file (``metadata_props``).
 """
 from __future__ import annotations
 
 from typing import Any
 
 from edgecxr.convert.formats.base import PRECISIONS, ExportFormat, Production, Stats, prod, weight_precision
-from edgecxr.device.contract import CONTRACT_KEY, Contract, ContractError, read_sidecar
 from edgecxr.device.formats import DEVICE_FORMATS
 
 
@@ -21,8 +20,8 @@ def produce(p: Production, steps: dict[str, Any]) -> None:
 
     run, c = p.run, p.contract
     fp32 = steps["fp32"]
-    ok = run.do(fp32, lambda: onnx_export.export_fp32(
-        p.torch_model, onnx_export.onnx_contract(c, "fp32", p.source, p.versions, p.plain_target), run.path(fp32)))
+    fp32_contract = onnx_export.onnx_contract(c, "fp32", p.source, p.versions, p.plain_target)
+    ok = run.do(fp32, lambda: onnx_export.export_fp32(p.torch_model, fp32_contract, run.path(fp32)), contract=fp32_contract)
     p.fp32_onnx = run.path(fp32) if ok else None
     for precision in ("fp16", "int8"):
         step = steps.get(precision)
@@ -45,27 +44,7 @@ def produce(p: Production, steps: dict[str, Any]) -> None:
                 p.fp32_onnx, tmp, x, p.calib_method, p.keep_float, onnx_export.INPUT_NAME, reduce_range=p.int8_target.reduce_range,
                 activations=p.int8_target.activations, weights=p.int8_target.weights)
             stamp = onnx_export.onnx_contract(c, "int8", p.int8_source, p.versions, p.int8_target.contract_block(p.plain_target["converted_on"]))
-        run.do(step, lambda s=step, m=make, k=stamp: onnx_variant(run.path(s), m, k))
-
-
-def read_contract(path: str) -> Contract | None:
-    """From ``metadata_props`` with the onnx package (no runtime session), else a sidecar."""
-    import onnx
-
-    try:
-        model = onnx.load(path, load_external_data=False)
-    except Exception as exc:  # protobuf errors for a truncated or foreign file
-        raise ContractError(f"not a readable ONNX file ({type(exc).__name__})") from exc
-    meta = {m.key: m.value for m in model.metadata_props}
-    if CONTRACT_KEY in meta:
-        return Contract.from_json(meta[CONTRACT_KEY])
-    return read_sidecar(path)
-
-
-def write_contract(path: str, contract: Contract) -> None:
-    from edgecxr.convert.formats.onnx.quantize import restamp
-
-    restamp(path, contract, path)
+        run.do(step, lambda s=step, m=make: onnx_variant(run.path(s), m), contract=stamp)
 
 
 _PASS_THROUGH = {"DequantizeLinear", "Cast", "Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
@@ -177,7 +156,5 @@ FORMAT = ExportFormat(
     },
     marker="o",
     produce=produce,
-    read_contract=read_contract,
-    write_contract=write_contract,
     graph_stats=graph_stats,
 )

@@ -78,6 +78,7 @@ def produce(p: Any, dest: str) -> dict[str, Any]:
     t = p.int8_target
     details = onnx_variant(dest, lambda tmp: quantize.quantize_int8(
         p.fp32_onnx, tmp, x_cal, p.calib_method, keep, onnx_export.INPUT_NAME, reduce_range=t.reduce_range,
-        activations=t.activations, weights=t.weights), stamp)
+        activations=t.activations, weights=t.weights))
+    p.run.stage(dest, stamp)
     details["accuracy_control"] = record
     return details

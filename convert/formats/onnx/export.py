@@ -12,8 +12,8 @@ import os
 import warnings
 from typing import Any
 
-from edgecxr.atomic import atomic_path
-from edgecxr.device.contract import CONTRACT_KEY, Contract, TensorSpec
+from edgecxr.device.atomic import atomic_path
+from edgecxr.device.contract import Contract, TensorSpec
 from edgecxr.errors import EdgecxrError
 
 INPUT_NAME = "input"
@@ -32,16 +32,6 @@ def onnx_contract(base: Contract, precision: str, extra_source: dict[str, Any] |
     )
 
 
-def embed_contract(model: Any, contract: Contract) -> None:
-    """Put the contract JSON into ``metadata_props`` (replacing an older one)."""
-    keep = [p for p in model.metadata_props if p.key != CONTRACT_KEY]
-    del model.metadata_props[:]
-    model.metadata_props.extend(keep)
-    entry = model.metadata_props.add()
-    entry.key = CONTRACT_KEY
-    entry.value = contract.to_json()
-
-
 def save_onnx(model: Any, dest: str) -> None:
     """Validate, then write atomically: a half-written .onnx never appears under its name."""
     import onnx
@@ -52,7 +42,8 @@ def save_onnx(model: Any, dest: str) -> None:
 
 
 def export_fp32(torch_model: Any, contract: Contract, dest: str, simplify: bool = True) -> dict[str, Any]:
-    """Export ``torch_model`` to ``dest`` with ``contract`` embedded; returns step details."""
+    """Export ``torch_model`` to ``dest`` (input shape from ``contract``); returns step details. The
+    contract itself is written once, after verification, through the one door (``device/formats.py``)."""
     import onnx
     import torch
 
@@ -74,7 +65,6 @@ def export_fp32(torch_model: Any, contract: Contract, dest: str, simplify: bool 
         model, ok = _simplify(model)
         details["simplified"] = ok
     details["nodes"] = len(model.graph.node)
-    embed_contract(model, contract)
     save_onnx(model, dest)
     return details
 

@@ -2,7 +2,7 @@
 
 INT8 is ONNX Runtime static quantization in QDQ format with per-channel weights and
 *unsigned* 8-bit activations (on x86 only u8 activations reach the fast kernels).
-The weight type is the INT8 target's choice (``int8_target.py``): u8 (portable,
+The weight type is the INT8 target's choice (``edgecxr/models/int8_target.py``): u8 (portable,
 exact on every CPU) or full-range s8 (fast with VNNI, saturating without it).
 Calibration is fed in batches through ``CalibStridedMinMax`` so that histogram
 methods (entropy, percentile) never hold every activation of every image at once.
@@ -18,7 +18,6 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from edgecxr.device.contract import Contract
 from edgecxr.errors import EdgecxrError
 
 CALIB_METHODS = ("minmax", "entropy", "percentile", "minmax-avg")
@@ -163,14 +162,3 @@ def convert_fp16(fp32_path: str, dest_tmp: str) -> dict[str, Any]:
     onnx.save(model16, dest_tmp)
     truncated = sum(1 for w in caught if "truncated" in str(w.message))
     return {"io": "float32", "weights": "float16", "values_clamped_to_fp16_range": truncated}
-
-
-def restamp(path_in: str, contract: Contract, dest: str) -> None:
-    """Replace the contract in a produced ONNX file and write it atomically to ``dest``."""
-    import onnx
-
-    from edgecxr.convert.formats.onnx.export import embed_contract, save_onnx
-
-    model = onnx.load(path_in)
-    embed_contract(model, contract)
-    save_onnx(model, dest)

@@ -19,14 +19,12 @@ module is not importable, reporting one line with the pip command
 from __future__ import annotations
 
 import os
-import tempfile
 import xml.etree.ElementTree as ET
 from typing import Any
 
 from edgecxr.convert.formats.base import PRECISIONS, ExportFormat, Production, Requirement, Stats, prod, weight_precision
-from edgecxr.device.contract import CONTRACT_KEY, Contract, ContractError, TensorSpec
+from edgecxr.device.contract import Contract, TensorSpec
 from edgecxr.device.formats import DEVICE_FORMATS
-from edgecxr.errors import EdgecxrError
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"  # the ONNX export's names, kept by convert_model
 NNCF_PRESET = "performance"  # symmetric weights and activations: what the CPU plugin runs fastest
@@ -57,8 +55,10 @@ def _make(p: Production, precision: str, dest: str) -> dict[str, Any]:
     versions = {**p.versions, **tool_versions(("openvino", "nncf") if precision == "int8" else ("openvino",))}
     source = p.int8_source if precision == "int8" else p.source
     target = _int8_target(p.plain_target) if precision == "int8" else p.plain_target
-    contract = ir_contract(p.contract, precision, source, versions, target)
-    _save(model, contract, dest, compress_to_fp16=precision == "fp16")
+    from edgecxr.device.runtimes.openvino_cpu import save_ir
+
+    save_ir(model, None, dest, compress_to_fp16=precision == "fp16")
+    p.run.stage(dest, ir_contract(p.contract, precision, source, versions, target))
     return details
 
 
@@ -101,42 +101,6 @@ def ir_contract(base: Contract, precision: str, source: dict[str, Any], versions
         output=TensorSpec(OUTPUT_NAME, (-1, base.num_classes), "float32"),
         source=dict(source), versions=dict(versions), target=dict(target),
     )
-
-
-def _save(model: Any, contract: Contract, dest: str, compress_to_fp16: bool = False) -> None:
-    """Write ``.bin`` then ``.xml`` by rename from a temporary folder beside them: a half-written
-    pair never appears under the artifact's name (the ``.xml`` is what is looked for)."""
-    import openvino as ov
-
-    model.set_rt_info(contract.to_json(), CONTRACT_KEY)
-    folder = os.path.dirname(os.path.abspath(dest))
-    with tempfile.TemporaryDirectory(prefix=".openvino-work-", dir=folder) as tmp:
-        xml = os.path.join(tmp, "model.xml")
-        ov.save_model(model, xml, compress_to_fp16=compress_to_fp16)
-        os.replace(os.path.join(tmp, "model.bin"), bin_path(dest))
-        os.replace(xml, dest)
-
-
-def bin_path(xml_path: str) -> str:
-    return os.path.splitext(xml_path)[0] + ".bin"
-
-
-def read_contract(path: str) -> Contract | None:
-    """From the ``.xml``'s ``rt_info`` with the standard library's XML parser (no runtime)."""
-    try:
-        entry = ET.parse(path).getroot().find(f"rt_info/{CONTRACT_KEY}")
-    except ET.ParseError as exc:
-        raise ContractError(f"not a readable OpenVINO IR file ({exc})") from exc
-    return Contract.from_json(entry.get("value", "")) if entry is not None else None
-
-
-def write_contract(path: str, contract: Contract) -> None:
-    """Rewrites the IR with the new ``rt_info`` (weights unchanged, stored as they were)."""
-    import openvino as ov
-
-    if not os.path.exists(bin_path(path)):
-        raise EdgecxrError(f"{path}: its weights file {os.path.basename(bin_path(path))} is missing")
-    _save(ov.Core().read_model(path), contract, path)
 
 
 # ops whose port-1 input is a weight, and the ops a weight passes through on its way there
@@ -221,8 +185,6 @@ FORMAT = ExportFormat(
     },
     marker="D",
     produce=produce,
-    read_contract=read_contract,
-    write_contract=write_contract,
     graph_stats=graph_stats,
     requires=(Requirement("openvino", "pip install openvino"), Requirement("nncf", "pip install nncf", ("int8",))),
 )

@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr.convert.formats.base import PRECISIONS, ExportFormat, Production, Stats, prod, weight_precision, write_sidecar
-from edgecxr.device.contract import read_sidecar
+from edgecxr.convert.formats.base import PRECISIONS, ExportFormat, Production, Stats, prod, weight_precision
 from edgecxr.device.formats import DEVICE_FORMATS
 from edgecxr.errors import EdgecxrError
 
@@ -62,15 +61,14 @@ def _install(p: Production, res: Any, precision: str, dest: str) -> dict[str, An
     if control:  # the contract names the layers kept in float (TFLite output tensor names)
         source = dict(source, keep_float=list(control["keep_float"]), accuracy_control={"added": control["added"], "passed": control["passed"]})
     c = tflite.tflite_contract(p.contract, produced, precision, source, p.versions, p.plain_target)
-    saved = tflite.install(produced, dest, c)
+    saved = tflite.install(produced, dest)
+    p.run.stage(dest, c)
     out = {"input": asdict(c.input), "output": asdict(c.output), "shared_quant_bytes": saved}
     if control:
         out["accuracy_control"] = control
     return out
 
 
-read_contract = read_sidecar  # the contract is a sidecar, <file>.json
-write_contract = write_sidecar
 
 
 def graph_stats(path: str) -> Stats:
@@ -124,7 +122,5 @@ FORMAT = ExportFormat(
     },
     marker="s",
     produce=produce,
-    read_contract=read_contract,
-    write_contract=write_contract,
     graph_stats=graph_stats,
 )

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr.atomic import atomic_path, write_text
-from edgecxr.device.contract import Contract, TensorSpec, sidecar_path
+from edgecxr.device.atomic import atomic_path
+from edgecxr.device.contract import Contract, TensorSpec
 from edgecxr.device.preprocess import PreprocessSpec
 from edgecxr.errors import EdgecxrError
 
@@ -155,15 +155,14 @@ def tflite_contract(base: Contract, path: str, precision: str, extra_source: dic
                         source=dict(extra_source or {}), versions=dict(versions or {}), target=dict(target or {}))
 
 
-def install(produced: str, dest: str, contract: Contract) -> int:
+def install(produced: str, dest: str) -> int:
     """Write a produced file to ``dest`` atomically, with its quantization vectors
-    shared; sidecar first so a reader never sees the model without it. Returns the
-    bytes the sharing saved."""
+    shared; returns the bytes the sharing saved. Its contract sidecar is written once,
+    after verification (``convert/pipeline.py``)."""
     from edgecxr.convert.formats.tflite.compact import share_quantization_vectors
 
     with open(produced, "rb") as fh:
         data, saved = share_quantization_vectors(fh.read())
-    write_text(sidecar_path(dest), contract.to_json() + "\n")
     with atomic_path(dest) as tmp, open(tmp, "wb") as fh:
         fh.write(data)
     return saved

@@ -1,6 +1,6 @@
 """One artifact, one thread count, in a process of its own.
 
-Run as ``python -m edgecxr.bench.measure --model M --threads N ... --out result.json``.
+Run as ``python -m edgecxr.eval.measure --model M --threads N ... --out result.json``.
 A fresh process per measurement means one model's allocator state, thread pools or
 page cache residue cannot inflate the next one's latency or peak memory; the peak
 resident set (``VmHWM``) is read after loading and timing, before the accuracy
@@ -142,7 +142,7 @@ def run_in_subprocess(model: str, threads: int, out_json: str, *, warmup: int, r
                       latency_input: str | None = None, eval_inputs: str | None = None, probs_out: str | None = None,
                       timeout: float = 3600, runtime: str | None = None) -> dict[str, Any]:
     """Launch :func:`main` in a fresh interpreter and return its result (``{"error": ...}`` on failure)."""
-    cmd = [sys.executable, "-m", "edgecxr.bench.measure", "--model", model, "--threads", str(threads), *(["--runtime", runtime] if runtime else []),
+    cmd = [sys.executable, "-m", "edgecxr.eval.measure", "--model", model, "--threads", str(threads), *(["--runtime", runtime] if runtime else []),
            "--warmup", str(warmup), "--runs", str(runs), "--min-seconds", str(min_seconds), "--out", out_json]
     for flag, val in (("--latency-input", latency_input), ("--eval-inputs", eval_inputs), ("--probs-out", probs_out)):
         if val:
