@@ -54,7 +54,7 @@ def runtime_choices() -> str:
     """The runtimes per format, from the device's table (a runtime registered there appears here)."""
     from edgecxr.device.formats import DEVICE_FORMATS
 
-    return "; ".join(f"{f.name}: {', '.join(f.runtimes)}" for f in DEVICE_FORMATS.values())
+    return "; ".join(f"{f.name}: {', '.join(f.runtimes)}" for f in DEVICE_FORMATS.values() if f.runtimes)
 
 
 def is_pi_like() -> bool:

@@ -12,7 +12,7 @@ from .runtimes.spec import Runtime
 
 def model_help() -> str:
     parts = []
-    for f in DEVICE_FORMATS.values():
+    for f in (f for f in DEVICE_FORMATS.values() if f.runtimes):  # the checkpoint's row has no runtime here
         where = f"contract in MODEL{f.suffix}.json" if not f.contract_in_file else "contract inside"
         extra = "".join(f", with {c.format(path='MODEL' + f.suffix, stem='MODEL')}" for c in f.companions)
         parts.append(f"MODEL{f.suffix} ({f.name}{extra}; {where}; runtimes: {', '.join(f.runtimes)})")
