@@ -19,6 +19,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .process_setup import log_line, settle  # log_line: also what trust_commands logs with
+
 EXIT_USAGE = 2
 EXIT_SELFTEST_FAILED = 3
 
@@ -49,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", help="append the JSON line of every result here instead of stdout")
     p.add_argument("--poll", type=float, default=0.5, help="inbox poll interval, s (default 0.5)")
     p.add_argument("--top-k", type=int, default=3, help="classes in each JSON line's top_k (default 3)")
+    p.add_argument("--queue-limit", type=int, default=2, metavar="N",
+                   help="hold a C-STORE's success answer (the instance is already journaled) while more than N images "
+                        "received before it are unanswered, so a fast sender waits instead of its images queueing here "
+                        "(default 2; 0 holds until all earlier images are answered; -1 never holds)")
     p.add_argument("--threads", type=int, help="interpreter threads (default: the runtime's choice)")
     p.add_argument("--runtime", help="runtime to open the model with (see edgecxr_runner.py --list-runtimes)")
     p.add_argument("--ignore-cpu-check", action="store_true", help="open a model even where its contract says this CPU computes it wrong")
@@ -72,11 +78,6 @@ def _check(a: argparse.Namespace) -> None:
         raise ServeError(f"--inbox {a.inbox}: no such folder")
     if a.top_k < 1 or a.poll <= 0 or a.pacs_backoff_max <= 0:
         raise ServeError("--top-k, --poll and --pacs-backoff-max must be positive")
-
-
-def log_line(message: str) -> None:
-    sys.stderr.write(f"edgecxr-serve: {message}\n")
-    sys.stderr.flush()
 
 
 def json_sink(path: str | None) -> Callable[[dict[str, Any]], None]:
@@ -104,9 +105,26 @@ def open_classifier(a: argparse.Namespace) -> Any:
     return clf, result.get("passed") is not False
 
 
-def build_service(a: argparse.Namespace, clf: Any, configure: Callable[[Any], None] | None = None) -> tuple[Any, list[Callable[[], None]]]:
+def state_paths(a: argparse.Namespace) -> tuple[str, str, str]:
+    """(state folder, spool folder, journal file)."""
+    state = a.state or os.path.join(a.outbox, ".edgecxr-state")
+    return state, os.path.join(state, "spool"), os.path.join(state, "journal.sqlite")
+
+
+def fork_receiver(a: argparse.Namespace) -> Any:
+    """The DICOM receiver process (``receiver.py``), forked before the model is opened."""
+    from .receiver import Receiver
+
+    _state, spool, journal = state_paths(a)
+    return Receiver({"journal": journal, "spool": spool, "outbox": a.outbox, "aet": a.aet, "bind": a.bind,
+                     "port": a.port, "queue_limit": a.queue_limit})
+
+
+def build_service(a: argparse.Namespace, clf: Any, configure: Callable[[Any], None] | None = None,
+                  receiver: Any = None) -> tuple[Any, list[Callable[[], None]]]:
     """Journal, worker, PACS sender, inbox and SCP wired together; returns the service and the
-    stop functions in the order to call them."""
+    stop functions in the order to call them. With ``receiver`` (``fork_receiver``) the SCP runs
+    in that process, else in this one."""
     from ..intended_use import block_in_force
     from .journal import Journal
     from .service import Service
@@ -114,11 +132,10 @@ def build_service(a: argparse.Namespace, clf: Any, configure: Callable[[Any], No
     block, origin = block_in_force(clf.decision)
     log_line(f"intended use: {len(block['rules'])} header rules ({origin}): "
              + ", ".join(r["field"] for r in block["rules"]))
-    state = a.state or os.path.join(a.outbox, ".edgecxr-state")
-    spool = os.path.join(state, "spool")
+    state, spool, journal_path = state_paths(a)
     for d in (a.outbox, state, spool):
         os.makedirs(d, exist_ok=True)
-    journal = Journal(os.path.join(state, "journal.sqlite"))
+    journal = Journal(journal_path)
     service = Service(clf, journal, a.outbox, a.top_k, log_line, json_sink(a.log))
     stops: list[Callable[[], None]] = []
     if a.pacs:
@@ -142,11 +159,8 @@ def build_service(a: argparse.Namespace, clf: Any, configure: Callable[[Any], No
         stops.append(inbox.stop)
         log_line(f"watching {a.inbox}")
     if a.port is not None:
-        from .scp import StoreHandler, start_scp
-
-        server = start_scp(a.aet, a.bind, a.port, StoreHandler(journal, spool, a.outbox, service.enqueue, log_line))
-        stops.append(server.shutdown)
-        log_line(f"listening on {a.bind}:{a.port} as AE {a.aet}")
+        stops.append(_listen(a, service, spool, receiver))
+        log_line(f"listening on {a.bind}:{a.port} as AE {a.aet}" + (" (receiver process)" if receiver else ""))
     stops.append(service.stop)
     if service.sender is not None:
         stops.append(service.sender.stop)
@@ -154,22 +168,48 @@ def build_service(a: argparse.Namespace, clf: Any, configure: Callable[[Any], No
     return service, stops
 
 
+def _listen(a: argparse.Namespace, service: Any, spool: str, receiver: Any) -> Callable[[], None]:
+    """Start the SCP (in ``receiver``'s process, or here); returns its stop function."""
+    if receiver is not None:
+        receiver.start(service.enqueue)
+        return receiver.stop
+    from .flow import FlowControl
+    from .scp import StoreHandler, start_scp
+
+    flow = FlowControl() if a.queue_limit >= 0 else None
+    submit = (lambda e: service.enqueue(e, flow.finished)) if flow is not None else service.enqueue
+    server = start_scp(a.aet, a.bind, a.port, StoreHandler(service.journal, spool, a.outbox, submit, log_line, flow,
+                                                           a.queue_limit))
+    return server.shutdown
+
+
 def run(a: argparse.Namespace, configure: Callable[[Any], None] | None = None) -> int:
     """Serve until SIGTERM/SIGINT. ``configure(service)`` may add listeners before the first image."""
     logging.getLogger("pynetdicom").setLevel(logging.INFO if a.verbose else logging.CRITICAL)
-    clf, ok = open_classifier(a)
-    if not ok:
-        log_line("self-test failed: this device does not compute the model; not serving")
-        return EXIT_SELFTEST_FAILED
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    service, stops = build_service(a, clf, configure)
+    receiver = fork_receiver(a) if a.port is not None else None  # first: no thread and no model in the fork
+    try:
+        clf, ok = open_classifier(a)
+        if not ok:
+            log_line("self-test failed: this device does not compute the model; not serving")
+            if receiver is not None:
+                receiver.stop()
+            return EXIT_SELFTEST_FAILED
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        service, stops = build_service(a, clf, configure, receiver)
+        settle()
+    except BaseException:
+        if receiver is not None:
+            receiver.stop()
+        raise
     log_line("ready")
     stop.wait()
     log_line(f"stopping: {service.processed} result(s) written this run; {service.journal.counts()}")
     for fn in stops:
         fn()
+    if receiver is not None:
+        log_line(receiver.summary)
     return 0
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from ..digest import file_sha256
 from ..gated import is_dicom
-from .journal import Journal
+from .journal import RECEIVED, Entry, Journal
 from .scp import safe_name, write_durable
 
 SKIP_SUFFIXES = (".part", ".tmp", ".crdownload", ".partial")
@@ -39,7 +39,7 @@ def inbox_key(path: str, sha: str) -> str:
 class Inbox:
     """Polls ``folder`` every ``interval`` seconds from its own thread."""
 
-    def __init__(self, folder: str, spool: str, journal: Journal, enqueue: Callable[[str], None],
+    def __init__(self, folder: str, spool: str, journal: Journal, enqueue: Callable[[Entry], int],
                  log: Callable[[str], None], interval: float = 0.5) -> None:
         self.folder, self.spool, self.journal, self.enqueue, self.log = folder, spool, journal, enqueue, log
         self.interval = interval
@@ -95,7 +95,7 @@ class Inbox:
             new = self.journal.receive(key, sha, spooled, f"inbox:{name}")
             os.unlink(path)
             if new:
-                self.enqueue(key)
+                self.enqueue(Entry(key, sha, spooled, f"inbox:{name}", RECEIVED, None))
             return True
         except OSError as exc:
             self.log(f"inbox {name}: cannot take it ({exc}); will try again")

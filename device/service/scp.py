@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
-from .journal import Journal
+from .flow import FlowControl
+from .journal import RECEIVED, Entry, Journal
 
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC210
@@ -48,9 +49,13 @@ def safe_name(uid: str) -> str:
 class StoreHandler:
     """The C-STORE handler: spool, journal, queue; returns the status the modality sees."""
 
-    def __init__(self, journal: Journal, spool: str, outbox: str, enqueue: Callable[[str], None],
-                 log: Callable[[str], None]) -> None:
-        self.journal, self.spool, self.outbox, self.enqueue, self.log = journal, spool, outbox, enqueue, log
+    def __init__(self, journal: Journal, spool: str, outbox: str, submit: Callable[[Entry], None],
+                 log: Callable[[str], None], flow: FlowControl | None = None, queue_limit: int = 2) -> None:
+        """``submit(entry)`` hands a journaled entry to the service; with ``flow``, whoever answers
+        it must call ``flow.finished()`` (in entry order), and the answer to the modality is held
+        while more than ``queue_limit`` entries before it are unanswered."""
+        self.journal, self.spool, self.outbox, self.submit, self.log = journal, spool, outbox, submit, log
+        self.flow, self.queue_limit = flow, queue_limit
 
     def __call__(self, event: evt.Event) -> int:
         req = event.request
@@ -79,7 +84,11 @@ class StoreHandler:
             self.log(f"{uid} from {caller}: cannot store it ({exc}); answered 0x{OUT_OF_RESOURCES:04X} out of resources")
             return OUT_OF_RESOURCES
         if new:
-            self.enqueue(uid)
+            entry = Entry(uid, sha, path, f"scp:{caller}", RECEIVED, None)
+            if self.flow is None:
+                self.submit(entry)
+            else:
+                self.flow.hold(self.flow.admit(lambda: self.submit(entry)), self.queue_limit)
         return SUCCESS
 
 

@@ -77,8 +77,9 @@ def reason_text(rec: dict[str, Any]) -> str:
     return "; ".join(p for p in parts if p)[:1024]
 
 
-def build(source: Dataset, rec: dict[str, Any], model: dict[str, Any]) -> Dataset:
-    """The SR for one source image (``source``: its header; pixels are not needed)."""
+def build(source: Dataset, rec: dict[str, Any], model: dict[str, Any], now: datetime.datetime | None = None) -> Dataset:
+    """The SR for one source image (``source``: its header; pixels are not needed). The reference
+    ``sr_template.Renderer`` compiles and is checked against; ``now`` fixes the content time."""
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(entropy_srcs=["track", source.SOPInstanceUID]),
                                                      identifier="edgecxr classification"),
@@ -95,10 +96,10 @@ def build(source: Dataset, rec: dict[str, Any], model: dict[str, Any]) -> Datase
                                                                                  observer_device_context=observer),
                                      procedure_reported=PROCEDURE, imaging_measurements=[group])
     return document(source, report, sr_uid(source.SOPInstanceUID, model["model_sha256"]),
-                    generate_uid(entropy_srcs=["series", source.StudyInstanceUID, model["model_sha256"]]))
+                    generate_uid(entropy_srcs=["series", source.StudyInstanceUID, model["model_sha256"]]), now)
 
 
-def document(source: Dataset, report: Any, sop_uid: str, series_uid: str) -> Dataset:
+def document(source: Dataset, report: Any, sop_uid: str, series_uid: str, now: datetime.datetime | None = None) -> Dataset:
     """The SR document around highdicom's content tree, assembled here: what
     ``hd.sr.Comprehensive3DSR`` writes (patient and study copied from the source, an SR series,
     the evidence, the flags), without its deep copies of the tree, which took 30-130 ms per image
@@ -110,7 +111,7 @@ def document(source: Dataset, report: Any, sop_uid: str, series_uid: str) -> Dat
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = sop_uid
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    now = datetime.datetime.now()
+    now = now or datetime.datetime.now()
     ds.InstanceCreationDate = ds.ContentDate = now.strftime("%Y%m%d")
     ds.InstanceCreationTime = ds.ContentTime = now.strftime("%H%M%S.%f")
     ds.StudyInstanceUID = source.StudyInstanceUID  # required: without it there is no study to answer in (JSON result)
@@ -147,7 +148,11 @@ def read_back(path: str) -> dict[str, Any]:
     the referenced source instance (used by the tests and by anyone auditing the outbox)."""
     import pydicom
 
-    ds = pydicom.dcmread(path)
+    return read_back_dataset(pydicom.dcmread(path))
+
+
+def read_back_dataset(ds: Dataset) -> dict[str, Any]:
+    """:func:`read_back` on a dataset already read."""
     out: dict[str, Any] = {"sop_instance_uid": ds.SOPInstanceUID, "probabilities": {}, "parameters": []}
     stack = list(ds.ContentSequence)
     while stack:

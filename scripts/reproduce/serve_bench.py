@@ -13,7 +13,10 @@ so the numbers are the service's own), then sends 100 of them one by one at ``--
 latency p50/p90/p99 (from the journal: receipt = the instance is on disk and journaled, before
 the C-STORE is acknowledged; SR = the SR is renamed into the outbox), the ratio service/--dir,
 the goals (>= 85% of --dir, p99 < 4 x one inference + 50 ms; one inference = the median
-``latency_ms`` of the --dir run), and the CPU with its integer features.
+``latency_ms`` of the --dir run), the CPU with its integer features, and per row how long the
+service held C-STORE answers (flow control, ``serve --queue-limit``: the sender waits with its next
+image, the held one is already journaled; receipt-to-SR does not include a sender's wait, so the
+held times are printed beside it).
 
 --dir throughput counts from its first to its last result line (start-up excluded); the
 service's from the first receipt to the last SR. Needs dcmtk (storescu). A benchmark, not a
@@ -98,11 +101,12 @@ def send_paced(port: int, files: list[Path], rate: float) -> list[subprocess.Pop
     return procs
 
 
-def bench_serve(model: str, groups: list[Path], work: Path, n: int, rate: float | None = None) -> dict:
+def bench_serve(model: str, groups: list[Path], work: Path, n: int, rate: float | None = None,
+                serve_args: tuple[str, ...] = ()) -> dict:
     """The service fed by storescu (a burst over len(groups) associations, or paced at ``rate``/s);
-    latencies from its journal."""
+    latencies from its journal; how long the service held its answers (flow control) from its log."""
     port = free_port()
-    svc = ServeProcess(work, model, port, "--log", str(work / "results.jsonl"))
+    svc = ServeProcess(work, model, port, "--log", str(work / "results.jsonl"), *serve_args)
     svc.wait_ready()
     files = sorted(f for g in groups for f in g.rglob("*.dcm"))[:n]
     senders = send_paced(port, files, rate) if rate else send_burst(port, groups)
@@ -113,7 +117,8 @@ def bench_serve(model: str, groups: list[Path], work: Path, n: int, rate: float 
     with sqlite3.connect(str(svc.state / "journal.sqlite")) as db:
         rows = np.array(db.execute("SELECT received_at, result_at FROM instances").fetchall(), dtype=np.float64)
     lat = (rows[:, 1] - rows[:, 0]) * 1000
-    return {"n": len(rows), "images_per_s": len(rows) / (rows[:, 1].max() - rows[:, 0].min()),
+    held = re.findall(r"flow control: (.*)", svc.log())
+    return {"held": held[-1] if held else "not reported", "n": len(rows), "images_per_s": len(rows) / (rows[:, 1].max() - rows[:, 0].min()),
             "p50_ms": float(np.percentile(lat, 50)), "p90_ms": float(np.percentile(lat, 90)),
             "p99_ms": float(np.percentile(lat, 99)), "srs": len(list((work / "outbox").glob("*.sr.dcm")))}
 
@@ -125,12 +130,13 @@ def table(base: dict, runs: dict, model: str) -> str:
              f"{base['inference_ms']:.2f} ms -> p99 goal {goal_ms:.1f} ms",
              "| associations | images | SRs | images/s | service / --dir | p50 ms | p90 ms | p99 ms | >= 85% | p99 goal |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    notes = [f"{k}: {r['held']}" for k, r in runs.items()]
     for k, r in runs.items():
         ratio = r["images_per_s"] / base["images_per_s"]
         share = ("n/a", "n/a (paced)") if isinstance(k, str) else (f"{ratio:.2f}", "yes" if ratio >= 0.85 else "NO")
         lines.append(f"| {k} | {r['n']} | {r['srs']} | {r['images_per_s']:.1f} | {share[0]} | {r['p50_ms']:.1f} | "
                      f"{r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {share[1]} | {'yes' if r['p99_ms'] < goal_ms else 'NO'} |")
-    return "\n".join(lines)
+    return "\n".join(lines + ["answers held by flow control (the sender waited, the image was already journaled):", *notes])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--associations", type=int, nargs="+", default=[1, 4])
     p.add_argument("--paced", type=float, default=5.0, help="then 100 images one by one at this rate (/s; 0: skip)")
     p.add_argument("--json", type=Path, help="also write the numbers here")
+    p.add_argument("--serve-args", default="", help="extra serve flags for every service row, e.g. '--queue-limit -1'")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="serve_bench_") as tmp:
         work = Path(tmp)
@@ -151,11 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         for k in a.associations:
             groups = make_dicoms(grays, work / f"dicom{k}", k)
             base = base or bench_dir(a.model, work / f"dicom{k}", work)
-            runs[k] = bench_serve(a.model, groups, work / f"serve{k}", a.n)
+            runs[k] = bench_serve(a.model, groups, work / f"serve{k}", a.n, serve_args=tuple(a.serve_args.split()))
             print(f"{k} association(s): {runs[k]}", flush=True)
         if a.paced:
             runs[f"paced {a.paced:g}/s"] = bench_serve(a.model, [work / f"dicom{a.associations[0]}"], work / "paced",
-                                                      min(100, a.n), a.paced)
+                                                      min(100, a.n), a.paced, tuple(a.serve_args.split()))
         print(table(base, runs, os.path.basename(a.model)))
         if a.json:
             a.json.write_text(json.dumps({"cpu": cpu_line(), "dir": base, "serve": runs}, indent=1))

@@ -1,0 +1,157 @@
+"""The service's speed mechanisms keep its contract: the SR rendered from a compiled template is
+``sr.build``'s SR, flow control holds only the answer (the image is journaled first) and releases
+it in receipt order, and the receiver process never outlives the service.
+
+Real parts as in test_serve.py: the service as a subprocess, dcmtk's ``storescu`` as the X-ray unit.
+"""
+from __future__ import annotations
+
+import datetime
+import io
+import os
+import socket
+import sqlite3
+import threading
+from pathlib import Path
+
+import pydicom
+import pytest
+from dicom_fixtures import CR, make_dataset, synthetic_gray, write
+from serve_procs import ServeProcess, free_port, missing_tools, stop_all, storescu, wait_for
+
+pytest_plugins = ["bench_fixtures"]  # export_dir: a converted TFLite with its contract
+
+MODEL = {"name": "m.tflite", "model_sha256": "a" * 64, "contract_sha256": "b" * 64, "edgecxr_version": "9.9"}
+PROBS = {"COVID": 0.1234567, "Normal": 0.8, "Viral_Pneumonia": 0.0765433}
+NOW = datetime.datetime(2026, 1, 2, 3, 4, 5, 678901)
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind():
+    yield
+    stop_all()
+
+
+def _source(**changes) -> pydicom.Dataset:
+    ds = make_dataset(synthetic_gray(3, 32), patient_id="T1")
+    for kw, value in changes.items():
+        if value is None:
+            delattr(ds, kw)
+        else:
+            setattr(ds, kw, value)
+    return ds
+
+
+SOURCES = {"dx": _source(), "cr_institution": _source(SOPClassUID=CR, Modality="CR", InstitutionName="St Edge"),
+           "no_patient_fields": _source(PatientName=None, PatientAge=None, AccessionNumber=None, StudyTime=None),
+           "odd_lengths": _source(PatientID="ABC", PatientName="Odd^Name^X", StudyID="7")}
+RECORDS = {"answer": {"label": "Normal", "action": "answer", "decision": "answer: Normal", "probabilities": PROBS},
+           "refer_unverified": {"label": "COVID", "action": "refer", "decision": "refer: unfamiliar image",
+                                "probabilities": PROBS, "intended_use": {"status": "unverified",
+                                                                         "line": "intended use unverified: no ViewPosition"}},
+           "refuse": {"label": None, "action": "refuse", "reason": "refused: ViewPosition LL is not PA or AP",
+                      "probabilities": None},
+           "long_label": {"label": "a class name longer than sixteen", "action": "answer", "decision": "answer",
+                          "probabilities": {"a class name longer than sixteen": 0.9, "other": 0.1}}}
+
+
+@pytest.mark.parametrize("source", list(SOURCES))
+@pytest.mark.parametrize("record", list(RECORDS))
+def test_sr_rendered_from_the_template_equals_the_sr_highdicom_builds(source, record):
+    from edgecxr.device.service import sr
+    from edgecxr.device.service.sr_template import Renderer
+
+    renderer = Renderer(MODEL)
+    for other in RECORDS.values():  # other shapes compiled first: templates must not leak into each other
+        renderer.render(SOURCES["dx"], other, NOW)
+    rendered = pydicom.dcmread(io.BytesIO(renderer.render(SOURCES[source], RECORDS[record], NOW)))
+    buf = io.BytesIO()
+    sr.build(SOURCES[source], RECORDS[record], MODEL, now=NOW).save_as(buf, enforce_file_format=True)
+    built = pydicom.dcmread(io.BytesIO(buf.getvalue()))
+    assert rendered.file_meta == built.file_meta
+    assert rendered == built
+    assert sr.read_back_dataset(rendered) == sr.read_back_dataset(built)
+
+
+def test_sr_template_refuses_what_sr_build_refuses():
+    from edgecxr.device.service import sr
+    from edgecxr.device.service.sr_template import Renderer
+
+    for broken in (_source(StudyInstanceUID=None), _source(Modality="SR")):
+        with pytest.raises((ValueError, AttributeError)):
+            sr.build(broken, RECORDS["answer"], MODEL)
+        with pytest.raises((ValueError, AttributeError)):
+            Renderer(MODEL).render(broken, RECORDS["answer"])
+
+
+def test_flow_control_holds_an_answer_until_enough_earlier_images_are_answered():
+    from edgecxr.device.service.flow import FlowControl
+
+    flow, queued = FlowControl(), []
+    tickets = [flow.admit(lambda i=i: queued.append(i)) for i in range(4)]
+    assert tickets == [1, 2, 3, 4] and queued == [0, 1, 2, 3]  # tickets follow queue order
+    assert flow.hold(1, limit=0) is True  # nothing ahead of the first image
+    assert flow.hold(4, limit=1, timeout=0.01) is False  # three ahead, none answered: held until the timeout
+    released = threading.Event()
+    waiter = threading.Thread(target=lambda: flow.hold(4, limit=1) and released.set())
+    waiter.start()
+    flow.finished()
+    flow.finished()  # two of the three ahead answered: one left, within the limit
+    waiter.join(timeout=30)
+    assert released.is_set()
+    assert "answers held" in flow.summary()
+
+
+@pytest.fixture(scope="module")
+def model(export_dir) -> str:
+    if missing_tools("storescu"):
+        pytest.skip("dcmtk not installed: apt-get install dcmtk (.ci/run does)")
+    return str(export_dir / "mobilenet_v2_int8.tflite")
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_each_answer_waits_until_the_images_before_it_are_answered(model, tmp_path):
+    """--queue-limit 0, one association: storescu sends image k only after image k-1's answer, which
+    is held until every image before k-1 has its SR; so every image older than k-1 has its SR written
+    before image k is received (from the journal's receipt and result times)."""
+    files = [write(make_dataset(synthetic_gray(i, 48), patient_id=f"F{i}"), tmp_path / "src" / f"f{i:02d}.dcm")
+             for i in range(12)]
+    port = free_port()
+    svc = ServeProcess(tmp_path / "svc", model, port, "--queue-limit", "0")
+    svc.wait_ready()
+    sent = storescu(port, files)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    wait_for(lambda: svc.journal_counts().get("done", 0) == len(files), 300, "all SRs")
+    assert svc.stop() == 0
+    with sqlite3.connect(str(svc.state / "journal.sqlite")) as db:
+        rows = db.execute("SELECT received_at, result_at FROM instances ORDER BY received_at").fetchall()
+    assert len(rows) == len(files)
+    for k in range(2, len(rows)):
+        assert max(r[1] for r in rows[:k - 1]) <= rows[k][0]
+    assert "flow control:" in svc.log()  # how many answers were held depends on the machine's speed, not asserted
+
+
+def test_receiver_process_dies_with_a_killed_service_and_frees_the_port(model, tmp_path):
+    port = free_port()
+    svc = ServeProcess(tmp_path / "svc", model, port)
+    svc.wait_ready()
+    children = _children(svc.proc.pid)
+    assert children, "serve --port runs its DICOM receiver in a child process"
+    svc.kill()
+    wait_for(lambda: not any(_alive(c) for c in children), 60, "the receiver to die with the service")
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+    assert os.path.exists(svc.state / "journal.sqlite")
