@@ -155,3 +155,38 @@ def test_receiver_process_dies_with_a_killed_service_and_frees_the_port(model, t
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
     assert os.path.exists(svc.state / "journal.sqlite")
+
+
+def test_group_commit_tells_no_one_before_every_result_of_the_group_is_durable_and_journaled(model, tmp_path):
+    """The writer's group: files fsynced and renamed, one folder fsync, one journal transaction; the
+    JSON line, the listeners and flow control's done() come only after, for every member."""
+    from edgecxr.device.backends import open_backend
+    from edgecxr.device.classify import Classifier
+    from edgecxr.device.service.journal import Journal
+    from edgecxr.device.service.service import Service
+
+    outbox = tmp_path / "out"
+    outbox.mkdir()
+    journal = Journal(str(tmp_path / "j.sqlite"))
+    svc = Service(Classifier(open_backend(model, None, require_contract=True)), journal, str(outbox), 3,
+                  log=lambda m: None, json_out=lambda r: None)
+    seen, done = [], []
+
+    def listener(rec, gray):
+        states = [journal.entry(k).state for k in keys]
+        seen.append((rec["key"], states, all((outbox / f"{k}.sr.dcm").exists() for k in keys), len(done)))
+
+    svc.add_listener(listener)
+    batch, keys = [], []
+    for i in range(3):
+        ds = make_dataset(synthetic_gray(i, 48))
+        src = write(ds, tmp_path / f"s{i}.dcm")
+        journal.receive(ds.SOPInstanceUID, "sha", str(src), "scp:TEST")
+        entry = journal.entry(ds.SOPInstanceUID)
+        keys.append(entry.key)
+        batch.append((lambda k=entry.key: done.append(k), entry, *svc.classify(entry)))
+    svc.write_group(batch)
+    assert [s[0] for s in seen] == keys and done == keys
+    for position, (_key, states, files, dones_before) in enumerate(seen):
+        assert states == ["done"] * 3 and files  # the whole group was durable before the first listener ran
+        assert dones_before == position  # each done() after its own announcement

@@ -82,6 +82,20 @@ class Journal:
             self._db.execute("UPDATE instances SET state = ?, result = ?, result_at = ?, done_at = ? WHERE key = ?",
                              (DONE if done else WRITTEN, result, now, now if done else None, key))
 
+    def written_many(self, items: list[tuple[str, str, bool]]) -> None:
+        """:meth:`written` for several ``(key, result, done)`` in one transaction: one commit, one fsync."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("UPDATE instances SET state = ?, result = ?, result_at = ?, done_at = ? WHERE key = ?",
+                                     [(DONE if done else WRITTEN, result, now, now if done else None, key)
+                                      for key, result, done in items])
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
     def sent(self, key: str) -> None:
         with self._lock:
             self._db.execute("UPDATE instances SET state = ?, done_at = ?, send_attempts = send_attempts + 1 WHERE key = ?",

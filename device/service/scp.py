@@ -25,8 +25,9 @@ CANNOT_UNDERSTAND = 0xC210
 SUCCESS = 0x0000
 
 
-def write_durable(path: str, data: bytes) -> None:
-    """Temporary file, fsync, rename, fsync the folder."""
+def write_durable(path: str, data: bytes, sync_parent: bool = True) -> None:
+    """Temporary file, fsync, rename, fsync the folder (``sync_parent=False``: the caller fsyncs
+    the folder itself, once for several files, before it relies on any of them)."""
     folder = os.path.dirname(path)
     tmp = os.path.join(folder, f".tmp-{os.path.basename(path)}")
     with open(tmp, "wb") as fh:
@@ -34,6 +35,12 @@ def write_durable(path: str, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    if sync_parent:
+        sync_folder(folder)
+
+
+def sync_folder(folder: str) -> None:
+    """fsync a folder: the names renamed into it are on disk when it returns."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -50,7 +57,7 @@ class StoreHandler:
     """The C-STORE handler: spool, journal, queue; returns the status the modality sees."""
 
     def __init__(self, journal: Journal, spool: str, outbox: str, submit: Callable[[Entry], None],
-                 log: Callable[[str], None], flow: FlowControl | None = None, queue_limit: int = 2) -> None:
+                 log: Callable[[str], None], flow: FlowControl | None = None, queue_limit: int = 1) -> None:
         """``submit(entry)`` hands a journaled entry to the service; with ``flow``, whoever answers
         it must call ``flow.finished()`` (in entry order), and the answer to the modality is held
         while more than ``queue_limit`` entries before it are unanswered."""

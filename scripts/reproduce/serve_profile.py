@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts" / "reproduce"))
-from serve_bench import cpu_line, make_dicoms, source_grays  # noqa: E402
+from serve_bench import cpu_line, make_dicoms, send_paced, source_grays  # noqa: E402
 from serve_procs import free_port, wait_for  # noqa: E402
 
 STATS: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
@@ -64,8 +64,46 @@ def instrument() -> None:
            (Classifier, "tensor", "worker: preprocess"), (service.Service, "finish", "writer: finish (total)"),
            (service, "read_header", "writer: read_header (SR)"), (sr, "build", "writer: SR build"),
            (sr, "write_atomic", "writer: SR encode+write+fsync"), (sr, "write_durable", "writer: SR write+fsync")])
-    for name in ("Service", ):
-        getattr(service, name).__init__ = _with_invoke_timer(getattr(service, name).__init__)
+    from device.service import sr_template
+    from device.trust import TrustSession
+
+    patch([(sr_template.Renderer, "render", "writer: SR render (template)"), (TrustSession, "listener", "writer: trust listener (drift)"),
+           (service, "write_durable", "writer: SR write+fsync"),
+           (service.Service, "_write_result", "writer: result read+render+write+fsync")])
+    service.Service.__init__ = _with_invoke_timer(service.Service.__init__)
+    for method in ("classify", "finish"):  # per-image timestamps: where an image's latency goes
+        setattr(service.Service, method, _stamped(method, getattr(service.Service, method)))
+
+
+STAMPS: dict[str, dict[str, float]] = collections.defaultdict(dict)
+
+
+def _stamped(name: str, fn):
+    def wrapper(self, entry, *args):
+        STAMPS[entry.key][f"{name}_start"] = time.time()
+        try:
+            return fn(self, entry, *args)
+        finally:
+            STAMPS[entry.key][f"{name}_end"] = time.time()
+    return wrapper
+
+
+def latency_table(journal_path: Path) -> str:
+    """Per image: receipt (journal, receiver process) -> worker start -> classified -> writer start -> SR written."""
+    import sqlite3
+
+    import numpy as np
+    with sqlite3.connect(str(journal_path)) as db:
+        received = dict(db.execute("SELECT key, received_at FROM instances").fetchall())
+    segs = {"receipt -> worker starts (pipe, queue)": ("received", "classify_start"),
+            "worker: classify": ("classify_start", "classify_end"), "classified -> writer starts": ("classify_end", "finish_start"),
+            "writer: finish": ("finish_start", "finish_end"), "receipt -> SR written and listeners told": ("received", "finish_end")}
+    lines = ["| segment | p50 ms | p90 ms | p99 ms | max ms |", "|---|---|---|---|---|"]
+    for label, (a, b) in segs.items():
+        ms = np.array([(st[b] - (received[k] if a == "received" else st[a])) * 1e3 for k, st in STAMPS.items()
+                       if k in received and b in st and (a == "received" or a in st)])
+        lines.append(f"| {label} | " + " | ".join(f"{np.percentile(ms, q):.1f}" for q in (50, 90, 99, 100)) + " |")
+    return "\n".join(lines)
 
 
 def _with_invoke_timer(init):
@@ -167,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--associations", type=int, default=1)
     p.add_argument("--switch-interval", type=float, help="sys.setswitchinterval (s) for this run (default: Python's 0.005)")
     p.add_argument("--serve-args", default="", help="extra serve flags, e.g. '--queue-limit -1'")
+    p.add_argument("--paced", type=float, help="send the images one association each at this rate (/s) instead of a burst")
     a = p.parse_args(argv)
     if a.switch_interval:
         sys.setswitchinterval(a.switch_interval)
@@ -178,8 +217,11 @@ def main(argv: list[str] | None = None) -> int:
         cpu0, proc0, rcv0, sampler = thread_cpu(), os.times(), process_cpu(receiver.proc.pid), Sampler()
         sampler.start()
         t = time.perf_counter()
-        senders = [subprocess.Popen([str(tool("storescu")), "-R", "-nh", "-aec", "EDGECXR", "+sd", "127.0.0.1", str(port), str(g)],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for g in groups]
+        if a.paced:
+            senders = send_paced(port, sorted(f for g in groups for f in g.rglob("*.dcm")), a.paced)
+        else:
+            senders = [subprocess.Popen([str(tool("storescu")), "-R", "-nh", "-aec", "EDGECXR", "+sd", "127.0.0.1", str(port),
+                                         str(g)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for g in groups]
         wait_for(lambda: service.journal.counts()["done"] >= a.n, 3600, f"{a.n} results", poll=0.05)
         wall = time.perf_counter() - t
         sampler.stop_flag.set()
@@ -193,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         for fn in stops:
             fn()
         report(a.n, wall, cpu, sampler)
+        print("\n" + latency_table(work / "state" / "journal.sqlite"))
     return 0
 
 
