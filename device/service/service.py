@@ -29,7 +29,7 @@ from ..intended_use import read_header
 from ..refusal import Refusal
 from ..runner_io import emit, record
 from .journal import Entry, Journal
-from .scp import safe_name, sync_folder, write_durable
+from .scp import safe_name, write_durable_many
 from .sr_template import Renderer
 
 WRITE_GROUP = 8  # most results made durable together (the writer's queue holds 8)
@@ -128,32 +128,25 @@ class Service:
                 return
 
     def write_group(self, batch: list[tuple[Callable[[], None] | None, Entry, dict[str, Any], np.ndarray | None]]) -> None:
-        """Group commit: each result file written, fsynced and renamed; then one fsync of the outbox
-        folder and one journal transaction for the group; only then the JSON lines, the listeners,
-        the PACS queue and ``done()`` (flow control). A group's results become durable together,
-        with 2 + n fsyncs instead of 3n; nothing is journaled as written before its file is."""
-        written = []
-        for done, entry, rec, gray in batch:
-            try:
-                written.append((done, entry, rec, gray, self._write_result(entry, rec)))
-            except Exception as exc:  # not journaled as written: answered again at the next start
-                self.log(f"{entry.key}: result not written ({type(exc).__name__}: {exc}); it is retried at the next start")
-                if done is not None:
-                    done()
-        if not written:
-            return
+        """Group commit: every result file of the group written, fsynced, renamed, the outbox folder
+        fsynced once, one journal transaction; only then the JSON lines, the listeners, the PACS
+        queue and ``done()`` (flow control). Nothing is journaled as written before its file is
+        durable; a group that fails is retried at the next start, as one image was."""
+        files = [(done, entry, rec, gray, *self._result_file(entry, rec)) for done, entry, rec, gray in batch]
         try:
-            sync_folder(self.outbox)
-            self.journal.written_many([(e.key, r, self.sender is None or not r.endswith(".dcm")) for _, e, _, _, r in written])
-        except Exception as exc:
-            self.log(f"{len(written)} result(s) not journaled ({type(exc).__name__}: {exc}); they are retried at the next start")
-            written, failed = [], written
-            for done, *_ in failed:
+            write_durable_many([(path, data) for *_, path, data in files])
+            self.journal.written_many([(e.key, path, self.sender is None or not path.endswith(".dcm"))
+                                       for _, e, _, _, path, _ in files])
+        except Exception as exc:  # not journaled as written: answered again at the next start
+            self.log(f"{len(files)} result(s) not written ({type(exc).__name__}: {exc}): "
+                     f"{', '.join(f[1].key for f in files)}; they are retried at the next start")
+            for done, *_ in files:
                 if done is not None:
                     done()
-        for done, entry, rec, gray, result in written:
+            return
+        for done, entry, rec, gray, path, _data in files:
             try:
-                self._announce(entry, rec, gray, result)
+                self._announce(entry, rec, gray, path)
             finally:
                 if done is not None:
                     done()
@@ -195,21 +188,16 @@ class Service:
             os.unlink(entry.spool)
         self.processed += 1
 
-    def _write_result(self, entry: Entry, rec: dict[str, Any]) -> str:
-        """An SR where the source is DICOM with a readable header, else a JSON result."""
+    def _result_file(self, entry: Entry, rec: dict[str, Any]) -> tuple[str, bytes]:
+        """(path, bytes): an SR where the source is DICOM with a readable header, else a JSON result."""
         name = safe_name(entry.key.replace("file:", "file-"))
         if is_dicom(entry.spool):
             try:
-                data = self.renderer.render(read_header(entry.spool), rec)
-                path = os.path.join(self.outbox, f"{name}.sr.dcm")
-                write_durable(path, data, sync_parent=False)  # the group's one folder fsync follows
-                return path
+                return os.path.join(self.outbox, f"{name}.sr.dcm"), self.renderer.render(read_header(entry.spool), rec)
             except (ValueError, AttributeError, KeyError, TypeError) as exc:
                 self.log(f"{entry.key}: no SR (the source header lacks what an SR needs: {exc}); wrote a JSON result")
                 rec["sr_error"] = str(exc)
-        path = os.path.join(self.outbox, f"{name}.json")
-        write_durable(path, (json.dumps(rec, indent=1) + "\n").encode(), sync_parent=False)
-        return path
+        return os.path.join(self.outbox, f"{name}.json"), (json.dumps(rec, indent=1) + "\n").encode()
 
     def remove_spool(self, key: str) -> None:
         entry = self.journal.entry(key)

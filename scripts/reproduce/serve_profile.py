@@ -61,17 +61,16 @@ def instrument() -> None:
            (journal.Journal, "written", "journal: written commit"), (journal.Journal, "entry", "journal: entry read"),
            (service, "classify_path", "worker: classify_path (gate+decode+model)"),
            (gated, "read_header", "worker: read_header (gate)"), (image_io, "_load_dicom", "worker: decode (dcmread+pixels)"),
-           (Classifier, "tensor", "worker: preprocess"), (service.Service, "finish", "writer: finish (total)"),
-           (service, "read_header", "writer: read_header (SR)"), (sr, "build", "writer: SR build"),
-           (sr, "write_atomic", "writer: SR encode+write+fsync"), (sr, "write_durable", "writer: SR write+fsync")])
+           (Classifier, "tensor", "worker: preprocess"), (service.Service, "write_group", "writer: group (total, per group)"),
+           (service, "read_header", "writer: read_header (SR)"), (sr, "build", "writer: SR build (template compile)")])
     from device.service import sr_template
     from device.trust import TrustSession
 
     patch([(sr_template.Renderer, "render", "writer: SR render (template)"), (TrustSession, "listener", "writer: trust listener (drift)"),
-           (service, "write_durable", "writer: SR write+fsync"),
-           (service.Service, "_write_result", "writer: result read+render+write+fsync")])
+           (service, "write_durable_many", "writer: group's files written, fsynced, renamed, folder fsynced"),
+           (service.Service, "_result_file", "writer: result read_header+render")])
     service.Service.__init__ = _with_invoke_timer(service.Service.__init__)
-    for method in ("classify", "finish"):  # per-image timestamps: where an image's latency goes
+    for method in ("classify", "_result_file", "_announce"):  # per-image timestamps: where an image's latency goes
         setattr(service.Service, method, _stamped(method, getattr(service.Service, method)))
 
 
@@ -96,8 +95,11 @@ def latency_table(journal_path: Path) -> str:
     with sqlite3.connect(str(journal_path)) as db:
         received = dict(db.execute("SELECT key, received_at FROM instances").fetchall())
     segs = {"receipt -> worker starts (pipe, queue)": ("received", "classify_start"),
-            "worker: classify": ("classify_start", "classify_end"), "classified -> writer starts": ("classify_end", "finish_start"),
-            "writer: finish": ("finish_start", "finish_end"), "receipt -> SR written and listeners told": ("received", "finish_end")}
+            "worker: classify": ("classify_start", "classify_end"),
+            "classified -> writer starts it": ("classify_end", "_result_file_start"),
+            "writer: SR rendered": ("_result_file_start", "_result_file_end"),
+            "-> group durable, journaled, listeners told": ("_result_file_end", "_announce_end"),
+            "receipt -> SR durable, journaled, listeners told": ("received", "_announce_end")}
     lines = ["| segment | p50 ms | p90 ms | p99 ms | max ms |", "|---|---|---|---|---|"]
     for label, (a, b) in segs.items():
         ms = np.array([(st[b] - (received[k] if a == "received" else st[a])) * 1e3 for k, st in STAMPS.items()
