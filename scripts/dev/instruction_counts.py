@@ -23,14 +23,19 @@ plainly, without failing, when there is none.
 
 Artifacts: by default a fixed-seed MobileNetV2 (64 px) trained for one epoch on
 edgecxr's synthetic data and converted by ``edgecxr convert`` (FP32/INT8, ONNX/TFLite),
-built once into ``--build``; or the files given. ``--variant slower`` swaps the FP32
+built once into ``--build``: the set CI can rebuild on a fresh clone and the only one
+``--update`` records. Or the model files given (with their contracts), e.g. the README
+bench table's files: counted and printed, and checked only where the baseline has their
+name and input shape. ``--max-spread`` fails when repeats disagree by more than a
+fraction (the counts are only worth a 3% check if they repeat far closer). ``--variant slower`` swaps the FP32
 ONNX for the same graph with one extra 3x3 convolution after the stem, to show that
 the check fails on a slower artifact.
 
     python scripts/dev/instruction_counts.py                       # print the table
     python scripts/dev/instruction_counts.py --check               # exit 1 on a rise > 3%
     python scripts/dev/instruction_counts.py --update              # record this key's baseline
-    python scripts/dev/instruction_counts.py --repeat 2            # twice: how much counts vary
+    python scripts/dev/instruction_counts.py --repeat 2 --max-spread 0.001   # twice; exit 1 if they differ > 0.1%
+    python scripts/dev/instruction_counts.py runs/a/export/m_int8.tflite --repeat 2   # files of your own
 """
 from __future__ import annotations
 
@@ -282,9 +287,19 @@ def table(counts: dict[str, Any]) -> list[str]:
     return lines
 
 
+def spread_check(counts: dict[str, Any], limit: float) -> int:
+    """0 when every artifact's repeats lie within ``limit`` (a fraction of their mean), else 1; says which."""
+    worst = max(counts.items(), key=lambda kv: kv[1]["spread"])
+    too_far = [aid for aid, c in counts.items() if c["spread"] > limit]
+    verdict = f"FAIL: {', '.join(too_far)} above it" if too_far else "PASS"
+    print(f"repeat spread: largest {worst[1]['spread']:.4%} ({worst[0]}, {len(worst[1]['repeats'])} repeats), "
+          f"limit {limit:.2%}: {verdict}")
+    return 1 if too_far else 0
+
+
 def update_baseline(path: str, baseline: dict[str, Any], key: dict[str, Any], counts: dict[str, Any], args: argparse.Namespace) -> None:
     profile = {"key": key, "measured_on": host_cpu(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "n": args.n, "m": args.m, "artifacts_from": RECIPE if not args.models else "files given on the command line",
+               "n": args.n, "m": args.m, "artifacts_from": RECIPE,
                "artifacts": {aid: {k: c[k] for k in ("instructions", "repeats", "spread")} for aid, c in counts.items()}}
     baseline["profiles"] = [p for p in baseline["profiles"] if p["key"] != key] + [profile]
     tmp = path + ".tmp"
@@ -309,14 +324,15 @@ def check(baseline: dict[str, Any], key: dict[str, Any], counts: dict[str, Any])
     lines, failed = compare(counts, profile, tol)
     print("| artifact (input shape) | M instr now | M instr baseline | change | verdict |\n|---|---:|---:|---:|---|")
     print("\n".join(lines))
+    compared = sum(aid in profile["artifacts"] for aid in counts)
     print(f"{'FAIL' if failed else 'PASS'}: instruction counts against the baseline of {profile['created']} "
-          f"(tolerance +{tol:.0%}; CPUID under valgrind: {' '.join(key['cpuid_under_valgrind'][-4:])}...)")
+          f"({compared} of {len(counts)} artifacts in it; tolerance +{tol:.0%}; CPUID under valgrind: {' '.join(key['cpuid_under_valgrind'][-4:])}...)")
     return 1 if failed else 0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[-5:]))
+                                epilog="\n".join(__doc__.splitlines()[-6:]))
     p.add_argument("models", nargs="*", help="model files to count (default: the fixed-seed set built into --build)")
     p.add_argument("--build", default=BUILD, help=f"where the fixed-seed artifacts are built (default {os.path.relpath(BUILD, ROOT)})")
     p.add_argument("--baseline", default=BASELINE, help="baseline JSON (default: the committed one)")
@@ -326,14 +342,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--check", action="store_true", help="compare with the baseline for this key; exit 1 on a rise over its tolerance")
     p.add_argument("--update", action="store_true", help="write these counts as the baseline for this key")
     p.add_argument("--variant", choices=["slower"], help="slower: count the FP32 ONNX with an extra conv under its own name")
+    p.add_argument("--max-spread", type=float, metavar="FRACTION",
+                   help="exit 1 if any artifact's repeats differ by more than this fraction of their mean (e.g. 0.001; needs --repeat >= 2)")
     p.add_argument("--only", help="count only the artifacts whose file name contains this text (e.g. fp32.onnx)")
     p.add_argument("--json", help="also write the counts and the key here")
     p.add_argument("--harness", nargs=3, metavar=("MODEL", "WARM", "RUNS"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.n < 1 or a.m < 1 or a.repeat < 1:
         p.error("--n, --m and --repeat must be at least 1")
-    if a.update and (a.only or a.variant):
-        p.error("--update records the whole artifact set: not with --only or --variant")
+    if a.update and (a.only or a.variant or a.models):
+        p.error("--update records the whole fixed-seed artifact set that CI rebuilds: not with --only, --variant or model files")
+    missing = [m for m in a.models if not os.path.isfile(m)]
+    if missing:
+        p.error(f"no such model file: {missing[0]}")
+    if a.max_spread is not None and (a.repeat < 2 or not 0 < a.max_spread < 1):
+        p.error("--max-spread needs --repeat 2 or more and a fraction between 0 and 1 (0.001 is 0.1%)")
     return a
 
 
@@ -351,8 +374,12 @@ def main(argv: list[str] | None = None) -> int:
         paths[paths.index(fp32)] = make_slower_onnx(fp32, os.path.join(a.build, "slower", os.path.basename(fp32)))
     paths = [p for p in paths if not a.only or a.only in os.path.basename(p)]
     with tempfile.TemporaryDirectory(prefix="instruction-counts-") as workdir:
-        key = cpu_key(workdir)
-        counts = count_all(paths, a.n, a.m, a.repeat, workdir)
+        try:
+            key = cpu_key(workdir)
+            counts = count_all(paths, a.n, a.m, a.repeat, workdir)
+        except RuntimeError as exc:
+            print(f"instruction_counts: error: {exc}", file=sys.stderr)
+            return 2
     print("\n".join(table(counts)))
     print(f"CPUID under valgrind: {' '.join(key['cpuid_under_valgrind'])}; host: {host_cpu()}; {key['valgrind']}")
     if a.json:
@@ -361,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     baseline = load_baseline(a.baseline)
     if a.update:
         update_baseline(a.baseline, baseline, key, counts, a)
-    return check(baseline, key, counts) if a.check else 0
+    rc = check(baseline, key, counts) if a.check else 0
+    return max(rc, spread_check(counts, a.max_spread)) if a.max_spread is not None else rc
 
 
 if __name__ == "__main__":
