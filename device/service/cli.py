@@ -51,10 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", help="append the JSON line of every result here instead of stdout")
     p.add_argument("--poll", type=float, default=0.5, help="inbox poll interval, s (default 0.5)")
     p.add_argument("--top-k", type=int, default=3, help="classes in each JSON line's top_k (default 3)")
-    p.add_argument("--queue-limit", type=int, default=1, metavar="N",
+    p.add_argument("--queue-limit", type=int, default=0, metavar="N",
                    help="hold a C-STORE's success answer (the instance is already journaled) while more than N images "
                         "received before it are unanswered, so a fast sender waits instead of its images queueing here "
-                        "(default 1; 0 holds until all earlier images are answered; -1 never holds)")
+                        "(default 0: until every earlier image is answered; -1 never holds)")
     p.add_argument("--threads", type=int, help="interpreter threads (default: the runtime's choice)")
     p.add_argument("--runtime", help="runtime to open the model with (see edgecxr_runner.py --list-runtimes)")
     p.add_argument("--ignore-cpu-check", action="store_true", help="open a model even where its contract says this CPU computes it wrong")

@@ -4,8 +4,10 @@ A modality sends one image per association and waits for each answer. When image
 than the service answers them, either they wait in the service's queue (receipt-to-SR latency
 grows without bound: 10-40 s in a 1000-image burst) or the modality waits for the answer with its
 next image. The held instance is already journaled and durable (the answer is the only thing
-held), so nothing is at risk; the service's throughput is unchanged as long as the worker always
-has the next image in hand (``limit`` >= 1). Stdlib only.
+held), so nothing is at risk. With ``limit`` 0 and one association, image k is answered once every
+image before it is answered, so image k+1 travels while k is classified: the worker waits only when
+sending an image takes longer than classifying one, and then the sender's own speed is the limit
+anyway. Stdlib only.
 """
 from __future__ import annotations
 

@@ -80,7 +80,7 @@ class StoreHandler:
     """The C-STORE handler: spool, journal, queue; returns the status the modality sees."""
 
     def __init__(self, journal: Journal, spool: str, outbox: str, submit: Callable[[Entry], None],
-                 log: Callable[[str], None], flow: FlowControl | None = None, queue_limit: int = 1) -> None:
+                 log: Callable[[str], None], flow: FlowControl | None = None, queue_limit: int = 0) -> None:
         """``submit(entry)`` hands a journaled entry to the service; with ``flow``, whoever answers
         it must call ``flow.finished()`` (in entry order), and the answer to the modality is held
         while more than ``queue_limit`` entries before it are unanswered."""
