@@ -240,12 +240,19 @@ def _finish_one(run: Run, step: Step, vset: Any, ref_logits: Any, gold: Any, hos
             step.status, step.reason, step.verify = "failed", f"verification failed: {fail_reason(exc)}", None
     if contract is not None:
         finish = get_format(step.format).finish_contract
-        write_contract(path, finish(contract) if finish else contract)
-        step.bytes = model_bytes(path)
+        try:
+            write_contract(path, finish(contract) if finish else contract)
+            step.bytes = model_bytes(path)
+        except Exception as exc:  # a file without its contract is no artifact: failed, with the reason
+            step.status, step.reason = "failed", f"contract not written: {fail_reason(exc)}"
+            if vset is None:
+                echo(f"  {step.file}: {step.reason}")
     if vset is None:
         return
     problem = verify_mod.degradation(step.verify) if step.verify else None
-    if wrong_here:
+    if step.status == "failed":  # cannot be run, or its contract could not be written
+        pass
+    elif wrong_here:
         step.status, step.reason = "unverified", f"not exact on this CPU, so not judged here: {wrong_here}; run --selftest on the target"
     elif problem:
         step.status, step.reason = "degraded", problem
