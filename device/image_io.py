@@ -8,6 +8,7 @@ both the CLI and the Pi runner show them to people as they are.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
@@ -60,11 +61,21 @@ def _to_gray(img: np.ndarray, path: str) -> np.ndarray:
 def _load_dicom(path: str) -> np.ndarray:
     try:
         import pydicom
-        from pydicom.pixels import apply_voi_lut
     except ImportError as exc:  # pragma: no cover - optional on the device
         raise ImageError(f"{path}: reading DICOM needs pydicom: pip install pydicom") from exc
     try:
         ds = pydicom.dcmread(path)
+    except Exception as exc:  # pydicom raises many types for broken files
+        raise ImageError(f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+    return dicom_gray(ds, path)
+
+
+def dicom_gray(ds: Any, path: str) -> np.ndarray:
+    """The uint8 grayscale image of a DICOM dataset already read (the service's gate read its
+    header; decoding from it spares a second parse of the file)."""
+    from pydicom.pixels import apply_voi_lut
+
+    try:
         arr = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for broken files
         raise ImageError(f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
