@@ -12,7 +12,7 @@ import os
 from .backend import Backend, ModelLoadError, WrongCpuError
 from .contract import Contract, ContractError
 from .cpufeatures import cpu_description, unmet_requirement
-from .formats import RUNTIMES, device_format_of, format_of, model_suffixes
+from .formats import RUNTIMES, format_of, model_suffixes
 from .runtimes.litert import TFLiteBackend, import_interpreter
 from .runtimes.onnxruntime_cpu import OnnxBackend
 
@@ -32,10 +32,9 @@ def open_backend(path: str, threads: int | None = None, require_contract: bool =
     """
     if not os.path.exists(path):
         raise ModelLoadError(f"{path}: model file not found")
-    fmt = device_format_of(path)
-    row = format_of(path)
-    if fmt is None and row is not None:
-        raise ModelLoadError(f"{path}: a {row.name} file: no runtime on this device runs it; convert it with `edgecxr convert`")
+    fmt = format_of(path)
+    if fmt is not None and not fmt.runtimes:
+        raise ModelLoadError(f"{path}: a {fmt.name} file: no runtime on this device runs it; convert it with `edgecxr convert`")
     if fmt is None:
         ext = os.path.splitext(path)[1].lower()
         known = ", ".join(model_suffixes())

@@ -190,6 +190,12 @@ def read_onnx_contract(model_path: str) -> Contract | None:
             meta = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
         except Exception as exc:  # ORT raises its own exception types for bad files
             raise ContractError(f"not a readable ONNX file ({type(exc).__name__})") from exc
+    return contract_in_onnx_metadata(meta, model_path)
+
+
+def contract_in_onnx_metadata(meta: dict[str, str], model_path: str) -> Contract | None:
+    """The contract in an ONNX file's ``metadata_props`` map (from the onnx package or from a
+    session already open), else its sidecar."""
     if CONTRACT_KEY not in meta:
         return read_sidecar(model_path)
     return Contract.from_json(meta[CONTRACT_KEY])

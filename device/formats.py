@@ -44,10 +44,11 @@ def device_format_of(path: str) -> DeviceFormat | None:
 
 def read_contract(path: str) -> Contract | None:
     """The contract kept in or beside ``path`` (``None`` where it has none); a foreign file is
-    refused, a broken contract raises :class:`ContractError`."""
+    refused, a broken contract raises :class:`ContractError`. Like the rows' own errors, the
+    message does not name the file: the caller says which file it was reading."""
     fmt = format_of(path)
     if fmt is None:
-        raise ContractError(f"{path}: not a model file of a known format ({', '.join(model_suffixes(all_rows=True))})")
+        raise ContractError(f"not a model file of a known format ({', '.join(model_suffixes(all_rows=True))})")
     return fmt.read_contract(path)
 
 
@@ -55,7 +56,7 @@ def write_contract(path: str, contract: Contract) -> None:
     """Store ``contract`` where ``path``'s format keeps it, atomically; it must read back the same."""
     fmt = format_of(path)
     if fmt is None:
-        raise ContractError(f"{path}: not a model file of a known format; cannot store a contract in it")
+        raise ContractError("not a model file of a known format; cannot store a contract in it")
     Contract.from_dict(contract.to_dict())  # never write what would not read back
     fmt.write_contract(path, contract)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import Backend, ModelLoadError
-from ..contract import Contract, read_onnx_contract, write_onnx_contract
+from ..contract import Contract, contract_in_onnx_metadata, read_onnx_contract, write_onnx_contract
 from .spec import DeviceFormat, Runtime
 
 
@@ -34,7 +34,8 @@ class OnnxBackend(Backend):
         except Exception as exc:  # ORT raises its own exception types for bad files
             raise ModelLoadError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0][:160]})") from exc
         if contract is None and read_contract:
-            contract = FORMATS[0].read_contract(path)  # this format's row: where its files keep the contract
+            # the session already parsed the file: its metadata, not a second parse of a large graph
+            contract = contract_in_onnx_metadata(self.session.get_modelmeta().custom_metadata_map, path)
         super().__init__(path, contract)
         self.runtime = f"onnxruntime {ort.__version__}"
         inp = self.session.get_inputs()[0]

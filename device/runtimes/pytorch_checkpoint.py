@@ -51,8 +51,7 @@ def write_checkpoint_contract(path: str, contract: Contract) -> None:
     from ..atomic import atomic_path
 
     payload = read_payload(path)
-    payload["contract"] = contract.to_dict()
-    Contract.from_dict(payload["contract"])  # never write a contract that would not read back
+    payload["contract"] = contract.to_dict()  # formats.write_contract checked that it reads back
     with atomic_path(os.fspath(path)) as tmp:
         torch.save(payload, tmp)
 

@@ -35,7 +35,7 @@ def read_contract(path: str) -> Contract:
     try:
         contract = stored_contract(path)
     except ContractError as exc:
-        raise EdgecxrError(str(exc) if str(exc).startswith(path) else f"{path}: {exc}") from exc
+        raise EdgecxrError(f"{path}: {exc}") from exc
     if contract is None:
         raise EdgecxrError(f"{path}: no edgecxr contract in or beside this file; convert it with `edgecxr convert`")
     return contract
