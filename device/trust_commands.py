@@ -82,7 +82,7 @@ def run_serve(argv: Sequence[str]) -> int:
     def configure(service: object) -> None:
         session.attach(service.clf)
         log_line(f"signature: {session.status}" + (f"; audit log {a.audit_log}" if a.audit_log else ""))
-        service.add_listener(session.listener)
+        service.add_listener(session.listener, wants_gray=False)  # audit and drift read the record only
         if http is not None:
             from .page.cli import start
 

@@ -190,3 +190,89 @@ def test_group_commit_tells_no_one_before_every_result_of_the_group_is_durable_a
     for position, (_key, states, files, dones_before) in enumerate(seen):
         assert states == ["done"] * 3 and files  # the whole group was durable before the first listener ran
         assert dones_before == position  # each done() after its own announcement
+
+
+def test_classifier_process_answers_in_order_as_the_service_thread_would(model, tmp_path):
+    """The classifier process runs the service's own classify_entry: the same record for every
+    entry, back in the order sent; the decoded image only when a listener asked for it."""
+    from edgecxr.device.backends import open_backend
+    from edgecxr.device.classify import Classifier
+    from edgecxr.device.digest import file_sha256
+    from edgecxr.device.service.journal import RECEIVED, Entry
+    from edgecxr.device.service.service import classify_entry
+    from edgecxr.device.service.worker import WorkerProcess
+
+    entries = [Entry(f"1.2.3.{i}", "sha", str(write(make_dataset(synthetic_gray(i, 48)), tmp_path / f"s{i}.dcm")),
+                     "scp:TEST", RECEIVED, None) for i in range(4)]
+    entries.append(Entry("1.2.3.9", "sha", str(tmp_path / "missing.dcm"), "scp:TEST", RECEIVED, None))
+    worker = WorkerProcess({"model": model, "threads": None, "check_cpu": True, "runtime": None, "top_k": 3})
+    assert worker.wait_ready(file_sha256(model)) is True  # its own self-test passed
+    got, stopped = [], threading.Event()
+    worker.start(lambda e, done, rec, gray: got.append((e.key, rec, gray)), lambda *a: got.append(a), stopped.set)
+    for i, e in enumerate(entries):
+        worker.submit(e, None, want_gray=i == 0)
+    worker.stop()
+    assert stopped.is_set()
+    clf = Classifier(open_backend(model, None, require_contract=True))
+    assert [k for k, _r, _g in got] == [e.key for e in entries]
+    for e, (_key, rec, _gray) in zip(entries, got):
+        here = classify_entry(clf, e, 3)[0]
+        assert {k: v for k, v in rec.items() if "ms" not in k} == {k: v for k, v in here.items() if "ms" not in k}
+    assert got[0][2] is not None and all(g is None for _k, _r, g in got[1:])
+    assert got[-1][1]["action"] == "refuse"  # the missing file: a refusal record, as in this process
+
+
+def test_classifier_process_will_not_serve_a_model_file_other_than_the_services(model):
+    from edgecxr.device.service.worker import WorkerProcess
+
+    worker = WorkerProcess({"model": model, "threads": None, "check_cpu": True, "runtime": None, "top_k": 3})
+    with pytest.raises(OSError, match="model file changed"):
+        worker.wait_ready("0" * 64)
+    worker.abandon()
+
+
+def test_look_ahead_gives_a_lone_sender_one_image_and_none_where_others_keep_the_classifier_busy(tmp_path):
+    from types import SimpleNamespace
+
+    from edgecxr.device.service.scp import StoreHandler
+
+    def event(senders: int):
+        return SimpleNamespace(assoc=SimpleNamespace(ae=SimpleNamespace(active_associations=[object()] * senders)))
+
+    def handler(limit: int):
+        return StoreHandler(None, str(tmp_path), str(tmp_path), lambda e: None, lambda m: None, queue_limit=limit)
+
+    assert [handler(1).look_ahead(event(n)) for n in (1, 2, 4)] == [1, 0, 0]
+    assert [handler(3).look_ahead(event(n)) for n in (1, 2, 4)] == [3, 2, 0]
+    assert handler(0).look_ahead(event(1)) == 0 and handler(-1).look_ahead(event(4)) == -1
+
+
+def test_placement_gives_the_classifier_the_last_cpus_and_the_rest_to_everyone_else(monkeypatch):
+    from edgecxr.device.service import placement
+
+    monkeypatch.setattr(placement.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert placement.plan(None) == ({3}, {0, 1, 2})
+    assert placement.plan(2) == ({2, 3}, {0, 1})
+    assert placement.plan(4) is None and placement.plan(1, enabled=False) is None  # no CPU left over / --no-pin
+    monkeypatch.setattr(placement.os, "sched_getaffinity", lambda pid: {5}, raising=False)
+    assert placement.plan(None) is None
+
+
+def _allowed_cpus(pid: int) -> str:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return next(line.split(":")[1].strip() for line in text.splitlines() if line.startswith("Cpus_allowed_list"))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="pinning needs 2 or more CPUs this process may use")
+def test_serve_pins_its_classifier_process_to_a_cpu_of_its_own(model, tmp_path):
+    last = str(max(os.sched_getaffinity(0)))
+    svc = ServeProcess(tmp_path / "svc", model, free_port())
+    svc.wait_ready()
+    try:
+        assert f"classifier process on CPU {last}," in svc.log()
+        kids = {pid: _allowed_cpus(pid) for pid in _children(svc.proc.pid)}
+        assert sorted(kids.values()).count(last) == 1, kids  # the classifier; the receiver shares the service's
+        assert last not in _allowed_cpus(svc.proc.pid).replace("-", ",").split(",")
+    finally:
+        svc.stop()

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .placement import describe, pin, plan
 from .process_setup import log_line, settle  # log_line: also what trust_commands logs with
 
 EXIT_USAGE = 2
@@ -51,11 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", help="append the JSON line of every result here instead of stdout")
     p.add_argument("--poll", type=float, default=0.5, help="inbox poll interval, s (default 0.5)")
     p.add_argument("--top-k", type=int, default=3, help="classes in each JSON line's top_k (default 3)")
-    p.add_argument("--queue-limit", type=int, default=0, metavar="N",
+    p.add_argument("--queue-limit", type=int, default=1, metavar="N",
                    help="hold a C-STORE's success answer (the instance is already journaled) while more than N images "
-                        "received before it are unanswered, so a fast sender waits instead of its images queueing here "
-                        "(default 0: until every earlier image is answered; -1 never holds)")
+                        "received before it are unanswered, less one for each other sender connected, so a fast sender "
+                        "waits instead of its images queueing here (default 1: a lone sender keeps one image of "
+                        "look-ahead; 0: until every earlier image is answered; -1 never holds)")
     p.add_argument("--threads", type=int, help="interpreter threads (default: the runtime's choice)")
+    p.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the classifier process on CPUs of its own (the last --threads CPUs), the receiver and "
+                        "the writer on the others (default on where there are 2 or more CPUs; --no-pin: the kernel places them)")
     p.add_argument("--runtime", help="runtime to open the model with (see edgecxr_runner.py --list-runtimes)")
     p.add_argument("--ignore-cpu-check", action="store_true", help="open a model even where its contract says this CPU computes it wrong")
     p.add_argument("--verbose", action="store_true", help="also show pynetdicom's own log")
@@ -120,11 +125,36 @@ def fork_receiver(a: argparse.Namespace) -> Any:
                      "port": a.port, "queue_limit": a.queue_limit})
 
 
+def fork_classifier(a: argparse.Namespace, receiver: Any, cpus: set[int] | None = None) -> Any:
+    """The classifier process (``worker.py``), forked before the model is opened; it opens the
+    model at once (on ``cpus`` when given), while this process opens it for the self-test and the
+    SR's identification."""
+    from .worker import WorkerProcess
+
+    return WorkerProcess({"model": a.model, "threads": a.threads, "check_cpu": not a.ignore_cpu_check,
+                          "runtime": a.runtime, "top_k": a.top_k, "cpus": cpus},
+                         inherited=[receiver.conn] if receiver is not None else [])
+
+
+def fork_children(a: argparse.Namespace) -> tuple[Any, Any]:
+    """(receiver or None, classifier process), forked first: no thread and no model in a fork;
+    each process pinned to its CPUs (``placement.py``) before it starts a thread."""
+    receiver = fork_receiver(a) if a.port is not None else None
+    placement = plan(a.threads, a.pin)
+    if placement is not None:
+        pin(0, placement[1])
+        if receiver is not None:
+            pin(receiver.proc.pid, placement[1])
+    log_line(describe(placement))
+    return receiver, fork_classifier(a, receiver, placement[0] if placement else None)
+
+
 def build_service(a: argparse.Namespace, clf: Any, configure: Callable[[Any], None] | None = None,
-                  receiver: Any = None) -> tuple[Any, list[Callable[[], None]]]:
+                  receiver: Any = None, remote: Any = None) -> tuple[Any, list[Callable[[], None]]]:
     """Journal, worker, PACS sender, inbox and SCP wired together; returns the service and the
     stop functions in the order to call them. With ``receiver`` (``fork_receiver``) the SCP runs
-    in that process, else in this one."""
+    in that process, else in this one; with ``remote`` (``fork_classifier``, ready) images are
+    classified in that process, else in a thread of this one."""
     from ..intended_use import block_in_force
     from .journal import Journal
     from .service import Service
@@ -136,7 +166,7 @@ def build_service(a: argparse.Namespace, clf: Any, configure: Callable[[Any], No
     for d in (a.outbox, state, spool):
         os.makedirs(d, exist_ok=True)
     journal = Journal(journal_path)
-    service = Service(clf, journal, a.outbox, a.top_k, log_line, json_sink(a.log))
+    service = Service(clf, journal, a.outbox, a.top_k, log_line, json_sink(a.log), remote=remote)
     stops: list[Callable[[], None]] = []
     if a.pacs:
         from .pacs import PacsSender, parse_pacs
@@ -186,20 +216,25 @@ def _listen(a: argparse.Namespace, service: Any, spool: str, receiver: Any) -> C
 def run(a: argparse.Namespace, configure: Callable[[Any], None] | None = None) -> int:
     """Serve until SIGTERM/SIGINT. ``configure(service)`` may add listeners before the first image."""
     logging.getLogger("pynetdicom").setLevel(logging.INFO if a.verbose else logging.CRITICAL)
-    receiver = fork_receiver(a) if a.port is not None else None  # first: no thread and no model in the fork
+    receiver, remote = fork_children(a)
     try:
         clf, ok = open_classifier(a)
+        from ..digest import file_sha256
+
+        ok = remote.wait_ready(file_sha256(clf.backend.path)) and ok
         if not ok:
             log_line("self-test failed: this device does not compute the model; not serving")
+            remote.abandon()
             if receiver is not None:
                 receiver.stop()
             return EXIT_SELFTEST_FAILED
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        service, stops = build_service(a, clf, configure, receiver)
+        service, stops = build_service(a, clf, configure, receiver, remote)
         settle()
     except BaseException:
+        remote.abandon()
         if receiver is not None:
             receiver.stop()
         raise

@@ -87,6 +87,14 @@ class StoreHandler:
         self.journal, self.spool, self.outbox, self.submit, self.log = journal, spool, outbox, submit, log
         self.flow, self.queue_limit = flow, queue_limit
 
+    def look_ahead(self, event: evt.Event) -> int:
+        """The queue limit less one for each other sender connected now: a lone sender needs an
+        image of look-ahead so that the classifier never waits for the next one to travel, while
+        each other sender already keeps one image here (more would only add latency)."""
+        if self.queue_limit <= 0:
+            return self.queue_limit
+        return max(0, self.queue_limit - (len(event.assoc.ae.active_associations) - 1))
+
     def __call__(self, event: evt.Event) -> int:
         req = event.request
         uid = str(req.AffectedSOPInstanceUID or "")
@@ -118,7 +126,7 @@ class StoreHandler:
             if self.flow is None:
                 self.submit(entry)
             else:
-                self.flow.hold(self.flow.admit(lambda: self.submit(entry)), self.queue_limit)
+                self.flow.hold(self.flow.admit(lambda: self.submit(entry)), self.look_ahead(event))
         return SUCCESS
 
 

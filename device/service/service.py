@@ -1,7 +1,8 @@
 """The service's core: received instances in, one durable result each out, listeners told.
 
-One worker thread classifies (the interpreter is not shared between threads), through
-``gated.classify_path``: the intended-use gate, then the runner's own ``Classifier`` and
+One worker classifies (the interpreter is not shared between threads): a thread here, or,
+as ``serve`` runs it, a process of its own (``worker.py``) that this thread feeds; either way
+through ``classify_entry``: ``gated.classify_path``: the intended-use gate, then the runner's own ``Classifier`` and
 decision, and ``runner_io.record`` for the JSON object, so the service can never answer
 differently from ``--image``. A DICOM source gets a TID 1500 SR (``sr.py``), anything else a
 JSON result; either is written atomically into the outbox, then journaled, then handed to the
@@ -46,16 +47,34 @@ def model_identity(clf: Classifier) -> dict[str, Any]:
             "edgecxr_version": c.versions.get("edgecxr", "unknown")}
 
 
+def classify_entry(clf: Classifier, entry: Entry, top_k: int) -> tuple[dict[str, Any], np.ndarray | None]:
+    """The runner's record for one spooled file; an unreadable image becomes a refusal record.
+    What the worker runs, in this process or in the classifier process."""
+    source = entry.origin.split(":", 1)[1] if entry.origin.startswith("inbox:") else entry.key
+    try:
+        pred, gate, gray = classify_path(clf, entry.spool, source)
+        rec = gated_record(pred, gate, top_k)
+    except ImageError as exc:
+        why = " ".join(str(exc).replace(entry.spool, source).split())
+        pred = refused_prediction(clf, source, Refusal("unreadable", f"image rejected: {why}"), {})
+        rec, gray = record(pred, top_k), None
+    rec.update(key=entry.key, origin=entry.origin, sha256=entry.sha256)
+    return rec, gray
+
+
 class Service:
     """Owns the queue between receivers (SCP, inbox, restart) and the worker."""
 
     def __init__(self, clf: Classifier, journal: Journal, outbox: str, top_k: int, log: Callable[[str], None],
-                 json_out: Callable[[dict[str, Any]], None] = emit) -> None:
+                 json_out: Callable[[dict[str, Any]], None] = emit, remote: Any = None) -> None:
+        """``remote``: a started-up ``worker.WorkerProcess`` to classify in (else this process's worker thread)."""
         self.clf, self.journal, self.outbox, self.top_k = clf, journal, outbox, top_k
         self.log, self.json_out = log, json_out
         self.model = model_identity(clf)
         self.renderer = Renderer(self.model)  # sr.build's SR from a compiled template: 0.7 ms, not 10-17 ms, of Python
         self.listeners: list[Listener] = []
+        self.wants_gray = False  # does any listener use the decoded image (the classifier process then sends it)?
+        self.remote = remote
         self.sender = None  # a PacsSender, set before start() when --pacs is given
         # (entry, done): done() is called once the entry is answered or given up on (flow control)
         self.queue: queue.Queue[tuple[Entry, Callable[[], None] | None] | None] = queue.Queue()
@@ -66,15 +85,20 @@ class Service:
         self.writer = threading.Thread(target=self._write_loop, name="writer", daemon=True)
         self.processed = 0
 
-    def add_listener(self, listener: Listener) -> None:
-        """Called with ``(record, gray)`` after each result is durably written (signing, audit, drift, web page)."""
+    def add_listener(self, listener: Listener, wants_gray: bool = True) -> None:
+        """Called with ``(record, gray)`` after each result is durably written (signing, audit, drift, web page).
+        ``wants_gray=False``: the listener ignores the image (then gray may be None), so a classifier
+        process need not send it back."""
         self.listeners.append(listener)
+        self.wants_gray |= wants_gray
 
     def enqueue(self, entry: Entry, done: Callable[[], None] | None = None) -> None:
         """Queue a journaled entry; ``done()`` once its result is written (or it failed)."""
         self.queue.put((entry, done))
 
     def start(self) -> None:
+        if self.remote is not None:
+            self.remote.start(self._classified, self._not_answered, lambda: self.written_queue.put(None))
         self.thread.start()
         self.writer.start()
 
@@ -99,19 +123,35 @@ class Service:
         return len(todo), len(unsent)
 
     def _run(self) -> None:
-        """Worker: classify, then hand over to the writer (in order)."""
+        """Worker: classify, then hand over to the writer (in order). With a classifier process,
+        only forward: its results reach the writer through ``remote``'s reader thread."""
         while True:
             item = self.queue.get()
             if item is None:
-                self.written_queue.put(None)
+                if self.remote is not None:
+                    self.remote.stop()  # it finishes what it was sent, then its reader ends the writer
+                else:
+                    self.written_queue.put(None)
                 return
             entry, done = item
+            if self.remote is not None:
+                self.remote.submit(entry, done, self.wants_gray)
+                continue
             try:
-                self.written_queue.put((done, entry, *self.classify(entry)))
+                rec, gray = self.classify(entry)
             except Exception as exc:  # one bad instance must not stop the service; it stays "received"
-                self.log(f"{entry.key}: not answered ({type(exc).__name__}: {exc}); it is retried at the next start")
-                if done is not None:
-                    done()
+                self._not_answered(entry, done, f"{type(exc).__name__}: {exc}")
+            else:
+                self._classified(entry, done, rec, gray)
+
+    def _classified(self, entry: Entry, done: Callable[[], None] | None, rec: dict[str, Any], gray: np.ndarray | None) -> None:
+        """To the writer, in order; ``done()`` (flow control) once the SR is durable."""
+        self.written_queue.put((done, entry, rec, gray))
+
+    def _not_answered(self, entry: Entry, done: Callable[[], None] | None, why: str) -> None:
+        self.log(f"{entry.key}: not answered ({why}); it is retried at the next start")
+        if done is not None:
+            done()
 
     def _write_loop(self) -> None:
         """Writer: results in groups of whatever is ready (one image when the service keeps up)."""
@@ -152,17 +192,7 @@ class Service:
                     done()
 
     def classify(self, entry: Entry) -> tuple[dict[str, Any], np.ndarray | None]:
-        """The runner's record for one spooled file; an unreadable image becomes a refusal record."""
-        source = entry.origin.split(":", 1)[1] if entry.origin.startswith("inbox:") else entry.key
-        try:
-            pred, gate, gray = classify_path(self.clf, entry.spool, source)
-            rec = gated_record(pred, gate, self.top_k)
-        except ImageError as exc:
-            why = " ".join(str(exc).replace(entry.spool, source).split())
-            pred = refused_prediction(self.clf, source, Refusal("unreadable", f"image rejected: {why}"), {})
-            rec, gray = record(pred, self.top_k), None
-        rec.update(key=entry.key, origin=entry.origin, sha256=entry.sha256)
-        return rec, gray
+        return classify_entry(self.clf, entry, self.top_k)
 
     def process(self, entry: Entry) -> None:
         """One entry start to end, in the caller's thread."""
@@ -208,7 +238,7 @@ class Service:
         """True once the queue is empty (tests and the benchmark; polling, no timed asserts)."""
         end = time.time() + timeout
         while time.time() < end:
-            if self.queue.empty():
+            if self.queue.empty() and not (self.remote is not None and self.remote.busy()):
                 return True
             time.sleep(0.05)
         return False

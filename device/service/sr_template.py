@@ -82,8 +82,8 @@ def _fast(tag: int, vr: str, value: Any) -> bytes | None:
     or None where pydicom must do it (a person name, a non-ASCII value, several values)."""
     if vr == "FD" and isinstance(value, float):
         data = struct.pack("<d", value)
-    elif type(value) is str and vr != "PN" and value.isascii() and len(value) < 65534:
-        data = value.encode("ascii")
+    elif isinstance(value, str) and vr != "PN" and value.isascii() and len(value) < 65534:  # str or pydicom's UID
+        data = str.encode(value, "ascii")
         if len(data) % 2:
             data += b"\x00" if vr == "UI" else b" "
     else:
@@ -161,7 +161,7 @@ class Renderer:
 
     def render(self, source: Dataset, rec: dict[str, Any], now: datetime.datetime | None = None) -> bytes:
         """Raises what ``sr.build`` raises for a source an SR cannot be made for (no study UID, not an image)."""
-        hd.sr.SourceImageForMeasurementGroup.from_source_image(source)  # highdicom's own check of the source
+        check_source(source)
         key = shape(source, rec)
         if key not in self.templates:
             self.templates[key] = self._compile(source, rec)
@@ -169,6 +169,26 @@ class Renderer:
         values["institution"] = values.get("institution", "")
         body = b"".join(p if isinstance(p, bytes) else _slot(p[1], p[2], values[p[0]]) for p in self.templates[key])
         return file_preamble(values["sop"]) + body
+
+
+_SOURCE_CHECKS: dict[tuple, Exception | None] = {}
+
+
+def check_source(source: Dataset) -> None:
+    """highdicom's own check that a dataset can be an SR's source image, run once per distinct
+    answer: it reads only which pixel description attributes are present and the Modality, and
+    the content item it builds on the way cost 0.45 ms per image."""
+    key = (tuple(kw in source for kw in ("Rows", "Columns", "SamplesPerPixel", "PixelRepresentation")),
+           str(source.get("Modality", "")), "Modality" in source)
+    if key not in _SOURCE_CHECKS:
+        try:
+            hd.sr.SourceImageForMeasurementGroup.from_source_image(source)
+            _SOURCE_CHECKS[key] = None
+        except (ValueError, AttributeError, KeyError, TypeError) as exc:
+            _SOURCE_CHECKS[key] = exc
+    failed = _SOURCE_CHECKS[key]
+    if failed is not None:
+        raise type(failed)(*failed.args)  # a fresh one: a raised instance would collect every traceback
 
 
 def file_preamble(sop_uid: str) -> bytes:

@@ -3,12 +3,13 @@
 
     .venv/bin/python scripts/reproduce/serve_profile.py --model /tmp/m/mobilenet_v2_int8.tflite [--n 300] [--associations 1]
 
-The service is built exactly as ``edgecxr_runner.py serve`` builds it (the receiver process forked
-first, then ``service.cli.build_service`` with the trust session's listener). This process's stages
+The service is built exactly as ``edgecxr_runner.py serve`` builds it (the receiver and classifier
+processes forked first, then ``service.cli.build_service`` with the trust session's listener;
+``--in-process-classifier`` classifies in a thread here instead, so its stages are timed too). This process's stages
 are wrapped with timers that record wall and thread CPU time (``time.thread_time``) per call: for
 a section that holds the GIL, wall minus CPU is time spent runnable but not running (GIL or a busy
 core), for one that blocks in the kernel (fsync) it is the wait. Each thread's total CPU comes from
-``/proc/self/task/TID/stat`` (the receiver process: its total only), and a sampler (every 5 ms,
+``/proc/self/task/TID/stat`` (the receiver and classifier processes: their totals only), and a sampler (every 5 ms,
 ``sys._current_frames``) counts which function each thread was in. Prints one table per view. A profiling
 aid, not a benchmark (the timers and the sampler cost time themselves).
 """
@@ -104,6 +105,8 @@ def latency_table(journal_path: Path) -> str:
     for label, (a, b) in segs.items():
         ms = np.array([(st[b] - (received[k] if a == "received" else st[a])) * 1e3 for k, st in STAMPS.items()
                        if k in received and b in st and (a == "received" or a in st)])
+        if not ms.size:  # a stage of the classifier process: not stamped here
+            continue
         lines.append(f"| {label} | " + " | ".join(f"{np.percentile(ms, q):.1f}" for q in (50, 90, 99, 100)) + " |")
     return "\n".join(lines)
 
@@ -162,22 +165,28 @@ def where(frame) -> str:
     return f"{stage} <- {leaf}"
 
 
-def build(model: str, work: Path, port: int, extra: list[str]):
+def build(model: str, work: Path, port: int, extra: list[str], in_process: bool):
+    from device.digest import file_sha256
     from device.service import cli
     from device.trust import open_session
 
     a = cli.build_parser().parse_args(["--model", model, "--outbox", str(work / "outbox"), "--state", str(work / "state"),
                                        "--bind", "127.0.0.1", "--port", str(port), "--log", str(work / "results.jsonl"), *extra])
-    receiver = cli.fork_receiver(a)  # as serve does: the SCP in its own process, forked first
+    if in_process:
+        receiver, remote = cli.fork_receiver(a), None  # the SCP in its own process, the classifier here
+    else:
+        receiver, remote = cli.fork_children(a)  # as serve does
     clf, ok = cli.open_classifier(a)
+    if remote is not None:
+        remote.wait_ready(file_sha256(clf.backend.path))
     session = open_session(a)
 
     def configure(service) -> None:
         session.attach(service.clf)
-        service.add_listener(session.listener)
-    service, stops = cli.build_service(a, clf, configure, receiver)
+        service.add_listener(session.listener, wants_gray=False)
+    service, stops = cli.build_service(a, clf, configure, receiver, remote)
     cli.settle()
-    return service, stops, receiver
+    return service, stops, receiver, remote
 
 
 def report(n: int, wall: float, cpu: dict[str, float], sampler: Sampler) -> None:
@@ -208,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--switch-interval", type=float, help="sys.setswitchinterval (s) for this run (default: Python's 0.005)")
     p.add_argument("--serve-args", default="", help="extra serve flags, e.g. '--queue-limit -1'")
     p.add_argument("--paced", type=float, help="send the images one association each at this rate (/s) instead of a burst")
+    p.add_argument("--in-process-classifier", action="store_true",
+                   help="classify in a thread of this process (its stages are then timed) instead of serve's classifier process")
     a = p.parse_args(argv)
     if a.switch_interval:
         sys.setswitchinterval(a.switch_interval)
@@ -215,8 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="serve_profile_") as tmp:
         work, port = Path(tmp), free_port()
         groups = make_dicoms(source_grays(a.images, a.n), work / "dicom", a.associations)
-        service, stops, receiver = build(a.model, work, port, a.serve_args.split())
-        cpu0, proc0, rcv0, sampler = thread_cpu(), os.times(), process_cpu(receiver.proc.pid), Sampler()
+        service, stops, receiver, remote = build(a.model, work, port, a.serve_args.split(), a.in_process_classifier)
+        children = {"receiver process": receiver.proc.pid, **({"classifier process": remote.proc.pid} if remote else {})}
+        cpu0, proc0, sampler = thread_cpu(), os.times(), Sampler()
+        child0 = {k: process_cpu(pid) for k, pid in children.items()}
         sampler.start()
         t = time.perf_counter()
         if a.paced:
@@ -233,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         proc1 = os.times()
         cpu["whole process (all threads, ended ones too)"] = proc1.user + proc1.system - proc0.user - proc0.system
         cpu["storescu (children)"] = proc1.children_user + proc1.children_system - proc0.children_user - proc0.children_system
-        cpu["receiver process"] = process_cpu(receiver.proc.pid) - rcv0
+        cpu.update({k: process_cpu(pid) - child0[k] for k, pid in children.items()})
         for fn in stops:
             fn()
         report(a.n, wall, cpu, sampler)
