@@ -98,7 +98,8 @@ class Service:
 
     def start(self) -> None:
         if self.remote is not None:
-            self.remote.start(self._classified, self._not_answered, lambda: self.written_queue.put(None))
+            self.remote.start(self._classified, self._not_answered, lambda: self.written_queue.put(None),
+                              getattr(self.clf, "signature", "unsigned"))
         self.thread.start()
         self.writer.start()
 

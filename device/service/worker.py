@@ -71,6 +71,9 @@ def _child(conn: Any, params: dict[str, Any], inherited: list[Any]) -> None:
             if msg[0] == "stop":
                 conn.send(("stopped",))
                 os._exit(0)
+            if msg[0] == "signature":  # what the trust session verified in the service (trust.py attach)
+                clf.signature = msg[1]
+                continue
             _tag, fields, want_gray = msg
             entry = Entry(*fields)
             try:
@@ -111,7 +114,10 @@ class WorkerProcess:
         return bool(msg[2])
 
     def start(self, on_result: Result, on_failed: Callable[[Entry, Callable[[], None] | None, str], None],
-              on_stopped: Callable[[], None]) -> None:
+              on_stopped: Callable[[], None], signature: str = "unsigned") -> None:
+        """Results from now on; ``signature``: the service's classifier's tag (``--trust``), which
+        every record carries as ``--image``'s does."""
+        self.conn.send(("signature", signature))
         self._reader = threading.Thread(target=self._read, args=(on_result, on_failed, on_stopped),
                                         name="classifier-link", daemon=True)
         self._reader.start()
