@@ -99,6 +99,10 @@ def _load_sources(ckpt: str, opts: ConvertOptions, progress: bool, echo: Echo) -
     torch_model, contract = _load_checkpoint(ckpt, opts.split_csv, opts.threads)
     echo(f"convert {ckpt}: {contract.arch}, {contract.num_classes} classes {list(contract.classes)}, {contract.input_size} px")
     calib, vset = _load_inputs(contract, opts, progress, echo)
+    if calib is not None:
+        from edgecxr.convert.score_anchors import with_score_anchors
+
+        calib = with_score_anchors(calib, torch_model, echo)
     control = None
     if opts.accuracy_control is not None:  # ``accuracy_control.ControlSettings``: held-out images judged before any file is written
         from edgecxr.convert.accuracy_control import prepare

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from helpers import run_bare_runner
 from scipy.stats import betabinom
@@ -268,6 +269,62 @@ def test_convert_refits_each_int8_files_decision_on_its_own_validation_outputs(c
     assert "decision_refit" not in next(s for s in report["artifacts"] if s["precision"] == "fp32")["details"]
     proc = run_bare_runner(tmp_path, "--model", str(out / step["file"]), "--selftest")
     assert proc.returncode == 0 and "self-test PASS" in proc.stdout, proc.stdout + proc.stderr
+
+
+class _CoarseModel(torch.nn.Module):
+    """A classifier whose pooled features are the image at 4 x 4: drawn patterns land far from CXRs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten())
+        self.head = torch.nn.Linear(48, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def test_int8_calibration_with_drawn_anchors_keeps_the_score_beyond_the_calibration_images(calibrated_onnx, tmp_path):
+    """Calibrated on CXRs alone, the INT8 score path ends where the CXRs' scores end and a far
+    image saturates there (at the not-a-CXR cut); with convert's drawn anchors it keeps its FP32
+    distance. Both files quantized from the same FP32 ONNX on the same images; the model's OOD
+    head is fitted on those images' features as calibrate fits it."""
+    from edgecxr.convert.calibration import load_calibration
+    from edgecxr.convert.formats.onnx.quantize import quantize_int8
+    from edgecxr.convert.score_anchors import carried_score, drawn_patterns, with_score_anchors
+    from edgecxr.decide.ood_head import attach, fit_numbers, raw_scores
+    from edgecxr.device.preprocess import normalize, prepare_gray
+    from edgecxr.models.factory import load_model
+    from edgecxr.models.runtime import open_model
+
+    probe, contract = load_model(str(calibrated_onnx.parent / "probe.pt"))
+    calib = load_calibration(contract, progress=False)
+    lines: list[str] = []
+    assert with_score_anchors(calib, probe, lines.append) is calib  # its head puts no pattern beyond the CXRs
+    assert "0 drawn" in lines[0]
+
+    torch.manual_seed(0)
+    model = _CoarseModel().eval()
+    feats = model.backbone(torch.from_numpy(calib.x)).detach().double().numpy()
+    numbers = fit_numbers(feats, calib.y, 3, dims=8, transform="none")
+    numbers.update(scale=float(np.percentile(raw_scores(feats, numbers), 95)), cap=4.0)
+    attach(model, numbers)
+    anchored = with_score_anchors(calib, model, lines.append)
+    assert "range anchors" in lines[1] and len(anchored.nchw()) > len(calib.nchw()) == len(anchored.x), lines
+    far = np.stack([normalize(prepare_gray(g, calib.spec), calib.spec) for g in drawn_patterns().values()])
+    fp32_far, fp32_cxr = carried_score(model, far).max(), carried_score(model, calib.x).max()
+    assert fp32_far > 1.5 * fp32_cxr
+    fp32 = tmp_path / "coarse.onnx"
+    torch.onnx.export(model, torch.from_numpy(calib.x[:1]), str(fp32), input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
+    scores = {}
+    for name, x in (("cxr_only", calib.nchw()), ("anchored", anchored.nchw())):
+        quantize_int8(str(fp32), str(tmp_path / f"{name}.onnx"), x)
+        import onnxruntime as ort
+
+        z = ort.InferenceSession(str(tmp_path / f"{name}.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": far})[0]
+        scores[name] = float((-z.mean(axis=1)).max())
+    assert scores["cxr_only"] < 1.25 * fp32_cxr, scores  # saturated near the calibration images' largest score
+    assert scores["anchored"] > 0.8 * fp32_far, scores
 
 
 def _bare_runner(tmp_path, *args: str) -> str:
