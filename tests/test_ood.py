@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
+import torch
 from helpers import run_bare_runner
 from scipy.stats import betabinom
 
@@ -294,7 +294,6 @@ def test_int8_calibration_with_drawn_anchors_keeps_the_score_beyond_the_calibrat
     from edgecxr.decide.ood_head import attach, fit_numbers, raw_scores
     from edgecxr.device.preprocess import normalize, prepare_gray
     from edgecxr.models.factory import load_model
-    from edgecxr.models.runtime import open_model
 
     probe, contract = load_model(str(calibrated_onnx.parent / "probe.pt"))
     calib = load_calibration(contract, progress=False)
