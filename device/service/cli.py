@@ -140,12 +140,15 @@ def fork_children(a: argparse.Namespace) -> tuple[Any, Any]:
     """(receiver or None, classifier process), forked first: no thread and no model in a fork;
     each process pinned to its CPUs (``placement.py``) before it starts a thread."""
     receiver = fork_receiver(a) if a.port is not None else None
-    placement = plan(a.threads, a.pin)
-    if placement is not None:
-        pin(0, placement[1])
-        if receiver is not None:
-            pin(receiver.proc.pid, placement[1])
-    log_line(describe(placement))
+    placement, why = plan(a.threads, a.pin), ""
+    try:
+        if placement is not None:
+            pin(0, placement[1])
+            if receiver is not None:
+                pin(receiver.proc.pid, placement[1])
+    except OSError as exc:  # a container may forbid it: serve unpinned, and say so
+        placement, why = None, f" (sched_setaffinity refused: {exc})"
+    log_line(describe(placement) + why)
     return receiver, fork_classifier(a, receiver, placement[0] if placement else None)
 
 

@@ -55,7 +55,10 @@ def _child(conn: Any, params: dict[str, Any], inherited: list[Any]) -> None:
     if params.get("cpus"):  # before the model opens: the runtime's threads inherit the set
         from .placement import pin
 
-        pin(0, params["cpus"])
+        try:
+            pin(0, params["cpus"])
+        except OSError:  # the service pinned itself first, so this is not expected; unpinned is still correct
+            pass
     for other in inherited:  # the receiver's pipe: only the service may hold its other end
         other.close()
     try:
