@@ -276,3 +276,22 @@ def test_serve_pins_its_classifier_process_to_a_cpu_of_its_own(model, tmp_path):
         assert last not in _allowed_cpus(svc.proc.pid).replace("-", ",").split(",")
     finally:
         svc.stop()
+
+
+def test_a_dead_classifier_process_ends_the_service_with_a_reason_and_a_restart_answers_the_rest(model, tmp_path):
+    """The classifier process killed (a runtime crash on some image looks the same): the service
+    must not go on receiving without answering; it exits 4 with one log line (systemd restarts it)
+    and the next start in the same state folder serves again."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    svc = ServeProcess(tmp_path / "svc", model, None, "--inbox", str(inbox), "--poll", "0.1")
+    svc.wait_ready()
+    (child,) = _children(svc.proc.pid)  # --inbox only: the classifier is the one child
+    os.kill(child, 9)
+    assert svc.proc.wait(timeout=60) == 4
+    assert "the classifier process ended (exit code -9): stopping" in svc.log()
+    write(make_dataset(synthetic_gray(1, 48), patient_id="D1"), inbox / "late.dcm")
+    again = ServeProcess(tmp_path / "svc", model, None, "--inbox", str(inbox), "--poll", "0.1")
+    again.wait_ready()
+    wait_for(lambda: again.journal_counts().get("done", 0) == 1, 120, "the image answered after the restart")
+    assert again.stop() == 0

@@ -24,6 +24,7 @@ from .process_setup import log_line, settle  # log_line: also what trust_command
 
 EXIT_USAGE = 2
 EXIT_SELFTEST_FAILED = 3
+EXIT_FATAL = 4  # the classifier process died: exit so that systemd (Restart=always) starts a fresh service
 
 
 class ServeError(ValueError):
@@ -235,6 +236,9 @@ def run(a: argparse.Namespace, configure: Callable[[Any], None] | None = None) -
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
         service, stops = build_service(a, clf, configure, receiver, remote)
+        service.on_fatal = stop.set
+        if service.fatal:  # it died before the hook was in place
+            stop.set()
         settle()
     except BaseException:
         remote.abandon()
@@ -248,7 +252,7 @@ def run(a: argparse.Namespace, configure: Callable[[Any], None] | None = None) -
         fn()
     if receiver is not None:
         log_line(receiver.summary)
-    return 0
+    return EXIT_FATAL if service.fatal else 0
 
 
 def main(argv: Sequence[str] | None = None, configure: Callable[[Any], None] | None = None) -> int:

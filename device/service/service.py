@@ -75,6 +75,8 @@ class Service:
         self.listeners: list[Listener] = []
         self.wants_gray = False  # does any listener use the decoded image (the classifier process then sends it)?
         self.remote = remote
+        self.fatal: str | None = None  # why the service cannot go on (the classifier process died)
+        self.on_fatal: Callable[[], None] = lambda: None  # serve sets it to its stop
         self.sender = None  # a PacsSender, set before start() when --pacs is given
         # (entry, done): done() is called once the entry is answered or given up on (flow control)
         self.queue: queue.Queue[tuple[Entry, Callable[[], None] | None] | None] = queue.Queue()
@@ -98,8 +100,7 @@ class Service:
 
     def start(self) -> None:
         if self.remote is not None:
-            self.remote.start(self._classified, self._not_answered, lambda: self.written_queue.put(None),
-                              getattr(self.clf, "signature", "unsigned"))
+            self.remote.start(self._classified, self._not_answered, self._remote_ended, getattr(self.clf, "signature", "unsigned"))
         self.thread.start()
         self.writer.start()
 
@@ -148,6 +149,15 @@ class Service:
     def _classified(self, entry: Entry, done: Callable[[], None] | None, rec: dict[str, Any], gray: np.ndarray | None) -> None:
         """To the writer, in order; ``done()`` (flow control) once the SR is durable."""
         self.written_queue.put((done, entry, rec, gray))
+
+    def _remote_ended(self) -> None:
+        """The classifier process is gone: asked to (stop), or not (then ``on_fatal``: serve exits
+        non-zero, systemd restarts it and the journal answers what was in flight)."""
+        self.written_queue.put(None)
+        if self.remote.died:
+            self.log(f"{self.remote.died}: stopping; what was received is journaled and answered at the next start")
+            self.fatal = self.remote.died
+            self.on_fatal()
 
     def _not_answered(self, entry: Entry, done: Callable[[], None] | None, why: str) -> None:
         self.log(f"{entry.key}: not answered ({why}); it is retried at the next start")

@@ -103,6 +103,8 @@ class WorkerProcess:
         self.pending: collections.deque[tuple[Entry, Callable[[], None] | None]] = collections.deque()
         self._lock = threading.Lock()
         self._reader: threading.Thread | None = None
+        self._stopping = False
+        self.died: str | None = None  # why the child ended without being asked to (then on_stopped is called too)
 
     def wait_ready(self, model_sha256: str) -> bool:
         """The child's self-test result; raises OSError when it could not open the same model."""
@@ -136,6 +138,9 @@ class WorkerProcess:
             try:
                 msg = self.conn.recv()
             except (EOFError, OSError):
+                if not self._stopping:  # a crash in the runtime (a signal) or a kill: the service must not go on deaf
+                    self.proc.join(timeout=5)
+                    self.died = f"the classifier process ended (exit code {self.proc.exitcode})"
                 on_stopped()
                 return
             if msg[0] == "stopped":
@@ -153,6 +158,7 @@ class WorkerProcess:
 
     def stop(self) -> None:
         """After the last entry: the child finishes what it was sent, then exits."""
+        self._stopping = True
         try:
             self.conn.send(("stop",))  # from the thread that submits: the one sender on this end
         except (OSError, ValueError):
@@ -166,6 +172,7 @@ class WorkerProcess:
 
     def abandon(self) -> None:
         """A start-up that failed: the closed pipe ends the child."""
+        self._stopping = True
         self.conn.close()
         self.proc.join(timeout=10)
         if self.proc.is_alive():
