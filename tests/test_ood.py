@@ -289,6 +289,7 @@ def test_int8_calibration_with_drawn_anchors_keeps_the_score_beyond_the_calibrat
     distance. Both files quantized from the same FP32 ONNX on the same images; the model's OOD
     head is fitted on those images' features as calibrate fits it."""
     from edgecxr.convert.calibration import load_calibration
+    from edgecxr.convert.formats.onnx.export import export_fp32, onnx_contract
     from edgecxr.convert.formats.onnx.quantize import quantize_int8
     from edgecxr.convert.score_anchors import carried_score, drawn_patterns, with_score_anchors
     from edgecxr.decide.ood_head import attach, fit_numbers, raw_scores
@@ -313,8 +314,7 @@ def test_int8_calibration_with_drawn_anchors_keeps_the_score_beyond_the_calibrat
     fp32_far, fp32_cxr = carried_score(model, far).max(), carried_score(model, calib.x).max()
     assert fp32_far > 1.5 * fp32_cxr
     fp32 = tmp_path / "coarse.onnx"
-    torch.onnx.export(model, torch.from_numpy(calib.x[:1]), str(fp32), input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
+    export_fp32(model, onnx_contract(contract, "fp32"), str(fp32))  # as convert exports
     scores = {}
     for name, x in (("cxr_only", calib.nchw()), ("anchored", anchored.nchw())):
         quantize_int8(str(fp32), str(tmp_path / f"{name}.onnx"), x)
