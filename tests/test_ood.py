@@ -234,8 +234,9 @@ def calibrated_onnx(probe_models, tmp_path_factory):
 
 def test_convert_refits_each_int8_files_decision_on_its_own_validation_outputs(calibrated_onnx, tmp_path):
     """INT8 rounding shifts the score and the probabilities; the file keeps the checkpoint's
-    head and scale but places both cuts by the same rules (unfamiliar at the same TPR, not a
-    chest X-ray at the same margin over its largest validation score), and takes T and qhat,
+    head and scale but places both cuts by the same rules (unfamiliar at the same TPR; not a
+    chest X-ray at the same margin over its largest validation score, or the checkpoint's cut
+    rescaled by the ratio of the two unfamiliar cuts, whichever is higher), and takes T and qhat,
     from what it itself computes; its self-test still passes."""
     from helpers import run_cli
 
@@ -254,13 +255,15 @@ def test_convert_refits_each_int8_files_decision_on_its_own_validation_outputs(c
     step = next(s for s in report["artifacts"] if s["precision"] == "int8")
     int8 = open_model(str(out / step["file"]))
     ood = int8.contract.decision["ood"]
-    fp32_ood = open_model(str(ckpt)).contract.decision["ood"]
+    fp32_ood, fp32_unfamiliar = (open_model(str(ckpt)).contract.decision[k] for k in ("ood", "unfamiliar"))
     index = resolve_samples(int8.contract, None, "val", progress=False)
     val = load_images(index, index.of_split("val"), int8.contract.preprocess, progress=False)
     z = int8.predict(val.x)
     unfamiliar, scores = int8.contract.decision["unfamiliar"], scores_of(z, ood)
     assert unfamiliar["threshold"] == pytest.approx(threshold_at_tpr(scores, unfamiliar["tpr"]), abs=1e-6)
-    assert ood["threshold"] == pytest.approx(not_cxr_cut(scores, ood["margin"], ood["cap"]), abs=1e-6)
+    carried = fp32_ood["threshold"] * unfamiliar["threshold"] / fp32_unfamiliar["threshold"]  # the checkpoint's cut, rescaled
+    carried = min(carried, (scores.max() + ood["cap"]) / 2)
+    assert ood["threshold"] == pytest.approx(max(not_cxr_cut(scores, ood["margin"], ood["cap"]), carried), abs=1e-6)
     assert ood["threshold"] >= unfamiliar["threshold"] and ood["val_refused"] == 0.0  # equal on a 9-image split
     assert int8.contract.decision["temperature"] == pytest.approx(fit_temperature(z, val.y)["temperature"], rel=1e-6)
     refit = step["details"]["decision_refit"]
@@ -434,6 +437,16 @@ def test_reason_shares_count_every_kind_once():
 
     s = reason_shares(["answer", "answer", "uncertain", "not_cxr"])
     assert set(s) == set(REASON_KINDS) and s["answer"] == 0.5 and s["unfamiliar"] == 0.0 and sum(s.values()) == pytest.approx(1.0)
+
+
+def test_a_rounded_files_cut_carries_the_checkpoints_over_by_its_score_scale_never_below_its_own():
+    from edgecxr.decide.ood_cuts import carried_over_cut
+
+    own = {"threshold": 1.48, "val_max": 1.48, "cap": 4.0, "rule": "1 x the largest of 300 validation scores", "val_refused": 0.0}
+    moved = carried_over_cut(own, 1.61, 1.05)  # the INT8 file's scores run 5% above the checkpoint's
+    assert moved["threshold"] == pytest.approx(1.6905) and "whichever is higher" in moved["rule"] and moved["val_refused"] == 0.0
+    assert carried_over_cut(own, 1.30, 1.05) is own  # its own cut already higher: kept
+    assert carried_over_cut(own, 3.9, 1.5)["threshold"] == pytest.approx((1.48 + 4.0) / 2)  # never at or past the clip
 
 
 def test_the_not_a_cxr_cut_keeps_every_validation_cxr_and_stays_below_the_head_clip():

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecxr.decide.ood_cuts import DEFAULT_TPR, NOT_CXR_MARGIN, describe_cuts, fit_cuts, threshold_at_tpr
+from edgecxr.decide.ood_cuts import DEFAULT_TPR, NOT_CXR_MARGIN, carried_over_cut, describe_cuts, fit_cuts, threshold_at_tpr
 from edgecxr.device.ood import OOD_METHODS, QUALITY_DEFAULTS, ood_scores, quality_problem
 from edgecxr.errors import EdgecxrError
 
@@ -324,6 +324,9 @@ def _refit_cuts(block: dict[str, Any], z_val: np.ndarray, contract: Any, out: di
     if unfamiliar and "margin" in own:
         spec = {**own, "tpr": float(unfamiliar.get("tpr", DEFAULT_TPR))}
         new = two_cuts(spec, z_val, float(own["margin"]))
+        ref = float(unfamiliar["threshold"])
+        scale = float(new["unfamiliar"]["threshold"]) / ref if ref > 0 else 1.0
+        new["ood"] = carried_over_cut(new["ood"], float(own["threshold"]), scale)
         new = {key: {**v, **fitted} for key, v in new.items()}
         out.update({"ood_threshold_from_checkpoint": float(own["threshold"]), "ood_threshold": new["ood"]["threshold"],
                     "unfamiliar_threshold_from_checkpoint": float(unfamiliar["threshold"]),
