@@ -297,3 +297,30 @@ def test_a_dead_classifier_process_ends_the_service_with_a_reason_and_a_restart_
     again.wait_ready()
     wait_for(lambda: again.journal_counts().get("done", 0) == 1, 120, "the image answered after the restart")
     assert again.stop() == 0
+
+
+def test_an_entry_sent_to_a_classifier_process_already_gone_is_logged_not_a_traceback(model, tmp_path):
+    """Between the classifier process's death and the service's stop, entries still arrive: each
+    gets one log line and its done() (flow control), and stays "received" for the next start."""
+    from edgecxr.device.backends import open_backend
+    from edgecxr.device.classify import Classifier
+    from edgecxr.device.digest import file_sha256
+    from edgecxr.device.service.journal import Journal
+    from edgecxr.device.service.service import Service
+    from edgecxr.device.service.worker import WorkerProcess
+
+    worker = WorkerProcess({"model": model, "threads": None, "check_cpu": True, "runtime": None, "top_k": 3})
+    assert worker.wait_ready(file_sha256(model))
+    journal, logs, done = Journal(str(tmp_path / "j.sqlite")), [], threading.Event()
+    svc = Service(Classifier(open_backend(model, None, require_contract=True)), journal, str(tmp_path), 3,
+                  log=logs.append, json_out=lambda r: None, remote=worker)
+    svc.start()
+    os.kill(worker.proc.pid, 9)
+    wait_for(lambda: svc.fatal is not None, 60, "the service to see the classifier process gone")
+    src = write(make_dataset(synthetic_gray(2, 48)), tmp_path / "late.dcm")
+    journal.receive("1.2.3.4", "sha", str(src), "scp:TEST")
+    svc.enqueue(journal.entry("1.2.3.4"), done.set)
+    assert done.wait(30)
+    svc.stop()
+    assert any("1.2.3.4: not answered (the classifier process is gone)" in line for line in logs), logs
+    assert journal.entry("1.2.3.4").state == "received"

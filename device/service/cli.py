@@ -154,7 +154,7 @@ def fork_children(a: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def build_service(a: argparse.Namespace, clf: Any, configure: Callable[[Any], None] | None = None,
-                  receiver: Any = None, remote: Any = None) -> tuple[Any, list[Callable[[], None]]]:
+                  receiver: Any = None, remote: Any = None, identity: dict[str, Any] | None = None) -> tuple[Any, list[Callable[[], None]]]:
     """Journal, worker, PACS sender, inbox and SCP wired together; returns the service and the
     stop functions in the order to call them. With ``receiver`` (``fork_receiver``) the SCP runs
     in that process, else in this one; with ``remote`` (``fork_classifier``, ready) images are
@@ -170,7 +170,7 @@ def build_service(a: argparse.Namespace, clf: Any, configure: Callable[[Any], No
     for d in (a.outbox, state, spool):
         os.makedirs(d, exist_ok=True)
     journal = Journal(journal_path)
-    service = Service(clf, journal, a.outbox, a.top_k, log_line, json_sink(a.log), remote=remote)
+    service = Service(clf, journal, a.outbox, a.top_k, log_line, json_sink(a.log), remote=remote, identity=identity)
     stops: list[Callable[[], None]] = []
     if a.pacs:
         from .pacs import PacsSender, parse_pacs
@@ -223,9 +223,10 @@ def run(a: argparse.Namespace, configure: Callable[[Any], None] | None = None) -
     receiver, remote = fork_children(a)
     try:
         clf, ok = open_classifier(a)
-        from ..digest import file_sha256
+        from .service import model_identity
 
-        ok = remote.wait_ready(file_sha256(clf.backend.path)) and ok
+        identity = model_identity(clf)  # hashes the model file once: the classifier process must have the same
+        ok = remote.wait_ready(identity["model_sha256"]) and ok
         if not ok:
             log_line("self-test failed: this device does not compute the model; not serving")
             remote.abandon()
@@ -235,7 +236,7 @@ def run(a: argparse.Namespace, configure: Callable[[Any], None] | None = None) -
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        service, stops = build_service(a, clf, configure, receiver, remote)
+        service, stops = build_service(a, clf, configure, receiver, remote, identity)
         service.on_fatal = stop.set
         if service.fatal:  # it died before the hook was in place
             stop.set()

@@ -15,31 +15,19 @@ and a restart answers it, as every other.
 """
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import multiprocessing
 import os
-import signal
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from .journal import Entry
-
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the closed pipe ends the child instead
-        pass
+from .process_setup import child_setup, fork_child, reap
 
 
 def _child(conn: Any, params: dict[str, Any]) -> None:
     """The receiver process: wait for "go", listen, forward entries, count answers, stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the service stops us
-    _die_with_parent()
+    child_setup()
     from .flow import FlowControl
     from .journal import Journal
     from .process_setup import log_line, settle
@@ -85,11 +73,7 @@ class Receiver:
 
     def __init__(self, params: dict[str, Any]) -> None:
         """Fork now: before the model is opened and before any thread of this process starts."""
-        ctx = multiprocessing.get_context("fork")
-        self.conn, child_end = ctx.Pipe()
-        self.proc = ctx.Process(target=_child, args=(child_end, params), name="edgecxr-receiver", daemon=True)
-        self.proc.start()
-        child_end.close()
+        self.conn, self.proc = fork_child(_child, (params,), "edgecxr-receiver")
         self.params = params
         self._send_lock = threading.Lock()
         self.summary = "flow control: receiver did not report"
@@ -133,14 +117,12 @@ class Receiver:
     def stop(self) -> None:
         if self._reader is None:  # never started (a failed start-up): the closed pipe ends the child
             self.conn.close()
-            self.proc.join(timeout=10)
+            reap(self.proc)
             return
         try:
             self._send(("stop",))
             self._stopped.wait(timeout=30)
         except (OSError, ValueError):
             pass
-        self.proc.join(timeout=10)
-        if self.proc.is_alive():
-            self.proc.kill()
+        reap(self.proc)
         self.conn.close()

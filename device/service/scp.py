@@ -25,18 +25,9 @@ CANNOT_UNDERSTAND = 0xC210
 SUCCESS = 0x0000
 
 
-def write_durable(path: str, data: bytes, sync_parent: bool = True) -> None:
-    """Temporary file, fsync, rename, fsync the folder (``sync_parent=False``: the caller fsyncs
-    the folder itself, once for several files, before it relies on any of them)."""
-    folder = os.path.dirname(path)
-    tmp = os.path.join(folder, f".tmp-{os.path.basename(path)}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    if sync_parent:
-        sync_folder(folder)
+def write_durable(path: str, data: bytes) -> None:
+    """Temporary file, fsync, rename, fsync the folder."""
+    write_durable_many([(path, data)])
 
 
 def write_durable_many(items: list[tuple[str, bytes]]) -> None:

@@ -66,16 +66,17 @@ class Service:
     """Owns the queue between receivers (SCP, inbox, restart) and the worker."""
 
     def __init__(self, clf: Classifier, journal: Journal, outbox: str, top_k: int, log: Callable[[str], None],
-                 json_out: Callable[[dict[str, Any]], None] = emit, remote: Any = None) -> None:
-        """``remote``: a started-up ``worker.WorkerProcess`` to classify in (else this process's worker thread)."""
+                 json_out: Callable[[dict[str, Any]], None] = emit, remote: Any = None,
+                 identity: dict[str, Any] | None = None) -> None:
+        """``remote``: a started-up ``worker.WorkerProcess`` to classify in (else this process's worker thread);
+        ``identity``: ``model_identity(clf)`` where the caller already has it (it hashes the model file)."""
         self.clf, self.journal, self.outbox, self.top_k = clf, journal, outbox, top_k
         self.log, self.json_out = log, json_out
-        self.model = model_identity(clf)
+        self.model = identity or model_identity(clf)
         self.renderer = Renderer(self.model)  # sr.build's SR from a compiled template: 0.7 ms, not 10-17 ms, of Python
         self.listeners: list[Listener] = []
         self.wants_gray = False  # does any listener use the decoded image (the classifier process then sends it)?
         self.remote = remote
-        self.fatal: str | None = None  # why the service cannot go on (the classifier process died)
         self.on_fatal: Callable[[], None] = lambda: None  # serve sets it to its stop
         self.sender = None  # a PacsSender, set before start() when --pacs is given
         # (entry, done): done() is called once the entry is answered or given up on (flow control)
@@ -86,6 +87,11 @@ class Service:
         self.thread = threading.Thread(target=self._run, name="worker", daemon=True)
         self.writer = threading.Thread(target=self._write_loop, name="writer", daemon=True)
         self.processed = 0
+
+    @property
+    def fatal(self) -> str | None:
+        """Why the service cannot go on (the classifier process died unasked), else None."""
+        return self.remote.died if self.remote is not None else None
 
     def add_listener(self, listener: Listener, wants_gray: bool = True) -> None:
         """Called with ``(record, gray)`` after each result is durably written (signing, audit, drift, web page).
@@ -137,7 +143,10 @@ class Service:
                 return
             entry, done = item
             if self.remote is not None:
-                self.remote.submit(entry, done, self.wants_gray)
+                try:
+                    self.remote.submit(entry, done, self.wants_gray)
+                except (OSError, ValueError):  # it died: its reader ends the service; the entry stays "received"
+                    self._not_answered(entry, done, "the classifier process is gone")
                 continue
             try:
                 rec, gray = self.classify(entry)
@@ -154,9 +163,8 @@ class Service:
         """The classifier process is gone: asked to (stop), or not (then ``on_fatal``: serve exits
         non-zero, systemd restarts it and the journal answers what was in flight)."""
         self.written_queue.put(None)
-        if self.remote.died:
-            self.log(f"{self.remote.died}: stopping; what was received is journaled and answered at the next start")
-            self.fatal = self.remote.died
+        if self.fatal:
+            self.log(f"{self.fatal}: stopping; what was received is journaled and answered at the next start")
             self.on_fatal()
 
     def _not_answered(self, entry: Entry, done: Callable[[], None] | None, why: str) -> None:

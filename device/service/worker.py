@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import multiprocessing
 import os
-import signal
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from .journal import Entry
+from .process_setup import child_setup, fork_child, reap
 
 Result = Callable[[Entry, Callable[[], None] | None, dict[str, Any], Any], None]
 
@@ -46,12 +45,10 @@ def _open(params: dict[str, Any]) -> tuple[Any, str, bool]:
 
 def _child(conn: Any, params: dict[str, Any], inherited: list[Any]) -> None:
     """The classifier process: open, report, then classify what arrives until "stop"."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the service stops us
+    child_setup()
     from .process_setup import settle
-    from .receiver import _die_with_parent
     from .service import classify_entry
 
-    _die_with_parent()
     if params.get("cpus"):  # before the model opens: the runtime's threads inherit the set
         from .placement import pin
 
@@ -94,12 +91,7 @@ class WorkerProcess:
     def __init__(self, params: dict[str, Any], inherited: list[Any] = ()) -> None:
         """Fork now, before the model is opened and before any thread starts, and let the child
         open the model at once (in parallel with the service's own open and self-test)."""
-        ctx = multiprocessing.get_context("fork")
-        self.conn, child_end = ctx.Pipe()
-        self.proc = ctx.Process(target=_child, args=(child_end, params, list(inherited)), name="edgecxr-classifier",
-                                daemon=True)
-        self.proc.start()
-        child_end.close()
+        self.conn, self.proc = fork_child(_child, (params, list(inherited)), "edgecxr-classifier")
         self.pending: collections.deque[tuple[Entry, Callable[[], None] | None]] = collections.deque()
         self._lock = threading.Lock()
         self._reader: threading.Thread | None = None
@@ -165,15 +157,11 @@ class WorkerProcess:
             pass
         if self._reader is not None:
             self._reader.join(timeout=30)
-        self.proc.join(timeout=10)
-        if self.proc.is_alive():
-            self.proc.kill()
+        reap(self.proc)
         self.conn.close()
 
     def abandon(self) -> None:
         """A start-up that failed: the closed pipe ends the child."""
         self._stopping = True
         self.conn.close()
-        self.proc.join(timeout=10)
-        if self.proc.is_alive():
-            self.proc.kill()
+        reap(self.proc)

@@ -166,8 +166,8 @@ def where(frame) -> str:
 
 
 def build(model: str, work: Path, port: int, extra: list[str], in_process: bool):
-    from device.digest import file_sha256
     from device.service import cli
+    from device.service import service as service_mod
     from device.trust import open_session
 
     a = cli.build_parser().parse_args(["--model", model, "--outbox", str(work / "outbox"), "--state", str(work / "state"),
@@ -177,14 +177,15 @@ def build(model: str, work: Path, port: int, extra: list[str], in_process: bool)
     else:
         receiver, remote = cli.fork_children(a)  # as serve does
     clf, ok = cli.open_classifier(a)
+    identity = service_mod.model_identity(clf)
     if remote is not None:
-        remote.wait_ready(file_sha256(clf.backend.path))
+        remote.wait_ready(identity["model_sha256"])
     session = open_session(a)
 
     def configure(service) -> None:
         session.attach(service.clf)
         service.add_listener(session.listener, wants_gray=False)
-    service, stops = cli.build_service(a, clf, configure, receiver, remote)
+    service, stops = cli.build_service(a, clf, configure, receiver, remote, identity)
     cli.settle()
     return service, stops, receiver, remote
 
