@@ -46,7 +46,6 @@ class AnchoredCalibration(LabelledImages):
     """Calibration images plus the anchors, appended only to what ``nchw`` hands a quantizer."""
 
     anchors: np.ndarray = field(default_factory=lambda: np.zeros((0, 1, 1), np.uint8))  # prepared uint8, no class
-    anchor_names: list[str] = field(default_factory=list)
 
     @property
     def x(self) -> np.ndarray:
@@ -66,33 +65,34 @@ class AnchoredCalibration(LabelledImages):
         return super().describe() + (f" + {len(self.anchors)} drawn OOD-score range anchors" if len(self.anchors) else "")
 
 
-def carried_score(torch_model: Any, x: np.ndarray, batch: int = 32) -> np.ndarray:
-    """The head's score as the device reads it: minus the mean of the logits."""
-    import torch
+def carried_score(torch_model: Any, x: np.ndarray) -> np.ndarray:
+    """The head's score as the device reads it from the logits (``device/ood.py``)."""
+    from edgecxr.convert.reference import torch_logits
+    from edgecxr.device.ood import ood_scores
 
-    with torch.inference_mode():
-        z = np.concatenate([torch_model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch], dtype=np.float32))).numpy()
-                            for i in range(0, len(x), batch)])
-    return -z.mean(axis=1)
+    return ood_scores(torch_logits(torch_model, x), {"method": "feature_mahalanobis"})
 
 
 def with_score_anchors(calib: LabelledImages, torch_model: Any, echo: Callable[[str], None]) -> LabelledImages:
     """``calib`` with the drawn patterns whose FP32 score reaches the head's cap (or, failing
-    that, exceeds every calibration image's); unchanged for a model without the head."""
+    that, exceeds every calibration image's: only then are the calibration images scored, a
+    full FP32 pass); unchanged for a model without the head."""
     from edgecxr.decide.ood_head import OodHead
 
     head = getattr(torch_model, "head", None)
     if not isinstance(head, OodHead):
         return calib
-    names, grays = zip(*((k, prepare_gray(g, calib.spec)) for k, g in drawn_patterns().items()))
+    grays = [prepare_gray(g, calib.spec) for g in drawn_patterns().values()]
     scores = carried_score(torch_model, np.stack([normalize(g, calib.spec) for g in grays]))
-    top = float(carried_score(torch_model, calib.x).max())
     cap = head.cap
-    keep = [i for i, s in enumerate(scores) if s >= cap - 1e-3] or [i for i, s in enumerate(scores) if s > top]
+    keep, reach = [i for i, s in enumerate(scores) if s >= cap - 1e-3], f"at the head's clip, {cap:g}"
+    if not keep:
+        top = float(carried_score(torch_model, calib.nchw()).max())
+        keep = [i for i, s in enumerate(scores) if s > top]
+        reach = f"above the calibration images' largest, {top:.2f} (the head clips at {cap:g})"
     echo(f"calibration: {len(keep)} drawn OOD-score range anchors (FP32 score "
-         f"{', '.join(f'{scores[i]:.2f}' for i in keep) or 'none above the images'}; the calibration images reach {top:.2f}, "
-         f"the head clips at {cap:g})")
+         f"{', '.join(f'{scores[i]:.2f}' for i in keep) or 'none'}: {reach})")
     if not keep:
         return calib
     fields = {k: getattr(calib, k) for k in ("gray", "y", "files", "classes", "root", "spec", "origin", "skipped")}
-    return AnchoredCalibration(**fields, anchors=np.stack([grays[i] for i in keep]), anchor_names=[names[i] for i in keep])
+    return AnchoredCalibration(**fields, anchors=np.stack([grays[i] for i in keep]))
