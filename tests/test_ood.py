@@ -346,6 +346,8 @@ def test_a_photo_is_refused_by_the_bare_runner(calibrated_onnx, synthetic_data, 
 
     block = read_onnx_contract(str(calibrated_onnx)).decision
     assert block["ood"]["method"] == "feature_mahalanobis" and block["quality"]["checked_on"]["refused"] == {}
+    disc = block["ood"]["not_cxr"]  # calibrate fitted the discriminator the graph carries (the default: 600 drawn images)
+    assert disc["n_drawn"] == 600 and disc["n_degraded"] > 0 and disc["val_max_distance"] <= block["ood"]["threshold"] + 1e-9
     photo = tmp_path / "astronaut.png"
     Image.fromarray(skdata.astronaut()).save(photo)
     blank = tmp_path / "blank.png"

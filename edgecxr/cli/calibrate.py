@@ -11,7 +11,7 @@ import click
 
 from edgecxr.decide.calibrate import describe_block, fit_decision
 from edgecxr.decide.fit import DEFAULT_COVERAGE, DEFAULT_METHOD
-from edgecxr.decide.ood_cuts import NOT_CXR_MARGIN
+from edgecxr.decide.ood_cuts import NOT_CXR_EXAMPLES, NOT_CXR_MARGIN
 
 
 @click.command("calibrate")
@@ -43,12 +43,16 @@ from edgecxr.decide.ood_cuts import NOT_CXR_MARGIN
               help="'Not a chest X-ray' is refused above this many times the largest validation OOD score, so real "
                    "radiographs are (almost) never refused; between the validation 95th percentile and that cut an image is "
                    "referred as unfamiliar, never answered (docs/results/decision.md 'Two questions').")
+@click.option("--not-cxr-examples", default=NOT_CXR_EXAMPLES, show_default=True, type=click.IntRange(0),
+              help="feature_mahalanobis: drawn non-CXR images (photo-like scenes, noise, pages, patterns, scanner frames, "
+                   "shapes; no download) the head's not-a-CXR discriminator learns from; 0: the distance alone "
+                   "(docs/results/decision.md 'A score that has seen the other side').")
 @click.option("--dry-run", is_flag=True, help="Fit and print, write nothing.")
 @click.option("--threads", type=click.IntRange(1), help="Runtime threads.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def calibrate_command(model: str, coverage: float, method: str, data: str | None, split_csv: str | None,
                       stamps: tuple[str, ...], per_class: bool, disjoint: bool, ood_method: str, ood_features: str,
-                      intended_use: str | None, not_cxr_margin: float, dry_run: bool, threads: int | None, quiet: bool) -> None:
+                      intended_use: str | None, not_cxr_margin: float, not_cxr_examples: int, dry_run: bool, threads: int | None, quiet: bool) -> None:
     """Fit temperature scaling and a split-conformal threshold on MODEL's validation split
     and store them in its contract (MODEL: a run folder, checkpoint, .onnx or .tflite).
 
@@ -69,7 +73,8 @@ def calibrate_command(model: str, coverage: float, method: str, data: str | None
     from edgecxr.decide.ood_fit import describe_refusals, fit_refusals, store_head
 
     refusals, head = fit_refusals(path, backend, data, split_csv, progress=not quiet, echo=click.echo, method=ood_method,
-                                  transform=ood_features, margin=not_cxr_margin)
+                                  transform=ood_features, margin=not_cxr_margin,
+                                  not_cxr_examples=not_cxr_examples)
     block.update(refusals)
     click.echo(describe_refusals(refusals))
     block["intended_use"] = rules

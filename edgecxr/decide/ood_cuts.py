@@ -33,6 +33,7 @@ from edgecxr.errors import EdgecxrError
 
 DEFAULT_TPR = 0.95
 NOT_CXR_MARGIN = 1.0  # measured: docs/results/decision.md "Two questions" (2.0 let 94% of photos through to "unfamiliar")
+NOT_CXR_EXAMPLES = 600  # drawn non-CXR images the head's discriminator learns from (negatives.py; docs/results/decision.md)
 NUMBERS = ("means", "precision")  # a logit-space method's own numbers, carried by both blocks
 
 
@@ -91,7 +92,7 @@ def fit_cuts(spec: dict[str, Any], val_logits: np.ndarray, tpr: float = DEFAULT_
     """``{"ood": ..., "unfamiliar": ...}`` for the score ``spec`` names (its method and numbers),
     both thresholded on ``val_logits`` (the validation outputs of the file the device runs)."""
     scores = ood_scores(val_logits, {**spec, "threshold": 0.0})
-    base = {k: v for k, v in spec.items() if k in ("method", "cap", "scale", "dims", "features", *NUMBERS)}
+    base = {k: v for k, v in spec.items() if k in ("method", "cap", "scale", "dims", "features", "not_cxr", *NUMBERS)}
     refer_at = threshold_at_tpr(scores, tpr)
     refuse_at = not_cxr_cut(scores, margin, spec.get("cap"))
     n = int(len(scores))

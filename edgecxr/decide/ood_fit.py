@@ -124,12 +124,13 @@ def _refuse_logit_score_on_head(path: str, backend: Any, method: str) -> None:
 
 
 def _fit_feature_head(path: str, backend: Any, index: Any, fit_images: int | None, transform: str | None, progress: bool,
-                      echo: Any) -> tuple[dict[str, Any], int, list[str]]:
+                      echo: Any, not_cxr_examples: int = 0) -> tuple[dict[str, Any], int, list[str]]:
     """Fit the feature-space head of the checkpoint at ``path`` on its training images (all,
     or ``fit_images`` stratified) and attach it to ``backend``'s model, so the threshold is
     then set through the model the device will run. Returns the head's numbers, the
     images it was fitted on and their raw quality problems. A checkpoint that already
-    carries a head is refitted from its plain head."""
+    carries a head is refitted from its plain head. ``not_cxr_examples`` drawn non-CXR images
+    (0: none) teach the head's not-a-CXR discriminator (``ood_head.fit_not_cxr``)."""
     from edgecxr.data.folders import stratified_subset
     from edgecxr.decide import ood_head
     from edgecxr.models.factory import load_model
@@ -155,13 +156,57 @@ def _fit_feature_head(path: str, backend: Any, index: Any, fit_images: int | Non
         fit_problems += probs
     if transform is not None and transform not in ood_head.TRANSFORMS:
         raise EdgecxrError(f"--ood-features {transform!r}: choose one of {', '.join(ood_head.TRANSFORMS)}")
-    numbers = ood_head.fit_numbers(np.concatenate(feats), np.concatenate(ys), contract.num_classes,
+    train_features = np.concatenate(feats)
+    numbers = ood_head.fit_numbers(train_features, np.concatenate(ys), contract.num_classes,
                                    transform=transform or ood_head.DEFAULT_TRANSFORM)
-    backend.model = ood_head.attach(model, numbers)
     n_fit = sum(len(y) for y in ys)
     echo(f"OOD head: Mahalanobis on {numbers['dims']} PCA dims of the {numbers['transform']} pooled features, "
          f"{n_fit} training images")
+    if not_cxr_examples:
+        numbers = _fit_discriminator(model, numbers, train_features, index, contract.preprocess, not_cxr_examples, progress, echo)
+    backend.model = ood_head.attach(model, numbers)
     return numbers, n_fit, fit_problems
+
+
+def _fit_discriminator(model: Any, numbers: dict[str, Any], train_features: np.ndarray, index: Any, spec: Any, count: int,
+                       progress: bool, echo: Any) -> dict[str, Any]:
+    """The head's numbers with the not-a-CXR discriminator (``ood_head.fit_not_cxr``): ``count`` drawn
+    non-CXR images (``negatives.py``) against the training CXRs and ``count`` degraded copies of them
+    (both sides see the same blur, noise, crops and JPEG), mapped on the validation CXRs."""
+    import os
+
+    from edgecxr.data.folders import stratified_subset
+    from edgecxr.decide import negatives, ood_head
+    from edgecxr.device.image_io import ImageError, load_gray
+    from edgecxr.device.preprocess import normalize, prepare_gray
+    from edgecxr.progress import progress as progress_bar
+
+    def features(grays: list[np.ndarray], desc: str) -> np.ndarray:
+        return np.concatenate([
+            ood_head.pooled_features(model, np.stack([normalize(prepare_gray(g, spec), spec) for g in grays[i : i + 64]]).astype(np.float32))
+            for i in progress_bar(range(0, len(grays), 64), desc=desc, unit="batch", enabled=progress)])
+
+    neg = features(negatives.drawn_negatives(count), "OOD fit: drawn non-CXR images")
+    grays = []
+    for s in stratified_subset(index.of_split("train"), count):
+        try:
+            grays.append(load_gray(os.path.join(index.root, s.file)))
+        except ImageError:
+            continue
+    degraded = features(negatives.degraded_copies(grays), "OOD fit: degraded training CXRs") if grays else train_features[:0]
+    val = [ood_head.pooled_features(model, x) for x, _y, _p in _batches(index, index.of_split("val"), spec)]
+    if not val:
+        raise EdgecxrError("the not-a-CXR discriminator needs validation images; none could be read")
+    try:
+        numbers = ood_head.fit_not_cxr(numbers, np.concatenate([train_features, degraded]), neg, np.concatenate(val))
+    except ValueError as exc:
+        raise EdgecxrError(f"OOD fit: {exc}") from exc
+    d = numbers["not_cxr"]
+    d["n_degraded"] = int(len(degraded))
+    echo(f"not-a-CXR discriminator: logistic regression (C={d['C']:g}) of {d['n_cxr']} training CXRs ({len(degraded)} of them "
+         f"degraded copies) against {d['n_drawn']} drawn non-CXR images ({', '.join(negatives.FAMILIES)}); refuses "
+         f"{d['train_drawn_refused']:.1%} of those drawn images at the largest validation CXR's score")
+    return numbers
 
 
 def _threshold_on_val(backend: Any, index: Any, method: str, tpr: float) -> tuple[dict[str, Any], list[str]]:
@@ -191,13 +236,14 @@ def two_cuts(spec: dict[str, Any], z_val: np.ndarray, margin: float | None = Non
 def fit_refusals(path: str, backend: Any, data: str | None = None, split_csv: str | None = None, tpr: float = DEFAULT_TPR,
                  fit_images: int | None = None, progress: bool = False, echo: Any = print,
                  method: str = "feature_mahalanobis", transform: str | None = None,
-                 margin: float | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+                 margin: float | None = None, not_cxr_examples: int = 0) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """``({"ood": ..., "quality": ...}, head numbers or None)`` for the model at ``path``.
 
     A checkpoint: the feature-space head is fitted on its training images (all, or
     ``fit_images`` stratified), attached to ``backend``'s model, and thresholded on the
     validation images through that model; the caller stores the numbers in the checkpoint.
     ``transform``: the head's feature transform (``ood_head.TRANSFORMS``; None: the default).
+    ``not_cxr_examples``: drawn non-CXR images for the head's discriminator (0: the distance alone).
     An export converted from such a checkpoint: only the threshold is refitted, on its
     own outputs (INT8 ones included). Any other export: no OOD block (the logit-only
     scores are too weak to ship, docs/results/decision.md "Refusing what is not a chest X-ray"); the quality block is always given.
@@ -218,7 +264,8 @@ def fit_refusals(path: str, backend: Any, data: str | None = None, split_csv: st
     elif is_checkpoint(path):
         from edgecxr.decide import ood_head
 
-        numbers, n_fit, fit_problems = _fit_feature_head(path, backend, index, fit_images, transform, progress, echo)
+        numbers, n_fit, fit_problems = _fit_feature_head(path, backend, index, fit_images, transform, progress, echo,
+                                                         not_cxr_examples)
         method = ood_head.METHOD
     elif own.get("method") == "feature_mahalanobis":
         method = own["method"]
@@ -234,8 +281,10 @@ def fit_refusals(path: str, backend: Any, data: str | None = None, split_csv: st
     if numbers is not None:
         spec.update({"dims": int(numbers["dims"]), "scale": float(numbers["scale"]), "cap": float(numbers["cap"]),
                      "features": numbers["transform"]})
+        if numbers.get("not_cxr"):
+            spec["not_cxr"] = dict(numbers["not_cxr"])
     else:
-        spec.update({k: own[k] for k in ("dims", "scale", "cap", "features") if k in own})
+        spec.update({k: own[k] for k in ("dims", "scale", "cap", "features", "not_cxr") if k in own})
     return {**two_cuts(spec, z_val, margin), "quality": quality_block_counts(fit_problems + val_problems)}, numbers
 
 

@@ -25,6 +25,17 @@ sets are unchanged bit for bit in exact arithmetic; the device recovers the scor
 ``r = -mean(logits')`` with numpy (``device/ood.py``), from the one output every
 format already has. The numbers live in the checkpoint (``payload["ood_head"]``) and
 ``edgecxr.models.factory.load_model`` attaches the head, so every ``convert`` exports it.
+
+A distance cannot tell a photo from an odd radiograph: a quarter of the photos and other
+medical images lie closer to the CXRs than the farthest validation CXR (docs/results/decision.md
+"Two questions"). So where ``calibrate`` fitted one, the head also carries a discriminative
+score, a logistic regression on the same transformed features, CXRs against drawn non-CXR
+images (``negatives.py``; outlier exposure), folded into one affine map ``t`` with
+``t = R`` at the largest validation logit (``R``: the largest validation ``r``) and ``t = 0`` at
+their median. The carried score is ``clip(max(r, t), 0, CAP)``: on validation CXRs ``t <= R``, so
+the not-a-CXR cut (the largest validation score) stays ``R`` and an image is refused when
+either score passes it, while the unfamiliar cut (the 95% quantile) now also refers the CXRs
+the discriminator finds least CXR-like. Still one scalar in the logits: no format changes.
 """
 from __future__ import annotations
 
@@ -39,6 +50,7 @@ CAP = 4.0  # r is clipped here: enough to refuse, small enough not to widen the 
 METHOD = "feature_mahalanobis"
 TRANSFORMS = ("none", "sqrt", "l2", "sqrt_l2")
 DEFAULT_TRANSFORM = "sqrt_l2"
+NOT_CXR_C = 3.0  # logistic regression's inverse L2 strength; measured: docs/results/decision.md "A score that has seen the other side"
 _EPS = 1e-12  # unit length of an all-zero feature vector stays zero instead of NaN
 
 
@@ -77,6 +89,13 @@ class OodHead(nn.Module):
         self.feature_transform = str(numbers.get("transform", "none"))  # heads fitted before transforms existed: none
         if self.feature_transform not in TRANSFORMS:
             raise ValueError(f"unknown OOD feature transform {self.feature_transform!r}")
+        self.not_cxr: nn.Linear | None = None
+        if numbers.get("not_cxr_weight") is not None:  # heads fitted before the discriminator: distance alone
+            wv = torch.as_tensor(np.asarray(numbers["not_cxr_weight"]), dtype=torch.float64).reshape(1, -1)
+            self.not_cxr = nn.Linear(wv.shape[1], 1)
+            with torch.no_grad():
+                self.not_cxr.weight.copy_(wv.float())
+                self.not_cxr.bias.fill_(float(numbers["not_cxr_bias"]))
 
     def transform(self, f: torch.Tensor) -> torch.Tensor:
         """Elementwise ops every format has (Relu, Sqrt, Mul, ReduceSum, Div): no custom op to convert."""
@@ -87,11 +106,14 @@ class OodHead(nn.Module):
         return f
 
     def score(self, f: torch.Tensor) -> torch.Tensor:
-        """r(f): N x 1, the clipped relative Mahalanobis distance."""
-        u = self.project(self.transform(f)).unsqueeze(1)  # N x 1 x k
+        """N x 1: the scaled Mahalanobis distance r, or max(r, t) with the discriminator, clipped to [0, cap]."""
+        g = self.transform(f)
+        u = self.project(g).unsqueeze(1)  # N x 1 x k
         d = u - self.centers  # N x C x k
-        s = (d * d).sum(dim=2).min(dim=1, keepdim=True).values
-        return torch.clamp(s * self.inv_scale, 0.0, self.cap)
+        s = (d * d).sum(dim=2).min(dim=1, keepdim=True).values * self.inv_scale
+        if self.not_cxr is not None:
+            s = torch.maximum(s, self.not_cxr(g))
+        return torch.clamp(s, 0.0, self.cap)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return self.classify(f) - self.score(f)
@@ -155,6 +177,44 @@ def raw_scores(features: np.ndarray, numbers: dict[str, Any]) -> np.ndarray:
     """Unclipped min-class squared Mahalanobis distance of raw pooled features, numpy (for fitting and checks)."""
     u = (transform_features(features, numbers.get("transform", "none")) - numbers["mean"]) @ numbers["projection"]
     return (((u[:, None, :] - np.asarray(numbers["centers"])[None]) ** 2).sum(axis=2)).min(axis=1)
+
+
+def carried_scores(features: np.ndarray, numbers: dict[str, Any]) -> np.ndarray:
+    """The numpy twin of :meth:`OodHead.score` (fitting and checks): ``clip(max(r, t), 0, cap)``."""
+    s = raw_scores(features, numbers) / float(numbers["scale"])
+    if numbers.get("not_cxr_weight") is not None:
+        g = transform_features(features, numbers.get("transform", "none"))
+        s = np.maximum(s, g @ np.asarray(numbers["not_cxr_weight"], dtype=np.float64) + float(numbers["not_cxr_bias"]))
+    return np.clip(s, 0.0, float(numbers.get("cap", CAP)))
+
+
+def fit_not_cxr(numbers: dict[str, Any], train_features: np.ndarray, negative_features: np.ndarray, val_features: np.ndarray,
+                c: float = NOT_CXR_C) -> dict[str, Any]:
+    """``numbers`` with the discriminator folded in: a class-balanced logistic regression, training
+    CXRs against ``negative_features`` (drawn non-CXR images), mapped so that the largest validation
+    logit lands on the largest validation distance ``R`` and their median on 0 (module docstring).
+    The validation CXRs thus keep the not-a-CXR cut where the distance alone put it."""
+    from sklearn.linear_model import LogisticRegression
+
+    t = numbers.get("transform", "none")
+    pos, neg = transform_features(train_features, t), transform_features(negative_features, t)
+    if not len(pos) or not len(neg):
+        raise ValueError("the not-a-CXR discriminator needs training CXRs and drawn negatives")
+    x = np.concatenate([pos, neg])
+    y = np.concatenate([np.zeros(len(pos)), np.ones(len(neg))])
+    clf = LogisticRegression(C=c, max_iter=5000).fit(x, y, sample_weight=np.where(y == 1, len(pos) / len(neg), 1.0))
+    w, b = clf.coef_[0].astype(np.float64), float(clf.intercept_[0])
+    plain = {k: v for k, v in numbers.items() if k not in ("not_cxr_weight", "not_cxr_bias")}
+    r_val = carried_scores(val_features, plain)
+    z_val = transform_features(val_features, t) @ w + b
+    top, z_top, z_mid = float(r_val.max()), float(z_val.max()), float(np.median(z_val))
+    if z_top <= z_mid or top <= 0.0:
+        raise ValueError("the not-a-CXR discriminator gives every validation CXR the same score: too few validation images")
+    slope = top / (z_top - z_mid)
+    return {**plain, "not_cxr_weight": w * slope, "not_cxr_bias": (b - z_top) * slope + top,
+            "not_cxr": {"method": "logistic_regression", "C": float(c), "n_cxr": int(len(pos)), "n_drawn": int(len(neg)),
+                        "val_max_logit": z_top, "val_median_logit": z_mid, "val_max_distance": top,
+                        "train_drawn_refused": float(np.mean(clf.decision_function(neg) > z_top))}}
 
 
 def to_payload(numbers: dict[str, Any]) -> dict[str, Any]:
