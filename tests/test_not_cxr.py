@@ -93,3 +93,12 @@ def test_the_discriminator_needs_both_sides():
     plain, _numbers, val, _shift = _fitted(rng)
     with pytest.raises(ValueError, match="needs training CXRs and drawn negatives"):
         ood_head.fit_not_cxr(plain, val, np.zeros((0, 32)), val)
+
+
+def test_validation_features_that_do_not_vary_are_refused_rather_than_mapped_to_a_division_by_zero():
+    rng = np.random.default_rng(4)
+    plain, _numbers, _val, shift = _fitted(rng)
+    train, _ = _clusters(rng, 200)
+    drawn, _ = _clusters(rng, 100, shift)
+    with pytest.raises(ValueError, match="same score"):
+        ood_head.fit_not_cxr(plain, train, drawn, np.repeat(train[:1], 9, axis=0))

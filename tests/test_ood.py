@@ -35,6 +35,7 @@ def _cxr_like(size: int = 256, seed: int = 0) -> np.ndarray:
     (np.where(np.random.default_rng(1).random((256, 256)) < 0.95, 255, 120).astype(np.uint8), "saturated"),
     (np.where(np.random.default_rng(2).random((256, 256)) < 0.95, 0, 120).astype(np.uint8), "underexposed"),
     (np.random.default_rng(3).integers(0, 256, (40, 300), dtype=np.uint8), "tiny"),
+    (np.pad(np.random.default_rng(4).integers(0, 256, (120, 110), dtype=np.uint8), ((0, 180), (0, 210)), constant_values=255), "framed"),
 ])
 def test_quality_checks_refuse_blank_saturated_tiny_and_near_constant_images(image, check):
     problem = quality_problem(image)
@@ -46,6 +47,8 @@ def test_quality_checks_refuse_blank_saturated_tiny_and_near_constant_images(ima
 def test_quality_checks_pass_xray_like_images_and_apply_only_when_the_contract_has_them():
     for seed in range(5):
         assert quality_problem(_cxr_like(seed=seed)) is None
+        # collimation borders leave more than the limit: a CXR with black margins on two sides is not "framed"
+        assert quality_problem(np.pad(_cxr_like(seed=seed), ((60, 0), (0, 60)))) is None
     blank = np.zeros((256, 256), np.uint8)
     assert quality_refusal(blank, {"temperature": 1.0}) is None  # no quality block: the model decides
     assert quality_problem(blank[:, :100], {"min_side": 128})[0] == "tiny"  # the block's own numbers win

@@ -199,8 +199,9 @@ def _fit_discriminator(model: Any, numbers: dict[str, Any], train_features: np.n
         raise EdgecxrError("the not-a-CXR discriminator needs validation images; none could be read")
     try:
         numbers = ood_head.fit_not_cxr(numbers, np.concatenate([train_features, degraded]), neg, np.concatenate(val))
-    except ValueError as exc:
-        raise EdgecxrError(f"OOD fit: {exc}") from exc
+    except ValueError as exc:  # a model whose features do not vary: the distance alone still refuses what it can
+        echo(f"not-a-CXR discriminator skipped ({exc}); the distance alone decides")
+        return numbers
     d = numbers["not_cxr"]
     d["n_degraded"] = int(len(degraded))
     echo(f"not-a-CXR discriminator: logistic regression (C={d['C']:g}) of {d['n_cxr']} training CXRs ({len(degraded)} of them "
