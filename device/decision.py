@@ -12,7 +12,8 @@ gives the answer the evaluation measured:
 4. calibrated probabilities, ``softmax(logits / T)``;
 5. the conformal prediction set; one class is an answer, any other size is a referral:
    "uncertain between COVID and Normal: refer" (several), or "no class probable enough:
-   refer" (none).
+   refer" (none, only in blocks fitted before ``"empty": "fill"``: an empty LAC set is now
+   filled with the most probable classes up to the same mass, see :func:`set_mask`).
 
 Every verdict carries one ``reason`` (the answer itself, or why there is none) and its
 ``reason_kind`` (``answer``, ``uncertain``, ``unfamiliar``, ``not_cxr``, ``quality``, and
@@ -30,6 +31,7 @@ Schema (``contract["decision"]``, every key optional; absent means "not fitted")
         "coverage": 0.95,                  # 1 - alpha the threshold was fitted for
         "qhat": 0.71,                      # set = {k : score(x, k) <= qhat}, on calibrated probs
         "qhat_per_class": [0.6, 0.8, 0.7], # optional (class-conditional, "Mondrian"): score(x, k) <= qhat_per_class[k]
+        "empty": "fill",                   # optional, LAC: an empty set becomes the top classes holding 1 - qhat of the mass
         "n": 1200, "split": "val", ...     # provenance (reports only)
       },
       "ood": {...},                        # owned by device/ood.py (see ood_refusal): "not a chest X-ray"
@@ -204,11 +206,31 @@ def conformal_scores(probs: np.ndarray, method: str) -> np.ndarray:
 
 
 def set_mask(probs: np.ndarray, conformal: dict[str, Any]) -> np.ndarray:
-    """N x K booleans: which classes are in each row's prediction set."""
-    scores = conformal_scores(probs, str(conformal.get("method", "lac")))
+    """N x K booleans: which classes are in each row's prediction set.
+
+    LAC with ``"empty": "fill"``: a row no class reaches (every ``p_k < 1 - qhat``) gets the
+    most probable classes whose mass reaches ``1 - qhat`` (the strictest class's, per class)
+    instead of nothing. Measured on the README MobileNetV2 (docs/results/decision.md "Coverage
+    per class"): every test CXR outside its LAC set had an empty set, an image split between
+    two classes; filled, the set names them ("uncertain between COVID and Normal") and holds
+    the true class. A filled set is a superset of the LAC set (the guarantee stands) with at
+    least two classes (one class holding that mass was already in the set), so no answer changes."""
+    p = np.atleast_2d(np.asarray(probs, dtype=np.float64))
+    method = str(conformal.get("method", "lac"))
+    scores = conformal_scores(p, method)
     per_class = conformal.get("qhat_per_class")
     qhat = np.asarray(per_class, dtype=np.float64) if per_class else float(conformal["qhat"])
-    return scores <= qhat + SCORE_SLACK
+    mask = scores <= qhat + SCORE_SLACK
+    empty = ~mask.any(axis=1)
+    if method == "lac" and conformal.get("empty") == "fill" and empty.any():
+        order = np.argsort(-p[empty], axis=1, kind="stable")
+        mass = np.cumsum(np.take_along_axis(p[empty], order, axis=1), axis=1)
+        need = 1.0 - float(np.min(qhat)) - SCORE_SLACK
+        keep = np.concatenate([np.ones((len(order), 1), bool), mass[:, :-1] < need], axis=1)  # up to the class that reaches it
+        filled = np.zeros_like(keep)
+        np.put_along_axis(filled, order, keep, axis=1)
+        mask[empty] = filled
+    return mask
 
 
 def prediction_set(probs: np.ndarray, classes: tuple[str, ...] | list[str], conformal: dict[str, Any] | None) -> tuple[str, ...]:

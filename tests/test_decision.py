@@ -107,6 +107,26 @@ def test_a_set_of_two_classes_is_a_refer_decision_and_one_class_an_answer():
     assert prediction_set(torn.probabilities, CLASSES, None) == ("A",)  # no block: the plain top-1
 
 
+def test_a_filled_lac_set_names_the_classes_an_image_is_split_between_and_changes_no_answer():
+    from edgecxr.decide.fit import fit_conformal
+    from edgecxr.device.decision import set_mask
+
+    block = {"temperature": 1.0, "conformal": {"method": "lac", "coverage": 0.9, "qhat": 0.2, "empty": "fill"}}  # keep p >= 0.8
+    split = decide(np.log(np.array([0.5, 0.42, 0.08])), CLASSES, block)  # no class reaches 0.8; A and B hold 0.92
+    even = decide(np.zeros(3), CLASSES, block)  # 1/3 each: all three are needed to reach 0.8
+    sure = decide(np.log(np.array([0.85, 0.1, 0.05])), CLASSES, block)
+    assert split.action == "refer" and split.prediction_set == ("A", "B") and split.line() == "uncertain between A and B: refer"
+    assert even.prediction_set == ("A", "B", "C") and sure.action == "answer" and sure.prediction_set == ("A",)
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(3) * 0.7, 500)
+    plain = set_mask(p, {k: v for k, v in block["conformal"].items() if k != "empty"})
+    filled = set_mask(p, block["conformal"])
+    assert np.all(filled >= plain) and filled.any(axis=1).all()  # a superset, never empty
+    singles = plain.sum(axis=1) == 1
+    assert np.array_equal(filled[singles], plain[singles]) and np.all(filled[~plain.any(axis=1)].sum(axis=1) >= 2)
+    assert fit_conformal(p, p.argmax(axis=1), 0.9)["empty"] == "fill" and "empty" not in fit_conformal(p, p.argmax(axis=1), 0.9, "aps")
+
+
 # ---------------------------------------------------------------- contracts and the runner
 def test_decision_block_round_trips_through_onnx_and_tflite_contracts(tmp_path):
     from edgecxr.convert.formats import get_format

@@ -128,6 +128,8 @@ def fit_conformal(probs: np.ndarray, y: np.ndarray, coverage: float = DEFAULT_CO
     scores = conformal_scores(probs, method)[np.arange(len(y)), y]
     _check_n(len(y), coverage, "")
     out = {"method": method, "coverage": float(coverage), "qhat": conformal_quantile(scores, coverage), "n": len(y)}
+    if method == "lac":
+        out["empty"] = "fill"  # an empty set names the classes the image is split between (device/decision.py: set_mask)
     if per_class:
         k = np.asarray(probs).shape[1]
         for c in range(k):

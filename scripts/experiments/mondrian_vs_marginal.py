@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Coverage per class: one conformal threshold (marginal) against one per class (Mondrian).
+"""Coverage per class: one conformal threshold (marginal) against one per class (Mondrian),
+each with its empty sets left empty (plain LAC) or filled with the classes an image is split
+between (``"empty": "fill"``, what calibrate writes; ``device/decision.py: set_mask``).
 
 For each model file: validation and test logits through the file's own runtime, the
 model's temperature, then LAC thresholds fitted on validation only (marginal; per class),
@@ -41,9 +43,12 @@ def main(paths: list[str]) -> int:
         zt, yt = logits(backend, "test")
         pv, pt = calibrated_probabilities(zv, block), calibrated_probabilities(zt, block)
         print(f"\n{path} (T {block.get('temperature', 1.0):.4g}; {len(yv)} validation, {len(yt)} test images)")
-        for name, per_class, delta in (("marginal", False, None), ("per class (Mondrian)", True, None),
-                                       ("per class, PAC d=0.1", True, 0.1), ("per class, PAC d=0.2", True, 0.2)):
+        for name, per_class, delta, fill in (("marginal, empty", False, None, False), ("marginal, filled", False, None, True),
+                                             ("per class (Mondrian)", True, None, False), ("per class, filled", True, None, True),
+                                             ("per class, PAC d=0.1", True, 0.1, False), ("per class, PAC d=0.2", True, 0.2, False)):
             conf = fit_conformal(pv, yv, 0.95, "lac", per_class=per_class, delta=delta)
+            if not fill:
+                conf.pop("empty", None)
             rep = coverage_report(pt, yt, classes, conf)
             per = ", ".join(f"{c} {v['coverage']:.3f} [{v['coverage_ci95'][0]:.3f}, {v['coverage_ci95'][1]:.3f}] refer {v['refer']:.1%}"
                             for c, v in rep["per_class"].items())
