@@ -68,6 +68,20 @@ def test_weights_flag_starts_from_a_local_checkpoint(trained_run, synthetic_data
     assert not torch.equal(before["head.1.weight"], after["head.1.weight"])
 
 
+def test_a_checkpoint_of_another_architecture_is_refused_not_half_loaded(trained_run, synthetic_data, tmp_path):
+    """A MobileNetV2 checkpoint shares its head's shape with EfficientNet-Lite0 (3 x 1280): loading
+    what fits used to start a Lite0 run from random weights without a word."""
+    proc = run_cli("train", "--data", str(synthetic_data), "--arch", "efficientnet_lite0", "--out", str(tmp_path / "x"), "--epochs", "1",
+                   "--img-size", "32", "--weights", str(trained_run / "best.pt"), "--quiet", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "is a mobilenet_v2 checkpoint, not efficientnet_lite0: pass --arch mobilenet_v2" in proc.stderr
+    plain = tmp_path / "state.pt"  # a bare state dict has no arch: most of the model must still fit
+    torch.save(torch.load(trained_run / "best.pt", weights_only=True)["state_dict"], plain)
+    proc = run_cli("train", "--data", str(synthetic_data), "--arch", "efficientnet_lite0", "--out", str(tmp_path / "y"), "--epochs", "1",
+                   "--img-size", "32", "--weights", str(plain), "--quiet", check=False)
+    assert proc.returncode == 2 and "tensors fit; is it for another architecture than efficientnet_lite0?" in proc.stderr
+
+
 def test_pretrained_offline_fails_with_one_line_naming_weights_flag(synthetic_data, tmp_path):
     proc = run_cli("train", "--data", str(synthetic_data), "--arch", "mobilenet_v2", "--pretrained", "--out", str(tmp_path / "p"),
                    "--epochs", "1", "--img-size", "32", "--quiet", check=False,

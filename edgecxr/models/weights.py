@@ -21,8 +21,10 @@ from edgecxr.errors import EdgecxrError
 from edgecxr.models.checkpoint import FORMAT
 
 
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """State dict of an edgecxr checkpoint, or of a plain ``torch.save(state_dict)`` file."""
+def read_state_dict(path: str, arch: str = "") -> dict[str, torch.Tensor]:
+    """State dict of an edgecxr checkpoint, or of a plain ``torch.save(state_dict)`` file. A
+    checkpoint of another architecture than ``arch`` is refused: a few tensors (the head's, a
+    stem) may fit by name and shape, and the run would silently start from random weights."""
     if not os.path.exists(path):
         raise EdgecxrError(f"{path}: weights file not found")
     try:
@@ -30,6 +32,9 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     except Exception as exc:
         raise EdgecxrError(f"{path}: not a readable weights file ({type(exc).__name__})") from exc
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        own_arch = str((payload.get("contract") or {}).get("arch") or "")
+        if arch and own_arch and own_arch != arch:
+            raise EdgecxrError(f"{path} is a {own_arch} checkpoint, not {arch}: pass --arch {own_arch}")
         return payload["state_dict"]
     if isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values()):
         return payload
@@ -54,11 +59,12 @@ def load_weights_file(model: nn.Module, path: str, arch: str = "", input_size: i
         model.load_state_dict(mobilenet_v2_state_from_tflite(path, model), strict=False)
         unfold_batch_norm(model, xray_like_batch(input_size))
         return
-    state = read_state_dict(path)
+    state = read_state_dict(path, arch)
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise EdgecxrError(f"{path}: no tensor in this file fits the model; is it for another architecture?")
+    if len(usable) < len(own) // 2:  # the head (class count) may differ; most of the backbone must fit
+        raise EdgecxrError(f"{path}: only {len(usable)} of the model's {len(own)} tensors fit; is it for another architecture"
+                           + (f" than {arch}?" if arch else "?"))
     model.load_state_dict(usable, strict=False)
 
 

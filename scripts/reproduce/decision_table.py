@@ -189,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="JSON with every number")
     p.add_argument("--markdown", help="write the tables here too")
     p.add_argument("--docs", help="replace the decision-table section of this Markdown file")
+    p.add_argument("--docs-tag", default="decision-table",
+                   help="the section --docs replaces: between <!-- TAG --> and <!-- /TAG --> (one per set of models)")
     p.add_argument("--summary", help="replace the decision-summary section of this Markdown file (README.md)")
     p.add_argument("--threads", type=int, help="runtime threads")
     a = p.parse_args(argv)
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu = cpu_description()
     body = markdown(results) + f"\nCPU: {cpu}. Command: `python scripts/reproduce/decision_table.py {' '.join(argv or sys.argv[1:])}`\n"
     write_json(a.out, {"cpu": cpu, "reason_kinds": list(REASON_KINDS), "results": results})
-    for path, text, tag in ((a.markdown, body, None), (a.docs, body, "decision-table"), (a.summary, summary(results), "decision-summary")):
+    for path, text, tag in ((a.markdown, body, None), (a.docs, body, a.docs_tag), (a.summary, summary(results), "decision-summary")):
         if path and tag:
             replace_between(path, text, tag)
         elif path:
