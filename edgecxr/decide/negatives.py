@@ -230,6 +230,11 @@ def degraded_copies(grays: list[np.ndarray], seed: int = SEED) -> list[np.ndarra
     return [_camera(np.asarray(g, np.uint8), rng) for g in grays]
 
 
+def family_order(count: int, names: tuple[str, ...] = FAMILIES) -> list[str]:
+    """The family of each of ``count`` drawn images, in the order :func:`drawn_negatives` draws them."""
+    return [names[i % len(names)] for i in range(count)]
+
+
 def drawn_negatives(count: int, seed: int = SEED, families: tuple[str, ...] = FAMILIES) -> list[np.ndarray]:
     """``count`` greyscale uint8 images, the families in turn, drawn from ``seed`` (the same images for the same seed)."""
     unknown = [f for f in families if f not in _DRAW]
@@ -237,8 +242,8 @@ def drawn_negatives(count: int, seed: int = SEED, families: tuple[str, ...] = FA
         raise ValueError(f"unknown negative families {unknown}: choose from {', '.join(FAMILIES)}")
     rng = np.random.default_rng(seed)
     out = []
-    for i in range(count):
+    for family in family_order(count, families):
         side = int(rng.integers(224, 513))
-        out.append(_camera(_DRAW[families[i % len(families)]](rng, side), rng))
+        out.append(_camera(_DRAW[family](rng, side), rng))
     return out
 

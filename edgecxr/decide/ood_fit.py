@@ -140,14 +140,7 @@ def _fit_feature_head(path: str, backend: Any, index: Any, fit_images: int | Non
     train = index.of_split("train")
     if fit_images:
         train = stratified_subset(train, fit_images)
-    model, _ = load_model(path)
-    if isinstance(model.head, ood_head.OodHead):  # refit from the plain head
-        from edgecxr.models.checkpoint import load_checkpoint
-        from edgecxr.models.registry import create_model
-
-        model = create_model(contract.arch, contract.num_classes)
-        model.load_state_dict(load_checkpoint(path)["state_dict"])
-        model.eval()
+    model, _ = load_model(path, ood_head=False)  # a head stored by an earlier calibrate is refitted from the plain one
     feats, ys, fit_problems = [], [], []
     for x, y, probs in progress_bar(_batches(index, train, contract.preprocess), desc="OOD fit: training features",
                                     unit="batch", enabled=progress):
@@ -170,30 +163,11 @@ def _fit_feature_head(path: str, backend: Any, index: Any, fit_images: int | Non
 
 def _fit_discriminator(model: Any, numbers: dict[str, Any], train_features: np.ndarray, index: Any, spec: Any, count: int,
                        progress: bool, echo: Any) -> dict[str, Any]:
-    """The head's numbers with the not-a-CXR discriminator (``ood_head.fit_not_cxr``): ``count`` drawn
-    non-CXR images (``negatives.py``) against the training CXRs and ``count`` degraded copies of them
-    (both sides see the same blur, noise, crops and JPEG), mapped on the validation CXRs."""
-    import os
-
-    from edgecxr.data.folders import stratified_subset
+    """The head's numbers with the not-a-CXR discriminator (``ood_head.fit_not_cxr``) fitted on
+    :func:`discriminator_examples` and the training CXRs, mapped on the validation CXRs."""
     from edgecxr.decide import negatives, ood_head
-    from edgecxr.device.image_io import ImageError, load_gray
-    from edgecxr.device.preprocess import normalize, prepare_gray
-    from edgecxr.progress import progress as progress_bar
 
-    def features(grays: list[np.ndarray], desc: str) -> np.ndarray:
-        return np.concatenate([
-            ood_head.pooled_features(model, np.stack([normalize(prepare_gray(g, spec), spec) for g in grays[i : i + 64]]).astype(np.float32))
-            for i in progress_bar(range(0, len(grays), 64), desc=desc, unit="batch", enabled=progress)])
-
-    neg = features(negatives.drawn_negatives(count), "OOD fit: drawn non-CXR images")
-    grays = []
-    for s in stratified_subset(index.of_split("train"), count):
-        try:
-            grays.append(load_gray(os.path.join(index.root, s.file)))
-        except ImageError:
-            continue
-    degraded = features(negatives.degraded_copies(grays), "OOD fit: degraded training CXRs") if grays else train_features[:0]
+    neg, degraded = discriminator_examples(model, index, spec, count, progress)
     val = [ood_head.pooled_features(model, x) for x, _y, _p in _batches(index, index.of_split("val"), spec)]
     if not val:
         raise EdgecxrError("the not-a-CXR discriminator needs validation images; none could be read")
@@ -208,6 +182,39 @@ def _fit_discriminator(model: Any, numbers: dict[str, Any], train_features: np.n
          f"degraded copies) against {d['n_drawn']} drawn non-CXR images ({', '.join(negatives.FAMILIES)}); refuses "
          f"{d['train_drawn_refused']:.1%} of those drawn images at the largest validation CXR's score")
     return numbers
+
+
+def gray_features(model: Any, grays: list[np.ndarray], spec: Any, desc: str = "", progress: bool = False) -> np.ndarray:
+    """Pooled features (``ood_head.pooled_features``) of uint8 greyscale images, prepared as the device does, 64 at a time."""
+    from edgecxr.decide.ood_head import pooled_features
+    from edgecxr.device.preprocess import normalize, prepare_gray
+    from edgecxr.progress import progress as progress_bar
+
+    return np.concatenate([
+        pooled_features(model, np.stack([normalize(prepare_gray(g, spec), spec) for g in grays[i : i + 64]]).astype(np.float32))
+        for i in progress_bar(range(0, len(grays), 64), desc=desc, unit="batch", enabled=progress)])
+
+
+def discriminator_examples(model: Any, index: Any, spec: Any, count: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Features of what the discriminator learns from besides the training CXRs: ``count`` drawn non-CXR
+    images (``negatives.py``) and degraded copies of ``count`` training CXRs (stratified), so both sides
+    see the same blur, noise, crops and JPEG. Unreadable training files are skipped."""
+    import os
+
+    from edgecxr.data.folders import stratified_subset
+    from edgecxr.decide import negatives
+    from edgecxr.device.image_io import ImageError, load_gray
+
+    drawn = gray_features(model, negatives.drawn_negatives(count), spec, "OOD fit: drawn non-CXR images", progress)
+    grays = []
+    for s in stratified_subset(index.of_split("train"), count):
+        try:
+            grays.append(load_gray(os.path.join(index.root, s.file)))
+        except ImageError:
+            continue
+    degraded = (gray_features(model, negatives.degraded_copies(grays), spec, "OOD fit: degraded training CXRs", progress)
+                if grays else drawn[:0])
+    return drawn, degraded
 
 
 def _threshold_on_val(backend: Any, index: Any, method: str, tpr: float) -> tuple[dict[str, Any], list[str]]:

@@ -30,8 +30,9 @@ def build_model(name: str, num_classes: int, pretrained: bool = False, weights: 
     return model
 
 
-def load_model(path: str) -> tuple[nn.Module, Contract]:
-    """Rebuild the classifier from a checkpoint, in eval mode."""
+def load_model(path: str, ood_head: bool = True) -> tuple[nn.Module, Contract]:
+    """Rebuild the classifier from a checkpoint, in eval mode. ``ood_head=False``: the plain
+    classifier, without the OOD head ``calibrate`` stored (what the head is fitted on)."""
     payload = load_checkpoint(path)
     contract = contract_from_payload(payload, path)
     model = create_model(contract.arch, contract.num_classes)
@@ -39,11 +40,11 @@ def load_model(path: str) -> tuple[nn.Module, Contract]:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
         raise EdgecxrError(f"{path}: weights do not fit {contract.arch} ({str(exc).splitlines()[0][:160]})") from exc
-    if payload.get("ood_head"):  # fitted by `edgecxr calibrate`: the OOD score rides in the logits (edgecxr/decide/ood_head.py)
+    if ood_head and payload.get("ood_head"):  # fitted by `edgecxr calibrate`: the OOD score rides in the logits (edgecxr/decide/ood_head.py)
         from edgecxr.decide.ood_head import attach, from_payload
 
         attach(model, from_payload(payload["ood_head"]))
-    elif ((contract.decision or {}).get("ood") or {}).get("method") == "feature_mahalanobis":
+    elif ood_head and ((contract.decision or {}).get("ood") or {}).get("method") == "feature_mahalanobis":
         # the runner would read -mean(logits) of a plain head (always 0) as the score and refuse nothing
         raise EdgecxrError(f"{path}: its contract names the feature_mahalanobis OOD score but the checkpoint carries no OOD head; "
                            f"run `edgecxr calibrate {path}` again to refit both")

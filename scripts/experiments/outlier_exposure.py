@@ -25,47 +25,29 @@ import argparse
 import numpy as np
 
 
-def _plain_model(ckpt: str):
-    import torch
-
-    from edgecxr.models.checkpoint import load_checkpoint
-    from edgecxr.models.factory import load_model
-    from edgecxr.models.registry import create_model
-
-    _, contract = load_model(ckpt)
-    model = create_model(contract.arch, contract.num_classes)
-    model.load_state_dict(load_checkpoint(ckpt)["state_dict"])
-    model.eval()
-    torch.set_num_threads(2)
-    return model, contract
-
-
 def fit_features(ckpt: str, count: int, extra: list[str]) -> dict[str, np.ndarray]:
     """Pooled features through the checkpoint's plain model of what calibrate fits on (``count`` drawn
-    negatives and their families, ``count`` degraded training CXRs) and of each ``NAME=DIR`` in ``extra``."""
+    negatives and their families, ``count`` degraded training CXRs: ``ood_fit.discriminator_examples``)
+    and of each ``NAME=DIR`` in ``extra``."""
     import os
 
-    from edgecxr.data.folders import read_split_csv, stratified_subset
-    from edgecxr.decide import negatives, ood_head
+    import torch
+
+    from edgecxr.data.folders import read_split_csv
+    from edgecxr.decide import negatives
+    from edgecxr.decide.ood_fit import discriminator_examples, gray_features
     from edgecxr.device.image_io import is_image_file, load_gray
-    from edgecxr.device.preprocess import normalize, prepare_gray
+    from edgecxr.models.factory import load_model
 
-    model, contract = _plain_model(ckpt)
-    spec = contract.preprocess
-
-    def feats(grays: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate([ood_head.pooled_features(model, np.stack([normalize(prepare_gray(g, spec), spec) for g in grays[i : i + 64]])
-                                                        .astype(np.float32)) for i in range(0, len(grays), 64)])
-
+    torch.set_num_threads(2)
+    model, contract = load_model(ckpt, ood_head=False)
     index = read_split_csv(contract.source["split_csv"], contract.source["data_root"], list(contract.classes))
-    train = stratified_subset(index.of_split("train"), count)
-    out = {"drawn": feats(negatives.drawn_negatives(count)),
-           "families": np.array([negatives.FAMILIES[i % len(negatives.FAMILIES)] for i in range(count)]),
-           "degraded": feats(negatives.degraded_copies([load_gray(os.path.join(index.root, s.file)) for s in train]))}
+    drawn, degraded = discriminator_examples(model, index, contract.preprocess, count)
+    out = {"drawn": drawn, "families": np.array(negatives.family_order(count)), "degraded": degraded}
     for item in extra:
         name, folder = item.split("=", 1)
         files = sorted(os.path.join(r, f) for r, _, fs in os.walk(folder) for f in fs if is_image_file(f))
-        out[f"f_{name}"] = feats([load_gray(f) for f in files])
+        out[f"f_{name}"] = gray_features(model, [load_gray(f) for f in files], contract.preprocess)
     return out
 
 

@@ -61,14 +61,9 @@ def cache_features(ckpt: str, ood_set: str, near: list[str], cache: str) -> dict
         return dict(np.load(cache, allow_pickle=False))
     import torch
 
-    from edgecxr.models.checkpoint import load_checkpoint
     from edgecxr.models.factory import load_model
-    from edgecxr.models.registry import create_model
 
-    _, contract = load_model(ckpt)
-    model = create_model(contract.arch, contract.num_classes)
-    model.load_state_dict(load_checkpoint(ckpt)["state_dict"])
-    model.eval()
+    model, contract = load_model(ckpt, ood_head=False)
     torch.set_num_threads(2)
     arrays: dict[str, np.ndarray] = {}
     for name, (files, y) in _sets(contract, ood_set, near).items():
