@@ -202,9 +202,11 @@ def _finish(run: Run, vset: Any, torch_model: Any, contract: Any, host_cpu: dict
     reference's numbers (None without verification images)."""
     from edgecxr.convert import golden as golden_mod
     from edgecxr.convert import verify as verify_mod
+    from edgecxr.convert.reference import RememberedLogits
     from edgecxr.progress import progress as progress_bar
 
     ref_logits, ref, gold = None, None, None
+    checkpoint = RememberedLogits(torch_model) if torch_model is not None else None
     if vset is not None:
         t0 = time.perf_counter()
         ref_logits = verify_mod.torch_logits(torch_model, vset.x)
@@ -213,14 +215,14 @@ def _finish(run: Run, vset: Any, torch_model: Any, contract: Any, host_cpu: dict
         echo(f"verify: PyTorch reference on {len(vset.y)} images: accuracy {ref['accuracy']:.4f}, macro-F1 {ref['macro_f1']:.4f}")
         gold = golden_mod.build(vset, torch_model, contract.preprocess)
     for step in progress_bar([s for s in run.steps if s.status == "ok"], desc="verifying", unit="model", enabled=progress):
-        _finish_one(run, step, vset, ref_logits, gold, host_cpu, threads, echo)
+        _finish_one(run, step, vset, ref_logits, gold, host_cpu, threads, echo, checkpoint)
     if gold is not None:
         echo(f"golden vectors: {len(gold.grays)} verification images stamped into each artifact for --selftest")
     return ref
 
 
 def _finish_one(run: Run, step: Step, vset: Any, ref_logits: Any, gold: Any, host_cpu: dict[str, Any], threads: int | None,
-                echo: Echo) -> None:
+                echo: Echo, checkpoint: Any = None) -> None:
     """Refit (INT8), stamp and judge one file in one session; write its contract once, even
     when judging it failed (the file stays, and says what it is).
 
@@ -235,7 +237,7 @@ def _finish_one(run: Run, step: Step, vset: Any, ref_logits: Any, gold: Any, hos
 
     path, contract = run.path(step), run.contract(step)
     try:
-        contract, wrong_here = _judge(step, path, contract, vset, ref_logits, gold, host_cpu, threads, echo)
+        contract, wrong_here = _judge(step, path, contract, vset, ref_logits, gold, host_cpu, threads, echo, checkpoint)
     except Exception as exc:  # an artifact that cannot be run is a failed artifact, where it was to be verified
         wrong_here = None
         if vset is None:  # only a refit needed a session: the checkpoint's numbers stay
@@ -264,7 +266,7 @@ def _finish_one(run: Run, step: Step, vset: Any, ref_logits: Any, gold: Any, hos
 
 
 def _judge(step: Step, path: str, contract: Any, vset: Any, ref_logits: Any, gold: Any, host_cpu: dict[str, Any],
-           threads: int | None, echo: Echo) -> tuple[Any, str | None]:
+           threads: int | None, echo: Echo, checkpoint: Any = None) -> tuple[Any, str | None]:
     """One session on ``path`` with ``contract``: the INT8 refit, the golden vectors and the
     verification; returns the contract to write and why this CPU computes the file wrong, if it does."""
 
@@ -281,7 +283,7 @@ def _judge(step: Step, path: str, contract: Any, vset: Any, ref_logits: Any, gol
     contract = backend.contract
     wrong_here = unmet_requirement(contract.target, host_cpu, backend.runtime) if contract is not None else None
     if refit:
-        contract = _refit(step, backend, host_cpu, echo)
+        contract = _refit(step, backend, host_cpu, echo, checkpoint)
         backend.contract = contract
     if vset is None:
         return contract, wrong_here
@@ -294,10 +296,12 @@ def _judge(step: Step, path: str, contract: Any, vset: Any, ref_logits: Any, gol
     return contract, wrong_here
 
 
-def _refit(step: Step, backend: Any, host_cpu: dict[str, Any], echo: Echo) -> Any:
+def _refit(step: Step, backend: Any, host_cpu: dict[str, Any], echo: Echo, checkpoint: Any = None) -> Any:
     """Each INT8 file gets the temperature, conformal and OOD thresholds of its own
-    validation outputs (``ood_fit.refit_decision``). FP32 and FP16 files keep the
-    checkpoint's: they compute its outputs to ~1e-3, and a refit would only add the noise
+    validation outputs (``ood_fit.refit_decision``): the checkpoint's, moved by how much
+    rounding moved the same images' outputs (``checkpoint``: the PyTorch model's logits), or
+    fitted afresh where the file is not its checkpoint plus rounding. FP32 and FP16 files keep
+    the checkpoint's: they compute its outputs to ~1e-3, and a refit would only add the noise
     of 300 images. A file this CPU computes wrong (its contract's target), or one whose
     refit fails, keeps the checkpoint's numbers too. Returns the contract to carry."""
     from dataclasses import replace
@@ -305,7 +309,7 @@ def _refit(step: Step, backend: Any, host_cpu: dict[str, Any], echo: Echo) -> An
     from edgecxr.decide.ood_fit import refit_decision
 
     try:
-        refitted = refit_decision(backend, host_cpu)
+        refitted = refit_decision(backend, host_cpu, checkpoint)
     except Exception as exc:  # the file stays as verified, with the checkpoint's numbers
         echo(f"  {step.file}: decision not refitted ({fail_reason(exc)})")
         return backend.contract
@@ -313,7 +317,8 @@ def _refit(step: Step, backend: Any, host_cpu: dict[str, Any], echo: Echo) -> An
         return backend.contract
     block, refit = refitted
     step.details["decision_refit"] = refit
-    echo(f"  {step.file}: refitted on its own validation outputs: " + "; ".join(_refit_parts(refit)))
+    how = "carried over from the checkpoint by paired estimates" if "transferred" in refit else "refitted on its own validation outputs"
+    echo(f"  {step.file}: {how}: " + "; ".join(_refit_parts(refit)))
     return replace(backend.contract, decision=block)
 
 
@@ -321,7 +326,12 @@ def _refit_parts(refit: dict[str, Any]) -> list[str]:
     parts = []
     if "kept_checkpoint_temperature" in refit:
         parts.append(f"checkpoint's T kept (refit {refit['kept_checkpoint_temperature']})")
-    if "temperature" in refit:
+    if "transfer_refused" in refit:
+        parts.append(f"not carried over ({refit['transfer_refused']})")
+    if "logit_scale" in refit:
+        parts.append(f"{refit['agreement']:.1%} same answers; logits x {refit['logit_scale']:.4f}: "
+                     f"T {refit['temperature_from_checkpoint']:.4f} -> {refit['temperature']:.4f}, conformal thresholds kept")
+    elif "temperature" in refit:
         parts.append(f"T {refit['temperature_from_checkpoint']:.4f} -> {refit['temperature']:.4f}, "
                      f"qhat {refit['qhat_from_checkpoint']} -> {refit['qhat']}")
     if "ood_threshold" in refit:

@@ -259,11 +259,24 @@ def test_convert_carries_the_checkpoints_decision_block_and_reports_ece_change(t
 
 def test_an_int8_refit_whose_temperature_hits_its_bound_keeps_the_checkpoints_numbers(trained_run, tmp_path):
     """The two-epoch run predicts one class: its validation NLL falls as T grows without limit,
-    so a refit of T on the INT8 file's outputs lands on the search bound and must not be taken."""
+    so a fresh refit of T on the INT8 file's outputs lands on the search bound and must not be
+    taken. Convert itself carries the checkpoint's numbers over (the file answers as the
+    checkpoint does): T times the logit scale, the conformal threshold kept."""
+    from dataclasses import replace
+
+    from edgecxr.decide.ood_fit import refit_decision
     from edgecxr.decide.store import read_contract
+    from edgecxr.models.runtime import open_model
 
     rep, lines = _convert_with_block(trained_run, tmp_path, int8=True)
     int8 = next(a for a in rep["artifacts"] if a["precision"] == "int8")
-    assert int8["details"]["decision_refit"] == {"kept_checkpoint_temperature": "at the search bound"}
-    assert read_contract(str(tmp_path / "export" / int8["file"])).decision == CKPT_BLOCK
-    assert any("checkpoint's T kept (refit at the search bound)" in line for line in lines)
+    carried = read_contract(str(tmp_path / "export" / int8["file"])).decision
+    refit = int8["details"]["decision_refit"]
+    assert refit["agreement"] >= 0.95 and carried["conformal"]["qhat"] == CKPT_BLOCK["conformal"]["qhat"]
+    assert carried["temperature"] == pytest.approx(1.3 * refit["logit_scale"], rel=1e-9)
+    assert any("carried over from the checkpoint by paired estimates" in line for line in lines)
+
+    backend = open_model(str(tmp_path / "export" / int8["file"]))
+    backend.contract = replace(backend.contract, decision=CKPT_BLOCK)
+    block, numbers = refit_decision(backend)
+    assert numbers == {"kept_checkpoint_temperature": "at the search bound"} and block == CKPT_BLOCK

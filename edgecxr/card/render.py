@@ -123,6 +123,9 @@ def calibration_section(inp: CardInputs) -> list[str]:
         cal, conf = block.get("calibration", {}), block.get("conformal", {})
         lines.append(f"- temperature T = {block['temperature']:.4f}, fitted on {cal.get('n', '?')} validation images "
                      f"({cal.get('fitted_with', '?')}): probabilities are softmax(logits / T) on every runtime and the runner")
+        if cal.get("transferred"):
+            lines.append(f"- this file's T is the checkpoint's times {cal.get('logit_scale', 1.0):.4f}, the scale rounding gave its logits, "
+                         f"{cal['transferred']}; the conformal thresholds mean the same in its probabilities and are kept")
         if conf:
             lines.append(f"- conformal `{conf.get('method')}` sets at coverage {conf.get('coverage')}: threshold {conf.get('qhat', 0):.6f} "
                          f"from {conf.get('n', '?')} validation images ({conf.get('images', 'validation split')}); a set of not exactly one class is a "

@@ -50,12 +50,16 @@ def fit_decision_and_logits(backend: Any, data: str | None, split_csv: str | Non
 
 def validation_logits(backend: Any, progress: bool = False) -> np.ndarray:
     """``backend``'s logits on every image of its run's validation split."""
+    return model_logits(backend, validation_inputs(backend.contract, progress))
+
+
+def validation_inputs(contract: Any, progress: bool = False) -> np.ndarray:
+    """The model inputs of every image of the run's validation split, in the split's order."""
     from edgecxr.data.imageset import load_images
     from edgecxr.eval.evaluate import resolve_samples
 
-    index = resolve_samples(backend.contract, None, "val", None, progress=progress)
-    imgs = load_images(index, index.of_split("val"), backend.contract.preprocess, "validation images", progress=progress)
-    return model_logits(backend, imgs.x)
+    index = resolve_samples(contract, None, "val", None, progress=progress)
+    return load_images(index, index.of_split("val"), contract.preprocess, "validation images", progress=progress).x
 
 
 def describe_block(block: dict[str, Any]) -> str:

@@ -12,11 +12,12 @@ energy, max-softmax and feature-space scores) are in docs/results/decision.md "R
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from edgecxr.decide.ood_cuts import DEFAULT_TPR, NOT_CXR_MARGIN, carried_over_cut, describe_cuts, fit_cuts, threshold_at_tpr
+from edgecxr.decide.transfer import MIN_AGREEMENT
 from edgecxr.device.ood import OOD_METHODS, QUALITY_DEFAULTS, ood_scores, quality_problem
 from edgecxr.errors import EdgecxrError
 
@@ -296,13 +297,19 @@ def fit_refusals(path: str, backend: Any, data: str | None = None, split_csv: st
     return {**two_cuts(spec, z_val, margin), "quality": quality_block_counts(fit_problems + val_problems)}, numbers
 
 
-def refit_decision(backend: Any, host_cpu: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]] | None:
+def refit_decision(backend: Any, host_cpu: dict[str, Any] | None = None,
+                   reference: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """Refit the temperature, conformal threshold and OOD thresholds of the file open in
     ``backend`` (with the contract it will carry) on its own validation outputs; returns the
     new decision block and the before/after numbers, or None when the contract has no
     decision block, its validation images are not here, or it says ``host_cpu`` computes it
     wrong (its outputs here are not the device's). Nothing is written: convert writes the
     contract once, after verification.
+
+    ``reference`` (the checkpoint's logits for given model inputs): the numbers are carried
+    over from the checkpoint by paired estimates on the same validation images
+    (``transfer.transfer_decision``), far steadier than a fresh fit; a file that disagrees with
+    its checkpoint on more than 5% of them is refitted afresh, as without ``reference``.
 
     A rounded file is a slightly different model. Measured (docs/results/decision.md "Calibrated
     probabilities" and "Refusing what is not a chest X-ray"): with its FP32 model's
@@ -326,6 +333,14 @@ def refit_decision(backend: Any, host_cpu: dict[str, Any] | None = None) -> tupl
         return None
     out: dict[str, Any] = {}
     try:
+        if reference is not None:
+            carried = _carried_over(backend, block, reference)
+            if carried is not None:
+                block, out = carried
+                if "ood" in block:
+                    attach_reference(backend, block)
+                return block, out
+            out["transfer_refused"] = f"the file's answers differ from the checkpoint's on over {1 - MIN_AGREEMENT:.0%} of validation images"
         z_val = None  # the validation logits, read once for every number refitted here
         if "temperature" in block:
             conf = block.get("conformal") or {}
@@ -348,6 +363,17 @@ def refit_decision(backend: Any, host_cpu: dict[str, Any] | None = None) -> tupl
     except EdgecxrError:  # no split or images here: the checkpoint's numbers stay
         return None
     return block, out
+
+
+def _carried_over(backend: Any, block: dict[str, Any], reference: Callable[[np.ndarray], np.ndarray]
+                  ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    from edgecxr.decide.calibrate import validation_inputs
+    from edgecxr.decide.report import model_logits
+    from edgecxr.decide.transfer import transfer_decision
+
+    contract = backend.contract
+    x = validation_inputs(contract)
+    return transfer_decision(block, reference(x), model_logits(backend, x), f"{contract.format} {contract.precision}")
 
 
 def attach_reference(backend: Any, block: dict[str, Any], data: str | None = None, split_csv: str | None = None,
