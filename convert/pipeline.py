@@ -298,9 +298,10 @@ def _judge(step: Step, path: str, contract: Any, vset: Any, ref_logits: Any, gol
 
 def _refit(step: Step, backend: Any, host_cpu: dict[str, Any], echo: Echo, checkpoint: Any = None) -> Any:
     """Each INT8 file gets the temperature, conformal and OOD thresholds of its own
-    validation outputs (``ood_fit.refit_decision``): the checkpoint's, moved by how much
-    rounding moved the same images' outputs (``checkpoint``: the PyTorch model's logits), or
-    fitted afresh where the file is not its checkpoint plus rounding. FP32 and FP16 files keep
+    validation outputs (``ood_fit.refit_decision``): T carried over from the checkpoint by the
+    scale rounding gave the same images' logits (``checkpoint``: the PyTorch model's logits), the
+    conformal thresholds kept, or both fitted afresh where the file is not its checkpoint plus
+    rounding; the cuts always its own. FP32 and FP16 files keep
     the checkpoint's: they compute its outputs to ~1e-3, and a refit would only add the noise
     of 300 images. A file this CPU computes wrong (its contract's target), or one whose
     refit fails, keeps the checkpoint's numbers too. Returns the contract to carry."""
@@ -317,8 +318,7 @@ def _refit(step: Step, backend: Any, host_cpu: dict[str, Any], echo: Echo, check
         return backend.contract
     block, refit = refitted
     step.details["decision_refit"] = refit
-    how = "carried over from the checkpoint by paired estimates" if "transferred" in refit else "refitted on its own validation outputs"
-    echo(f"  {step.file}: {how}: " + "; ".join(_refit_parts(refit)))
+    echo(f"  {step.file}: decision for its own outputs: " + "; ".join(_refit_parts(refit)))
     return replace(backend.contract, decision=block)
 
 
@@ -329,8 +329,8 @@ def _refit_parts(refit: dict[str, Any]) -> list[str]:
     if "transfer_refused" in refit:
         parts.append(f"not carried over ({refit['transfer_refused']})")
     if "logit_scale" in refit:
-        parts.append(f"{refit['agreement']:.1%} same answers; logits x {refit['logit_scale']:.4f}: "
-                     f"T {refit['temperature_from_checkpoint']:.4f} -> {refit['temperature']:.4f}, conformal thresholds kept")
+        parts.append(f"{refit['agreement']:.1%} same answers as the checkpoint, logits x {refit['logit_scale']:.4f}: "
+                     f"T {refit['temperature_from_checkpoint']:.4f} -> {refit['temperature']:.4f} and the conformal thresholds carried over")
     elif "temperature" in refit:
         parts.append(f"T {refit['temperature_from_checkpoint']:.4f} -> {refit['temperature']:.4f}, "
                      f"qhat {refit['qhat_from_checkpoint']} -> {refit['qhat']}")

@@ -274,7 +274,7 @@ def test_an_int8_refit_whose_temperature_hits_its_bound_keeps_the_checkpoints_nu
     refit = int8["details"]["decision_refit"]
     assert refit["agreement"] >= 0.95 and carried["conformal"]["qhat"] == CKPT_BLOCK["conformal"]["qhat"]
     assert carried["temperature"] == pytest.approx(1.3 * refit["logit_scale"], rel=1e-9)
-    assert any("carried over from the checkpoint by paired estimates" in line for line in lines)
+    assert any("same answers as the checkpoint" in line and "conformal thresholds carried over" in line for line in lines)
 
     backend = open_model(str(tmp_path / "export" / int8["file"]))
     backend.contract = replace(backend.contract, decision=CKPT_BLOCK)

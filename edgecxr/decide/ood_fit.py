@@ -306,10 +306,12 @@ def refit_decision(backend: Any, host_cpu: dict[str, Any] | None = None,
     wrong (its outputs here are not the device's). Nothing is written: convert writes the
     contract once, after verification.
 
-    ``reference`` (the checkpoint's logits for given model inputs): the numbers are carried
-    over from the checkpoint by paired estimates on the same validation images
-    (``transfer.transfer_decision``), far steadier than a fresh fit; a file that disagrees with
-    its checkpoint on more than 5% of them is refitted afresh, as without ``reference``.
+    ``reference`` (the checkpoint's logits for given model inputs): T and the conformal
+    thresholds are carried over from the checkpoint by a paired estimate on the same
+    validation images (``transfer.transfer_decision``), far steadier than a fresh fit of T and
+    a sparse tail quantile; a file that disagrees with its checkpoint on more than 5% of them
+    gets them refitted afresh, as without ``reference``. The two OOD cuts are always the
+    file's own quantiles (dense scores: steady, and they keep the checkpoint's shares).
 
     A rounded file is a slightly different model. Measured (docs/results/decision.md "Calibrated
     probabilities" and "Refusing what is not a chest X-ray"): with its FP32 model's
@@ -333,16 +335,15 @@ def refit_decision(backend: Any, host_cpu: dict[str, Any] | None = None,
         return None
     out: dict[str, Any] = {}
     try:
-        if reference is not None:
-            carried = _carried_over(backend, block, reference)
-            if carried is not None:
-                block, out = carried
-                if "ood" in block:
-                    attach_reference(backend, block)
-                return block, out
-            out["transfer_refused"] = f"the file's answers differ from the checkpoint's on over {1 - MIN_AGREEMENT:.0%} of validation images"
         z_val = None  # the validation logits, read once for every number refitted here
-        if "temperature" in block:
+        carried = _carried_over(backend, block, reference) if reference is not None else None
+        if carried is not None:
+            block, numbers, z_val = carried
+            out.update(numbers)
+        elif "temperature" in block:
+            if reference is not None:
+                out["transfer_refused"] = (f"the file's answers differ from the checkpoint's on over {1 - MIN_AGREEMENT:.0%} "
+                                           "of validation images")
             conf = block.get("conformal") or {}
             new, z_val = fit_decision_and_logits(backend, None, None, float(conf.get("coverage", 0.95)), str(conf.get("method", "lac")),
                                                  disjoint="disjoint" in str(conf.get("images", "")), per_class="qhat_per_class" in conf)
@@ -366,14 +367,20 @@ def refit_decision(backend: Any, host_cpu: dict[str, Any] | None = None,
 
 
 def _carried_over(backend: Any, block: dict[str, Any], reference: Callable[[np.ndarray], np.ndarray]
-                  ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+                  ) -> tuple[dict[str, Any], dict[str, Any], np.ndarray] | None:
+    """(the block with T carried over, its numbers, the file's validation logits), or None when
+    the file is not its checkpoint plus rounding or the block has no T to carry."""
     from edgecxr.decide.calibrate import validation_inputs
     from edgecxr.decide.report import model_logits
     from edgecxr.decide.transfer import transfer_decision
 
+    if "temperature" not in block:
+        return None
     contract = backend.contract
     x = validation_inputs(contract)
-    return transfer_decision(block, reference(x), model_logits(backend, x), f"{contract.format} {contract.precision}")
+    z_own = model_logits(backend, x)
+    carried = transfer_decision(block, reference(x), z_own, f"{contract.format} {contract.precision}")
+    return None if carried is None else (carried[0], carried[1], z_own)
 
 
 def attach_reference(backend: Any, block: dict[str, Any], data: str | None = None, split_csv: str | None = None,

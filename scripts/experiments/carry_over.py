@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """One model, three files: does an INT8 file say what its checkpoint says, and why?
 
-For each INT8 file, two decision blocks from the checkpoint's: refitted afresh on the
-file's own validation outputs (``ood_fit.refit_decision`` without a reference, what convert
-did before) and carried over by paired estimates (with the checkpoint's logits on the same
-validation images, what convert does now, ``edgecxr/decide/transfer.py``). Every image of
+For each INT8 file, two decision blocks from the checkpoint's: T and qhat refitted afresh on
+the file's own validation outputs (``ood_fit.refit_decision`` without a reference, what convert
+did before) and carried over (T times the scale rounding gave the same validation images'
+logits, qhat kept: what convert does now, ``edgecxr/decide/transfer.py``); the two OOD cuts
+are the file's own quantiles in both. Every image of
 the test split and of each ``--near`` folder then goes through the runner's own steps
 (``decision_table.verdict_kinds``) with each block; printed: the share of each reason per
 set, and the largest gap to the checkpoint over the reasons::
