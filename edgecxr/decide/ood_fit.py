@@ -324,7 +324,7 @@ def refit_decision(backend: Any, host_cpu: dict[str, Any] | None = None,
     lands on its search bound or has no error to fit (a small validation split) is not
     taken: the checkpoint's T and qhat stay.
     """
-    from edgecxr.decide.calibrate import fit_decision_and_logits, validation_logits
+    from edgecxr.decide.calibrate import validation_logits
     from edgecxr.device.cpufeatures import unmet_requirement
 
     contract = backend.contract
@@ -344,16 +344,7 @@ def refit_decision(backend: Any, host_cpu: dict[str, Any] | None = None,
             if reference is not None:
                 out["transfer_refused"] = (f"the file's answers differ from the checkpoint's on over {1 - MIN_AGREEMENT:.0%} "
                                            "of validation images")
-            conf = block.get("conformal") or {}
-            new, z_val = fit_decision_and_logits(backend, None, None, float(conf.get("coverage", 0.95)), str(conf.get("method", "lac")),
-                                                 disjoint="disjoint" in str(conf.get("images", "")), per_class="qhat_per_class" in conf)
-            cal = new.get("calibration") or {}
-            if cal.get("at_bound") or cal.get("not_identifiable"):  # too few validation errors: the checkpoint's fit stands
-                out["kept_checkpoint_temperature"] = "at the search bound" if cal.get("at_bound") else "no misclassified image"
-            else:
-                out.update({"temperature_from_checkpoint": float(block["temperature"]), "temperature": float(new["temperature"]),
-                            "qhat_from_checkpoint": conf.get("qhat"), "qhat": new["conformal"].get("qhat")})
-                block = new
+            block, z_val = _fresh_temperature(backend, block, out)
         own = block.get("ood") or {}
         if own.get("method") in ("feature_mahalanobis", "energy", "max_logit", "msp"):  # not: fitted on training logits
             if z_val is None:
@@ -364,6 +355,23 @@ def refit_decision(backend: Any, host_cpu: dict[str, Any] | None = None,
     except EdgecxrError:  # no split or images here: the checkpoint's numbers stay
         return None
     return block, out
+
+
+def _fresh_temperature(backend: Any, block: dict[str, Any], out: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
+    """T and qhat refitted on the file's own validation outputs, the way the checkpoint's were;
+    a T on its search bound or with no error to fit is not taken (the checkpoint's stay)."""
+    from edgecxr.decide.calibrate import fit_decision_and_logits
+
+    conf = block.get("conformal") or {}
+    new, z_val = fit_decision_and_logits(backend, None, None, float(conf.get("coverage", 0.95)), str(conf.get("method", "lac")),
+                                         disjoint="disjoint" in str(conf.get("images", "")), per_class="qhat_per_class" in conf)
+    cal = new.get("calibration") or {}
+    if cal.get("at_bound") or cal.get("not_identifiable"):  # too few validation errors: the checkpoint's fit stands
+        out["kept_checkpoint_temperature"] = "at the search bound" if cal.get("at_bound") else "no misclassified image"
+        return block, z_val
+    out.update({"temperature_from_checkpoint": float(block["temperature"]), "temperature": float(new["temperature"]),
+                "qhat_from_checkpoint": conf.get("qhat"), "qhat": new["conformal"].get("qhat")})
+    return new, z_val
 
 
 def _carried_over(backend: Any, block: dict[str, Any], reference: Callable[[np.ndarray], np.ndarray]
