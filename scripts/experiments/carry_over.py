@@ -72,11 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'  checkpoint: answered':44s} " + " ".join(f"{100 * base[s]['answer']:13.1f}%" for s in sets))
     for path in a.int8:
         backend = open_model(path)
-        backend.contract = replace(backend.contract, decision=block)
         z = logits_of(backend, images)
         for name, ref in (("refitted afresh", None), ("carried over", reference)):
             backend.contract = replace(backend.contract, decision=block)
-            new, numbers = refit_decision(backend, None, ref)
+            new, _ = refit_decision(backend, None, ref)
             got = shares_per_set(z, images, classes, new)
             print(f"{os.path.basename(path)}, {name}: T {new['temperature']:.4f}, qhat {new['conformal']['qhat']:.4f}, "
                   f"unfamiliar cut {new['unfamiliar']['threshold']:.4f}, not-a-CXR cut {new['ood']['threshold']:.4f}")
